@@ -1,0 +1,338 @@
+/**
+ * The dense-decoder ops of the native ABI as typed functions over `Tensor`s. Shapes are
+ * read from the tensors where they are unambiguous; every call is checked.
+ */
+import { type Device, DType, dtypeSize, type Handle, Tensor } from "./device.ts";
+
+const ptr = (t: Tensor | null) => (t ? t.ptr : null);
+
+/** Op launcher bound to one device and stream. */
+export class Ops {
+  constructor(readonly dev: Device, public stream: Handle = null) {}
+
+  private get s() {
+    return this.dev.sym;
+  }
+
+  /** out[i] = table[ids[i]] */
+  embedding(out: Tensor, table: Tensor, ids: Tensor, n: number): void {
+    const hidden = table.shape[1];
+    this.dev.check(
+      this.s.msg_embedding(
+        out.ptr,
+        table.ptr,
+        ids.ptr,
+        n,
+        hidden,
+        out.dtype,
+        table.dtype,
+        this.stream,
+      ),
+      "embedding",
+    );
+  }
+
+  /** out[i] = x[idx[i]] (rows). */
+  gatherRows(out: Tensor, x: Tensor, idx: Tensor, n: number): void {
+    const rowBytes = (x.bytes / x.shape[0]) | 0;
+    this.dev.check(
+      this.s.msg_gather_rows(out.ptr, x.ptr, idx.ptr, n, BigInt(rowBytes), this.stream),
+      "gather rows",
+    );
+  }
+
+  gatherI32(out: Tensor, src: Tensor, idx: Tensor, n: number): void {
+    this.dev.check(this.s.msg_gather_i32(out.ptr, src.ptr, idx.ptr, n, this.stream), "gather");
+  }
+
+  scatterI32(dst: Tensor, idx: Tensor, src: Tensor, n: number): void {
+    this.dev.check(this.s.msg_scatter_i32(dst.ptr, idx.ptr, src.ptr, n, this.stream), "scatter");
+  }
+
+  cast(out: Tensor, x: Tensor): void {
+    this.dev.check(
+      this.s.msg_cast(out.ptr, out.dtype, x.ptr, x.dtype, BigInt(x.numel), this.stream),
+      "cast",
+    );
+  }
+
+  rmsnorm(out: Tensor, x: Tensor, w: Tensor, rows: number, eps: number): void {
+    const h = w.shape[0];
+    this.dev.check(
+      this.s.msg_rmsnorm(out.ptr, x.ptr, w.ptr, rows, h, eps, x.dtype, w.dtype, this.stream),
+      "rmsnorm",
+    );
+  }
+
+  /** residual += x; out = rmsnorm(residual) * w. */
+  addRmsnorm(out: Tensor, residual: Tensor, x: Tensor, w: Tensor, rows: number, eps: number) {
+    const h = w.shape[0];
+    this.dev.check(
+      this.s.msg_add_rmsnorm(
+        out.ptr,
+        residual.ptr,
+        x.ptr,
+        w.ptr,
+        rows,
+        h,
+        eps,
+        x.dtype,
+        w.dtype,
+        this.stream,
+      ),
+      "add_rmsnorm",
+    );
+  }
+
+  siluMul(out: Tensor, gateUp: Tensor, rows: number, inter: number): void {
+    this.dev.check(
+      this.s.msg_silu_mul(out.ptr, gateUp.ptr, rows, inter, out.dtype, this.stream),
+      "silu_mul",
+    );
+  }
+
+  /** out[M, N] = a[M, K] @ w[N, K]^T (+ bias). */
+  gemm(out: Tensor, a: Tensor, w: Tensor, bias: Tensor | null, M: number): void {
+    const [N, K] = w.shape;
+    this.dev.check(
+      this.s.msg_gemm(
+        out.ptr,
+        out.dtype,
+        a.ptr,
+        a.dtype,
+        w.ptr,
+        w.dtype,
+        ptr(bias),
+        M,
+        N,
+        K,
+        this.stream,
+      ),
+      `gemm ${M}x${N}x${K}`,
+    );
+  }
+
+  ropeStoreKv(
+    qkv: Tensor,
+    positions: Tensor,
+    qNorm: Tensor | null,
+    kNorm: Tensor | null,
+    eps: number,
+    cosSin: Tensor,
+    slots: Tensor,
+    kCache: Tensor,
+    vCache: Tensor,
+    n: number,
+    hq: number,
+    hkv: number,
+    headDim: number,
+    wDtype: DType,
+  ): void {
+    this.dev.check(
+      this.s.msg_rope_store_kv(
+        qkv.ptr,
+        positions.ptr,
+        ptr(qNorm),
+        ptr(kNorm),
+        eps,
+        cosSin.ptr,
+        cosSin.shape[1],
+        slots.ptr,
+        kCache.ptr,
+        vCache.ptr,
+        n,
+        hq,
+        hkv,
+        headDim,
+        qkv.dtype,
+        wDtype,
+        this.stream,
+      ),
+      "rope_store_kv",
+    );
+  }
+
+  computeSlots(
+    slots: Tensor,
+    positions: Tensor,
+    pageTable: Tensor,
+    rows: Tensor,
+    seqLens: Tensor,
+    qStarts: Tensor,
+    batch: number,
+    pageSize: number,
+    maxQLen: number,
+  ): void {
+    this.dev.check(
+      this.s.msg_compute_slots(
+        slots.ptr,
+        positions.ptr,
+        pageTable.ptr,
+        pageTable.shape[1],
+        rows.ptr,
+        seqLens.ptr,
+        qStarts.ptr,
+        batch,
+        pageSize,
+        maxQLen,
+        this.stream,
+      ),
+      "compute_slots",
+    );
+  }
+
+  sample(
+    tokens: Tensor,
+    logprobs: Tensor | null,
+    logits: Tensor,
+    params: Tensor,
+    rows: number,
+  ): void {
+    this.dev.check(
+      this.s.msg_sample(
+        tokens.ptr,
+        ptr(logprobs),
+        logits.ptr,
+        params.ptr,
+        rows,
+        logits.shape[1],
+        this.stream,
+      ),
+      "sample",
+    );
+  }
+
+  tokenLogprobs(out: Tensor, logits: Tensor, targets: Tensor, rows: number): void {
+    this.dev.check(
+      this.s.msg_token_logprobs(
+        out.ptr,
+        logits.ptr,
+        targets.ptr,
+        rows,
+        logits.shape[1],
+        this.stream,
+      ),
+      "token_logprobs",
+    );
+  }
+
+  topLogprobs(ids: Tensor, lps: Tensor, logits: Tensor, rows: number, k: number): void {
+    this.dev.check(
+      this.s.msg_top_logprobs(ids.ptr, lps.ptr, logits.ptr, rows, logits.shape[1], k, this.stream),
+      "top_logprobs",
+    );
+  }
+
+  applyPenalties(
+    logits: Tensor,
+    tokens: Tensor,
+    starts: Tensor,
+    presence: Tensor,
+    frequency: Tensor,
+    repetition: Tensor,
+    rows: number,
+  ): void {
+    this.dev.check(
+      this.s.msg_apply_penalties(
+        logits.ptr,
+        logits.shape[1],
+        tokens.ptr,
+        starts.ptr,
+        presence.ptr,
+        frequency.ptr,
+        repetition.ptr,
+        rows,
+        this.stream,
+      ),
+      "penalties",
+    );
+  }
+
+  allReduce(buf: Tensor, n: number, comm: Handle): void {
+    this.dev.check(
+      this.s.msg_all_reduce(buf.ptr, BigInt(n), buf.dtype, comm, this.stream),
+      "all_reduce",
+    );
+  }
+}
+
+/** Arguments of one attention call, shared by the backends. */
+export interface AttentionArgs {
+  out: Tensor;
+  q: Tensor;
+  /** Elements between consecutive q rows (the qkv row width). */
+  qRowStride: number;
+  kCache: Tensor;
+  vCache: Tensor;
+  pageTable: Tensor;
+  rows: Tensor;
+  seqLens: Tensor;
+  qStarts: Tensor;
+  batch: number;
+  totalQ: number;
+  maxQLen: number;
+  maxSeqLen: number;
+  hq: number;
+  hkv: number;
+  headDim: number;
+  pageSize: number;
+  scale: number;
+}
+
+/** The two attention entry points of the ABI. */
+export function attentionExtend(ops: Ops, a: AttentionArgs): void {
+  ops.dev.check(
+    ops.dev.sym.msg_attention_extend(
+      a.out.ptr,
+      a.q.ptr,
+      a.qRowStride,
+      a.kCache.ptr,
+      a.vCache.ptr,
+      a.pageTable.ptr,
+      a.pageTable.shape[1],
+      a.rows.ptr,
+      a.seqLens.ptr,
+      a.qStarts.ptr,
+      a.batch,
+      a.totalQ,
+      a.maxQLen,
+      a.maxSeqLen,
+      a.hq,
+      a.hkv,
+      a.headDim,
+      a.pageSize,
+      a.scale,
+      a.out.dtype,
+      ops.stream,
+    ),
+    "attention_extend",
+  );
+}
+
+export function attentionDecode(ops: Ops, a: AttentionArgs): void {
+  ops.dev.check(
+    ops.dev.sym.msg_attention_decode(
+      a.out.ptr,
+      a.q.ptr,
+      a.qRowStride,
+      a.kCache.ptr,
+      a.vCache.ptr,
+      a.pageTable.ptr,
+      a.pageTable.shape[1],
+      a.rows.ptr,
+      a.seqLens.ptr,
+      a.batch,
+      a.maxSeqLen,
+      a.hq,
+      a.hkv,
+      a.headDim,
+      a.pageSize,
+      a.scale,
+      a.out.dtype,
+      ops.stream,
+    ),
+    "attention_decode",
+  );
+}
+
+export { DType, dtypeSize, Tensor };

@@ -1,0 +1,85 @@
+/**
+ * The dense decoder shared by Llama, Mistral, Qwen2 and Qwen3: pre-norm blocks of
+ * attention (GQA, rotary, optional qkv bias and q/k RMSNorm) and a SiLU-gated MLP.
+ * The forward pass is a sequence of op calls; batching, paging and graphs live below it.
+ */
+import type { Ops, Tensor } from "../../ffi/ops.ts";
+import type { AttentionBackend, ForwardMeta } from "../runtime/attention.ts";
+
+/** Weights of one block, with q/k/v and gate/up merged as SGLang does. */
+export interface LayerWeights {
+  inputNorm: Tensor;
+  /** [(hq + 2 hkv) * headDim, hidden] */
+  qkv: Tensor;
+  qkvBias: Tensor | null;
+  qNorm: Tensor | null;
+  kNorm: Tensor | null;
+  /** [hidden, hq * headDim] */
+  o: Tensor;
+  oBias: Tensor | null;
+  postNorm: Tensor;
+  /** [2 * intermediate, hidden]: gate rows then up rows */
+  gateUp: Tensor;
+  /** [hidden, intermediate] */
+  down: Tensor;
+}
+
+export interface ModelWeights {
+  embed: Tensor;
+  layers: LayerWeights[];
+  norm: Tensor;
+  /** The embedding itself when tied. */
+  lmHead: Tensor;
+}
+
+/** Shapes the forward pass needs. */
+export interface DecoderShape {
+  hidden: number;
+  intermediate: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  eps: number;
+}
+
+/** Activation buffers, each with room for `maxTokens` rows. */
+export interface Workspace {
+  residual: Tensor;
+  normed: Tensor;
+  qkv: Tensor;
+  attnOut: Tensor;
+  delta: Tensor;
+  gateUp: Tensor;
+  act: Tensor;
+}
+
+/** Runs the decoder over the batch described by `meta`; returns the final normed
+ *  hidden states, one row per input token. */
+export function forward(
+  ops: Ops,
+  shape: DecoderShape,
+  w: ModelWeights,
+  ws: Workspace,
+  attn: AttentionBackend,
+  meta: ForwardMeta,
+): Tensor {
+  const n = meta.numTokens;
+  const { eps, numHeads: hq, numKvHeads: hkv, headDim, intermediate } = shape;
+  ops.embedding(ws.residual, w.embed, meta.inputIds, n);
+  for (let l = 0; l < w.layers.length; l++) {
+    const L = w.layers[l];
+    if (l === 0) ops.rmsnorm(ws.normed, ws.residual, L.inputNorm, n, eps);
+    else ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.inputNorm, n, eps);
+
+    ops.gemm(ws.qkv, ws.normed, L.qkv, L.qkvBias, n);
+    attn.storeAndAttend(l, ws.qkv, ws.attnOut, L.qNorm, L.kNorm, meta, { hq, hkv, headDim, eps });
+    ops.gemm(ws.delta, ws.attnOut, L.o, L.oBias, n);
+
+    ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.postNorm, n, eps);
+    ops.gemm(ws.gateUp, ws.normed, L.gateUp, null, n);
+    ops.siluMul(ws.act, ws.gateUp, n, intermediate);
+    ops.gemm(ws.delta, ws.act, L.down, null, n);
+  }
+  ops.addRmsnorm(ws.normed, ws.residual, ws.delta, w.norm, n, eps);
+  return ws.normed;
+}

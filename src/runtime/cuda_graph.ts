@@ -1,0 +1,61 @@
+/**
+ * CUDA graphs of the decode step, one per padded batch size. A graph reads its inputs
+ * from the fixed device metadata block and writes sampled tokens to fixed buffers, so
+ * replaying it needs one upload and one launch instead of hundreds of op calls.
+ */
+import type { Device, Handle } from "../../ffi/device.ts";
+
+/** Batch sizes captured up to `max`: 1, 2, 4, 8, then every 8 (as SGLang does). */
+export function graphBatchSizes(max: number): number[] {
+  const sizes: number[] = [];
+  for (const s of [1, 2, 4]) if (s <= max) sizes.push(s);
+  for (let s = 8; s <= max; s += 8) sizes.push(s);
+  if (max > 0 && sizes[sizes.length - 1] !== max) sizes.push(max);
+  return sizes;
+}
+
+export class CudaGraphs {
+  readonly sizes: number[];
+  private graphs = new Map<number, Handle>();
+  /** Seconds spent capturing. */
+  captureSeconds = 0;
+
+  constructor(private dev: Device, private stream: Handle, maxBs: number) {
+    this.sizes = graphBatchSizes(maxBs);
+  }
+
+  /** Captures `body(bs)` for every size, after `prepare(bs)` wrote a dummy batch and one
+   *  eager run warmed the libraries up (cuBLASLt picks its algorithms outside capture). */
+  capture(
+    body: (bs: number) => void,
+    prepare: (bs: number) => void,
+    progress: (stage: string, done: number, total: number) => void,
+  ): void {
+    const t0 = performance.now();
+    const order = [...this.sizes].reverse();
+    order.forEach((bs, i) => {
+      progress("CUDA graphs", i, order.length);
+      prepare(bs);
+      body(bs);
+      this.dev.sync(this.stream);
+      this.graphs.set(bs, this.dev.capture(this.stream, () => body(bs)));
+    });
+    progress("CUDA graphs", order.length, order.length);
+    this.captureSeconds = (performance.now() - t0) / 1000;
+  }
+
+  /** The smallest captured size >= bs, or 0 when bs is too large. */
+  sizeFor(bs: number): number {
+    for (const s of this.sizes) if (s >= bs) return s;
+    return 0;
+  }
+
+  launch(bs: number): void {
+    this.dev.launchGraph(this.graphs.get(bs)!, this.stream);
+  }
+
+  destroy(): void {
+    for (const g of this.graphs.values()) this.dev.destroyGraph(g);
+    this.graphs.clear();
+  }
+}

@@ -1,0 +1,531 @@
+/**
+ * The model runner of one GPU worker: owns the device, weights, KV pool, page table,
+ * per-row token table and activation buffers, and turns a ForwardBatch into launched
+ * device work (`launch`) and later into a ForwardResult (`finish`). Decode batches replay
+ * CUDA graphs captured per padded batch size.
+ */
+import { Device, DType, dtypeSize, type Handle, Tensor } from "../../ffi/device.ts";
+import { Ops } from "../../ffi/ops.ts";
+import type { ForwardBatch, ForwardResult, WorkerInfo } from "../ipc/batch.ts";
+import { type DecoderShape, forward, type ModelWeights, type Workspace } from "../model/llama.ts";
+import type { ModelConfig } from "../model/config.ts";
+import { ropeCosSin } from "../model/rope.ts";
+import { type ForwardMeta, type KvCache, NativeAttention } from "./attention.ts";
+import { type FilledBatch, fillStaging, padDecode, PARAM_WORDS, StagingLayout } from "./staging.ts";
+import { loadWeights } from "./weights.ts";
+import { CudaGraphs } from "./cuda_graph.ts";
+
+/** How to build a runner (a subset of the engine's flags). */
+export interface RunnerOptions {
+  backend: "cpu" | "cuda";
+  deviceIndex: number;
+  modelDir: string;
+  pageSize: number;
+  numPages: number | null;
+  memFraction: number;
+  maxRows: number;
+  maxPrefillLength: number;
+  cudaGraphMaxBs: number;
+  dtype: "auto" | "bfloat16" | "float16";
+  cpuThreads: number;
+}
+
+export type Progress = (stage: string, done: number, total: number) => void;
+
+interface Slot {
+  ptr: Deno.PointerValue;
+  i32: Int32Array;
+  f32: Float32Array;
+  u64: BigUint64Array;
+  outPtr: Deno.PointerValue;
+  outI32: Int32Array;
+  outF32: Float32Array;
+  event: Handle;
+}
+
+/** Launched work of one batch, finished later. */
+export interface Pending {
+  batch: ForwardBatch;
+  filled: FilledBatch;
+  slot: Slot;
+  topK: number;
+  start: number;
+}
+
+export class ModelRunner {
+  readonly dev: Device;
+  readonly ops: Ops;
+  readonly info: WorkerInfo;
+  private L: StagingLayout;
+  private meta: ReturnType<StagingLayout["deviceViews"]>;
+  private slots: Slot[] = [];
+  private slotIdx = 0;
+  private pageTable!: Tensor;
+  private tokenTable!: Tensor;
+  private ws!: Workspace;
+  private logits!: Tensor;
+  private positions!: Tensor;
+  private kvSlots!: Tensor;
+  private decodeTmp!: Tensor;
+  private lastHidden!: Tensor;
+  private outTokens!: Tensor;
+  private outLp!: Tensor;
+  private topIds!: Tensor;
+  private topLps!: Tensor;
+  private promptLp!: Tensor;
+  private attn!: NativeAttention;
+  private graphs: CudaGraphs | null = null;
+  private shape: DecoderShape;
+  private weights!: ModelWeights;
+  private stream: Handle;
+  readonly dummyRow: number;
+  private outWords: number;
+  static readonly MAX_TOP = 20;
+
+  private constructor(
+    readonly cfg: ModelConfig,
+    readonly opts: RunnerOptions,
+    dev: Device,
+    readonly actDtype: DType,
+    private wDtype: DType,
+  ) {
+    this.dev = dev;
+    this.stream = dev.backend === "cuda" ? dev.createStream() : null;
+    this.ops = new Ops(dev, this.stream);
+    this.shape = {
+      hidden: cfg.hiddenSize,
+      intermediate: cfg.intermediateSize,
+      numHeads: cfg.numHeads,
+      numKvHeads: cfg.numKvHeads,
+      headDim: cfg.headDim,
+      eps: cfg.rmsNormEps,
+    };
+    const maxT = opts.maxPrefillLength + opts.maxRows;
+    this.L = new StagingLayout(maxT, opts.maxRows);
+    this.dummyRow = opts.maxRows;
+    this.outWords = 2 * opts.maxRows * (1 + ModelRunner.MAX_TOP) + maxT;
+    this.info = {
+      backend: dev.backend,
+      deviceName: dev.name(),
+      numPages: 0,
+      pageSize: opts.pageSize,
+      maxRows: opts.maxRows,
+      maxSeqLen: 0,
+      vocabSize: cfg.vocabSize,
+      maxBatchTokens: maxT,
+      loadSeconds: 0,
+    };
+    this.meta = this.L.deviceViews(dev.alloc(DType.I32, [this.L.words]));
+  }
+
+  /** Loads weights, sizes the KV pool and captures graphs. */
+  static async create(
+    cfg: ModelConfig,
+    opts: RunnerOptions,
+    progress: Progress,
+  ): Promise<ModelRunner> {
+    const t0 = performance.now();
+    const dev = new Device(opts.backend, opts.deviceIndex);
+    if (opts.backend === "cpu" && opts.cpuThreads > 0) {
+      dev.check(dev.sym.msg_set_num_threads(opts.cpuThreads), "threads");
+    }
+    const fileDtype = cfg.torchDtype === "float16" ? DType.F16 : DType.BF16;
+    const wDtype = opts.dtype === "float16"
+      ? DType.F16
+      : opts.dtype === "bfloat16"
+      ? DType.BF16
+      : fileDtype;
+    const act = opts.backend === "cpu" ? DType.F32 : wDtype;
+    const r = new ModelRunner(cfg, opts, dev, act, wDtype);
+    r.weights = await loadWeights(dev, cfg, opts.modelDir, wDtype, r.stream, progress);
+    r.allocBuffers();
+    r.allocKv(progress);
+    if (opts.backend === "cuda" && opts.cudaGraphMaxBs > 0) {
+      r.graphs = new CudaGraphs(dev, r.stream, Math.min(opts.cudaGraphMaxBs, opts.maxRows));
+      r.graphs.capture(
+        (bs) => r.decodeBody(bs, r.info.maxSeqLen),
+        (bs) => r.prepareDummyDecode(bs),
+        progress,
+      );
+    }
+    dev.sync(r.stream);
+    r.info.loadSeconds = (performance.now() - t0) / 1000;
+    return r;
+  }
+
+  private allocBuffers() {
+    const { dev, L, cfg } = this;
+    const maxT = L.maxT, maxB = L.maxB;
+    const H = cfg.hiddenSize, I = cfg.intermediateSize;
+    const qkvW = (cfg.numHeads + 2 * cfg.numKvHeads) * cfg.headDim;
+    const a = (shape: number[]) => dev.alloc(this.actDtype, shape);
+    this.ws = {
+      residual: a([maxT, H]),
+      normed: a([maxT, H]),
+      qkv: a([maxT, qkvW]),
+      attnOut: a([maxT, cfg.numHeads * cfg.headDim]),
+      delta: a([maxT, H]),
+      gateUp: a([maxT, 2 * I]),
+      act: a([maxT, I]),
+    };
+    this.lastHidden = a([maxB, H]);
+    this.logits = dev.alloc(DType.F32, [maxB, cfg.vocabSize]);
+    this.positions = dev.alloc(DType.I32, [maxT]);
+    this.kvSlots = dev.alloc(DType.I32, [maxT]);
+    this.decodeTmp = dev.alloc(DType.I32, [maxB]);
+    this.outTokens = dev.alloc(DType.I32, [maxB]);
+    this.outLp = dev.alloc(DType.F32, [maxB]);
+    this.topIds = dev.alloc(DType.I32, [maxB, ModelRunner.MAX_TOP]);
+    this.topLps = dev.alloc(DType.F32, [maxB, ModelRunner.MAX_TOP]);
+    this.promptLp = dev.alloc(DType.F32, [maxT]);
+    for (let i = 0; i < 2; i++) {
+      const host = dev.hostAlloc(L.words * 4);
+      const out = dev.hostAlloc(this.outWords * 4);
+      this.slots.push({
+        ptr: host.ptr,
+        i32: new Int32Array(host.buf),
+        f32: new Float32Array(host.buf),
+        u64: new BigUint64Array(host.buf),
+        outPtr: out.ptr,
+        outI32: new Int32Array(out.buf),
+        outF32: new Float32Array(out.buf),
+        event: dev.createEvent(),
+      });
+    }
+  }
+
+  /** KV pool from --num-pages, or a fraction of the free memory left. */
+  private allocKv(progress: Progress) {
+    const { dev, cfg, opts } = this;
+    const ps = opts.pageSize;
+    const bytesPerPage = cfg.numLayers * 2 * ps * cfg.numKvHeads * cfg.headDim *
+      dtypeSize(this.actDtype);
+    let numPages = opts.numPages;
+    if (numPages === null) {
+      const free = dev.memInfo().free;
+      let budget = free * opts.memFraction;
+      if (opts.backend === "cpu") budget = Math.min(budget, 2 * 2 ** 30);
+      else budget -= 512 * 2 ** 20; // room for graphs and the cuBLASLt workspace
+      numPages = Math.floor(budget / bytesPerPage) - 1;
+    }
+    if (numPages < 1) {
+      throw new Error(`no memory left for the KV cache (${bytesPerPage} bytes a page)`);
+    }
+    const maxSeqLen = Math.min(cfg.maxPositionEmbeddings, numPages * ps);
+    const maxPagesPerRow = Math.ceil(maxSeqLen / ps);
+    progress("KV pool", 0, 1);
+    const slotsTotal = (numPages + 1) * ps; // the last page is the dummy page of padded rows
+    const k: Tensor[] = [], v: Tensor[] = [];
+    const per = [slotsTotal, cfg.numKvHeads, cfg.headDim];
+    for (let l = 0; l < cfg.numLayers; l++) {
+      k.push(dev.alloc(this.actDtype, per));
+      v.push(dev.alloc(this.actDtype, per));
+    }
+    const kv: KvCache = { k, v };
+    this.pageTable = dev.alloc(DType.I32, [opts.maxRows + 1, maxPagesPerRow]);
+    // Every entry starts at the dummy page so that stale rows never point outside the pool.
+    const fill = new Int32Array(this.pageTable.numel).fill(numPages);
+    dev.upload(this.pageTable, fill, this.stream);
+    this.tokenTable = dev.alloc(DType.I32, [opts.maxRows + 1]);
+    dev.memset(this.tokenTable, 0, this.stream);
+    const rotDim = cfg.headDim; // partial rotary is not used by these architectures
+    const cosSin = ropeCosSin(cfg, maxSeqLen, rotDim);
+    const cs = dev.alloc(DType.F32, [maxSeqLen, rotDim]);
+    dev.upload(cs, cosSin, this.stream);
+    this.attn = new NativeAttention(this.ops, kv, cs, this.wDtype);
+    this.info.numPages = numPages;
+    this.info.maxSeqLen = maxSeqLen;
+    dev.sync(this.stream);
+    progress("KV pool", 1, 1);
+  }
+
+  private nextSlot(): Slot {
+    const s = this.slots[this.slotIdx];
+    this.slotIdx = (this.slotIdx + 1) % this.slots.length;
+    return s;
+  }
+
+  private forwardMeta(
+    f: { numTokens: number; batch: number; isDecode: boolean; maxQLen: number; maxSeqLen: number },
+  ): ForwardMeta {
+    return {
+      ...f,
+      inputIds: this.meta.ids,
+      positions: this.positions,
+      slots: this.kvSlots,
+      rows: this.meta.rows,
+      seqLens: this.meta.seqLens,
+      qStarts: this.meta.qStarts,
+      pageTable: this.pageTable,
+      pageSize: this.opts.pageSize,
+    };
+  }
+
+  /** The whole decode step of `bs` rows on device-resident inputs (graph body). */
+  private decodeBody(bs: number, maxSeqLen: number) {
+    const { ops, meta } = this;
+    ops.gatherI32(meta.ids, this.tokenTable, meta.rows, bs);
+    ops.computeSlots(
+      this.kvSlots,
+      this.positions,
+      this.pageTable,
+      meta.rows,
+      meta.seqLens,
+      meta.qStarts,
+      bs,
+      this.opts.pageSize,
+      1,
+    );
+    const m = this.forwardMeta({ numTokens: bs, batch: bs, isDecode: true, maxQLen: 1, maxSeqLen });
+    const hidden = forward(ops, this.shape, this.weights, this.ws, this.attn, m);
+    const logits = this.logits.rows(0, bs);
+    ops.gemm(logits, hidden, this.weights.lmHead, null, bs);
+    ops.sample(this.outTokens, this.outLp, logits, meta.params, bs);
+    ops.scatterI32(this.tokenTable, meta.sampleRows, this.outTokens, bs);
+  }
+
+  /** Writes a dummy decode batch of `bs` padded rows (used before capture). */
+  private prepareDummyDecode(bs: number) {
+    const s = this.nextSlot();
+    padDecode(this.L, s.i32, s.f32, 0, bs, this.dummyRow);
+    this.dev.uploadPtr(this.meta.ids, s.ptr, this.L.words * 4, this.stream);
+    this.dev.sync(this.stream);
+  }
+
+  /** Enqueues the device work of a batch. */
+  launch(batch: ForwardBatch): Pending {
+    const start = performance.now();
+    const { dev, ops, meta, L } = this;
+    const slot = this.nextSlot();
+    const f = fillStaging(L, slot.i32, slot.f32, slot.u64, batch.entries, this.pageTable.shape[1]);
+    if (f.numTokens > L.maxT || f.batch > L.maxB) {
+      throw new Error(
+        `batch of ${f.numTokens} tokens / ${f.batch} entries exceeds ${L.maxT} / ${L.maxB}`,
+      );
+    }
+    let topK = 0, penalties = false;
+    for (const i of f.sampleEntries) {
+      const e = batch.entries[i];
+      topK = Math.max(topK, Math.min(e.topLogprobs, ModelRunner.MAX_TOP));
+      if (e.penaltyTokens) penalties = true;
+    }
+    // Graphs (and the plain decode body) gather every input token on the device.
+    const deviceDecode = f.isDecode && f.numDecodeInputs === f.batch && topK === 0 && !penalties;
+    const graphBs = deviceDecode ? this.graphs?.sizeFor(f.batch) ?? 0 : 0;
+    if (graphBs) padDecode(L, slot.i32, slot.f32, f.batch, graphBs, this.dummyRow);
+    dev.uploadPtr(meta.ids, slot.ptr, L.words * 4, this.stream);
+    if (f.numPageUpdates) {
+      ops.scatterI32(this.pageTable, meta.pageIdx, meta.pageVal, f.numPageUpdates);
+    }
+    if (f.overflowPages) this.uploadOverflowPages(f.overflowPages);
+
+    if (graphBs) {
+      this.graphs!.launch(graphBs);
+    } else if (deviceDecode) {
+      this.decodeBody(f.batch, f.maxSeqLen);
+    } else {
+      this.generalBody(batch, f, topK);
+    }
+    this.collect(batch, f, slot, topK);
+    return { batch, filled: f, slot, topK, start };
+  }
+
+  private uploadOverflowPages(pairs: Int32Array) {
+    const n = pairs.length / 2;
+    const idx = this.dev.alloc(DType.I32, [n]), val = this.dev.alloc(DType.I32, [n]);
+    this.dev.upload(idx, pairs.filter((_, i) => i % 2 === 0), this.stream);
+    this.dev.upload(val, pairs.filter((_, i) => i % 2 === 1), this.stream);
+    this.ops.scatterI32(this.pageTable, idx, val, n);
+    this.dev.sync(this.stream);
+    this.dev.free(idx);
+    this.dev.free(val);
+  }
+
+  /** Prefill / mixed batches: any mix of extend and decode entries. */
+  private generalBody(batch: ForwardBatch, f: FilledBatch, topK: number) {
+    const { ops, meta } = this;
+    if (f.numDecodeInputs) {
+      ops.gatherI32(this.decodeTmp, this.tokenTable, meta.decRows, f.numDecodeInputs);
+      ops.scatterI32(meta.ids, meta.decTok, this.decodeTmp, f.numDecodeInputs);
+    }
+    ops.computeSlots(
+      this.kvSlots,
+      this.positions,
+      this.pageTable,
+      meta.rows,
+      meta.seqLens,
+      meta.qStarts,
+      f.batch,
+      this.opts.pageSize,
+      f.maxQLen,
+    );
+    const hidden = forward(ops, this.shape, this.weights, this.ws, this.attn, this.forwardMeta(f));
+    const S = f.numSample;
+    if (S) {
+      ops.gatherRows(this.lastHidden, hidden, meta.lastIdx, S);
+      const logits = this.logits.rows(0, S);
+      ops.gemm(logits, this.lastHidden, this.weights.lmHead, null, S);
+      this.applyPenalties(batch, f, logits);
+      if (topK) ops.topLogprobs(this.topIds, this.topLps, logits, S, topK);
+      ops.sample(this.outTokens, this.outLp, logits, meta.params, S);
+      ops.scatterI32(this.tokenTable, meta.sampleRows, this.outTokens, S);
+    }
+    // Prompt logprobs: logits of the asked rows, a chunk of maxB rows at a time.
+    let t = 0;
+    for (const e of batch.entries) {
+      if (e.logprobTargets) {
+        for (let c = 0; c < e.qLen; c += this.L.maxB) {
+          const n = Math.min(this.L.maxB, e.qLen - c);
+          const logits = this.logits.rows(0, n);
+          ops.gemm(logits, hidden.rows(t + c, n), this.weights.lmHead, null, n);
+          ops.tokenLogprobs(this.promptLp.rows(t + c, n), logits, meta.targets.rows(t + c, n), n);
+        }
+      }
+      t += e.qLen;
+    }
+  }
+
+  private applyPenalties(batch: ForwardBatch, f: FilledBatch, logits: Tensor) {
+    const rows = f.sampleEntries.map((i) => batch.entries[i]);
+    if (!rows.some((e) => e.penaltyTokens)) return;
+    const starts = new Int32Array(rows.length + 1);
+    rows.forEach((e, i) => starts[i + 1] = starts[i] + (e.penaltyTokens?.length ?? 0));
+    const tokens = new Int32Array(Math.max(1, starts[rows.length]));
+    rows.forEach((e, i) => e.penaltyTokens && tokens.set(e.penaltyTokens, starts[i]));
+    const pres = Float32Array.from(rows, (e) => e.sampling.presencePenalty);
+    const freq = Float32Array.from(rows, (e) => e.sampling.frequencyPenalty);
+    const rep = Float32Array.from(rows, (e) => e.sampling.repetitionPenalty);
+    const { dev } = this;
+    const bufs = [tokens, starts, pres, freq, rep].map((a) => {
+      const t = dev.alloc(a instanceof Float32Array ? DType.F32 : DType.I32, [a.length]);
+      dev.upload(t, a, this.stream);
+      return t;
+    });
+    this.ops.applyPenalties(logits, bufs[0], bufs[1], bufs[2], bufs[3], bufs[4], rows.length);
+    dev.sync(this.stream);
+    for (const b of bufs) dev.free(b);
+  }
+
+  /** Enqueues the copies of the results into the slot's pinned output block. */
+  private collect(batch: ForwardBatch, f: FilledBatch, slot: Slot, topK: number) {
+    const { dev } = this;
+    const S = f.numSample, B = this.L.maxB;
+    const out = new Tensor(slot.outPtr, DType.I32, [this.outWords]);
+    const at = (words: number) => Deno.UnsafePointer.offset(slot.outPtr!, words * 4);
+    if (S) {
+      dev.downloadPtr(slot.outPtr, this.outTokens, S * 4, this.stream);
+      dev.downloadPtr(at(B), this.outLp, S * 4, this.stream);
+      if (topK) {
+        // rows of MAX_TOP values, of which the first topK are filled
+        dev.downloadPtr(at(2 * B), this.topIds, S * ModelRunner.MAX_TOP * 4, this.stream);
+        dev.downloadPtr(
+          at(2 * B + B * ModelRunner.MAX_TOP),
+          this.topLps,
+          S * ModelRunner.MAX_TOP * 4,
+          this.stream,
+        );
+      }
+    }
+    if (batch.entries.some((e) => e.logprobTargets)) {
+      dev.downloadPtr(
+        at(2 * B * (1 + ModelRunner.MAX_TOP)),
+        this.promptLp,
+        f.numTokens * 4,
+        this.stream,
+      );
+    }
+    void out;
+    dev.record(slot.event, this.stream);
+  }
+
+  /** Waits for a launched batch and reads its result. */
+  finish(p: Pending): ForwardResult {
+    this.dev.waitEvent(p.slot.event);
+    const { batch, filled: f, slot, topK } = p;
+    const B = this.L.maxB, n = batch.entries.length, T = ModelRunner.MAX_TOP;
+    const tokens = new Int32Array(n).fill(-1);
+    const logprobs = new Float32Array(n).fill(NaN);
+    const topIds: (Int32Array | null)[] = new Array(n).fill(null);
+    const topLogprobs: (Float32Array | null)[] = new Array(n).fill(null);
+    const promptLogprobs: (Float32Array | null)[] = new Array(n).fill(null);
+    f.sampleEntries.forEach((ei, s) => {
+      tokens[ei] = slot.outI32[s];
+      logprobs[ei] = slot.outF32[B + s];
+      const k = Math.min(batch.entries[ei].topLogprobs, T);
+      if (k > 0 && topK > 0) {
+        topIds[ei] = slot.outI32.slice(2 * B + s * T, 2 * B + s * T + k);
+        topLogprobs[ei] = slot.outF32.slice(2 * B + B * T + s * T, 2 * B + B * T + s * T + k);
+      }
+    });
+    let t = 0;
+    const base = 2 * B * (1 + T);
+    batch.entries.forEach((e, i) => {
+      if (e.logprobTargets) {
+        const lp = slot.outF32.slice(base + t, base + t + e.qLen);
+        for (let j = 0; j < e.qLen; j++) if (e.logprobTargets[j] < 0) lp[j] = NaN;
+        promptLogprobs[i] = lp;
+      }
+      t += e.qLen;
+    });
+    return {
+      id: batch.id,
+      tokens,
+      logprobs,
+      topIds,
+      topLogprobs,
+      promptLogprobs,
+      seconds: (performance.now() - p.start) / 1000,
+    };
+  }
+
+  /** Full fp32 logits of every new token of every entry (tests and fidelity checks;
+   *  nothing is sampled). Entries are stored into the KV cache like any batch. */
+  logitsOf(batch: ForwardBatch): Float32Array[] {
+    const { dev, ops, meta, L } = this;
+    const slot = this.nextSlot();
+    const f = fillStaging(L, slot.i32, slot.f32, slot.u64, batch.entries, this.pageTable.shape[1]);
+    dev.uploadPtr(meta.ids, slot.ptr, L.words * 4, this.stream);
+    if (f.numPageUpdates) {
+      ops.scatterI32(this.pageTable, meta.pageIdx, meta.pageVal, f.numPageUpdates);
+    }
+    if (f.overflowPages) this.uploadOverflowPages(f.overflowPages);
+    if (f.numDecodeInputs) {
+      ops.gatherI32(this.decodeTmp, this.tokenTable, meta.decRows, f.numDecodeInputs);
+      ops.scatterI32(meta.ids, meta.decTok, this.decodeTmp, f.numDecodeInputs);
+    }
+    ops.computeSlots(
+      this.kvSlots,
+      this.positions,
+      this.pageTable,
+      meta.rows,
+      meta.seqLens,
+      meta.qStarts,
+      f.batch,
+      this.opts.pageSize,
+      f.maxQLen,
+    );
+    const hidden = forward(ops, this.shape, this.weights, this.ws, this.attn, this.forwardMeta(f));
+    const V = this.cfg.vocabSize;
+    const out: Float32Array[] = [];
+    let t = 0;
+    for (const e of batch.entries) {
+      const host = new Float32Array(e.qLen * V);
+      for (let c = 0; c < e.qLen; c += L.maxB) {
+        const n = Math.min(L.maxB, e.qLen - c);
+        const logits = this.logits.rows(0, n);
+        ops.gemm(logits, hidden.rows(t + c, n), this.weights.lmHead, null, n);
+        dev.download(host.subarray(c * V, (c + n) * V), logits, this.stream);
+      }
+      out.push(host);
+      t += e.qLen;
+    }
+    return out;
+  }
+
+  /** Runs a batch to completion (no overlap). */
+  run(batch: ForwardBatch): ForwardResult {
+    return this.finish(this.launch(batch));
+  }
+}
+
+export { PARAM_WORDS };
