@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU machine's end-to-end run: build, kernel tests against the CPU twin, fidelity
+# against Hugging Face transformers, decode speed at batch size 1. Results go to
+# $OUT/results.json ({"card", "date", "results"}), logs to $OUT/*.log.
+#   source .device/env.sh && bash scripts/device_e2e.sh [steps...]
+# steps: build kernels fidelity cpu-fidelity decode (default: all)
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+steps=${*:-build kernels fidelity cpu-fidelity decode}
+models=/tmp/minisgl-models
+mkdir -p $models
+has() { [[ " $steps " == *" $1 "* ]]; }
+make() { [ -d "$models/$1" ] || deno task make-model --preset "$1" --out "$models/$1"; }
+if has build; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.log"
+  deno task build 2>&1 | tail -20 | tee "$OUT/build.log"
+fi
+if has kernels; then
+  deno test -A tests/device/ 2>&1 | tee "$OUT/kernels.log" | tail -60
+fi
+if has fidelity; then
+  for p in qwen3-0.6b llama-3.2-1b; do
+    make $p && deno run -A bench/fidelity.ts --model $models/$p --name $p --out "$OUT/results.json" 2>&1 | tail -5
+  done
+fi
+if has cpu-fidelity; then
+  for p in tiny-qwen3 tiny-llama tiny-qwen2 tiny-mistral; do
+    make $p && deno run -A bench/fidelity.ts --model $models/$p --name $p --device cpu \
+      --prompt 96 --decode 8 --out "$OUT/results.json" 2>&1 | tail -3
+  done
+fi
+if has decode; then
+  make llama-3-8b && deno run -A bench/decode_bs1.ts --model $models/llama-3-8b --name llama-3-8b \
+    --out "$OUT/results.json" 2>&1 | tail -5
+fi
+cat "$OUT/results.json" 2>/dev/null
