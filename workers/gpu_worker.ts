@@ -29,6 +29,9 @@ interface InitMessage {
 }
 
 function serve(runner: ModelRunner, input: Ring, output: Ring) {
+  // On the CPU backend launch() computes synchronously: holding a result back while the
+  // next batch runs would only delay it.
+  const pipelined = runner.dev.backend === "cuda";
   let pending: Pending | null = null;
   for (;;) {
     const msg = pending ? input.tryPop() : input.pop();
@@ -49,6 +52,10 @@ function serve(runner: ModelRunner, input: Ring, output: Ring) {
     const next = runner.launch(decodeBatch(msg));
     if (pending) output.push(encodeResult(runner.finish(pending)));
     pending = next;
+    if (!pipelined) {
+      output.push(encodeResult(runner.finish(pending)));
+      pending = null;
+    }
   }
 }
 

@@ -1,0 +1,88 @@
+/**
+ * Configuration of the engine and of each GPU worker. The CLI (src/cli/) fills an
+ * EngineConfig from flags; the engine derives one GpuWorkerConfig per tensor-parallel rank.
+ */
+
+/** What one GPU worker (workers/gpu_worker.ts) is started with. */
+export interface GpuWorkerConfig {
+  /** Hugging Face model folder. */
+  modelDir: string;
+  device: "cpu" | "cuda";
+  /** CUDA device ordinal (0 on the CPU). */
+  deviceIndex: number;
+  tpRank: number;
+  tpSize: number;
+  /** Tokens per KV page (a power of two, 1 .. 256). */
+  pageSize: number;
+  /** Exact number of KV pages, or null to size the pool from memFraction. */
+  numPages: number | null;
+  /** Fraction of free device memory (after weights) given to the KV pool. */
+  memFraction: number;
+  /** Page-table rows = the most requests that hold KV pages at once. */
+  maxRunningRequests: number;
+  /** Most new tokens in one batch (prefill chunk size). */
+  maxPrefillLength: number;
+  /** Largest decode batch captured into a CUDA graph (0 = no graphs). */
+  cudaGraphMaxBs: number;
+  dtype: "auto" | "bfloat16" | "float16";
+  /** Attention backend name(s), e.g. "fa" or "fa,fi" (prefill,decode). */
+  attn: string;
+  /** Threads of the CPU backend (0 = all cores). */
+  cpuThreads: number;
+}
+
+/** Everything the engine is started with: the worker settings plus the scheduler's. */
+export interface EngineConfig extends Omit<GpuWorkerConfig, "tpRank"> {
+  /** "radix": share prompt prefixes through the radix cache; "naive": no sharing. */
+  cache: "radix" | "naive";
+  /** Requests waiting beyond the running ones before submit rejects new ones. */
+  maxQueuedRequests: number;
+  /** Run schedule and forward back to back instead of overlapped. */
+  disableOverlapSchedule: boolean;
+  /** Seed policy for requests without params.seed: null = a fresh random seed each;
+   *  a number = seeds drawn from a generator seeded with it (reproducible runs). */
+  randomSeed: number | null;
+}
+
+/** Defaults of every flag (Mini-SGLang's where it has one). */
+export function defaultEngineConfig(modelDir: string): EngineConfig {
+  return {
+    modelDir,
+    device: "cuda",
+    deviceIndex: 0,
+    tpSize: 1,
+    pageSize: 1,
+    numPages: null,
+    memFraction: 0.9,
+    maxRunningRequests: 256,
+    maxPrefillLength: 8192,
+    cudaGraphMaxBs: 256,
+    dtype: "auto",
+    attn: "fa",
+    cpuThreads: 0,
+    cache: "radix",
+    maxQueuedRequests: 4096,
+    disableOverlapSchedule: false,
+    randomSeed: null,
+  };
+}
+
+/** The GpuWorkerConfig of rank `rank` (device = deviceIndex + rank). */
+export function workerConfig(c: EngineConfig, rank: number): GpuWorkerConfig {
+  return {
+    modelDir: c.modelDir,
+    device: c.device,
+    deviceIndex: c.device === "cuda" ? c.deviceIndex + rank : 0,
+    tpRank: rank,
+    tpSize: c.tpSize,
+    pageSize: c.pageSize,
+    numPages: c.numPages,
+    memFraction: c.memFraction,
+    maxRunningRequests: c.maxRunningRequests,
+    maxPrefillLength: c.maxPrefillLength,
+    cudaGraphMaxBs: c.cudaGraphMaxBs,
+    dtype: c.dtype,
+    attn: c.attn,
+    cpuThreads: c.cpuThreads,
+  };
+}

@@ -1,0 +1,267 @@
+/**
+ * startEngine: spawns the GPU worker(s) and the scheduler worker, wires their rings, and
+ * returns the Engine of src/engine/types.ts. The main thread only forwards requests and
+ * turns the scheduler's per-step event messages into one async stream per request.
+ */
+
+import { loadModelConfig } from "../model/config.ts";
+import { createRingBuffer, Ring } from "../ipc/ring.ts";
+import type { WorkerInfo } from "../ipc/batch.ts";
+import type { SchedulerConfig } from "../scheduler/scheduler.ts";
+import { type SubmitMessage, validateRequest } from "../scheduler/request.ts";
+import { type EngineConfig, workerConfig } from "./config.ts";
+import { EventStream } from "./stream.ts";
+import type { Engine, EngineInfo, EngineMetrics, EngineRequest, TokenEvent } from "./types.ts";
+
+/** Start-up progress of one GPU worker (loading weights, sizing the pool, graphs). */
+export interface EngineProgress {
+  rank: number;
+  stage: string;
+  done: number;
+  total: number;
+}
+
+/** Seeds of requests without one: random, or reproducible from config.randomSeed. */
+function seedSource(base: number | null): () => bigint {
+  if (base === null) {
+    return () => crypto.getRandomValues(new BigUint64Array(1))[0];
+  }
+  let state = BigInt.asUintN(64, BigInt(Math.trunc(base)));
+  return () => {
+    // splitmix64
+    state = BigInt.asUintN(64, state + 0x9E3779B97F4A7C15n);
+    let z = state;
+    z = BigInt.asUintN(64, (z ^ (z >> 30n)) * 0xBF58476D1CE4E5B9n);
+    z = BigInt.asUintN(64, (z ^ (z >> 27n)) * 0x94D049BB133111EBn);
+    return z ^ (z >> 31n);
+  };
+}
+
+/** Start one GPU worker and wait until it is ready. */
+function startGpuWorker(
+  config: EngineConfig,
+  rank: number,
+  onProgress?: (p: EngineProgress) => void,
+): Promise<{ worker: Worker; info: WorkerInfo; to: SharedArrayBuffer; from: SharedArrayBuffer }> {
+  const worker = new Worker(new URL("../../workers/gpu_worker.ts", import.meta.url), {
+    type: "module",
+  });
+  const to = createRingBuffer(), from = createRingBuffer();
+  return new Promise((resolve, reject) => {
+    worker.onmessage = (ev: MessageEvent) => {
+      const m = ev.data;
+      if (m.type === "progress") onProgress?.({ rank, ...m });
+      else if (m.type === "ready") resolve({ worker, info: m.info, to, from });
+      else if (m.type === "error") {
+        worker.terminate();
+        reject(new Error(`GPU worker ${rank}: ${m.message}`));
+      }
+    };
+    worker.onerror = (e: ErrorEvent) => {
+      e.preventDefault();
+      worker.terminate();
+      reject(new Error(`GPU worker ${rank}: ${e.message}`));
+    };
+    worker.postMessage({
+      type: "init",
+      config: workerConfig(config, rank),
+      toWorker: to,
+      fromWorker: from,
+    });
+  });
+}
+
+/** Start the engine: GPU workers (one per tensor-parallel rank), then the scheduler. */
+export async function startEngine(
+  config: EngineConfig,
+  onProgress?: (p: EngineProgress) => void,
+): Promise<Engine> {
+  const model = await loadModelConfig(config.modelDir);
+  const settled = await Promise.allSettled(
+    Array.from({ length: config.tpSize }, (_, r) => startGpuWorker(config, r, onProgress)),
+  );
+  const failed = settled.find((s) => s.status === "rejected") as PromiseRejectedResult | undefined;
+  const gpus = settled.flatMap((s) => s.status === "fulfilled" ? [s.value] : []);
+  if (failed) {
+    for (const g of gpus) g.worker.terminate();
+    throw failed.reason;
+  }
+  const w = gpus[0].info;
+  const maxContextLen = Math.min(model.maxPositionEmbeddings, w.maxSeqLen, w.numPages * w.pageSize);
+  const schedConfig: SchedulerConfig = {
+    pageSize: w.pageSize,
+    numPages: w.numPages,
+    maxRows: Math.min(w.maxRows, config.maxRunningRequests),
+    maxPrefillLength: Math.max(1, Math.min(config.maxPrefillLength, w.maxBatchTokens)),
+    maxBatchTokens: w.maxBatchTokens,
+    maxContextLen,
+    vocabSize: w.vocabSize,
+    eosTokenIds: model.eosTokenIds,
+    cache: config.cache,
+  };
+  const info: EngineInfo = {
+    modelName: config.modelDir.replace(/[\\/]+$/, "").split(/[\\/]/).pop() ?? config.modelDir,
+    modelDir: config.modelDir,
+    backend: w.backend,
+    deviceName: w.deviceName,
+    maxContextLen,
+    vocabSize: w.vocabSize,
+    eosTokenIds: model.eosTokenIds,
+    numPages: w.numPages,
+    pageSize: w.pageSize,
+  };
+  const scheduler = new Worker(new URL("../../workers/scheduler_worker.ts", import.meta.url), {
+    type: "module",
+  });
+  const engine = new EngineImpl(info, config, schedConfig, scheduler, gpus);
+  await engine.ready;
+  return engine;
+}
+
+/** The main-thread side of the engine. */
+class EngineImpl implements Engine {
+  readonly ready: Promise<void>;
+  #streams = new Map<string, EventStream>();
+  #metricsWaiters = new Map<number, (m: EngineMetrics) => void>();
+  #seq = 0;
+  #seed: () => bigint;
+  #closing = false;
+  #stopped: Promise<void>;
+  #fatal: string | null = null;
+
+  constructor(
+    readonly info: EngineInfo,
+    readonly config: EngineConfig,
+    readonly schedConfig: SchedulerConfig,
+    readonly scheduler: Worker,
+    readonly gpus: { worker: Worker; to: SharedArrayBuffer; from: SharedArrayBuffer }[],
+  ) {
+    this.#seed = seedSource(config.randomSeed);
+    let onReady!: () => void, onStopped!: () => void;
+    this.ready = new Promise((r) => (onReady = r));
+    this.#stopped = new Promise((r) => (onStopped = r));
+    scheduler.onmessage = (ev: MessageEvent) => {
+      const m = ev.data;
+      if (m.type === "events") this.#dispatch(m.events);
+      else if (m.type === "metrics") {
+        this.#metricsWaiters.get(m.seq)?.(m.metrics);
+        this.#metricsWaiters.delete(m.seq);
+      } else if (m.type === "ready") onReady();
+      else if (m.type === "stopped") {
+        if (m.error) this.#fatal = m.error;
+        onStopped();
+      }
+    };
+    scheduler.onerror = (e: ErrorEvent) => {
+      e.preventDefault();
+      this.#fail(`scheduler: ${e.message}`);
+      onStopped();
+    };
+    for (const [rank, g] of gpus.entries()) {
+      g.worker.onmessage = (ev: MessageEvent) => {
+        if (ev.data?.type === "fatal") this.#fail(`GPU worker ${rank}: ${ev.data.message}`);
+      };
+      g.worker.onerror = (e: ErrorEvent) => {
+        e.preventDefault();
+        this.#fail(`GPU worker ${rank}: ${e.message}`);
+      };
+    }
+    scheduler.postMessage({
+      type: "init",
+      config: schedConfig,
+      overlap: !config.disableOverlapSchedule,
+      toWorkers: gpus.map((g) => g.to),
+      fromWorkers: gpus.map((g) => g.from),
+    });
+  }
+
+  /** A worker died: close the rings so the scheduler aborts everything with the error. */
+  #fail(message: string): void {
+    this.#fatal ??= message;
+    for (const g of this.gpus) {
+      new Ring(g.to).close();
+      new Ring(g.from).close();
+    }
+  }
+
+  #dispatch(events: [string, TokenEvent][]): void {
+    for (const [id, ev] of events) {
+      const s = this.#streams.get(id);
+      if (!s) continue;
+      s.push(ev);
+      if (ev.finish) this.#streams.delete(id);
+    }
+  }
+
+  #reject(req: EngineRequest, error: string): AsyncIterable<TokenEvent> {
+    const s = new EventStream(() => {});
+    s.push({
+      tokens: [],
+      finish: {
+        reason: "abort",
+        promptTokens: req.promptIds.length,
+        completionTokens: 0,
+        cachedTokens: 0,
+        error,
+      },
+    });
+    return s;
+  }
+
+  submit(req: EngineRequest): AsyncIterable<TokenEvent> {
+    if (this.#closing || this.#fatal) {
+      return this.#reject(req, this.#fatal ?? "the engine is shutting down");
+    }
+    if (this.#streams.has(req.id)) return this.#reject(req, `duplicate request id ${req.id}`);
+    const cap = this.schedConfig.maxRows + this.config.maxQueuedRequests;
+    if (this.#streams.size >= cap) {
+      return this.#reject(req, `too many requests (${cap} running or queued)`);
+    }
+    const err = validateRequest(req.promptIds, req.params, this.schedConfig);
+    if (err) return this.#reject(req, err);
+    const seed = req.params.seed !== undefined
+      ? BigInt.asUintN(64, BigInt(Math.trunc(req.params.seed)))
+      : this.#seed();
+    const stream = new EventStream(() => this.abort(req.id));
+    this.#streams.set(req.id, stream);
+    const msg: SubmitMessage = { id: req.id, promptIds: req.promptIds, params: req.params, seed };
+    this.scheduler.postMessage({ type: "submit", req: msg });
+    return stream;
+  }
+
+  abort(id: string): void {
+    if (this.#streams.has(id)) this.scheduler.postMessage({ type: "abort", id });
+  }
+
+  metrics(): Promise<EngineMetrics> {
+    const seq = ++this.#seq;
+    return new Promise((resolve) => {
+      this.#metricsWaiters.set(seq, resolve);
+      this.scheduler.postMessage({ type: "metrics", seq });
+    });
+  }
+
+  async shutdown(options?: { abort?: boolean }): Promise<void> {
+    this.#closing = true;
+    this.scheduler.postMessage({ type: "shutdown", abort: options?.abort ?? false });
+    await this.#stopped;
+    // Streams the scheduler could not finish (a dead worker) end here.
+    for (const [id, s] of this.#streams) {
+      s.push({
+        tokens: [],
+        finish: {
+          reason: "abort",
+          promptTokens: 0,
+          completionTokens: 0,
+          cachedTokens: 0,
+          error: this.#fatal ?? "the engine shut down",
+        },
+      });
+      this.#streams.delete(id);
+    }
+    // The GPU workers exit on the shutdown record; give them a moment to free memory.
+    await new Promise((r) => setTimeout(r, 50));
+    for (const g of this.gpus) g.worker.terminate();
+    this.scheduler.terminate();
+  }
+}

@@ -1,0 +1,149 @@
+/**
+ * A request as the scheduler tracks it: its tokens so far, its KV state (row, pages,
+ * cached prefix) and its stop conditions.
+ */
+
+import type { CacheHandle } from "../cache/prefix_cache.ts";
+import type { RowSampling } from "../ipc/batch.ts";
+import type { SamplingParams, TokenEvent } from "../engine/types.ts";
+
+/** What the main thread sends for a new request (the seed already chosen). */
+export interface SubmitMessage {
+  id: string;
+  promptIds: number[];
+  params: SamplingParams;
+  seed: bigint;
+}
+
+/** Limits a request is checked against before it is queued. */
+export interface RequestLimits {
+  vocabSize: number;
+  /** Longest prompt + completion (model context, capped by the KV pool). */
+  maxContextLen: number;
+}
+
+/** Why a request can never be served, or null. Shared by the engine (to reject at once)
+ *  and the scheduler. */
+export function validateRequest(
+  promptIds: number[],
+  params: SamplingParams,
+  c: RequestLimits,
+): string | null {
+  const n = promptIds.length;
+  if (n === 0) return "the prompt is empty";
+  if (!Number.isInteger(params.maxTokens) || params.maxTokens < 0) {
+    return "max_tokens must be an integer >= 0";
+  }
+  for (const t of promptIds) {
+    if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) {
+      return `token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`;
+    }
+  }
+  if (n + params.maxTokens > c.maxContextLen) {
+    return `prompt (${n} tokens) + max_tokens (${params.maxTokens}) exceeds the context ` +
+      `length ${c.maxContextLen} (the model's context, capped by the KV pool)`;
+  }
+  return null;
+}
+
+/** The scheduler's request state. */
+export class Req {
+  readonly id: string;
+  readonly params: SamplingParams;
+  readonly promptLen: number;
+  /** Prompt followed by the completion tokens known so far (stop token included). */
+  readonly tokens: number[];
+  readonly sampling: RowSampling;
+  /** Admission order; retraction picks the highest. */
+  order = 0;
+  done = false;
+
+  // KV state, valid while row >= 0.
+  row = -1;
+  /** The row's page list (append-only while the row is held). */
+  pages: number[] = [];
+  /** Pages of `pages` already sent to the worker for this row. */
+  sentPages = 0;
+  /** Leading tokens whose pages the prefix cache owns (locked through `handle`). */
+  ownedLen = 0;
+  handle: CacheHandle = null;
+  /** Tokens whose KV is computed or scheduled. */
+  kvLen = 0;
+  /** Tokens to prefill since admission (prompt + tokens generated before a retraction). */
+  fillLen = 0;
+  /** Completion tokens sampled by batches scheduled so far (known or in flight). */
+  scheduled = 0;
+  /** Entries of this request in batches not processed yet. */
+  inflight = 0;
+
+  /** Prompt tokens served from the cache at the first admission (reported). */
+  cachedTokens = -1;
+  /** Prompt logprobs by position (position 0 is null), when asked. */
+  promptLogprobs: (number | null)[] | null;
+  promptLogprobsSent = false;
+
+  // Event under construction for the current step.
+  pendTokens: number[] = [];
+  pendLogprobs: number[] = [];
+  pendTop: { ids: number[]; logprobs: number[] }[] = [];
+
+  constructor(m: SubmitMessage) {
+    this.id = m.id;
+    this.params = m.params;
+    this.promptLen = m.promptIds.length;
+    this.tokens = m.promptIds.slice();
+    const p = m.params;
+    this.sampling = {
+      temperature: p.temperature,
+      topP: p.topP,
+      topK: p.topK,
+      minP: p.minP,
+      seed: m.seed,
+      step: 0,
+      presencePenalty: p.presencePenalty,
+      frequencyPenalty: p.frequencyPenalty,
+      repetitionPenalty: p.repetitionPenalty,
+    };
+    this.promptLogprobs = p.promptLogprobs ? new Array(this.promptLen).fill(null) : null;
+  }
+
+  /** Completion tokens known. */
+  get outLen(): number {
+    return this.tokens.length - this.promptLen;
+  }
+
+  /** Whether penalties need the generated tokens (so decodes wait for known tokens). */
+  get hasPenalty(): boolean {
+    const p = this.params;
+    return p.presencePenalty !== 0 || p.frequencyPenalty !== 0 || p.repetitionPenalty !== 1;
+  }
+
+  /** The prompt prefill is fully scheduled: the request decodes from now on. */
+  get decoding(): boolean {
+    return this.row >= 0 && this.kvLen >= this.fillLen;
+  }
+
+  /** The event of this step: pending tokens (and prompt logprobs with the first ones),
+   *  plus `finish` when the request ends. Clears the pending state. */
+  takeEvent(finish: TokenEvent["finish"]): TokenEvent {
+    const ev: TokenEvent = { tokens: this.pendTokens };
+    if (this.params.logprobs) ev.logprobs = this.pendLogprobs;
+    if (this.params.topLogprobs > 0) ev.topLogprobs = this.pendTop;
+    if (
+      this.promptLogprobs && !this.promptLogprobsSent &&
+      (this.pendTokens.length > 0 || finish)
+    ) {
+      ev.promptLogprobs = this.promptLogprobs;
+      this.promptLogprobsSent = true;
+    }
+    if (finish) {
+      if (finish.stopToken === undefined) delete finish.stopToken;
+      if (finish.error === undefined) delete finish.error;
+      ev.finish = finish;
+    }
+    this.pendTokens = [];
+    this.pendLogprobs = [];
+    this.pendTop = [];
+    return ev;
+  }
+}

@@ -1,0 +1,122 @@
+/// <reference lib="deno.worker" />
+/**
+ * Scheduler worker: owns the Scheduler (admission, prefix cache, pages, batching) and the
+ * overlap loop. Batches go to the GPU worker(s) through SharedArrayBuffer rings; token
+ * events go back to the main thread, one postMessage per step.
+ *
+ * Protocol (main -> worker): {type:"init", config, overlap, toWorkers, fromWorkers},
+ * {type:"submit", req}, {type:"abort", id}, {type:"metrics", seq},
+ * {type:"shutdown", abort}. Worker -> main: {type:"ready"}, {type:"events", events},
+ * {type:"metrics", seq, metrics}, {type:"stopped", error?}.
+ */
+import { Scheduler, type SchedulerConfig } from "../src/scheduler/scheduler.ts";
+import { SchedulerLoop, type Transport } from "../src/scheduler/loop.ts";
+import type { SubmitMessage } from "../src/scheduler/request.ts";
+import { Ring } from "../src/ipc/ring.ts";
+import { decodeResult, encodeBatch, encodeShutdown } from "../src/ipc/batch_codec.ts";
+
+type InMessage =
+  | {
+    type: "init";
+    config: SchedulerConfig;
+    overlap: boolean;
+    toWorkers: SharedArrayBuffer[];
+    fromWorkers: SharedArrayBuffer[];
+  }
+  | { type: "submit"; req: SubmitMessage }
+  | { type: "abort"; id: string }
+  | { type: "metrics"; seq: number }
+  | { type: "shutdown"; abort: boolean };
+
+let sched: Scheduler | null = null;
+let loop: SchedulerLoop | null = null;
+let dead: string | null = null;
+
+/** Rings to every rank; results are read from all (ranks answer in lockstep), rank 0's kept. */
+function ringTransport(to: Ring[], from: Ring[]): Transport {
+  return {
+    async send(batch) {
+      const msg = encodeBatch(batch);
+      for (const r of to) await r.pushAsync(msg);
+    },
+    async recv() {
+      let first: Int32Array | null = null;
+      for (let i = 0; i < from.length; i++) {
+        const m = await from[i].popAsync();
+        if (m === null) return null;
+        if (i === 0) first = m;
+      }
+      return decodeResult(first!);
+    },
+  };
+}
+
+function start(m: Extract<InMessage, { type: "init" }>): void {
+  const to = m.toWorkers.map((b) => new Ring(b));
+  const from = m.fromWorkers.map((b) => new Ring(b));
+  const s = new Scheduler(m.config);
+  sched = s;
+  const l = new SchedulerLoop(
+    s,
+    ringTransport(to, from),
+    m.overlap,
+    (events) => self.postMessage({ type: "events", events }),
+  );
+  loop = l;
+  self.postMessage({ type: "ready" });
+  l.run().then(
+    () => {
+      for (const r of to) if (!r.closed) r.tryPush(encodeShutdown());
+      self.postMessage({ type: "stopped", steps: l.steps, cpuSeconds: l.cpuSeconds });
+    },
+    (e: Error) => {
+      dead = e.message;
+      for (const r of to) r.close();
+      self.postMessage({ type: "stopped", error: e.message });
+    },
+  );
+}
+
+self.onmessage = (ev: MessageEvent<InMessage>) => {
+  const m = ev.data;
+  switch (m.type) {
+    case "init":
+      start(m);
+      break;
+    case "submit":
+      if (!sched || !loop) break;
+      if (dead) {
+        self.postMessage({
+          type: "events",
+          events: [[m.req.id, {
+            tokens: [],
+            finish: {
+              reason: "abort",
+              promptTokens: m.req.promptIds.length,
+              completionTokens: 0,
+              cachedTokens: 0,
+              error: dead,
+            },
+          }]],
+        });
+        break;
+      }
+      sched.submit(m.req);
+      {
+        const ev = sched.takeEvents(); // an immediate rejection
+        if (ev.length) self.postMessage({ type: "events", events: ev });
+      }
+      loop.notify();
+      break;
+    case "abort":
+      sched?.abort(m.id);
+      loop?.notify();
+      break;
+    case "metrics":
+      if (sched) self.postMessage({ type: "metrics", seq: m.seq, metrics: sched.metrics() });
+      break;
+    case "shutdown":
+      loop?.stop(m.abort);
+      break;
+  }
+};
