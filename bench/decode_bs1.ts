@@ -42,6 +42,7 @@ const runner = await ModelRunner.create(cfg, {
   cudaGraphMaxBs: Number(a.graphs),
   dtype: "auto",
   cpuThreads: 0,
+  attn: "",
 }, () => {});
 const dev = runner.dev;
 

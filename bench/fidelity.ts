@@ -41,6 +41,7 @@ const runner = await ModelRunner.create(cfg, {
   cudaGraphMaxBs: a.device === "cuda" ? 4 : 0,
   dtype: "auto",
   cpuThreads: 0,
+  attn: "",
 }, () => {});
 const V = cfg.vocabSize;
 const greedy: RowSampling = {

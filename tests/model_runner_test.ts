@@ -26,6 +26,7 @@ async function runner(dir: string, maxRows = 8) {
     cudaGraphMaxBs: 0,
     dtype: "auto",
     cpuThreads: 0,
+    attn: "",
   }, () => {});
   return { cfg, r };
 }

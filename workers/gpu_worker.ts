@@ -78,6 +78,7 @@ self.onmessage = async (ev: MessageEvent<InitMessage>) => {
       cudaGraphMaxBs: c.cudaGraphMaxBs,
       dtype: c.dtype,
       cpuThreads: c.cpuThreads,
+      attn: c.attn,
     }, (stage, done, total) => self.postMessage({ type: "progress", stage, done, total }));
   } catch (e) {
     self.postMessage({ type: "error", message: (e as Error).message });

@@ -25,7 +25,7 @@ export interface GpuWorkerConfig {
   /** Largest decode batch captured into a CUDA graph (0 = no graphs). */
   cudaGraphMaxBs: number;
   dtype: "auto" | "bfloat16" | "float16";
-  /** Attention backend name(s), e.g. "fa" or "fa,fi" (prefill,decode). */
+  /** Attention backend name(s): PREFILL[,DECODE] (today "native"). */
   attn: string;
   /** Threads of the CPU backend (0 = all cores). */
   cpuThreads: number;
@@ -56,9 +56,9 @@ export function defaultEngineConfig(modelDir: string): EngineConfig {
     memFraction: 0.9,
     maxRunningRequests: 256,
     maxPrefillLength: 8192,
-    cudaGraphMaxBs: 256,
+    cudaGraphMaxBs: -1,
     dtype: "auto",
-    attn: "fa",
+    attn: "native",
     cpuThreads: 0,
     cache: "radix",
     maxQueuedRequests: 4096,

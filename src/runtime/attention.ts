@@ -54,6 +54,20 @@ export interface AttentionBackend {
 /** Names accepted by `--attn`. */
 export const ATTENTION_BACKENDS = ["native"] as const;
 
+/** Validates `--attn PREFILL[,DECODE]` ("" = default); throws a one-line Error. */
+export function checkAttentionNames(spec: string): void {
+  if (!spec) return;
+  const names = spec.split(",");
+  if (names.length > 2) throw new Error(`--attn takes PREFILL[,DECODE], got "${spec}"`);
+  for (const n of names) {
+    if (!(ATTENTION_BACKENDS as readonly string[]).includes(n)) {
+      throw new Error(
+        `--attn: unknown attention backend "${n}" (known: ${ATTENTION_BACKENDS.join(", ")})`,
+      );
+    }
+  }
+}
+
 /** The library's own kernels: extend for prefill/mixed batches, split-K decode. */
 export class NativeAttention implements AttentionBackend {
   constructor(

@@ -10,7 +10,12 @@ import type { ForwardBatch, ForwardResult, WorkerInfo } from "../ipc/batch.ts";
 import { type DecoderShape, forward, type ModelWeights, type Workspace } from "../model/llama.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { ropeCosSin } from "../model/rope.ts";
-import { type ForwardMeta, type KvCache, NativeAttention } from "./attention.ts";
+import {
+  checkAttentionNames,
+  type ForwardMeta,
+  type KvCache,
+  NativeAttention,
+} from "./attention.ts";
 import { type FilledBatch, fillStaging, padDecode, PARAM_WORDS, StagingLayout } from "./staging.ts";
 import { loadWeights } from "./weights.ts";
 import { CudaGraphs } from "./cuda_graph.ts";
@@ -28,6 +33,8 @@ export interface RunnerOptions {
   cudaGraphMaxBs: number;
   dtype: "auto" | "bfloat16" | "float16";
   cpuThreads: number;
+  /** `--attn PREFILL[,DECODE]` ("" = default). */
+  attn: string;
 }
 
 export type Progress = (stage: string, done: number, total: number) => void;
@@ -125,6 +132,7 @@ export class ModelRunner {
     progress: Progress,
   ): Promise<ModelRunner> {
     const t0 = performance.now();
+    checkAttentionNames(opts.attn);
     const dev = new Device(opts.backend, opts.deviceIndex);
     if (opts.backend === "cpu" && opts.cpuThreads > 0) {
       dev.check(dev.sym.msg_set_num_threads(opts.cpuThreads), "threads");
@@ -138,10 +146,14 @@ export class ModelRunner {
     const act = opts.backend === "cpu" ? DType.F32 : wDtype;
     const r = new ModelRunner(cfg, opts, dev, act, wDtype);
     r.weights = await loadWeights(dev, cfg, opts.modelDir, wDtype, r.stream, progress);
+    // Default (-1): 256 on cards with more than 80 GB free, else 160, as SGLang does.
+    const graphMax = opts.cudaGraphMaxBs >= 0
+      ? opts.cudaGraphMaxBs
+      : (dev.memInfo().free > 80e9 ? 256 : 160);
     r.allocBuffers();
     r.allocKv(progress);
-    if (opts.backend === "cuda" && opts.cudaGraphMaxBs > 0) {
-      r.graphs = new CudaGraphs(dev, r.stream, Math.min(opts.cudaGraphMaxBs, opts.maxRows));
+    if (opts.backend === "cuda" && graphMax > 0) {
+      r.graphs = new CudaGraphs(dev, r.stream, Math.min(graphMax, opts.maxRows));
       r.graphs.capture(
         (bs) => r.decodeBody(bs, r.info.maxSeqLen),
         (bs) => r.prepareDummyDecode(bs),
