@@ -1,0 +1,279 @@
+/**
+ * Command-line flags: definitions, help text, parsing (node:util parseArgs, strict) and
+ * validation. Every mistake is a `FlagError` with a one-line message naming the flag.
+ */
+
+import { parseArgs } from "node:util";
+
+/** A bad command line; the message is one line. */
+export class FlagError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "FlagError";
+  }
+}
+
+/** The validated command line. */
+export interface CliOptions {
+  help: boolean;
+  /** null: use the default tiny random model. */
+  model: string | null;
+  host: string;
+  port: number;
+  device: "cpu" | "cuda" | "auto";
+  tp: number;
+  pageSize: number;
+  /** null: size the pool from memory. */
+  numPages: number | null;
+  memFraction: number;
+  maxRunningRequests: number;
+  maxPrefillLength: number;
+  maxQueuedRequests: number;
+  cache: "radix" | "naive";
+  disableOverlapSchedule: boolean;
+  /** null: the engine's default. */
+  cudaGraphMaxBs: number | null;
+  /** Attention backend(s), e.g. "fa" or "fa,fi"; null: the engine's default. */
+  attn: string | null;
+  dtype: "auto" | "bfloat16" | "float16";
+  apiKey: string | null;
+  shell: boolean;
+  servedModelName: string | null;
+  /** 0: all cores. */
+  cpuThreads: number;
+  /** Shell: most tokens per answer, and the sampling temperature. */
+  maxTokens: number;
+  temperature: number;
+}
+
+/** One flag: its parseArgs type, default shown in --help, and help line. */
+interface FlagSpec {
+  type: "string" | "boolean";
+  value?: string;
+  help: string;
+  short?: string;
+}
+
+const FLAGS: Record<string, FlagSpec> = {
+  "model": {
+    type: "string",
+    value: "DIR",
+    help: "Hugging Face model folder (default: a tiny random Qwen3 in .cache/models/tiny-qwen3)",
+  },
+  "host": { type: "string", value: "HOST", help: "address to listen on (default 127.0.0.1)" },
+  "port": {
+    type: "string",
+    value: "PORT",
+    help: "port to listen on, 0 = any free port (default 1919)",
+  },
+  "device": {
+    type: "string",
+    value: "cpu|cuda|auto",
+    help: "backend: auto = CUDA when its library loads and a GPU exists (default auto)",
+  },
+  "tp": { type: "string", value: "N", help: "tensor-parallel GPUs (default 1)" },
+  "page-size": {
+    type: "string",
+    value: "N",
+    help: "tokens per KV page, a power of two up to 256 (default 1)",
+  },
+  "num-pages": {
+    type: "string",
+    value: "N",
+    help: "KV pages in the pool (default: sized from --mem-fraction)",
+  },
+  "mem-fraction": {
+    type: "string",
+    value: "F",
+    help: "fraction of device memory for weights + KV cache (default 0.9)",
+  },
+  "max-running-requests": {
+    type: "string",
+    value: "N",
+    help: "most requests decoding at once (default 256)",
+  },
+  "max-prefill-length": {
+    type: "string",
+    value: "N",
+    help: "most prompt tokens in one prefill chunk (default 8192)",
+  },
+  "max-queued-requests": {
+    type: "string",
+    value: "N",
+    help: "most requests waiting beyond the running ones; more get 503 (default 4096)",
+  },
+  "cache": { type: "string", value: "radix|naive", help: "prefix cache (default radix)" },
+  "disable-overlap-schedule": {
+    type: "boolean",
+    help: "schedule batch N+1 only after batch N finished",
+  },
+  "cuda-graph-max-bs": {
+    type: "string",
+    value: "N",
+    help: "largest decode batch captured in a CUDA graph, 0 = none",
+  },
+  "attn": { type: "string", value: "NAME[,NAME]", help: "attention backend (prefill[,decode])" },
+  "dtype": {
+    type: "string",
+    value: "auto|bfloat16|float16",
+    help: "weight/activation dtype (default auto: the model's)",
+  },
+  "api-key": { type: "string", value: "KEY", help: "require 'Authorization: Bearer KEY' on /v1/*" },
+  "shell": { type: "boolean", help: "chat in the terminal instead of serving HTTP" },
+  "served-model-name": {
+    type: "string",
+    value: "NAME",
+    help: "model name in the API (default: the folder's name)",
+  },
+  "cpu-threads": {
+    type: "string",
+    value: "N",
+    help: "threads of the CPU backend, 0 = all cores (default 0)",
+  },
+  "max-tokens": {
+    type: "string",
+    value: "N",
+    help: "shell: most tokens per answer (default 1024)",
+  },
+  "temperature": { type: "string", value: "T", help: "shell: sampling temperature (default 0.7)" },
+  "help": { type: "boolean", short: "h", help: "show this help" },
+};
+
+/** The --help text. */
+export function helpText(): string {
+  const lines = [
+    "minisgl: an OpenAI-compatible LLM server (Deno + a native CUDA/CPU library)",
+    "",
+    "usage: deno task serve [--model DIR] [flags]",
+    "",
+    "flags:",
+  ];
+  for (const [name, spec] of Object.entries(FLAGS)) {
+    const left = `  ${spec.short ? `-${spec.short}, ` : ""}--${name}${
+      spec.value ? ` ${spec.value}` : ""
+    }`;
+    lines.push(left.padEnd(42) + spec.help);
+  }
+  return lines.join("\n");
+}
+
+/** Turns parseArgs' errors into our one-line messages. */
+function parseError(err: unknown): FlagError {
+  const e = err as { code?: string; message?: string };
+  const msg = e.message ?? String(err);
+  if (e.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
+    const m = msg.match(/'(-{1,2}[^']*)'/);
+    return new FlagError(`unknown flag ${m ? m[1] : msg} (see --help)`);
+  }
+  if (e.code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL") {
+    const m = msg.match(/'([^']*)'/);
+    return new FlagError(`unexpected argument ${m ? m[1] : ""} (flags start with --; see --help)`);
+  }
+  if (e.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
+    const m = msg.match(/'(--?[a-z-]+)/);
+    const flag = m ? m[1] : "";
+    if (msg.includes("does not take an argument")) {
+      return new FlagError(`flag ${flag} takes no value (see --help)`);
+    }
+    return new FlagError(`flag ${flag} needs a value (see --help)`);
+  }
+  return new FlagError(`${msg.split("\n")[0]} (see --help)`);
+}
+
+/** --page-size must be a power of two (page math uses shifts). */
+function powerOfTwo(n: number): number {
+  if ((n & (n - 1)) !== 0) throw new FlagError(`--page-size must be a power of two, got ${n}`);
+  return n;
+}
+
+/** Parses and validates argv. Throws FlagError. */
+export function parseFlags(argv: string[]): CliOptions {
+  const options: Record<string, { type: "string" | "boolean"; short?: string }> = {};
+  for (const [name, spec] of Object.entries(FLAGS)) {
+    options[name] = spec.short ? { type: spec.type, short: spec.short } : { type: spec.type };
+  }
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    values = parseArgs({ args: argv, options, strict: true, allowPositionals: false })
+      .values as Record<
+        string,
+        string | boolean | undefined
+      >;
+  } catch (err) {
+    throw parseError(err);
+  }
+  const str = (name: string) => values[name] as string | undefined;
+  const int = (name: string, def: number, min: number, max = Number.MAX_SAFE_INTEGER): number => {
+    const v = str(name);
+    if (v === undefined) return def;
+    if (!/^[0-9]+$/.test(v.trim()) || !Number.isSafeInteger(Number(v))) {
+      throw new FlagError(`--${name} expects an integer, got '${v}'`);
+    }
+    const n = Number(v);
+    if (n < min || n > max) {
+      throw new FlagError(`--${name} must be between ${min} and ${max}, got ${n}`);
+    }
+    return n;
+  };
+  const float = (
+    name: string,
+    def: number,
+    min: number,
+    max: number,
+    exclusiveMin = false,
+  ): number => {
+    const v = str(name);
+    if (v === undefined) return def;
+    const n = Number(v);
+    if (v.trim() === "" || !Number.isFinite(n)) {
+      throw new FlagError(`--${name} expects a number, got '${v}'`);
+    }
+    if ((exclusiveMin ? n <= min : n < min) || n > max) {
+      throw new FlagError(
+        `--${name} must be in ${exclusiveMin ? "(" : "["}${min}, ${max}], got ${n}`,
+      );
+    }
+    return n;
+  };
+  const choice = <T extends string>(name: string, def: T, allowed: readonly T[]): T => {
+    const v = str(name);
+    if (v === undefined) return def;
+    if (!(allowed as readonly string[]).includes(v)) {
+      throw new FlagError(`--${name} must be one of ${allowed.join(", ")}, got '${v}'`);
+    }
+    return v as T;
+  };
+  const nonEmpty = (name: string): string | null => {
+    const v = str(name);
+    if (v === undefined) return null;
+    if (v.trim() === "") throw new FlagError(`--${name} must not be empty`);
+    return v;
+  };
+  const numPagesRaw = str("num-pages");
+  const graphRaw = str("cuda-graph-max-bs");
+  return {
+    help: values.help === true,
+    model: nonEmpty("model"),
+    host: nonEmpty("host") ?? "127.0.0.1",
+    port: int("port", 1919, 0, 65535),
+    device: choice("device", "auto", ["cpu", "cuda", "auto"] as const),
+    tp: int("tp", 1, 1, 64),
+    pageSize: powerOfTwo(int("page-size", 1, 1, 256)),
+    numPages: numPagesRaw === undefined ? null : int("num-pages", 0, 1),
+    memFraction: float("mem-fraction", 0.9, 0, 1, true),
+    maxRunningRequests: int("max-running-requests", 256, 1, 1 << 20),
+    maxPrefillLength: int("max-prefill-length", 8192, 1, 1 << 24),
+    maxQueuedRequests: int("max-queued-requests", 4096, 0, 1 << 24),
+    cache: choice("cache", "radix", ["radix", "naive"] as const),
+    disableOverlapSchedule: values["disable-overlap-schedule"] === true,
+    cudaGraphMaxBs: graphRaw === undefined ? null : int("cuda-graph-max-bs", 0, 0, 4096),
+    attn: nonEmpty("attn"),
+    dtype: choice("dtype", "auto", ["auto", "bfloat16", "float16"] as const),
+    apiKey: nonEmpty("api-key"),
+    shell: values.shell === true,
+    servedModelName: nonEmpty("served-model-name"),
+    cpuThreads: int("cpu-threads", 0, 0, 4096),
+    maxTokens: int("max-tokens", 1024, 1, 1 << 24),
+    temperature: float("temperature", 0.7, 0, 2),
+  };
+}

@@ -1,0 +1,180 @@
+/**
+ * What `main.ts` does: flags -> checks -> native library -> engine -> HTTP server or shell,
+ * and a graceful exit on SIGINT/SIGTERM. Every expected failure (bad flag, broken model
+ * folder, build failure, engine startup error) ends with one line `error: ...` and exit 1.
+ */
+
+import { defaultEngineConfig, type EngineConfig } from "../engine/config.ts";
+import { startEngine } from "../engine/engine.ts";
+import type { Engine } from "../engine/types.ts";
+import { loadModelConfig } from "../model/config.ts";
+import { ServerMetrics } from "../server/metrics.ts";
+import { startServer } from "../server/serve.ts";
+import type { ServerContext } from "../server/context.ts";
+import { serverTokenizer } from "../server/tokenizer_port.ts";
+import { runShell } from "../shell/shell.ts";
+import { loadTokenizer } from "../tokenizer/tokenizer.ts";
+import { ensureBuilt } from "../../cuda/build.ts";
+import { Device } from "../../ffi/device.ts";
+import { libraryPath } from "../../ffi/lib.ts";
+import { ensureDefaultModel } from "./default_model.ts";
+import { type CliOptions, FlagError, helpText, parseFlags } from "./flags.ts";
+import { progressPrinter } from "./progress.ts";
+
+/** How long in-flight requests may run on after SIGINT/SIGTERM before being aborted. */
+const SHUTDOWN_GRACE_MS = 30_000;
+
+/** Largest request body (413 beyond). */
+const MAX_BODY_BYTES = 8 << 20;
+
+const log = (line: string) => console.error(line);
+
+/** The first line of an error's message (never a stack trace). */
+export function errorLine(err: unknown): string {
+  const msg = err instanceof Error ? err.message : String(err);
+  return msg.split("\n")[0].trim() || (err instanceof Error ? err.name : "unknown error");
+}
+
+/** Picks the backend: auto = CUDA when its library loads and reports a device. */
+function resolveDevice(opt: CliOptions["device"], cudaLib: string | null): "cpu" | "cuda" {
+  if (opt !== "auto") return opt;
+  if (cudaLib === null) return "cpu";
+  try {
+    new Device("cuda", 0);
+    return "cuda";
+  } catch {
+    return "cpu";
+  }
+}
+
+/** The engine configuration the flags describe. */
+export function engineConfig(
+  o: CliOptions,
+  modelDir: string,
+  device: "cpu" | "cuda",
+): EngineConfig {
+  const c = defaultEngineConfig(modelDir);
+  return {
+    ...c,
+    device,
+    tpSize: o.tp,
+    pageSize: o.pageSize,
+    numPages: o.numPages,
+    memFraction: o.memFraction,
+    maxRunningRequests: o.maxRunningRequests,
+    maxPrefillLength: o.maxPrefillLength,
+    maxQueuedRequests: o.maxQueuedRequests,
+    cache: o.cache,
+    disableOverlapSchedule: o.disableOverlapSchedule,
+    cudaGraphMaxBs: device === "cpu" ? 0 : (o.cudaGraphMaxBs ?? c.cudaGraphMaxBs),
+    attn: o.attn ?? c.attn,
+    dtype: o.dtype,
+    cpuThreads: o.cpuThreads,
+  };
+}
+
+/** Runs the program; resolves to the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  let opts: CliOptions;
+  try {
+    opts = parseFlags(argv);
+  } catch (err) {
+    if (err instanceof FlagError) {
+      log(`error: ${err.message}`);
+      return 1;
+    }
+    throw err;
+  }
+  if (opts.help) {
+    console.log(helpText());
+    return 0;
+  }
+  let engine: Engine | null = null;
+  try {
+    let modelDir = opts.model;
+    if (modelDir === null) {
+      modelDir = await ensureDefaultModel(log);
+      log(
+        `note: no --model given, using ${modelDir}: a tiny model with RANDOM weights, its output ` +
+          "is random text. Use --model /path/to/Qwen3-0.6B for a real checkpoint.",
+      );
+    }
+    // Validate the folder before anything heavy: one clear line on a broken model.
+    const modelConfig = await loadModelConfig(modelDir);
+    const tokenizer = serverTokenizer(await loadTokenizer(modelDir));
+    if (!(await exists(libraryPath("cpu")))) {
+      log("building the native library (first run only; this takes a minute)");
+    }
+    const built = await ensureBuilt({ cuda: opts.device !== "cpu" });
+    if (opts.device === "cuda" && built.cuda === null) {
+      throw new Error(
+        "--device cuda: the CUDA library cannot be built here (nvcc or cuBLASLt missing)",
+      );
+    }
+    const device = resolveDevice(opts.device, built.cuda);
+    const config = engineConfig(opts, modelDir, device);
+    log(`loading ${modelDir} (${modelConfig.arch}) on ${device}`);
+    engine = await startEngine(config, progressPrinter(log));
+    const names = opts.servedModelName !== null
+      ? [opts.servedModelName, engine.info.modelName]
+      : [engine.info.modelName, modelDir];
+    if (opts.shell) {
+      await runShell({
+        engine,
+        tokenizer,
+        input: Deno.stdin.readable,
+        write: (text) => Deno.stdout.write(new TextEncoder().encode(text)).then(() => {}),
+        maxTokens: opts.maxTokens,
+        temperature: opts.temperature,
+      });
+      await engine.shutdown({ abort: true });
+      return 0;
+    }
+    const ctx: ServerContext = {
+      engine,
+      tokenizer,
+      modelNames: [...new Set(names)],
+      apiKey: opts.apiKey,
+      metrics: new ServerMetrics(),
+      maxInFlight: opts.maxRunningRequests + opts.maxQueuedRequests,
+      maxBodyBytes: MAX_BODY_BYTES,
+      inFlight: 0,
+      closing: false,
+    };
+    const server = await startServer(ctx, opts.host, opts.port);
+    const shown = server.hostname.includes(":") ? `[${server.hostname}]` : server.hostname;
+    console.log(`listening on http://${shown}:${server.port}`);
+    await waitForSignal();
+    log("shutting down: finishing in-flight requests");
+    await server.shutdown(SHUTDOWN_GRACE_MS);
+    await engine.shutdown();
+    log("bye");
+    return 0;
+  } catch (err) {
+    log(`error: ${errorLine(err)}`);
+    if (engine) await engine.shutdown({ abort: true }).catch(() => {});
+    return 1;
+  }
+}
+
+/** True when a file exists. */
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Resolves on the first SIGINT or SIGTERM. */
+function waitForSignal(): Promise<void> {
+  return new Promise((resolve) => {
+    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+    const handler = () => {
+      for (const s of signals) Deno.removeSignalListener(s, handler);
+      resolve();
+    };
+    for (const s of signals) Deno.addSignalListener(s, handler);
+  });
+}

@@ -1,0 +1,119 @@
+/**
+ * What the HTTP routes need: the engine, a tokenizer port, the served names, limits and
+ * the server's own metrics. Also the admission counter behind --max-queued-requests.
+ */
+
+import type { Engine } from "../engine/types.ts";
+import { ApiError } from "./errors.ts";
+import type { ServerMetrics } from "./metrics.ts";
+import type { ChatMessage } from "./openai.ts";
+import type { TextDecoderStream } from "./textgen.ts";
+
+/** The tokenizer operations the server uses (an adapter over src/tokenizer). */
+export interface ServerTokenizer {
+  /** Text to ids; `addSpecialTokens` adds BOS where the model wants one. */
+  encode(text: string, addSpecialTokens: boolean): number[];
+  /** Ids to text, skipping special tokens. */
+  decode(ids: number[]): string;
+  /** The chat template applied to messages, as token ids. */
+  chatTemplate(
+    messages: ChatMessage[],
+    addGenerationPrompt: boolean,
+    kwargs: Record<string, unknown>,
+  ): number[];
+  /** A fresh streaming detokenizer (never emits broken UTF-8); the prompt's last tokens
+   *  give the first generated ones their left context (SentencePiece spaces). */
+  detokenizer(promptIds?: readonly number[]): TextDecoderStream;
+  /** The text of one token on its own (for logprobs), and its raw bytes. */
+  tokenText(id: number): string;
+  tokenBytes(id: number): number[];
+}
+
+/** Everything the routes share. */
+export interface ServerContext {
+  engine: Engine;
+  tokenizer: ServerTokenizer;
+  /** Names accepted in `model` (the first is reported). */
+  modelNames: string[];
+  apiKey: string | null;
+  metrics: ServerMetrics;
+  /** Most engine requests in flight (running + queued) before answering 503. */
+  maxInFlight: number;
+  /** Largest request body in bytes (413 beyond). */
+  maxBodyBytes: number;
+  /** Engine requests in flight now. */
+  inFlight: number;
+  /** Set when shutting down: new requests get 503. */
+  closing: boolean;
+}
+
+/** Reserves `count` engine requests or throws 503; call `release` once per request. */
+export function admit(ctx: ServerContext, count: number): void {
+  if (ctx.closing) throw new ApiError(503, "The server is shutting down.");
+  if (ctx.inFlight + count > ctx.maxInFlight) {
+    throw new ApiError(
+      503,
+      `The server is overloaded: ${ctx.inFlight} requests in flight, limit ${ctx.maxInFlight} ` +
+        "(--max-running-requests + --max-queued-requests). Retry later.",
+      null,
+      "queue_full",
+    );
+  }
+  ctx.inFlight += count;
+}
+
+/** Releases one engine request reserved by `admit`. */
+export function release(ctx: ServerContext): void {
+  ctx.inFlight--;
+}
+
+/** Checks the `model` field against the served names (404 when unknown). */
+export function checkModel(ctx: ServerContext, model: string | null): string {
+  if (model === null) return ctx.modelNames[0];
+  if (!ctx.modelNames.includes(model)) {
+    throw new ApiError(
+      404,
+      `The model '${model}' does not exist. This server serves '${ctx.modelNames[0]}'.`,
+      "model",
+      "model_not_found",
+    );
+  }
+  return model;
+}
+
+/** Resolves max_tokens against the context: 400 when the prompt plus it cannot fit. */
+export function resolveMaxTokens(
+  ctx: ServerContext,
+  promptLen: number,
+  maxTokens: number | null,
+  promptParam: "messages" | "prompt",
+  defaultMax = Infinity,
+): number {
+  const limit = ctx.engine.info.maxContextLen;
+  if (promptLen >= limit && !(maxTokens === 0 && promptLen <= limit)) {
+    throw new ApiError(
+      400,
+      `This model's maximum context length is ${limit} tokens. However, your prompt has ` +
+        `${promptLen} tokens. Please reduce the length of the prompt.`,
+      promptParam,
+      "context_length_exceeded",
+    );
+  }
+  if (maxTokens === null) return Math.min(defaultMax, limit - promptLen);
+  if (promptLen + maxTokens > limit) {
+    throw new ApiError(
+      400,
+      `This model's maximum context length is ${limit} tokens. However, you requested ` +
+        `${promptLen + maxTokens} tokens (${promptLen} in the prompt, ${maxTokens} for the ` +
+        "completion). Please reduce the length of the prompt or the completion.",
+      "max_tokens",
+      "context_length_exceeded",
+    );
+  }
+  return maxTokens;
+}
+
+/** A random id with a prefix, as OpenAI's (e.g. chatcmpl-...). */
+export function newId(prefix: string): string {
+  return `${prefix}-${crypto.randomUUID().replaceAll("-", "")}`;
+}

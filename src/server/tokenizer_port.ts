@@ -1,0 +1,92 @@
+/**
+ * Adapts src/tokenizer's HfTokenizer to the operations the server, the shell and the
+ * offline API use (`ServerTokenizer`), including the raw bytes of a single token for
+ * OpenAI's logprobs (`bytes`), which a byte-level BPE token may split mid-character.
+ */
+
+import { IncrementalDetokenizer } from "../tokenizer/detokenizer.ts";
+import type { HfTokenizer } from "../tokenizer/tokenizer.ts";
+import type { ServerTokenizer } from "./context.ts";
+
+/** GPT-2's byte <-> printable character table used by byte-level BPE vocabularies. */
+function byteDecoder(): Map<string, number> {
+  const bs: number[] = [];
+  for (let b = 33; b <= 126; b++) bs.push(b);
+  for (let b = 161; b <= 172; b++) bs.push(b);
+  for (let b = 174; b <= 255; b++) bs.push(b);
+  const cs = [...bs];
+  let n = 0;
+  for (let b = 0; b < 256; b++) {
+    if (!bs.includes(b)) {
+      bs.push(b);
+      cs.push(256 + n++);
+    }
+  }
+  const map = new Map<string, number>();
+  bs.forEach((b, i) => map.set(String.fromCodePoint(cs[i]), b));
+  return map;
+}
+
+/** True when tokenizer.json's decoder (or one in its sequence) is ByteLevel. */
+function isByteLevel(tokenizerJson: Record<string, unknown>): boolean {
+  const d = tokenizerJson.decoder as { type?: string; decoders?: { type?: string }[] } | null;
+  if (!d) return false;
+  return d.type === "ByteLevel" || (d.decoders ?? []).some((x) => x.type === "ByteLevel");
+}
+
+const utf8 = new TextEncoder();
+const lenient = new TextDecoder();
+
+/** Wraps an HfTokenizer as a ServerTokenizer. */
+export function serverTokenizer(tok: HfTokenizer): ServerTokenizer {
+  const byteLevel = isByteLevel(tok.tokenizerJson);
+  const bytesOf = byteLevel ? byteDecoder() : null;
+  const bytesCache = new Map<number, number[]>();
+  const textCache = new Map<number, string>();
+
+  const tokenBytes = (id: number): number[] => {
+    const hit = bytesCache.get(id);
+    if (hit) return hit;
+    const piece = tok.idToToken(id) ?? "";
+    let bytes: number[];
+    if (tok.specialTokenIds.has(id)) bytes = [...utf8.encode(piece)];
+    else if (bytesOf) {
+      bytes = [];
+      for (const ch of piece) {
+        const b = bytesOf.get(ch);
+        if (b === undefined) bytes.push(...utf8.encode(ch));
+        else bytes.push(b);
+      }
+    } else {
+      // SentencePiece: "<0xE2>" byte-fallback pieces, "▁" for spaces.
+      const m = piece.match(/^<0x([0-9A-Fa-f]{2})>$/);
+      bytes = m ? [parseInt(m[1], 16)] : [...utf8.encode(piece.replaceAll("\u2581", " "))];
+    }
+    bytesCache.set(id, bytes);
+    return bytes;
+  };
+
+  return {
+    encode: (text, addSpecialTokens) => tok.encode(text, { addSpecialTokens }),
+    // The underlying decoder rejects an empty list.
+    decode: (ids) => (ids.length === 0 ? "" : tok.decode(ids, { skipSpecialTokens: true })),
+    chatTemplate(messages, addGenerationPrompt, kwargs) {
+      const msgs = messages.map((m) => ({ role: m.role, content: m.content }));
+      const text = tok.applyChatTemplate(msgs, { ...kwargs, addGenerationPrompt });
+      // The template already holds BOS etc.; the post-processor must not add them again.
+      return tok.encode(text, { addSpecialTokens: false });
+    },
+    detokenizer: (promptIds) => new IncrementalDetokenizer(tok, { promptIds }),
+    tokenText(id) {
+      let t = textCache.get(id);
+      if (t === undefined) {
+        t = tok.specialTokenIds.has(id)
+          ? (tok.idToToken(id) ?? "")
+          : lenient.decode(new Uint8Array(tokenBytes(id)));
+        textCache.set(id, t);
+      }
+      return t;
+    },
+    tokenBytes,
+  };
+}

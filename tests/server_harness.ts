@@ -1,0 +1,107 @@
+/**
+ * Starts a real minisgl server process (`deno run -A main.ts ... --port 0`) for the
+ * integration tests and reads the bound port from its "listening on" line.
+ */
+
+import { ensureTestModel, REPO_ROOT } from "./fixtures.ts";
+
+/** A running server subprocess. */
+export interface ServerProcess {
+  url: string;
+  child: Deno.ChildProcess;
+  /** Everything the process wrote to stderr so far. */
+  stderr(): string;
+  /** Sends a signal and waits for the exit status. */
+  stop(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
+}
+
+/** Starts the server on the tiny Qwen3 (CPU backend) with extra flags. */
+export async function startServerProcess(extra: string[] = []): Promise<ServerProcess> {
+  const model = await ensureTestModel("tiny-qwen3");
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "main.ts",
+      "--model",
+      model,
+      "--device",
+      "cpu",
+      "--port",
+      "0",
+      "--cpu-threads",
+      "1",
+      ...extra,
+    ],
+    cwd: REPO_ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let err = "";
+  const errDone = (async () => {
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) err += chunk;
+  })();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
+  const deadline = Date.now() + 60_000;
+  while (!/listening on (\S+)/.test(out)) {
+    if (Date.now() > deadline) throw new Error(`server did not start: ${err}`);
+    const { done, value } = await reader.read();
+    if (done) {
+      await errDone;
+      throw new Error(`server exited before listening: ${err}`);
+    }
+    out += value;
+  }
+  const url = out.match(/listening on (\S+)/)![1];
+  // Keep draining stdout so the child never blocks on a full pipe.
+  const outDone = (async () => {
+    while (!(await reader.read()).done) { /* drain */ }
+  })();
+  let status: Promise<Deno.CommandStatus> | null = null;
+  return {
+    url,
+    child,
+    stderr: () => err,
+    stop(signal: Deno.Signal = "SIGTERM") {
+      if (status === null) {
+        try {
+          child.kill(signal);
+        } catch { /* already gone */ }
+        status = Promise.all([child.status, errDone, outDone]).then(([s]) => s);
+      }
+      return status;
+    },
+  };
+}
+
+/** Reads one gauge or counter from /metrics. */
+export async function metric(url: string, name: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const m = text.match(new RegExp(`^${name} (\\S+)$`, "m"));
+  if (!m) throw new Error(`metric ${name} not found`);
+  return Number(m[1]);
+}
+
+/** POSTs JSON (or raw bytes) and returns status and parsed body. */
+export async function post(
+  url: string,
+  path: string,
+  body: unknown,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; json: Record<string, unknown> }> {
+  const raw = body instanceof Uint8Array || typeof body === "string" ? body : JSON.stringify(body);
+  const res = await fetch(`${url}${path}`, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: raw as BodyInit,
+  });
+  const text = await res.text();
+  let json: Record<string, unknown>;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = { raw: text };
+  }
+  return { status: res.status, json };
+}
