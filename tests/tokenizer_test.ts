@@ -154,3 +154,17 @@ Deno.test("incremental detokenizer: special tokens, prompt context, broken tail"
   assert.equal(d2.push(half), "");
   assert.equal(d2.flush(), l.decode(half));
 });
+
+Deno.test("incremental detokenizer: works without prompt ids, one token at a time", async () => {
+  const tok = await loadTokenizer(await ensureTestModel("tiny-qwen3"));
+  const ids = tok.encode("héllo 👋🏽 世界", { addSpecialTokens: false });
+  const d = new IncrementalDetokenizer(tok);
+  let text = "";
+  for (const id of ids) {
+    const piece = d.push([id]);
+    assert.ok(!piece.includes("\uFFFD"));
+    text += piece;
+  }
+  text += d.flush();
+  assert.equal(text, "héllo 👋🏽 世界");
+});

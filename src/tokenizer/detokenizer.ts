@@ -74,6 +74,7 @@ export class IncrementalDetokenizer {
   /** Decodes without tokenization-space clean-up: clean-up looks across token boundaries
    *  (" ." -> "."), which a window cannot do consistently, so streaming text is raw. */
   private decode(from: number, to: number): string {
+    if (from >= to) return ""; // the tokenizer library rejects an empty list
     return this.tokenizer.decode(this.ids.slice(from, to), {
       skipSpecialTokens: this.skipSpecial,
       cleanUpTokenizationSpaces: false,
