@@ -1,0 +1,181 @@
+// gemm.cu — out[M, N] = a[M, K] @ w[N, K]^T (+ bias[N]) through cuBLASLt (fp32 compute).
+//
+// Row-major out[M, N] is column-major out^T[N, M] = w[N, K] @ a^T, so cuBLASLt runs
+// D(N x M) = op_T(W: K x N, ld K) * op_N(A: K x M, ld K) with no copy. The bias is a
+// per-row vector of D and goes through the BIAS epilogue when it has D's dtype, else a small
+// add kernel follows. Descriptors and the heuristic's algorithm are cached per
+// (device, M, N, K, dtypes, bias) in thread-local state (one worker thread per GPU), and the
+// 32 MB workspace is a per-device scratch, so a call allocates nothing and can be captured
+// into a CUDA graph. Dtype pairs cuBLASLt does not take (a_dtype != w_dtype) and machines
+// without cuBLASLt use a plain tiled kernel (32x32 tiles, one thread per output element,
+// fp32 accumulation): correct, not fast.
+#include <map>
+#include <tuple>
+
+#include "common.cuh"
+#include "dynload.cuh"
+
+namespace {
+
+const size_t kWorkspace = 32u << 20;
+
+cudaDataType_t cuda_type(int d) {
+  return d == MSG_F32 ? CUDA_R_32F : d == MSG_F16 ? CUDA_R_16F : CUDA_R_16BF;
+}
+
+typedef std::tuple<int, int, int, int, int, int, int, int> Key;  // dev M N K a w out bias
+
+struct Plan {
+  msg::lt::MatmulDesc desc = nullptr;
+  msg::lt::MatrixLayout la = nullptr, lb = nullptr, ld = nullptr;
+  msg::lt::MatmulAlgo algo;
+  bool epilogue_bias = false;
+  bool ok = false;  // false: cuBLASLt has no algorithm, use the fallback kernel
+};
+
+struct State {
+  msg::lt::Handle handle = nullptr;
+  std::map<Key, Plan> plans;
+};
+thread_local std::map<int, State> t_states;
+
+int fail_lt(const msg::lt::Api* a, msg::lt::Status s, const char* what) {
+  return msg::fail(msg::ERR_CUDA, "%s: cuBLAS status %d (%s)", what, s,
+                   a->getStatusString ? a->getStatusString(s) : "?");
+}
+#define LT(call)                                                        \
+  do {                                                                  \
+    msg::lt::Status s_ = (call);                                        \
+    if (s_ != msg::lt::STATUS_SUCCESS) return fail_lt(lt_, s_, #call);    \
+  } while (0)
+
+// Builds the descriptors and asks the heuristic for the best algorithm.
+int make_plan(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, int M, int N, int K,
+              int a_dtype, int w_dtype, int out_dtype, bool epilogue_bias) {
+  LT(lt_->matmulDescCreate(&p->desc, msg::lt::COMPUTE_32F, CUDA_R_32F));
+  int ta = msg::lt::OP_T, tb = msg::lt::OP_N;
+  LT(lt_->matmulDescSetAttribute(p->desc, msg::lt::DESC_TRANSA, &ta, sizeof(ta)));
+  LT(lt_->matmulDescSetAttribute(p->desc, msg::lt::DESC_TRANSB, &tb, sizeof(tb)));
+  uint32_t epi = epilogue_bias ? msg::lt::EPILOGUE_BIAS : msg::lt::EPILOGUE_DEFAULT;
+  LT(lt_->matmulDescSetAttribute(p->desc, msg::lt::DESC_EPILOGUE, &epi, sizeof(epi)));
+  LT(lt_->matrixLayoutCreate(&p->la, cuda_type(w_dtype), (uint64_t)K, (uint64_t)N, K));
+  LT(lt_->matrixLayoutCreate(&p->lb, cuda_type(a_dtype), (uint64_t)K, (uint64_t)M, K));
+  LT(lt_->matrixLayoutCreate(&p->ld, cuda_type(out_dtype), (uint64_t)N, (uint64_t)M, N));
+  msg::lt::Preference pref = nullptr;
+  LT(lt_->preferenceCreate(&pref));
+  uint64_t ws = kWorkspace;
+  lt_->preferenceSetAttribute(pref, msg::lt::PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  msg::lt::HeuristicResult res[1];
+  int got = 0;
+  msg::lt::Status s =
+      lt_->algoGetHeuristic(h, p->desc, p->la, p->lb, p->ld, p->ld, pref, 1, res, &got);
+  lt_->preferenceDestroy(pref);
+  p->epilogue_bias = epilogue_bias;
+  p->ok = s == msg::lt::STATUS_SUCCESS && got > 0;
+  if (p->ok) p->algo = res[0].algo;
+  return 0;
+}
+
+template <typename TA, typename TW, typename TO>
+__global__ void gemm_fallback_kernel(TO* out, const TA* a, const TW* w, const TW* bias, int M,
+                                     int N, int K) {
+  __shared__ float as[32][33];
+  __shared__ float ws[32][33];
+  int tx = threadIdx.x, ty = threadIdx.y;  // 32 x 8 threads, 4 rows each
+  int n = blockIdx.x * 32 + tx;
+  int m0 = blockIdx.y * 32;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int k0 = 0; k0 < K; k0 += 32) {
+    for (int r = ty; r < 32; r += 8) {
+      int m = m0 + r, nn = blockIdx.x * 32 + r, k = k0 + tx;
+      as[r][tx] = (m < M && k < K) ? msg::to_f(a[(size_t)m * K + k]) : 0.f;
+      ws[r][tx] = (nn < N && k < K) ? msg::to_f(w[(size_t)nn * K + k]) : 0.f;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int k = 0; k < 32; k++) {
+      float wv = ws[tx][k];
+#pragma unroll
+      for (int i = 0; i < 4; i++) acc[i] += as[ty + 8 * i][k] * wv;
+    }
+    __syncthreads();
+  }
+  if (n >= N) return;
+  float b = bias ? msg::to_f(bias[n]) : 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    int m = m0 + ty + 8 * i;
+    if (m < M) out[(size_t)m * N + n] = msg::from_f<TO>(acc[i] + b);
+  }
+}
+
+template <typename TO, typename TW>
+__global__ void add_bias_kernel(TO* out, const TW* bias, int M, int N) {
+  size_t total = (size_t)M * N;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+       i += (size_t)gridDim.x * blockDim.x) {
+    out[i] = msg::from_f<TO>(msg::to_f(out[i]) + msg::to_f(bias[i % N]));
+  }
+}
+
+int gemm_fallback(void* out, int out_dtype, const void* a, int a_dtype, const void* w,
+                  int w_dtype, const void* bias, int M, int N, int K, cudaStream_t st) {
+  dim3 grid((N + 31) / 32, (M + 31) / 32), block(32, 8);
+  return MSG_DISPATCH_FLOAT(a_dtype, TA, return MSG_DISPATCH_FLOAT(w_dtype, TW,
+    return MSG_DISPATCH_FLOAT(out_dtype, TO,
+      gemm_fallback_kernel<TA, TW, TO><<<grid, block, 0, st>>>(
+          (TO*)out, (const TA*)a, (const TW*)w, (const TW*)bias, M, N, K);
+      MSG_LAUNCHED("gemm_fallback_kernel");
+      return 0;);););
+}
+
+}  // namespace
+
+extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const void* w,
+                        int w_dtype, const void* bias, int M, int N, int K, void* stream) {
+  MSG_REQUIRE(M >= 0 && N > 0 && K > 0, "msg_gemm: bad sizes M=%d N=%d K=%d", M, N, K);
+  MSG_REQUIRE(msg::is_float_dtype(out_dtype) && msg::is_float_dtype(a_dtype) &&
+                  msg::is_float_dtype(w_dtype),
+              "msg_gemm: unsupported dtypes a %s, w %s, out %s", msg::dtype_name(a_dtype),
+              msg::dtype_name(w_dtype), msg::dtype_name(out_dtype));
+  if (M == 0) return 0;
+  cudaStream_t st = msg::as_stream(stream);
+  if (a_dtype != w_dtype) {
+    return gemm_fallback(out, out_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, st);
+  }
+  const msg::lt::Api* lt_ = msg::lt::api();
+  if (!lt_) return gemm_fallback(out, out_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, st);
+  int dev = 0;
+  MSG_CUDA(cudaGetDevice(&dev));
+  State& state = t_states[dev];
+  if (!state.handle) LT(lt_->create(&state.handle));
+  bool epi_bias = bias && w_dtype == out_dtype;
+  Key key(dev, M, N, K, a_dtype, w_dtype, out_dtype, epi_bias ? 1 : 0);
+  auto it = state.plans.find(key);
+  if (it == state.plans.end()) {
+    Plan p;
+    int rc = make_plan(lt_, state.handle, &p, M, N, K, a_dtype, w_dtype, out_dtype, epi_bias);
+    if (rc) return rc;
+    it = state.plans.emplace(key, p).first;
+  }
+  Plan& p = it->second;
+  if (!p.ok) return gemm_fallback(out, out_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, st);
+  void* ws = nullptr;
+  int rc = msg::device_scratch(msg::SCRATCH_GEMM, kWorkspace, &ws);
+  if (rc) return rc;
+  if (epi_bias) {
+    LT(lt_->matmulDescSetAttribute(p.desc, msg::lt::DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  }
+  float alpha = 1.f, beta = 0.f;
+  LT(lt_->matmul(state.handle, p.desc, &alpha, w, p.la, a, p.lb, &beta, out, p.ld, out, p.ld,
+               &p.algo, ws, kWorkspace, st));
+  if (bias && !epi_bias) {
+    size_t total = (size_t)M * N;
+    int blocks = (int)((total + 255) / 256 < 4096 ? (total + 255) / 256 : 4096);
+    return MSG_DISPATCH_FLOAT(out_dtype, TO, return MSG_DISPATCH_FLOAT(w_dtype, TW,
+      add_bias_kernel<TO, TW><<<blocks, 256, 0, st>>>((TO*)out, (const TW*)bias, M, N);
+      MSG_LAUNCHED("add_bias_kernel");
+      return 0;););
+  }
+  return 0;
+}
