@@ -50,7 +50,7 @@ export const symbols = {
   msg_scatter_i32: { parameters: [P, P, P, I, P], result: I },
   msg_add: { parameters: [P, P, P, U64, I, P], result: I },
   msg_rmsnorm: { parameters: [P, P, P, I, I, F, I, I, P], result: I },
-  msg_add_rmsnorm: { parameters: [P, P, P, P, I, I, F, I, I, P], result: I },
+  msg_add_rmsnorm: { parameters: [P, P, P, P, I, I, F, I, I, I, P], result: I },
   msg_silu_mul: { parameters: [P, P, I, I, I, P], result: I },
   msg_gemm: { parameters: [P, I, P, I, P, I, P, I, I, I, P], result: I },
   msg_rope_store_kv: {

@@ -32,6 +32,11 @@ export class Ops {
     );
   }
 
+  /** Fills a tensor with zero bytes. */
+  zero(t: Tensor): void {
+    this.dev.check(this.s.msg_memset(t.ptr, 0, BigInt(t.bytes), this.stream), "memset");
+  }
+
   /** out[i] = x[idx[i]] (rows). */
   gatherRows(out: Tensor, x: Tensor, idx: Tensor, n: number): void {
     const rowBytes = (x.bytes / x.shape[0]) | 0;
@@ -77,6 +82,7 @@ export class Ops {
         h,
         eps,
         x.dtype,
+        residual.dtype,
         w.dtype,
         this.stream,
       ),

@@ -243,7 +243,10 @@ Deno.test("rmsnorm, add_rmsnorm, silu_mul, add and embedding match fp64", () => 
       assertClose(out, norm(Array.from(xf)), `rmsnorm ${rows}x${hidden}`, 1e-5, 1e-5);
 
       const res = Float32Array.from(y);
-      ok(S.msg_add_rmsnorm(p(out), p(res), p(xf), p(w), rows, hidden, eps, F32, wd, null), "add");
+      ok(
+        S.msg_add_rmsnorm(p(out), p(res), p(xf), p(w), rows, hidden, eps, F32, F32, wd, null),
+        "add",
+      );
       const sum = Array.from(xf, (a, i) => a + yf[i]);
       assertClose(res, sum, "add_rmsnorm residual", 1e-6, 1e-6);
       assertClose(out, norm(Array.from(Float32Array.from(sum))), "add_rmsnorm out", 1e-5, 1e-5);

@@ -144,10 +144,10 @@ int msg_rmsnorm(void* out, const void* x, const void* w, int rows, int hidden, f
 }
 
 int msg_add_rmsnorm(void* out, void* residual, const void* x, const void* w, int rows,
-                    int hidden, float eps, int act_dtype, int w_dtype, void*) {
-  MSG_REQUIRE(is_float_dtype(act_dtype) && is_float_dtype(w_dtype),
-              "msg_add_rmsnorm: unsupported dtypes act %s, weight %s", dtype_name(act_dtype),
-              dtype_name(w_dtype));
+                    int hidden, float eps, int act_dtype, int res_dtype, int w_dtype, void*) {
+  MSG_REQUIRE(is_float_dtype(act_dtype) && is_float_dtype(res_dtype) && is_float_dtype(w_dtype),
+              "msg_add_rmsnorm: unsupported dtypes act %s, residual %s, weight %s",
+              dtype_name(act_dtype), dtype_name(res_dtype), dtype_name(w_dtype));
   MSG_REQUIRE(rows >= 0 && hidden > 0, "msg_add_rmsnorm: bad sizes rows=%d hidden=%d", rows,
               hidden);
   if (rows == 0) return 0;
@@ -159,12 +159,12 @@ int msg_add_rmsnorm(void* out, void* residual, const void* x, const void* w, int
     float* res = scratch(0, (size_t)hidden);
     float* xr = scratch(1, (size_t)hidden);
     for (int64_t r = b; r < e; r++) {
-      load_f32(res, residual, act_dtype, r * hidden, hidden);
+      load_f32(res, residual, res_dtype, r * hidden, hidden);
       load_f32(xr, x, act_dtype, r * hidden, hidden);
       for (int64_t i = 0; i < hidden; i++) res[i] += xr[i];
-      store_f32(residual, act_dtype, r * hidden, res, hidden);
+      store_f32(residual, res_dtype, r * hidden, res, hidden);
       // Normalize what was stored (as the GPU does), so rounding is the same on both.
-      if (act_dtype != MSG_F32) load_f32(res, residual, act_dtype, r * hidden, hidden);
+      if (res_dtype != MSG_F32) load_f32(res, residual, res_dtype, r * hidden, hidden);
       rmsnorm_row(xr, res, wf, hidden, eps);
       store_f32(out, act_dtype, r * hidden, xr, hidden);
     }

@@ -120,10 +120,12 @@ MSG_API int msg_add(void* out, const void* x, const void* y, uint64_t n, int dty
 /** out[r] = x[r] / rms(x[r]) * w, rows of `hidden`. */
 MSG_API int msg_rmsnorm(void* out, const void* x, const void* w, int rows, int hidden,
                         float eps, int act_dtype, int w_dtype, void* stream);
-/** residual += x (in place), then out = rmsnorm(residual) * w. */
+/** residual += x (in place), then out = rmsnorm(residual) * w. x and out are in act_dtype;
+ *  the residual in res_dtype, which is act_dtype or fp32 (an fp32 residual stream keeps
+ *  16-bit models from rounding the sum of every layer's output). */
 MSG_API int msg_add_rmsnorm(void* out, void* residual, const void* x, const void* w,
-                            int rows, int hidden, float eps, int act_dtype, int w_dtype,
-                            void* stream);
+                            int rows, int hidden, float eps, int act_dtype, int res_dtype,
+                            int w_dtype, void* stream);
 /** out[r, i] = silu(gu[r, i]) * gu[r, inter + i]; gu is [rows, 2*inter]. */
 MSG_API int msg_silu_mul(void* out, const void* gate_up, int rows, int inter, int dtype,
                          void* stream);

@@ -44,6 +44,8 @@ export interface DecoderShape {
 
 /** Activation buffers, each with room for `maxTokens` rows. */
 export interface Workspace {
+  /** fp32 even when activations are 16-bit: summing 30-odd layer outputs in bf16 costs
+   *  more accuracy than anything else in the forward pass. */
   residual: Tensor;
   normed: Tensor;
   qkv: Tensor;
@@ -65,11 +67,13 @@ export function forward(
 ): Tensor {
   const n = meta.numTokens;
   const { eps, numHeads: hq, numKvHeads: hkv, headDim, intermediate } = shape;
-  ops.embedding(ws.residual, w.embed, meta.inputIds, n);
+  // The residual stream is fp32 (see Workspace); it starts at zero and every layer's
+  // output, the embedding first, is added into it.
+  ops.embedding(ws.delta, w.embed, meta.inputIds, n);
+  ops.zero(ws.residual.rows(0, n));
   for (let l = 0; l < w.layers.length; l++) {
     const L = w.layers[l];
-    if (l === 0) ops.rmsnorm(ws.normed, ws.residual, L.inputNorm, n, eps);
-    else ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.inputNorm, n, eps);
+    ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.inputNorm, n, eps);
 
     ops.gemm(ws.qkv, ws.normed, L.qkv, L.qkvBias, n);
     attn.storeAndAttend(l, ws.qkv, ws.attnOut, L.qNorm, L.kNorm, meta, { hq, hkv, headDim, eps });

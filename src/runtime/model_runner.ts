@@ -172,7 +172,7 @@ export class ModelRunner {
     const qkvW = (cfg.numHeads + 2 * cfg.numKvHeads) * cfg.headDim;
     const a = (shape: number[]) => dev.alloc(this.actDtype, shape);
     this.ws = {
-      residual: a([maxT, H]),
+      residual: dev.alloc(DType.F32, [maxT, H]),
       normed: a([maxT, H]),
       qkv: a([maxT, qkvW]),
       attnOut: a([maxT, cfg.numHeads * cfg.headDim]),

@@ -262,11 +262,23 @@ Deno.test({
       r = both(
         { x, w, res },
         { o: new Uint16Array(rows * hidden), res },
-        (l, b) => l.sym.msg_add_rmsnorm(b.o, b.res, b.x, b.w, rows, hidden, 1e-6, BF16, BF16, null),
+        (l, b) =>
+          l.sym.msg_add_rmsnorm(b.o, b.res, b.x, b.w, rows, hidden, 1e-6, BF16, BF16, BF16, null),
         "add_rmsnorm",
       );
       exact(r.res, `add_rmsnorm residual ${rows}x${hidden}`);
       close(r.o, BF16, 1e-2, `add_rmsnorm ${rows}x${hidden}`);
+      // fp32 residual stream with bf16 activations
+      const resF = Float32Array.from({ length: rows * hidden }, () => Math.random() * 2 - 1);
+      const rf = both(
+        { x, w, resF },
+        { o: new Uint16Array(rows * hidden), resF },
+        (l, b) =>
+          l.sym.msg_add_rmsnorm(b.o, b.resF, b.x, b.w, rows, hidden, 1e-6, BF16, F32, BF16, null),
+        "add_rmsnorm f32 residual",
+      );
+      exact(rf.resF, `add_rmsnorm f32 residual ${rows}x${hidden}`);
+      close(rf.o, BF16, 1e-2, `add_rmsnorm f32 residual out ${rows}x${hidden}`);
     }
     for (const [rows, inter] of [[1, 14336], [5, 3072], [3, 100]]) {
       const gu = rbf(rows * 2 * inter, 2);
