@@ -8,8 +8,8 @@
 import { parseArgs } from "node:util";
 import { loadModelConfig } from "../src/model/config.ts";
 import { SafetensorsFolder } from "../src/model/safetensors.ts";
-import { ModelRunner, type Pending } from "../src/runtime/model_runner.ts";
-import type { BatchEntry } from "../src/ipc/batch.ts";
+import { ModelRunner, type Pending, runnerOptions } from "../src/runtime/model_runner.ts";
+import { type BatchEntry, GREEDY } from "../src/ipc/batch.ts";
 import { DType } from "../ffi/device.ts";
 import { appendResult } from "./results.ts";
 
@@ -30,20 +30,17 @@ const steps = Number(a.steps), P = Number(a.prompt), PAGE = 16;
 const cfg = await loadModelConfig(a.model);
 const folder = await SafetensorsFolder.open(a.model);
 const weightBytes = [...folder.tensors.values()].reduce((s, t) => s + t.byteLength, 0);
-const runner = await ModelRunner.create(cfg, {
-  backend: a.device as "cpu" | "cuda",
-  deviceIndex: 0,
-  modelDir: a.model,
-  pageSize: PAGE,
-  numPages: Math.ceil((P + 2 * steps + 64) / PAGE) + 4,
-  memFraction: 0.9,
-  maxRows: 8,
-  maxPrefillLength: Math.max(P, 64),
-  cudaGraphMaxBs: Number(a.graphs),
-  dtype: "auto",
-  cpuThreads: 0,
-  attn: "",
-}, () => {});
+const runner = await ModelRunner.create(
+  cfg,
+  runnerOptions(a.model, a.device as "cpu" | "cuda", {
+    pageSize: PAGE,
+    numPages: Math.ceil((P + 2 * steps + 64) / PAGE) + 4,
+    maxRows: 8,
+    maxPrefillLength: Math.max(P, 64),
+    cudaGraphMaxBs: Number(a.graphs),
+  }),
+  () => {},
+);
 const dev = runner.dev;
 
 // Copy bandwidth: 1 GiB buffers, median of 10 copies timed with events.
@@ -67,17 +64,6 @@ function copyBandwidth(): number {
 }
 
 const pages = Int32Array.from({ length: Math.ceil((P + 2 * steps + 64) / PAGE) }, (_, i) => i);
-const sampling = {
-  temperature: 0,
-  topP: 1,
-  topK: 0,
-  minP: 0,
-  seed: 0n,
-  step: 0,
-  presencePenalty: 0,
-  frequencyPenalty: 0,
-  repetitionPenalty: 1,
-};
 const entry = (ids: number[] | null, start: number): BatchEntry => ({
   row: 0,
   startPos: start,
@@ -86,7 +72,7 @@ const entry = (ids: number[] | null, start: number): BatchEntry => ({
   pageStart: 0,
   newPages: start === 0 ? pages : new Int32Array(0),
   sample: true,
-  sampling,
+  sampling: GREEDY,
   penaltyTokens: null,
   logprobTargets: null,
   topLogprobs: 0,

@@ -10,8 +10,8 @@
  */
 import { parseArgs } from "node:util";
 import { loadModelConfig } from "../src/model/config.ts";
-import { ModelRunner } from "../src/runtime/model_runner.ts";
-import type { BatchEntry, RowSampling } from "../src/ipc/batch.ts";
+import { ModelRunner, runnerOptions } from "../src/runtime/model_runner.ts";
+import { type BatchEntry, GREEDY } from "../src/ipc/batch.ts";
 import { appendResult } from "./results.ts";
 
 const { values: a } = parseArgs({
@@ -29,32 +29,18 @@ const { values: a } = parseArgs({
 if (!a.model) throw new Error("--model is required");
 const P = Number(a.prompt), D = Number(a.decode), PAGE = 16;
 const cfg = await loadModelConfig(a.model);
-const runner = await ModelRunner.create(cfg, {
-  backend: a.device as "cpu" | "cuda",
-  deviceIndex: 0,
-  modelDir: a.model,
-  pageSize: PAGE,
-  numPages: Math.ceil((P + D + 1) / PAGE) + 8,
-  memFraction: 0.9,
-  maxRows: 4,
-  maxPrefillLength: P,
-  cudaGraphMaxBs: a.device === "cuda" ? 4 : 0,
-  dtype: "auto",
-  cpuThreads: 0,
-  attn: "",
-}, () => {});
+const runner = await ModelRunner.create(
+  cfg,
+  runnerOptions(a.model, a.device as "cpu" | "cuda", {
+    pageSize: PAGE,
+    numPages: Math.ceil((P + D + 1) / PAGE) + 8,
+    maxRows: 4,
+    maxPrefillLength: P,
+    cudaGraphMaxBs: a.device === "cuda" ? 4 : 0,
+  }),
+  () => {},
+);
 const V = cfg.vocabSize;
-const greedy: RowSampling = {
-  temperature: 0,
-  topP: 1,
-  topK: 0,
-  minP: 0,
-  seed: 0n,
-  step: 0,
-  presencePenalty: 0,
-  frequencyPenalty: 0,
-  repetitionPenalty: 1,
-};
 const pages = Int32Array.from({ length: Math.ceil((P + D + 1) / PAGE) }, (_, i) => i);
 const entry = (row: number, ids: number[] | null, start: number, qLen: number): BatchEntry => ({
   row,
@@ -64,7 +50,7 @@ const entry = (row: number, ids: number[] | null, start: number, qLen: number): 
   pageStart: 0,
   newPages: pages,
   sample: true,
-  sampling: greedy,
+  sampling: GREEDY,
   penaltyTokens: null,
   logprobTargets: null,
   topLogprobs: 0,

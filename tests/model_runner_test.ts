@@ -7,41 +7,20 @@ import { equal as assertEquals, ok as assert } from "node:assert/strict";
 import { ensureTestModel } from "./fixtures.ts";
 import { referenceLogits } from "./reference.ts";
 import { loadModelConfig } from "../src/model/config.ts";
-import { ModelRunner } from "../src/runtime/model_runner.ts";
-import type { BatchEntry, RowSampling } from "../src/ipc/batch.ts";
+import { ModelRunner, runnerOptions } from "../src/runtime/model_runner.ts";
+import { type BatchEntry, GREEDY } from "../src/ipc/batch.ts";
 
 const PAGE = 4;
 
 async function runner(dir: string, maxRows = 8) {
   const cfg = await loadModelConfig(dir);
-  const r = await ModelRunner.create(cfg, {
-    backend: "cpu",
-    deviceIndex: 0,
-    modelDir: dir,
-    pageSize: PAGE,
-    numPages: 1024,
-    memFraction: 0.9,
-    maxRows,
-    maxPrefillLength: 1024,
-    cudaGraphMaxBs: 0,
-    dtype: "auto",
-    cpuThreads: 0,
-    attn: "",
-  }, () => {});
+  const r = await ModelRunner.create(
+    cfg,
+    runnerOptions(dir, "cpu", { pageSize: PAGE, numPages: 1024, maxRows, maxPrefillLength: 1024 }),
+    () => {},
+  );
   return { cfg, r };
 }
-
-const greedy: RowSampling = {
-  temperature: 0,
-  topP: 1,
-  topK: 0,
-  minP: 0,
-  seed: 0n,
-  step: 0,
-  presencePenalty: 0,
-  frequencyPenalty: 0,
-  repetitionPenalty: 1,
-};
 
 /** An entry for `row` whose pages are row * 128 + i (disjoint per row). */
 function entry(row: number, ids: number[], startPos = 0, pages?: number[]): BatchEntry {
@@ -56,7 +35,7 @@ function entry(row: number, ids: number[], startPos = 0, pages?: number[]): Batc
     pageStart: first,
     newPages: Int32Array.from(all.slice(first, Math.ceil(end / PAGE))),
     sample: true,
-    sampling: greedy,
+    sampling: GREEDY,
     penaltyTokens: null,
     logprobTargets: null,
     topLogprobs: 0,

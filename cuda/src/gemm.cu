@@ -8,7 +8,8 @@
 // 32 MB workspace is a per-device scratch, so a call allocates nothing and can be captured
 // into a CUDA graph. Dtype pairs cuBLASLt does not take (a_dtype != w_dtype) and machines
 // without cuBLASLt use a plain tiled kernel (32x32 tiles, one thread per output element,
-// fp32 accumulation): correct, not fast.
+// fp32 accumulation): correct, not fast. Decode-sized calls (M <= 8, a and w both bf16 or
+// both f16) go to the memory-roofline GEMV kernels of gemv.cu instead of cuBLASLt.
 #include <map>
 #include <tuple>
 
@@ -131,6 +132,12 @@ int gemm_fallback(void* out, int out_dtype, const void* a, int a_dtype, const vo
 
 }  // namespace
 
+namespace msg {
+bool gemv_takes(int M, int a_dtype, int w_dtype, int out_dtype);
+int gemv(void* out, int out_dtype, const void* a, const void* w, int w_dtype, const void* bias,
+         int M, int N, int K, cudaStream_t st);
+}  // namespace msg
+
 extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const void* w,
                         int w_dtype, const void* bias, int M, int N, int K, void* stream) {
   MSG_REQUIRE(M >= 0 && N > 0 && K > 0, "msg_gemm: bad sizes M=%d N=%d K=%d", M, N, K);
@@ -140,6 +147,9 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
               msg::dtype_name(w_dtype), msg::dtype_name(out_dtype));
   if (M == 0) return 0;
   cudaStream_t st = msg::as_stream(stream);
+  if (msg::gemv_takes(M, a_dtype, w_dtype, out_dtype)) {
+    return msg::gemv(out, out_dtype, a, w, w_dtype, bias, M, N, K, st);
+  }
   if (a_dtype != w_dtype) {
     return gemm_fallback(out, out_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, st);
   }

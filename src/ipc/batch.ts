@@ -24,6 +24,19 @@ export interface RowSampling {
   repetitionPenalty: number;
 }
 
+/** Greedy sampling with every penalty off (tests, benchmarks, padded rows). */
+export const GREEDY: Readonly<RowSampling> = {
+  temperature: 0,
+  topP: 1,
+  topK: 0,
+  minP: 0,
+  seed: 0n,
+  step: 0,
+  presencePenalty: 0,
+  frequencyPenalty: 0,
+  repetitionPenalty: 1,
+};
+
 /** One request's share of a forward batch. */
 export interface BatchEntry {
   /** The request's row in the worker's page table and device token table (0-based,

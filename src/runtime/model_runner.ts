@@ -37,6 +37,29 @@ export interface RunnerOptions {
   attn: string;
 }
 
+/** Options for a runner of `modelDir` on `backend`: engine defaults, then `over`. */
+export function runnerOptions(
+  modelDir: string,
+  backend: "cpu" | "cuda",
+  over: Partial<RunnerOptions> = {},
+): RunnerOptions {
+  return {
+    backend,
+    deviceIndex: 0,
+    modelDir,
+    pageSize: 1,
+    numPages: null,
+    memFraction: 0.9,
+    maxRows: 256,
+    maxPrefillLength: 8192,
+    cudaGraphMaxBs: backend === "cuda" ? -1 : 0,
+    dtype: "auto",
+    cpuThreads: 0,
+    attn: "",
+    ...over,
+  };
+}
+
 export type Progress = (stage: string, done: number, total: number) => void;
 
 interface Slot {
@@ -307,14 +330,8 @@ export class ModelRunner {
   /** Enqueues the device work of a batch. */
   launch(batch: ForwardBatch): Pending {
     const start = performance.now();
-    const { dev, ops, meta, L } = this;
     const slot = this.nextSlot();
-    const f = fillStaging(L, slot.i32, slot.f32, slot.u64, batch.entries, this.pageTable.shape[1]);
-    if (f.numTokens > L.maxT || f.batch > L.maxB) {
-      throw new Error(
-        `batch of ${f.numTokens} tokens / ${f.batch} entries exceeds ${L.maxT} / ${L.maxB}`,
-      );
-    }
+    const f = this.fill(batch, slot);
     let topK = 0, penalties = false;
     for (const i of f.sampleEntries) {
       const e = batch.entries[i];
@@ -324,12 +341,8 @@ export class ModelRunner {
     // Graphs (and the plain decode body) gather every input token on the device.
     const deviceDecode = f.isDecode && f.numDecodeInputs === f.batch && topK === 0 && !penalties;
     const graphBs = deviceDecode ? this.graphs?.sizeFor(f.batch) ?? 0 : 0;
-    if (graphBs) padDecode(L, slot.i32, slot.f32, f.batch, graphBs, this.dummyRow);
-    dev.uploadPtr(meta.ids, slot.ptr, L.words * 4, this.stream);
-    if (f.numPageUpdates) {
-      ops.scatterI32(this.pageTable, meta.pageIdx, meta.pageVal, f.numPageUpdates);
-    }
-    if (f.overflowPages) this.uploadOverflowPages(f.overflowPages);
+    if (graphBs) padDecode(this.L, slot.i32, slot.f32, f.batch, graphBs, this.dummyRow);
+    this.upload(slot, f);
 
     if (graphBs) {
       this.graphs!.launch(graphBs);
@@ -342,19 +355,30 @@ export class ModelRunner {
     return { batch, filled: f, slot, topK, start };
   }
 
-  private uploadOverflowPages(pairs: Int32Array) {
-    const n = pairs.length / 2;
-    const idx = this.dev.alloc(DType.I32, [n]), val = this.dev.alloc(DType.I32, [n]);
-    this.dev.upload(idx, pairs.filter((_, i) => i % 2 === 0), this.stream);
-    this.dev.upload(val, pairs.filter((_, i) => i % 2 === 1), this.stream);
-    this.ops.scatterI32(this.pageTable, idx, val, n);
-    this.dev.sync(this.stream);
-    this.dev.free(idx);
-    this.dev.free(val);
+  /** Writes a batch into a slot's host block, within the buffers' bounds. */
+  private fill(batch: ForwardBatch, slot: Slot): FilledBatch {
+    const { L } = this;
+    const f = fillStaging(L, slot.i32, slot.f32, slot.u64, batch.entries, this.pageTable.shape[1]);
+    if (f.numTokens > L.maxT || f.batch > L.maxB) {
+      throw new Error(
+        `batch of ${f.numTokens} tokens / ${f.batch} entries exceeds ${L.maxT} / ${L.maxB}`,
+      );
+    }
+    return f;
   }
 
-  /** Prefill / mixed batches: any mix of extend and decode entries. */
-  private generalBody(batch: ForwardBatch, f: FilledBatch, topK: number) {
+  /** Copies the block to the device and applies the batch's page-table updates. */
+  private upload(slot: Slot, f: FilledBatch) {
+    const { meta } = this;
+    this.dev.uploadPtr(meta.ids, slot.ptr, this.L.words * 4, this.stream);
+    if (f.numPageUpdates) {
+      this.ops.scatterI32(this.pageTable, meta.pageIdx, meta.pageVal, f.numPageUpdates);
+    }
+    if (f.overflowPages) this.uploadOverflowPages(f.overflowPages);
+  }
+
+  /** Input tokens of decode entries from the device table, KV slots, then the decoder. */
+  private forwardAny(f: FilledBatch): Tensor {
     const { ops, meta } = this;
     if (f.numDecodeInputs) {
       ops.gatherI32(this.decodeTmp, this.tokenTable, meta.decRows, f.numDecodeInputs);
@@ -371,7 +395,24 @@ export class ModelRunner {
       this.opts.pageSize,
       f.maxQLen,
     );
-    const hidden = forward(ops, this.shape, this.weights, this.ws, this.attn, this.forwardMeta(f));
+    return forward(ops, this.shape, this.weights, this.ws, this.attn, this.forwardMeta(f));
+  }
+
+  private uploadOverflowPages(pairs: Int32Array) {
+    const n = pairs.length / 2;
+    const idx = this.dev.alloc(DType.I32, [n]), val = this.dev.alloc(DType.I32, [n]);
+    this.dev.upload(idx, pairs.filter((_, i) => i % 2 === 0), this.stream);
+    this.dev.upload(val, pairs.filter((_, i) => i % 2 === 1), this.stream);
+    this.ops.scatterI32(this.pageTable, idx, val, n);
+    this.dev.sync(this.stream);
+    this.dev.free(idx);
+    this.dev.free(val);
+  }
+
+  /** Prefill / mixed batches: any mix of extend and decode entries. */
+  private generalBody(batch: ForwardBatch, f: FilledBatch, topK: number) {
+    const { ops, meta } = this;
+    const hidden = this.forwardAny(f);
     const S = f.numSample;
     if (S) {
       ops.gatherRows(this.lastHidden, hidden, meta.lastIdx, S);
@@ -422,7 +463,6 @@ export class ModelRunner {
   private collect(batch: ForwardBatch, f: FilledBatch, slot: Slot, topK: number) {
     const { dev } = this;
     const S = f.numSample, B = this.L.maxB;
-    const out = new Tensor(slot.outPtr, DType.I32, [this.outWords]);
     const at = (words: number) => Deno.UnsafePointer.offset(slot.outPtr!, words * 4);
     if (S) {
       dev.downloadPtr(slot.outPtr, this.outTokens, S * 4, this.stream);
@@ -446,7 +486,6 @@ export class ModelRunner {
         this.stream,
       );
     }
-    void out;
     dev.record(slot.event, this.stream);
   }
 
@@ -493,30 +532,11 @@ export class ModelRunner {
   /** Full fp32 logits of every new token of every entry (tests and fidelity checks;
    *  nothing is sampled). Entries are stored into the KV cache like any batch. */
   logitsOf(batch: ForwardBatch): Float32Array[] {
-    const { dev, ops, meta, L } = this;
+    const { dev, ops, L } = this;
     const slot = this.nextSlot();
-    const f = fillStaging(L, slot.i32, slot.f32, slot.u64, batch.entries, this.pageTable.shape[1]);
-    dev.uploadPtr(meta.ids, slot.ptr, L.words * 4, this.stream);
-    if (f.numPageUpdates) {
-      ops.scatterI32(this.pageTable, meta.pageIdx, meta.pageVal, f.numPageUpdates);
-    }
-    if (f.overflowPages) this.uploadOverflowPages(f.overflowPages);
-    if (f.numDecodeInputs) {
-      ops.gatherI32(this.decodeTmp, this.tokenTable, meta.decRows, f.numDecodeInputs);
-      ops.scatterI32(meta.ids, meta.decTok, this.decodeTmp, f.numDecodeInputs);
-    }
-    ops.computeSlots(
-      this.kvSlots,
-      this.positions,
-      this.pageTable,
-      meta.rows,
-      meta.seqLens,
-      meta.qStarts,
-      f.batch,
-      this.opts.pageSize,
-      f.maxQLen,
-    );
-    const hidden = forward(ops, this.shape, this.weights, this.ws, this.attn, this.forwardMeta(f));
+    const f = this.fill(batch, slot);
+    this.upload(slot, f);
+    const hidden = this.forwardAny(f);
     const V = this.cfg.vocabSize;
     const out: Float32Array[] = [];
     let t = 0;
