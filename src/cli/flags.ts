@@ -186,6 +186,13 @@ function powerOfTwo(n: number): number {
   return n;
 }
 
+/** Sharded weights and NCCL all-reduces are not wired into the model runner yet: refuse
+ *  rather than run tp identical copies of the model. */
+function tensorParallel(n: number): number {
+  if (n !== 1) throw new FlagError(`--tp ${n}: tensor parallelism is not implemented yet (use 1)`);
+  return n;
+}
+
 /** Parses and validates argv. Throws FlagError. */
 export function parseFlags(argv: string[]): CliOptions {
   const options: Record<string, { type: "string" | "boolean"; short?: string }> = {};
@@ -257,7 +264,7 @@ export function parseFlags(argv: string[]): CliOptions {
     host: nonEmpty("host") ?? "127.0.0.1",
     port: int("port", 1919, 0, 65535),
     device: choice("device", "auto", ["cpu", "cuda", "auto"] as const),
-    tp: int("tp", 1, 1, 64),
+    tp: tensorParallel(int("tp", 1, 1, 64)),
     pageSize: powerOfTwo(int("page-size", 1, 1, 256)),
     numPages: numPagesRaw === undefined ? null : int("num-pages", 0, 1),
     memFraction: float("mem-fraction", 0.9, 0, 1, true),
