@@ -3,11 +3,11 @@
 # against Hugging Face transformers, decode speed at batch size 1. Results go to
 # $OUT/results.json ({"card", "date", "results"}), logs to $OUT/*.log.
 #   source .device/env.sh && bash scripts/device_e2e.sh [steps...]
-# steps: build kernels fidelity cpu-fidelity decode (default: all)
+# steps: build kernels fidelity cpu-fidelity decode throughput (default: all)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-steps=${*:-build kernels fidelity cpu-fidelity decode}
+steps=${*:-build kernels fidelity cpu-fidelity decode throughput}
 models=/tmp/minisgl-models
 mkdir -p $models
 has() { [[ " $steps " == *" $1 "* ]]; }
@@ -32,6 +32,10 @@ if has cpu-fidelity; then
 fi
 if has decode; then
   make llama-3-8b && deno run -A bench/decode_bs1.ts --model $models/llama-3-8b --name llama-3-8b \
+    --out "$OUT/results.json" 2>&1 | tail -5
+fi
+if has throughput; then
+  make qwen3-0.6b && deno run -A bench/throughput.ts --model $models/qwen3-0.6b --name qwen3-0.6b \
     --out "$OUT/results.json" 2>&1 | tail -5
 fi
 cat "$OUT/results.json" 2>/dev/null
