@@ -138,6 +138,11 @@ MSG_API int msg_silu_mul(void* out, const void* gate_up, int rows, int inter, in
 MSG_API int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const void* w,
                      int w_dtype, const void* bias, int M, int N, int K, void* stream);
 
+/** Tuning knob: msg_gemm sends M <= m with 16-bit a and w to its GEMV kernels (CUDA;
+ *  0 = always cuBLASLt, at most 8); m < 0 only reads it. Returns the previous value. The
+ *  CPU backend has one GEMM path and returns 0. */
+MSG_API int msg_gemv_max_m(int m);
+
 /* ---------------------------------------------------------------- rotary + KV store */
 
 /** Rotary embedding (neox style: rotate halves) and KV-cache store for n tokens.

@@ -8,8 +8,8 @@
 // 32 MB workspace is a per-device scratch, so a call allocates nothing and can be captured
 // into a CUDA graph. Dtype pairs cuBLASLt does not take (a_dtype != w_dtype) and machines
 // without cuBLASLt use a plain tiled kernel (32x32 tiles, one thread per output element,
-// fp32 accumulation): correct, not fast. Decode-sized calls (M <= 8, a and w both bf16 or
-// both f16) go to the memory-roofline GEMV kernels of gemv.cu instead of cuBLASLt.
+// fp32 accumulation): correct, not fast. Decode-sized calls (M <= 4 by default, a and w both
+// bf16 or both f16) go to the memory-roofline GEMV kernels of gemv.cu instead of cuBLASLt.
 #include <map>
 #include <tuple>
 
@@ -24,7 +24,19 @@ cudaDataType_t cuda_type(int d) {
   return d == MSG_F32 ? CUDA_R_32F : d == MSG_F16 ? CUDA_R_16F : CUDA_R_16BF;
 }
 
-typedef std::tuple<int, int, int, int, int, int, int, int> Key;  // dev M N K a w out bias
+// dev M N K a w out bias align
+typedef std::tuple<int, int, int, int, int, int, int, int, int> Key;
+
+// cublasLtMatmulPreferenceAttributes_t values: minimum alignment (bytes) of A, B, C, D.
+// The heuristic assumes 256 unless told; an algorithm it picks for that may refuse less
+// aligned pointers at matmul time (seen: status 15 with pointers 2 bytes off).
+const int kPrefMinAlignment[4] = {5, 6, 7, 8};
+
+/** Largest power of two <= 256 dividing every pointer. */
+uint32_t alignment_of(const void* a, const void* b, const void* c) {
+  uintptr_t bits = (uintptr_t)a | (uintptr_t)b | (uintptr_t)c | 256;
+  return (uint32_t)(bits & (~bits + 1));
+}
 
 struct Plan {
   msg::lt::MatmulDesc desc = nullptr;
@@ -52,7 +64,7 @@ int fail_lt(const msg::lt::Api* a, msg::lt::Status s, const char* what) {
 
 // Builds the descriptors and asks the heuristic for the best algorithm.
 int make_plan(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, int M, int N, int K,
-              int a_dtype, int w_dtype, int out_dtype, bool epilogue_bias) {
+              int a_dtype, int w_dtype, int out_dtype, bool epilogue_bias, uint32_t align) {
   LT(lt_->matmulDescCreate(&p->desc, msg::lt::COMPUTE_32F, CUDA_R_32F));
   int ta = msg::lt::OP_T, tb = msg::lt::OP_N;
   LT(lt_->matmulDescSetAttribute(p->desc, msg::lt::DESC_TRANSA, &ta, sizeof(ta)));
@@ -66,6 +78,11 @@ int make_plan(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, int M, int N,
   LT(lt_->preferenceCreate(&pref));
   uint64_t ws = kWorkspace;
   lt_->preferenceSetAttribute(pref, msg::lt::PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  if (align < 256) {
+    for (int attr : kPrefMinAlignment) {
+      lt_->preferenceSetAttribute(pref, attr, &align, sizeof(align));
+    }
+  }
   msg::lt::HeuristicResult res[1];
   int got = 0;
   msg::lt::Status s =
@@ -160,11 +177,13 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
   State& state = t_states[dev];
   if (!state.handle) LT(lt_->create(&state.handle));
   bool epi_bias = bias && w_dtype == out_dtype;
-  Key key(dev, M, N, K, a_dtype, w_dtype, out_dtype, epi_bias ? 1 : 0);
+  uint32_t align = alignment_of(a, w, out);
+  Key key(dev, M, N, K, a_dtype, w_dtype, out_dtype, epi_bias ? 1 : 0, (int)align);
   auto it = state.plans.find(key);
   if (it == state.plans.end()) {
     Plan p;
-    int rc = make_plan(lt_, state.handle, &p, M, N, K, a_dtype, w_dtype, out_dtype, epi_bias);
+    int rc =
+        make_plan(lt_, state.handle, &p, M, N, K, a_dtype, w_dtype, out_dtype, epi_bias, align);
     if (rc) return rc;
     it = state.plans.emplace(key, p).first;
   }

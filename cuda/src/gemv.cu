@@ -1,0 +1,293 @@
+// gemv.cu — out[M, N] = a[M, K] @ w[N, K]^T (+ bias[N]) for decode-sized M (1..8) with
+// 16-bit a and w of the same dtype: a memory-bound weight stream, so the whole design is
+// about keeping enough weight bytes in flight on every SM and touching each weight once.
+//
+// Work split
+// - A "group" is R consecutive output rows (R = 1 for M = 1, 2 for M = 2, 4 for M >= 3):
+//   all M activation rows are dotted with the group's R weight rows at once, so each
+//   activation vector loaded (and widened to fp32) is reused R times and each weight vector
+//   M times. R grows with M because the activation loads (L1 hits) and their conversion
+//   would otherwise cost more than the weight stream itself at M = 8.
+// - A group is owned by wk warps of one 8-warp block (wk = 1 normally). Each lane loads
+//   16-byte vectors (8 values) of the weight rows, U = 8 / R vectors per row per step, all
+//   issued before any is used (so 8 x 512 B per warp are in flight), with
+//   ld.global.nc.L1::no_allocate: weights are read once, they must not evict the
+//   activations from L1. Activations go through the read-only cache (__ldg): they are
+//   tiny and re-read by every warp of the SM.
+// - wk > 1 (split-K inside the block) only when there are too few groups to give every SM
+//   ~16 warps (small N, e.g. N = 1024 or M = 8 with N = 4096): the wk warps take
+//   interleaved 512-byte slices of K and their partial sums meet in shared memory.
+// - fp32 accumulation (several independent accumulators when M * R is small, so the FMA
+//   chain does not serialize), xor-shuffle warp reduction, then a fixed-order sum of the wk
+//   partials: results are deterministic. No atomics, no allocation, no host sync: the
+//   launch can be captured into a CUDA graph.
+// - K not a multiple of 8 or pointers not 16-byte aligned: a scalar kernel (warp per row).
+//
+// msg_gemm (gemm.cu) routes here when msg::gemv_takes() says so: M <= 4 by default (H100,
+// 2026-11-27, bf16, graph replays over > 200 MB of weights: vs cuBLASLt 1.06-1.25x at M = 1
+// on the Llama-3-8B shapes, 0.97-1.12x at M = 4, 0.76-0.80x at M = 8, where R = 4 needs
+// 138 registers and leaves one block per SM). MINISGL_GEMV_MAX_M (read once) or
+// msg_gemv_max_m() (a tuning knob of the ABI, also used by the tests) moves the threshold within
+// 0..8; 0 sends everything to cuBLASLt.
+#include <stdlib.h>
+
+#include <atomic>
+
+#include "common.cuh"
+
+namespace {
+
+constexpr int kMaxM = 8;      // largest M the kernels are compiled for
+constexpr int kDefaultM = 4;  // default threshold (measured, see above)
+constexpr int kWarps = 8;  // warps per block
+
+std::atomic<int> g_max_m{-1};  // -1: not read yet from MINISGL_GEMV_MAX_M
+
+int gemv_max_m() {
+  int v = g_max_m.load(std::memory_order_relaxed);
+  if (v >= 0) return v;
+  const char* e = getenv("MINISGL_GEMV_MAX_M");
+  v = e && *e ? atoi(e) : kDefaultM;
+  v = v < 0 ? 0 : v > kMaxM ? kMaxM : v;
+  g_max_m.store(v, std::memory_order_relaxed);
+  return v;
+}
+
+int sm_count() {
+  static std::atomic<int> counts[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
+  int c = counts[dev].load(std::memory_order_relaxed);
+  if (c > 0) return c;
+  if (cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || c <= 0) {
+    cudaGetLastError();
+    c = 132;
+  }
+  counts[dev].store(c, std::memory_order_relaxed);
+  return c;
+}
+
+// Streaming 16-byte weight load: read-only path, no L1 allocation, 256-byte L2 fetches.
+__device__ __forceinline__ uint4 ld_weight(const uint4* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+// 8 packed 16-bit values widened to fp32.
+template <typename T>
+__device__ __forceinline__ void widen8(const uint4& v, float* f);
+template <>
+__device__ __forceinline__ void widen8<__nv_bfloat16>(const uint4& v, float* f) {
+  const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    f[2 * i] = __uint_as_float(u[i] << 16);
+    f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+  }
+}
+template <>
+__device__ __forceinline__ void widen8<__half>(const uint4& v, float* f) {
+  const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    __half2 h;
+    memcpy(&h, &u[i], 4);
+    float2 t = __half22float2(h);
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+
+// One 8-value step: acc[m][r][p] += x[m, 8v..8v+8) . w[r][8v..8v+8).
+template <typename T, int M, int R, int P>
+__device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq)[R],
+                                         const uint4* __restrict__ xv, size_t v, int K8) {
+  float wf[R][8];
+#pragma unroll
+  for (int r = 0; r < R; r++) widen8<T>(wq[r], wf[r]);
+#pragma unroll
+  for (int m = 0; m < M; m++) {
+    float xf[8];
+    widen8<T>(__ldg(xv + (size_t)m * K8 + v), xf);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+      for (int i = 0; i < 8; i++) acc[m][r][i % P] = fmaf(xf[i], wf[r][i], acc[m][r][i % P]);
+    }
+  }
+}
+
+template <typename T, typename TO, int M, int R, int U>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_vec_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
+                    const T* __restrict__ bias, int N, int K, int wk) {
+  constexpr int P = M * R >= 4 ? 1 : 4 / (M * R);  // independent accumulators per output
+  __shared__ float part[kWarps][M * R];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row0 = (blockIdx.x * (kWarps / wk) + warp / wk) * R;
+  const int kw = warp % wk, K8 = K >> 3, stride = wk * 32;
+  const uint4* wr[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    // Rows past N (last group) read row N-1 and are never written: no divergence in the loop.
+    int row = row0 + r < N ? row0 + r : N - 1;
+    wr[r] = reinterpret_cast<const uint4*>(w) + (size_t)row * K8;
+  }
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  float acc[M][R][P];
+#pragma unroll
+  for (int m = 0; m < M; m++)
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+      for (int p = 0; p < P; p++) acc[m][r][p] = 0.f;
+
+  int v = kw * 32 + lane;
+  for (; v + (U - 1) * stride < K8; v += U * stride) {
+    uint4 wq[U][R];
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+      for (int r = 0; r < R; r++) wq[u][r] = ld_weight(wr[r] + v + u * stride);
+#pragma unroll
+    for (int u = 0; u < U; u++) fma_step<T, M, R, P>(acc, wq[u], xv, v + u * stride, K8);
+  }
+  if (v < K8) {  // fewer than U vectors left per lane: one predicated step, loads still batched
+    uint4 wq[U][R];
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        wq[u][r] = v + u * stride < K8 ? ld_weight(wr[r] + v + u * stride) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      if (v + u * stride < K8) fma_step<T, M, R, P>(acc, wq[u], xv, v + u * stride, K8);
+    }
+  }
+
+#pragma unroll
+  for (int m = 0; m < M; m++)
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      float s = acc[m][r][0];
+#pragma unroll
+      for (int p = 1; p < P; p++) s += acc[m][r][p];
+      s = msg::warp_sum(s);
+      if (lane == 0) part[warp][m * R + r] = s;
+    }
+  __syncthreads();
+  if (kw != 0) return;
+  for (int i = lane; i < M * R; i += 32) {
+    int m = i / R, row = row0 + i % R;
+    if (row >= N) continue;
+    float s = part[warp][i];
+    for (int j = 1; j < wk; j++) s += part[warp + j][i];  // fixed order: deterministic
+    if (bias) s += msg::to_f(bias[row]);
+    out[(size_t)m * N + row] = msg::from_f<TO>(s);
+  }
+}
+
+// Any K and alignment: warp per row, scalar loads. Correct, not tuned (never hit by the
+// models: their K are multiples of 8 and tensors 16-byte aligned).
+template <typename T, typename TO>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_scalar_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
+                       const T* __restrict__ bias, int M, int N, int K) {
+  const int lane = threadIdx.x & 31;
+  const int row = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  if (row >= N) return;
+  const T* wr = w + (size_t)row * K;
+  float acc[kMaxM];
+#pragma unroll
+  for (int m = 0; m < kMaxM; m++) acc[m] = 0.f;
+  for (int k = lane; k < K; k += 32) {
+    float wv = msg::to_f(wr[k]);
+#pragma unroll
+    for (int m = 0; m < kMaxM; m++) {
+      if (m < M) acc[m] = fmaf(msg::to_f(x[(size_t)m * K + k]), wv, acc[m]);
+    }
+  }
+  float b = bias ? msg::to_f(bias[row]) : 0.f;
+#pragma unroll
+  for (int m = 0; m < kMaxM; m++) {
+    if (m >= M) break;
+    float s = msg::warp_sum(acc[m]);
+    if (lane == 0) out[(size_t)m * N + row] = msg::from_f<TO>(s + b);
+  }
+}
+
+template <typename T, typename TO, int M>
+int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cudaStream_t st) {
+  constexpr int R = M == 1 ? 1 : M == 2 ? 2 : 4;
+  constexpr int U = 8 / R;
+  const long groups = (N + R - 1) / R;
+  const long want = (long)sm_count() * 16;  // warps that keep every SM's loads busy
+  const int K8 = K / 8;
+  int wk = 1;
+  // Split K only while each warp still keeps >= 2 vectors per lane.
+  while (wk < kWarps && groups * wk < want && K8 >= 2 * wk * 32 * 2) wk *= 2;
+  const long gpb = kWarps / wk;
+  const unsigned blocks = (unsigned)((groups + gpb - 1) / gpb);
+  gemv_vec_kernel<T, TO, M, R, U><<<blocks, kWarps * 32, 0, st>>>(out, x, w, bias, N, K, wk);
+  MSG_LAUNCHED("gemv_vec_kernel");
+  return 0;
+}
+
+template <typename T, typename TO>
+int launch(void* out, const void* a, const void* w, const void* bias, int M, int N, int K,
+           cudaStream_t st) {
+  TO* o = (TO*)out;
+  const T *x = (const T*)a, *wt = (const T*)w, *b = (const T*)bias;
+  if (K % 8 != 0 || !msg::aligned16_ptr(a) || !msg::aligned16_ptr(w)) {
+    gemv_scalar_kernel<T, TO><<<(N + kWarps - 1) / kWarps, kWarps * 32, 0, st>>>(o, x, wt, b, M,
+                                                                                  N, K);
+    MSG_LAUNCHED("gemv_scalar_kernel");
+    return 0;
+  }
+  switch (M) {
+    case 1: return launch_vec<T, TO, 1>(o, x, wt, b, N, K, st);
+    case 2: return launch_vec<T, TO, 2>(o, x, wt, b, N, K, st);
+    case 3: return launch_vec<T, TO, 3>(o, x, wt, b, N, K, st);
+    case 4: return launch_vec<T, TO, 4>(o, x, wt, b, N, K, st);
+    case 5: return launch_vec<T, TO, 5>(o, x, wt, b, N, K, st);
+    case 6: return launch_vec<T, TO, 6>(o, x, wt, b, N, K, st);
+    case 7: return launch_vec<T, TO, 7>(o, x, wt, b, N, K, st);
+    case 8: return launch_vec<T, TO, 8>(o, x, wt, b, N, K, st);
+    default: return msg::fail(msg::ERR_INTERNAL, "gemv: M=%d out of range", M);
+  }
+}
+
+}  // namespace
+
+namespace msg {
+
+/** True when msg_gemm should run this call on the GEMV kernels: 1 <= M <= the threshold
+ *  (default 4), a and w both bf16 or both f16, any float output dtype. */
+bool gemv_takes(int M, int a_dtype, int w_dtype, int out_dtype) {
+  return M >= 1 && M <= gemv_max_m() && a_dtype == w_dtype &&
+         (w_dtype == MSG_BF16 || w_dtype == MSG_F16) && is_float_dtype(out_dtype);
+}
+
+/** out[M, N] = a[M, K] @ w[N, K]^T (+ bias[N]) for M <= 8 (a, w, bias in w_dtype). */
+int gemv(void* out, int out_dtype, const void* a, const void* w, int w_dtype, const void* bias,
+         int M, int N, int K, cudaStream_t st) {
+  MSG_REQUIRE(M >= 1 && M <= kMaxM && N > 0 && K > 0, "gemv: bad sizes M=%d N=%d K=%d", M, N,
+              K);
+  return MSG_DISPATCH_HALF(w_dtype, T, return MSG_DISPATCH_FLOAT(out_dtype, TO,
+    return launch<T, TO>(out, a, w, bias, M, N, K, st);););
+}
+
+}  // namespace msg
+
+/** Tuning knob (minisgl.h): m >= 0 sets the largest M that msg_gemm sends
+ *  to the GEMV kernels (clamped to 0..8; 0 = always cuBLASLt); returns the previous value.
+ *  m < 0 only returns the current one. Process-wide. */
+extern "C" MSG_API int msg_gemv_max_m(int m) {
+  int prev = gemv_max_m();
+  if (m >= 0) g_max_m.store(m > kMaxM ? kMaxM : m, std::memory_order_relaxed);
+  return prev;
+}
