@@ -2,6 +2,8 @@
  * Decode speed at batch size 1 (the memory-bound case gpt-fast is measured on), and the
  * device-to-device copy bandwidth measured in the same process, for the roofline:
  * roofline_frac = tok/s * weight bytes / copy bandwidth (bytes read + written per second).
+ * The KV pool is sized as the server sizes it (--mem-fraction 0.9), so the captured graphs
+ * are those a server would replay.
  *
  *   deno run -A bench/decode_bs1.ts --model DIR --name llama-3-8b [--steps 256] [--out F]
  */
@@ -34,7 +36,6 @@ const runner = await ModelRunner.create(
   cfg,
   runnerOptions(a.model, a.device as "cpu" | "cuda", {
     pageSize: PAGE,
-    numPages: Math.ceil((P + 2 * steps + 64) / PAGE) + 4,
     maxRows: 8,
     maxPrefillLength: Math.max(P, 64),
     cudaGraphMaxBs: Number(a.graphs),
