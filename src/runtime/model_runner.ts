@@ -16,7 +16,8 @@ import {
   type KvCache,
   NativeAttention,
 } from "./attention.ts";
-import { type FilledBatch, fillStaging, padDecode, PARAM_WORDS, StagingLayout } from "./staging.ts";
+import { type FilledBatch, fillStaging, padDecode, StagingLayout } from "./staging.ts";
+import { MAX_TOP, type ResultBlock, ResultBuffers } from "./results.ts";
 import { loadWeights } from "./weights.ts";
 import { CudaGraphs } from "./cuda_graph.ts";
 
@@ -62,14 +63,13 @@ export function runnerOptions(
 
 export type Progress = (stage: string, done: number, total: number) => void;
 
+/** Host blocks of one batch in flight: its staged inputs and its results. */
 interface Slot {
   ptr: Deno.PointerValue;
   i32: Int32Array;
   f32: Float32Array;
   u64: BigUint64Array;
-  outPtr: Deno.PointerValue;
-  outI32: Int32Array;
-  outF32: Float32Array;
+  out: ResultBlock;
   event: Handle;
 }
 
@@ -97,20 +97,14 @@ export class ModelRunner {
   private positions!: Tensor;
   private kvSlots!: Tensor;
   private decodeTmp!: Tensor;
+  private out!: ResultBuffers;
   private lastHidden!: Tensor;
-  private outTokens!: Tensor;
-  private outLp!: Tensor;
-  private topIds!: Tensor;
-  private topLps!: Tensor;
-  private promptLp!: Tensor;
   private attn!: NativeAttention;
   private graphs: CudaGraphs | null = null;
   private shape: DecoderShape;
   private weights!: ModelWeights;
   private stream: Handle;
   readonly dummyRow: number;
-  private outWords: number;
-  static readonly MAX_TOP = 20;
 
   private constructor(
     readonly cfg: ModelConfig,
@@ -133,7 +127,6 @@ export class ModelRunner {
     const maxT = opts.maxPrefillLength + opts.maxRows;
     this.L = new StagingLayout(maxT, opts.maxRows);
     this.dummyRow = opts.maxRows;
-    this.outWords = 2 * opts.maxRows * (1 + ModelRunner.MAX_TOP) + maxT;
     this.info = {
       backend: dev.backend,
       deviceName: dev.name(),
@@ -208,22 +201,15 @@ export class ModelRunner {
     this.positions = dev.alloc(DType.I32, [maxT]);
     this.kvSlots = dev.alloc(DType.I32, [maxT]);
     this.decodeTmp = dev.alloc(DType.I32, [maxB]);
-    this.outTokens = dev.alloc(DType.I32, [maxB]);
-    this.outLp = dev.alloc(DType.F32, [maxB]);
-    this.topIds = dev.alloc(DType.I32, [maxB, ModelRunner.MAX_TOP]);
-    this.topLps = dev.alloc(DType.F32, [maxB, ModelRunner.MAX_TOP]);
-    this.promptLp = dev.alloc(DType.F32, [maxT]);
+    this.out = new ResultBuffers(dev, maxB, maxT);
     for (let i = 0; i < 2; i++) {
       const host = dev.hostAlloc(L.words * 4);
-      const out = dev.hostAlloc(this.outWords * 4);
       this.slots.push({
         ptr: host.ptr,
         i32: new Int32Array(host.buf),
         f32: new Float32Array(host.buf),
         u64: new BigUint64Array(host.buf),
-        outPtr: out.ptr,
-        outI32: new Int32Array(out.buf),
-        outF32: new Float32Array(out.buf),
+        out: this.out.hostBlock(),
         event: dev.createEvent(),
       });
     }
@@ -315,8 +301,8 @@ export class ModelRunner {
     const hidden = forward(ops, this.shape, this.weights, this.ws, this.attn, m);
     const logits = this.logits.rows(0, bs);
     ops.gemm(logits, hidden, this.weights.lmHead, null, bs);
-    ops.sample(this.outTokens, this.outLp, logits, meta.params, bs);
-    ops.scatterI32(this.tokenTable, meta.sampleRows, this.outTokens, bs);
+    ops.sample(this.out.tokens, this.out.logprobs, logits, meta.params, bs);
+    ops.scatterI32(this.tokenTable, meta.sampleRows, this.out.tokens, bs);
   }
 
   /** Writes a dummy decode batch of `bs` padded rows (used before capture). */
@@ -335,7 +321,7 @@ export class ModelRunner {
     let topK = 0, penalties = false;
     for (const i of f.sampleEntries) {
       const e = batch.entries[i];
-      topK = Math.max(topK, Math.min(e.topLogprobs, ModelRunner.MAX_TOP));
+      topK = Math.max(topK, Math.min(e.topLogprobs, MAX_TOP));
       if (e.penaltyTokens) penalties = true;
     }
     // Graphs (and the plain decode body) gather every input token on the device.
@@ -351,7 +337,8 @@ export class ModelRunner {
     } else {
       this.generalBody(batch, f, topK);
     }
-    this.collect(batch, f, slot, topK);
+    this.out.collect(batch, f, slot.out, topK, this.stream);
+    this.dev.record(slot.event, this.stream);
     return { batch, filled: f, slot, topK, start };
   }
 
@@ -419,9 +406,9 @@ export class ModelRunner {
       const logits = this.logits.rows(0, S);
       ops.gemm(logits, this.lastHidden, this.weights.lmHead, null, S);
       this.applyPenalties(batch, f, logits);
-      if (topK) ops.topLogprobs(this.topIds, this.topLps, logits, S, topK);
-      ops.sample(this.outTokens, this.outLp, logits, meta.params, S);
-      ops.scatterI32(this.tokenTable, meta.sampleRows, this.outTokens, S);
+      if (topK) ops.topLogprobs(this.out.topIds, this.out.topLps, logits, S, topK);
+      ops.sample(this.out.tokens, this.out.logprobs, logits, meta.params, S);
+      ops.scatterI32(this.tokenTable, meta.sampleRows, this.out.tokens, S);
     }
     // Prompt logprobs: logits of the asked rows, a chunk of maxB rows at a time.
     let t = 0;
@@ -431,7 +418,12 @@ export class ModelRunner {
           const n = Math.min(this.L.maxB, e.qLen - c);
           const logits = this.logits.rows(0, n);
           ops.gemm(logits, hidden.rows(t + c, n), this.weights.lmHead, null, n);
-          ops.tokenLogprobs(this.promptLp.rows(t + c, n), logits, meta.targets.rows(t + c, n), n);
+          ops.tokenLogprobs(
+            this.out.promptLp.rows(t + c, n),
+            logits,
+            meta.targets.rows(t + c, n),
+            n,
+          );
         }
       }
       t += e.qLen;
@@ -459,74 +451,11 @@ export class ModelRunner {
     for (const b of bufs) dev.free(b);
   }
 
-  /** Enqueues the copies of the results into the slot's pinned output block. */
-  private collect(batch: ForwardBatch, f: FilledBatch, slot: Slot, topK: number) {
-    const { dev } = this;
-    const S = f.numSample, B = this.L.maxB;
-    const at = (words: number) => Deno.UnsafePointer.offset(slot.outPtr!, words * 4);
-    if (S) {
-      dev.downloadPtr(slot.outPtr, this.outTokens, S * 4, this.stream);
-      dev.downloadPtr(at(B), this.outLp, S * 4, this.stream);
-      if (topK) {
-        // rows of MAX_TOP values, of which the first topK are filled
-        dev.downloadPtr(at(2 * B), this.topIds, S * ModelRunner.MAX_TOP * 4, this.stream);
-        dev.downloadPtr(
-          at(2 * B + B * ModelRunner.MAX_TOP),
-          this.topLps,
-          S * ModelRunner.MAX_TOP * 4,
-          this.stream,
-        );
-      }
-    }
-    if (batch.entries.some((e) => e.logprobTargets)) {
-      dev.downloadPtr(
-        at(2 * B * (1 + ModelRunner.MAX_TOP)),
-        this.promptLp,
-        f.numTokens * 4,
-        this.stream,
-      );
-    }
-    dev.record(slot.event, this.stream);
-  }
-
   /** Waits for a launched batch and reads its result. */
   finish(p: Pending): ForwardResult {
     this.dev.waitEvent(p.slot.event);
-    const { batch, filled: f, slot, topK } = p;
-    const B = this.L.maxB, n = batch.entries.length, T = ModelRunner.MAX_TOP;
-    const tokens = new Int32Array(n).fill(-1);
-    const logprobs = new Float32Array(n).fill(NaN);
-    const topIds: (Int32Array | null)[] = new Array(n).fill(null);
-    const topLogprobs: (Float32Array | null)[] = new Array(n).fill(null);
-    const promptLogprobs: (Float32Array | null)[] = new Array(n).fill(null);
-    f.sampleEntries.forEach((ei, s) => {
-      tokens[ei] = slot.outI32[s];
-      logprobs[ei] = slot.outF32[B + s];
-      const k = Math.min(batch.entries[ei].topLogprobs, T);
-      if (k > 0 && topK > 0) {
-        topIds[ei] = slot.outI32.slice(2 * B + s * T, 2 * B + s * T + k);
-        topLogprobs[ei] = slot.outF32.slice(2 * B + B * T + s * T, 2 * B + B * T + s * T + k);
-      }
-    });
-    let t = 0;
-    const base = 2 * B * (1 + T);
-    batch.entries.forEach((e, i) => {
-      if (e.logprobTargets) {
-        const lp = slot.outF32.slice(base + t, base + t + e.qLen);
-        for (let j = 0; j < e.qLen; j++) if (e.logprobTargets[j] < 0) lp[j] = NaN;
-        promptLogprobs[i] = lp;
-      }
-      t += e.qLen;
-    });
-    return {
-      id: batch.id,
-      tokens,
-      logprobs,
-      topIds,
-      topLogprobs,
-      promptLogprobs,
-      seconds: (performance.now() - p.start) / 1000,
-    };
+    const seconds = (performance.now() - p.start) / 1000;
+    return this.out.read(p.batch, p.filled, p.slot.out, p.topK, seconds);
   }
 
   /** Full fp32 logits of every new token of every entry (tests and fidelity checks;
@@ -559,5 +488,3 @@ export class ModelRunner {
     return this.finish(this.launch(batch));
   }
 }
-
-export { PARAM_WORDS };
