@@ -668,19 +668,18 @@ function uniformRef(seed: bigint, step: number): number {
   return Number(z >> 11n) * 2 ** -53;
 }
 
-/** The header's sampling semantics in fp64. `fragile` marks a row where a filter or the
- *  inverse-CDF pick lies so close to a boundary that fp32 may legitimately decide the
- *  other way. */
+/** The header's sampling semantics in fp64 (real weights instead of fixed point): ranks by
+ *  logit descending, ties by lower index; top-k, top-p and min-p keep a prefix of the ranks;
+ *  the draw walks the kept tokens in INDEX order. `fragile` marks a row where a filter or
+ *  the draw lies so close to a boundary that fp32 may legitimately decide the other way. */
 function sampleRef(x: number[], sp: SP): { token: number; kept: Set<number>; fragile: boolean } {
   const V = x.length;
   const order = Array.from({ length: V }, (_, i) => i);
-  if (sp.temperature <= 0) {
-    order.sort((a, b) => x[b] - x[a] || a - b);
-    return { token: order[0], kept: new Set([order[0]]), fragile: false };
-  }
-  const z = x.map((v) => v / sp.temperature), zmax = Math.max(...z);
+  order.sort((a, b) => x[b] - x[a] || a - b);
+  if (sp.temperature <= 0) return { token: order[0], kept: new Set([order[0]]), fragile: false };
+  const T = Math.fround(sp.temperature);
+  const z = x.map((v) => Math.fround(v / T)), zmax = z[order[0]];
   const w = z.map((v) => Math.exp(v - zmax));
-  order.sort((a, b) => z[b] - z[a] || a - b);
   const near = (a: number, b: number) => Math.abs(a - b) <= 1e-4 * Math.max(1, Math.abs(b));
   let fragile = false;
   const K = sp.topK > 0 && sp.topK < V ? sp.topK : V;
@@ -704,19 +703,18 @@ function sampleRef(x: number[], sp: SP): { token: number; kept: Set<number>; fra
     }
     L = j;
   }
+  const kept = new Set(order.slice(0, L));
   let total = 0;
   for (let j = 0; j < L; j++) total += w[order[j]];
   const target = uniformRef(sp.seed, sp.step) * total;
-  let cum = 0, token = order[L - 1];
-  for (let j = 0; j < L; j++) {
-    cum += w[order[j]];
+  let cum = 0, token = -1;
+  for (let i = 0; i < V && token < 0; i++) {
+    if (!kept.has(i)) continue;
+    cum += w[i];
     if (near(cum, target)) fragile = true;
-    if (cum > target) {
-      token = order[j];
-      break;
-    }
+    if (cum > target) token = i;
   }
-  return { token, kept: new Set(order.slice(0, L)), fragile };
+  return { token, kept, fragile };
 }
 
 function sample(logits: Float32Array, ps: SP[], vocab: number) {
@@ -817,31 +815,35 @@ Deno.test("greedy picks the lowest index among tied maxima", () => {
   assertClose([lps[0]], [logSoftmax(logits)[2]], "greedy logprob");
 });
 
-Deno.test("temperature sampling over many seeds matches the softmax; filters hold", () => {
-  const logits = [1, 0.5, 0, -0.5, 2, 1.5, -3, 0.2];
+Deno.test("sampling over many seeds matches the (filtered) softmax; filters hold", () => {
+  const logits = [1, 0.5, 0, -0.5, 2, 1.5, -3, 0.2, 1.5, 0.7];
   const vocab = logits.length, n = 6000, T = 0.8;
   const rows = new Float32Array(n * vocab);
   for (let i = 0; i < n; i++) rows.set(logits, i * vocab);
   const base = { temperature: T, topK: 0, topP: 1, minP: 0, step: 3 };
   const ps = Array.from({ length: n }, (_, i) => ({ ...base, seed: BigInt(i) * 1000003n }));
-  const { tokens } = sample(rows, ps, vocab);
   const probs = softmax(logits.map((v) => v / T));
-  const counts = new Array(vocab).fill(0);
-  for (const t of tokens) counts[t]++;
-  probs.forEach((pr, t) => {
-    const sd = Math.sqrt(pr * (1 - pr) / n);
-    assert.ok(
-      Math.abs(counts[t] / n - pr) < 5 * sd + 1e-3,
-      `token ${t}: ${counts[t] / n} vs ${pr}`,
-    );
-  });
-  for (const filt of [{ topP: 0.6 }, { minP: 0.3 }, { topK: 3, topP: 0.8 }]) {
+  for (const filt of [{}, { topP: 0.6 }, { minP: 0.3 }, { topK: 3, topP: 0.8 }, { topK: 4 }]) {
     const fp = ps.map((s) => ({ ...s, ...filt }));
     const kept = sampleRef(logits, fp[0]).kept;
-    const seen = new Set(sample(rows, fp, vocab).tokens);
-    assert.ok([...seen].every((t) => kept.has(t)), `${JSON.stringify(filt)}: ${[...seen]}`);
-    assert.equal(seen.size, kept.size, `${JSON.stringify(filt)}: every kept token is drawn`);
+    const tokens = sample(rows, fp, vocab).tokens;
+    const counts = new Array(vocab).fill(0);
+    for (const t of tokens) counts[t]++;
+    // Excluded tokens are never drawn; kept ones with their renormalized probability.
+    let mass = 0;
+    kept.forEach((t) => mass += probs[t]);
+    probs.forEach((p0, t) => {
+      const pr = kept.has(t) ? p0 / mass : 0, sd = Math.sqrt(pr * (1 - pr) / n);
+      assert.ok(
+        Math.abs(counts[t] / n - pr) < 5 * sd + 1e-3,
+        `${JSON.stringify(filt)} token ${t}: ${counts[t] / n} vs ${pr}`,
+      );
+    });
   }
+  // Tied logits (indices 5 and 8) at the top-2 boundary: the lower index is kept.
+  const k2 = ps.slice(0, 200).map((s) => ({ ...s, topK: 2 }));
+  const seen = new Set(sample(rows.subarray(0, vocab * 200), k2, vocab).tokens);
+  assert.deepEqual([...seen].sort(), [4, 5], `top-2 set: ${[...seen]}`);
 });
 
 Deno.test("token_logprobs and top_logprobs (descending, ties by lower index)", () => {

@@ -1,23 +1,14 @@
 // sampling.cpp — sampling, logprobs and penalties over fp32 logits on the host; rows are
 // spread over the thread pool.
 //
-// Exact semantics of msg_sample (the CUDA kernel follows the same steps):
-//  - temperature <= 0: argmax of the logits, lowest index on ties.
-//  - else z_i = logit_i / temperature, weights w_i = exp(z_i - max z) (unnormalized: every
-//    filter below is a ratio, so normalization is not needed). Tokens are ordered by z
-//    descending, ties by lower index; every filter keeps a prefix of that order:
-//    top-k  (0 < k < vocab): the first k.
-//    top-p  (< 1): with S = sum of w over the top-k set, token j of the order is kept iff
-//           the sum of w of tokens before it is < top_p * S (the first is always kept).
-//    min-p  (> 0): kept while w_j >= min_p * w_max (w_max = 1).
-//  - u = msg_uniform(seed, step); with T = sum of w over the kept prefix, the token is the
-//    first j whose running sum of w exceeds u * T (the last kept one if rounding says none).
-// Nothing sorts the whole vocabulary: tokens fall into kBuckets buckets of equal z width
-// (bucket order = rank order); every walk skips whole buckets by their weight sums and
-// sorts only the few buckets it stops in. A row costs O(vocab) whatever the filters.
+// msg_sample follows the rule documented in minisgl.h bit for bit, like the CUDA kernels:
+// the weights come from sample_exp (explicit fmaf steps, no libm exp), every filter and the
+// draw are integer arithmetic on 40-bit fixed-point weights, so both backends pick the same
+// token (tests compare them exactly). A row costs O(vocab): top-k is an nth_element, top-p
+// buckets the weights by z and sorts only the bucket that holds the cut, and the draw is one
+// walk in index order.
 #include <algorithm>
 #include <cmath>
-#include <deque>
 #include <limits>
 
 #include "common.h"
@@ -34,116 +25,11 @@ struct Desc {
   bool operator()(int a, int b) const { return v[a] > v[b] || (v[a] == v[b] && a < b); }
 };
 
-// Tokens in rank order (z descending, ties by lower index), grouped into buckets of equal
-// z width; a bucket is sorted only when a walk needs the order inside it.
-class Ranked {
- public:
-  static constexpr int kBuckets = 2048;
-
-  Ranked(const float* z, const float* w, int V, float zmax) : z_(z), w_(w), V_(V) {
-    // Weights below exp(-104) are 0 in fp32: such tokens all share the last bucket.
-    float zmin = zmax;
-    for (int i = 0; i < V; i++)
-      if (z[i] < zmin && z[i] > zmax - 104.0f) zmin = z[i];
-    const float span = zmax - zmin;
-    const float inv = span > 0 ? (float)kBuckets / span : 0.0f;
-    bucket_ = tls_u16(V);
-    start_.assign(kBuckets + 1, 0);
-    bw_.assign(kBuckets, 0.0f);
-    for (int i = 0; i < V; i++) {
-      const float d = (zmax - z[i]) * inv;  // monotone in z; -inf z gives +inf
-      const int bi = d < (float)(kBuckets - 1) ? (int)d : kBuckets - 1;
-      bucket_[i] = (uint16_t)bi;
-      start_[bi + 1]++;
-      bw_[bi] += w[i];
-    }
-    for (int bi = 0; bi < kBuckets; bi++) start_[bi + 1] += start_[bi];
-  }
-
-  /** Rank of the first token whose running weight (in rank order, ranks < limit) is
-   *  > thr (strict) or >= thr; -1 if none. */
-  int walk(float thr, bool strict, int limit) {
-    float cum = 0.0f;
-    for (int bi = 0; bi < kBuckets; bi++) {
-      const int b0 = start_[bi], b1 = start_[bi + 1];
-      if (b0 >= limit) return -1;
-      if (b0 == b1) continue;
-      if (b1 <= limit) {
-        const float c2 = cum + bw_[bi];
-        if (!(strict ? c2 > thr : c2 >= thr)) {
-          cum = c2;
-          continue;
-        }
-      }
-      const std::vector<int>& toks = members(bi);
-      // Token by token (if rounding makes the bucket fall short, go on to the next one).
-      for (int r = b0; r < b1 && r < limit; r++) {
-        cum += w_[toks[r - b0]];
-        if (strict ? cum > thr : cum >= thr) return r;
-      }
-    }
-    return -1;
-  }
-
-  /** Sum of the weights of ranks [0, n). */
-  float prefix_sum(int n) {
-    float cum = 0.0f;
-    for (int bi = 0; bi < kBuckets && start_[bi] < n; bi++) {
-      if (start_[bi + 1] <= n) {
-        cum += bw_[bi];
-      } else {
-        const std::vector<int>& toks = members(bi);
-        for (int r = start_[bi]; r < n; r++) cum += w_[toks[r - start_[bi]]];
-      }
-    }
-    return cum;
-  }
-
-  /** Number of leading ranks whose weight is >= thr (a prefix: w is monotone in z). */
-  int count_at_least(float thr, int V) const {
-    int c = 0;
-    for (int i = 0; i < V; i++) c += w_[i] >= thr;
-    return c;
-  }
-
-  /** Token of rank r. */
-  int token(int r) {
-    int bi = (int)(std::upper_bound(start_.begin(), start_.end(), r) - start_.begin()) - 1;
-    return members(bi)[r - start_[bi]];
-  }
-
- private:
-  static uint16_t* tls_u16(int n) {
-    static thread_local std::vector<uint16_t> buf;
-    if ((int)buf.size() < n) buf.resize(n);
-    return buf.data();
-  }
-  // The tokens of bucket bi in rank order: found by one scan (a walk enters only a few
-  // buckets, so this beats a counting sort of the whole row), then sorted.
-  const std::vector<int>& members(int bi) {
-    for (auto& m : cache_)
-      if (m.first == bi) return m.second;
-    std::vector<int> toks;
-    toks.reserve(start_[bi + 1] - start_[bi]);
-    for (int i = 0; i < V_; i++)
-      if (bucket_[i] == bi) toks.push_back(i);
-    std::sort(toks.begin(), toks.end(), Desc{z_});
-    cache_.emplace_back(bi, std::move(toks));
-    return cache_.back().second;
-  }
-  const float* z_;
-  const float* w_;
-  int V_;
-  uint16_t* bucket_;
-  std::vector<int> start_;
-  std::vector<float> bw_;
-  std::deque<std::pair<int, std::vector<int>>> cache_;  // deque: references stay valid
-};
-
-// Copy of a row with NaN replaced by -inf (so that comparisons are a strict weak order).
+// Copy of a row with NaN replaced by -inf (so that comparisons are a strict weak order)
+// and -0 by +0 (the rank order compares values, the GPU their bit patterns).
 float* clean_row(const float* x, int V, int which) {
   float* c = scratch(which, (size_t)V);
-  for (int i = 0; i < V; i++) c[i] = std::isnan(x[i]) ? kNegInf : x[i];
+  for (int i = 0; i < V; i++) c[i] = std::isnan(x[i]) ? kNegInf : (x[i] == 0.0f ? 0.0f : x[i]);
   return c;
 }
 
@@ -164,39 +50,109 @@ int argmax(const float* x, int V) {
   return best;
 }
 
+// exp(d) for d <= 0 in fp32, the same bits as sampling.cu's: d * log2(e) = n + f with
+// n = rint, f = fma(d, log2e, -n); 2^f by a degree-7 polynomial (Horner, fmaf); times 2^n.
+// 0 below 2^-64 (such weights are 0 in fixed point anyway).
+float sample_exp(float d) {
+  const float kLog2e = 1.44269504088896341f;
+  const float y = d * kLog2e;
+  if (!(y >= -64.0f)) return 0.0f;
+  const float n = rintf(y);
+  const float f = fmaf(d, kLog2e, -n);
+  float p = 1.52527338040598e-05f;
+  p = fmaf(p, f, 1.54035303933816e-04f);
+  p = fmaf(p, f, 1.33335581464284e-03f);
+  p = fmaf(p, f, 9.61812910762848e-03f);
+  p = fmaf(p, f, 5.55041086648216e-02f);
+  p = fmaf(p, f, 2.40226506959101e-01f);
+  p = fmaf(p, f, 6.93147180559945e-01f);
+  p = fmaf(p, f, 1.0f);
+  return p * bits_to_f32((uint32_t)((int)n + 127) << 23);
+}
+
+// Fixed-point weight of a token: floor(w * 2^40).
+inline uint64_t fixed_weight(float w) { return (uint64_t)(w * 1099511627776.0f); }
+
+// Top-p bucket of z (higher bucket = higher rank): 16 buckets per unit of zmax - z.
+inline int zbucket(float z, float zmax) {
+  const float d = zmax - z;
+  return 511 - (d < 32.0f ? (int)(d * 16.0f) : 511);
+}
+
+struct RowScratch {
+  std::vector<uint64_t> q;
+  std::vector<float> w;
+  std::vector<int> idx;
+};
+
 int sample_row(const float* x, int V, const msg_sampling_params& sp) {
-  if (!(sp.temperature > 0.0f)) return argmax(x, V);
-  float* z = scratch(1, (size_t)V);
-  float* w = scratch(2, (size_t)V);
-  float zmax = kNegInf;
+  const int top = argmax(x, V);
+  const float T = sp.temperature;
+  if (!(T > 0.0f)) return top;
+  const float zmax = x[top] / T;
+  if (!std::isfinite(zmax)) return top;  // all -inf, or an infinite logit
+  static thread_local RowScratch rs;
+  rs.q.resize(V);
+  rs.w.resize(V);
+  uint64_t* q = rs.q.data();
+  float* w = rs.w.data();
   for (int i = 0; i < V; i++) {
-    z[i] = x[i] / sp.temperature;
-    zmax = z[i] > zmax ? z[i] : zmax;
+    w[i] = sample_exp(x[i] / T - zmax);
+    q[i] = fixed_weight(w[i]);
   }
-  if (std::isinf(zmax)) return argmax(x, V);  // all -inf, or an infinite logit
-  float s_all = 0.0f;
-  for (int i = 0; i < V; i++) {
-    w[i] = std::exp(z[i] - zmax);
-    s_all += w[i];
+  const Desc better{x};
+  // The kept ranks are a prefix of the rank order: i is kept iff i == cut or i ranks above.
+  int cut = -1;
+  auto in_cut = [&](int i) { return cut < 0 || i == cut || better(i, cut); };
+  if (sp.top_k > 0 && sp.top_k < V) {
+    rs.idx.resize(V);
+    for (int i = 0; i < V; i++) rs.idx[i] = i;
+    std::nth_element(rs.idx.begin(), rs.idx.begin() + (sp.top_k - 1), rs.idx.end(), better);
+    cut = rs.idx[sp.top_k - 1];
   }
-  Ranked order(z, w, V, zmax);
-  const int K = sp.top_k > 0 && sp.top_k < V ? sp.top_k : V;
-  const float S = K < V ? order.prefix_sum(K) : s_all;
-  int L = K;
   if (sp.top_p < 1.0f) {
-    // Keep rank j iff j == 0 or the weight before it is < top_p * S.
-    const int r = order.walk(sp.top_p * S, false, K);
-    L = r < 0 ? K : r + 1;
+    uint64_t S = 0, hist[512] = {0};
+    for (int i = 0; i < V; i++) {
+      if (!q[i] || !in_cut(i)) continue;
+      S += q[i];
+      hist[zbucket(x[i] / T, zmax)] += q[i];
+    }
+    const double tp = std::ceil((double)sp.top_p * (double)S) - 1.0;
+    uint64_t t = tp <= 0.0 ? 0 : (uint64_t)tp;
+    if (t >= S) t = S - 1;
+    // The bucket whose weight interval (walking down from the top) contains t, then the
+    // token inside it, in rank order.
+    int b = 511;
+    uint64_t cum = 0;
+    while (b > 0 && cum + hist[b] <= t) cum += hist[b--];
+    rs.idx.clear();
+    for (int i = 0; i < V; i++)
+      if (q[i] && in_cut(i) && zbucket(x[i] / T, zmax) == b) rs.idx.push_back(i);
+    std::sort(rs.idx.begin(), rs.idx.end(), better);
+    int found = rs.idx.empty() ? top : rs.idx.back();
+    for (int i : rs.idx) {
+      if (t < cum + q[i]) {
+        found = i;
+        break;
+      }
+      cum += q[i];
+    }
+    cut = found;
   }
-  if (sp.min_p > 0.0f) {
-    // Keep while w >= min_p * w_max (w_max = exp(0) = 1); the first token always.
-    const int c = order.count_at_least(sp.min_p, V);
-    L = std::min(L, std::max(c, 1));
+  const bool use_minp = sp.min_p > 0.0f;
+  auto kept = [&](int i) { return in_cut(i) && (!use_minp || w[i] >= sp.min_p || i == top); };
+  uint64_t Q = 0;
+  for (int i = 0; i < V; i++)
+    if (kept(i)) Q += q[i];
+  uint64_t t = (uint64_t)(msg_uniform(sp.seed, sp.step) * (double)Q);
+  if (t >= Q) t = Q - 1;  // Q >= 2^40: the top token is always kept with weight 1
+  uint64_t cum = 0;
+  for (int i = 0; i < V; i++) {
+    if (!kept(i)) continue;
+    cum += q[i];
+    if (cum > t) return i;
   }
-  const float total = L == V ? s_all : order.prefix_sum(L);
-  const float target = (float)msg_uniform(sp.seed, sp.step) * total;
-  const int r = order.walk(target, true, L);
-  return order.token(r < 0 ? L - 1 : r);
+  return top;
 }
 
 }  // namespace
@@ -222,7 +178,10 @@ int msg_sample(int32_t* out_tokens, float* out_logprobs, float* logits,
       const float* x = clean_row(logits + r * vocab, vocab, 0);
       const int tok = sample_row(x, vocab, params[r]);
       out_tokens[r] = tok;
-      if (out_logprobs) out_logprobs[r] = x[tok] - logsumexp(x, vocab);
+      if (out_logprobs) {
+        const float lse = logsumexp(x, vocab);
+        out_logprobs[r] = lse == kNegInf ? kNegInf : x[tok] - lse;
+      }
     }
   });
   return 0;

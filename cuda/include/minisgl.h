@@ -208,12 +208,23 @@ typedef struct msg_sampling_params {
   int32_t pad;
 } msg_sampling_params;
 
-/** Sample one token per row of logits [rows, vocab] (fp32; modified in place).
- *  Filters apply in this order: temperature, top-k, top-p, min-p; then one uniform
- *  u = msg_uniform(seed, step) picks by inverse CDF over the kept tokens in descending
- *  probability order (ties by lower index). out_logprobs (may be NULL) receives the
- *  log-probability of the chosen token under the unfiltered distribution at
- *  temperature 1 (what OpenAI reports). */
+/** Sample one token per row of logits [rows, vocab] (fp32; read only). The rule, the same
+ *  bits in both backends (x = the row's logits, NaN read as -inf):
+ *  - temperature T <= 0, or max(x) / T not finite: greedy, argmax with ties to the lowest index.
+ *  - z_i = fp32(x_i / T), zmax = max z; w_i = exp(z_i - zmax) in fp32 by a fixed polynomial
+ *    (sample_exp in cuda/cpu/sampling.cpp); integer weights q_i = floor(w_i * 2^40).
+ *  - Rank order: logit descending, ties by lower index. Each filter keeps a prefix of it:
+ *    top-k (0 < k < vocab): the first k. top-p (< 1): with S = sum of q over the top-k set,
+ *    the ranks whose preceding sum of q is < top_p * S (double). min-p (> 0): w_i >= min_p
+ *    (the first rank always).
+ *  - Draw: Q = sum of q over the kept tokens, t = floor(u * Q) (double), u = msg_uniform(seed,
+ *    step); the token is the kept one, walking in INDEX order, whose interval of cumulated q
+ *    contains t. This is the filtered softmax (weights below 2^-40 of the top are never
+ *    drawn), and needs no sort: the GPU finds cuts by histograms and the draw by chunk sums.
+ *  out_logprobs (may be NULL) receives the log-probability of the chosen token under the
+ *  unfiltered distribution at temperature 1 (what OpenAI reports). Graph-safe (per-device
+ *  scratch; run it once outside capture with the largest row count); not concurrently on
+ *  two streams of one device. */
 MSG_API int msg_sample(int32_t* out_tokens, float* out_logprobs, float* logits,
                        const msg_sampling_params* params, int rows, int vocab,
                        void* stream);

@@ -24,7 +24,7 @@ int fail_cuda(cudaError_t e, const char* what);
  *  when it must grow; callers warm up outside capture with the largest shape. */
 int device_scratch(int slot, size_t bytes, void** ptr);
 /** Scratch slots. */
-enum { SCRATCH_GEMM = 0, SCRATCH_DECODE = 1, SCRATCH_COUNT = 2 };
+enum { SCRATCH_GEMM = 0, SCRATCH_DECODE = 1, SCRATCH_SAMPLE = 2, SCRATCH_COUNT = 3 };
 
 inline bool is_float_dtype(int d) { return d == MSG_F32 || d == MSG_F16 || d == MSG_BF16; }
 inline int dtype_size(int d) {

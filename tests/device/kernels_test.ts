@@ -545,8 +545,10 @@ function params(rows: number, f: (i: number) => [number, number, number, number]
   return new Uint8Array(buf);
 }
 
-/** The token msg_sample must pick, in float64 (the header's semantics, exact sums): z in
- *  float32, order z desc / index asc, top-k, top-p, min-p, inverse CDF with u. */
+/** The token msg_sample must pick, in float64 (the header's rule with real weights instead
+ *  of fixed point): z = fp32(x / T), ranks by logit desc / index asc, top-k, top-p, min-p,
+ *  then the inverse CDF with u over the kept tokens in INDEX order. Equal logits form one
+ *  group, so rows with many ties stay fast. */
 function refSample(
   x: Float32Array,
   t: number,
@@ -555,19 +557,20 @@ function refSample(
   topK: number,
   u: number,
 ): number {
+  x = x.map((v) => Number.isNaN(v) ? -Infinity : v);
   const V = x.length;
   const argmax = () => x.reduce((b, v, i) => (v > x[b] ? i : b), 0);
   if (!(t > 0)) return argmax();
-  const z = x.map((v) => v / Math.fround(t));
-  const sorted = Float32Array.from(z).sort();
-  const zmax = sorted[V - 1];
+  const T = Math.fround(t), zf = (v: number) => Math.fround(v / T);
+  const sorted = Float32Array.from(x).sort();
+  const zmax = zf(sorted[V - 1]);
   if (!Number.isFinite(zmax)) return argmax();
-  const gv: number[] = [], gc: number[] = []; // groups of equal z, descending
+  const gv: number[] = [], gc: number[] = []; // groups of equal logits, descending
   for (let i = V - 1; i >= 0; i--) {
     if (gv.length && gv[gv.length - 1] === sorted[i]) gc[gc.length - 1]++;
     else gv.push(sorted[i]), gc.push(1);
   }
-  const w = gv.map((v) => Math.exp(v - zmax));
+  const w = gv.map((v) => Math.exp(zf(v) - zmax));
   const prefixMass = (n: number) => {
     let m = 0;
     for (let g = 0; n > 0; g++) m += w[g] * Math.min(n, gc[g]), n -= Math.min(n, gc[g]);
@@ -591,19 +594,64 @@ function refSample(
     for (let g = 0; g < gv.length && w[g] >= minP; g++) n += gc[g];
     L = Math.max(1, Math.min(L, n));
   }
+  // The kept set: every group above group G, and the first `tie` tokens (by index) of G.
+  let G = 0, tie = L;
+  while (tie > gc[G]) tie -= gc[G++];
   const target = u * prefixMass(L);
-  let cum = 0, value = gv[0], pos = 0;
-  for (let g = 0, left = L; left > 0; g++) {
-    const c = Math.min(left, gc[g]);
-    value = gv[g], pos = c - 1; // the last kept token if rounding finds none
-    if (cum + c * w[g] > target) {
-      pos = Math.min(c - 1, Math.floor((target - cum) / w[g]));
-      break;
-    }
-    cum += c * w[g], left -= c;
+  let cum = 0, last = -1;
+  for (let i = 0; i < V; i++) {
+    const v = x[i];
+    if (!(v > gv[G] || (v === gv[G] && tie-- > 0))) continue;
+    cum += Math.exp(zf(v) - zmax);
+    last = i;
+    if (cum > target) return i;
   }
-  for (let i = 0; i < V; i++) if (z[i] === value && pos-- === 0) return i;
-  return -1;
+  return last;
+}
+
+/** Params rows of [temperature, top_p, min_p, top_k] picked by a cycle over each list. */
+function mixedParams(rows: number): Uint8Array {
+  return params(rows, (i) => [
+    [0.7, 1.0, 1.3][i % 3],
+    [1, 0.9, 0.5, 0.95][i % 4],
+    [0, 0, 0.05][i % 3],
+    [0, 50, 1, 0, 2000, 20000, 7][i % 7],
+  ]);
+}
+
+/** GPU and CPU tokens must be equal (same integer rule, same fp32 steps); the float64
+ *  reference may differ only at floating-point boundaries. */
+function checkSample(lg: Float32Array, pr: Uint8Array, rows: number, vocab: number, what: string) {
+  const r = both(
+    { lg, pr },
+    { t: new Int32Array(rows), lp: new Float32Array(rows) },
+    (l, b) => l.sym.msg_sample(b.t, b.lp, b.lg, b.pr, rows, vocab, null),
+    "sample",
+  );
+  const [a, g] = r.t as [Int32Array, Int32Array];
+  const pv = new DataView(pr.buffer);
+  const bad: string[] = [];
+  let refOff = 0;
+  for (let i = 0; i < rows; i++) {
+    const o = i * 32;
+    const p4 = [0, 4, 8].map((k) => pv.getFloat32(o + k, true)).concat(pv.getInt32(o + 12, true));
+    const want = refSample(
+      lg.subarray(i * vocab, (i + 1) * vocab),
+      p4[0],
+      p4[1],
+      p4[2],
+      p4[3],
+      cpu.sym.msg_uniform(pv.getBigUint64(o + 16, true), pv.getInt32(o + 24, true)),
+    );
+    if (want !== a[i]) refOff++;
+    if (a[i] !== g[i]) bad.push(`row ${i} [${p4}]: cpu ${a[i]} gpu ${g[i]} ref ${want}`);
+  }
+  console.log(`sample ${what}: gpu != cpu in ${bad.length}, cpu != float64 ref in ${refOff}`);
+  if (bad.length) console.log(bad.slice(0, 20).join("\n"));
+  assert.equal(bad.length, 0, `${what}: GPU and CPU tokens differ`);
+  assert.ok(refOff <= 2, `${what}: ${refOff} rows off the float64 reference`);
+  const same = (x: Arr) => (x as Float32Array).filter((_, i) => a[i] === g[i]);
+  close([same(r.lp[0]), same(r.lp[1])], F32, 1e-3, `${what} logprobs`);
 }
 
 Deno.test({
@@ -623,47 +671,30 @@ Deno.test({
       );
       exact(r.t, "greedy tokens");
       close(r.lp, F32, 1e-4, "greedy logprobs");
-      const mixed = params(rows, (i) => [
-        [0.7, 1.0, 1.3][i % 3],
-        [1, 0.9, 0.5, 0.95][i % 4],
-        [0, 0, 0.05][i % 3],
-        [0, 50, 1, 0, 2000][i % 5],
-      ]);
-      for (const bf of [false, true]) {
-        // bf16-rounded logits have many exact ties: they test the index tie-break.
-        const lg = bf ? fromBf16(toBf16(logits)) : logits;
-        r = both(
-          { lg, mixed },
-          { t: new Int32Array(rows), lp: new Float32Array(rows) },
-          (l, b) => l.sym.msg_sample(b.t, b.lp, b.lg, b.mixed, rows, vocab, null),
-          "sample",
-        );
-        const [a, g] = r.t as [Int32Array, Int32Array];
-        const pv = new DataView(mixed.buffer);
-        const want = Array.from(
-          { length: rows },
-          (_, i) =>
-            refSample(
-              lg.subarray(i * vocab, (i + 1) * vocab),
-              pv.getFloat32(i * 32, true),
-              pv.getFloat32(i * 32 + 4, true),
-              pv.getFloat32(i * 32 + 8, true),
-              pv.getInt32(i * 32 + 12, true),
-              cpu.sym.msg_uniform(
-                pv.getBigUint64(i * 32 + 16, true),
-                pv.getInt32(i * 32 + 24, true),
-              ),
-            ),
-        );
-        const gpuOff = want.filter((v, i) => v !== g[i]).length;
-        const cpuOff = want.filter((v, i) => v !== a[i]).length;
-        console.log(
-          `sample vocab=${vocab} bf16=${bf}: rows off the float64 reference: ` +
-            `gpu ${gpuOff}, cpu ${cpuOff} of ${rows}`,
-        );
-        assert.ok(gpuOff <= 1, `sample vocab=${vocab} bf16=${bf}: ${gpuOff} rows off reference`);
-        const same = (x: Arr) => (x as Float32Array).filter((_, i) => a[i] === g[i]);
-        close([same(r.lp[0]), same(r.lp[1])], F32, 1e-3, "sample logprobs");
+      // bf16-rounded logits have many exact ties: they test the index tie-break.
+      checkSample(logits, mixedParams(rows), rows, vocab, `vocab=${vocab} fp32`);
+      checkSample(fromBf16(toBf16(logits)), mixedParams(rows), rows, vocab, `vocab=${vocab} bf16`);
+      // Flat rows (no spike): top-p cuts deep into the vocabulary.
+      checkSample(randn(rows * vocab, 1), mixedParams(rows), rows, vocab, `vocab=${vocab} flat`);
+      if (vocab === 151936) {
+        // Degenerate rows: constant, three values, mostly -inf, NaN: buffers overflow and
+        // the one-block fallbacks run.
+        const dr = 28, deg = new Float32Array(dr * vocab);
+        for (let i = 0; i < dr; i++) {
+          const row = deg.subarray(i * vocab, (i + 1) * vocab), kind = i % 4;
+          for (let j = 0; j < vocab; j++) {
+            row[j] = kind === 0 ? 0.5 : kind === 1 ? (j * 7) % 3 : kind === 2 ? -Infinity : j % 5;
+          }
+          if (kind === 2) row[(i * 31) % vocab] = 1, row[(i * 77) % vocab] = 1.5;
+          if (kind === 3) row[i * 13] = NaN;
+        }
+        const dp = params(dr, (i) => [
+          [1, 0.5, 2][i % 3],
+          [1, 0.9, 0.3][(i >> 2) % 3],
+          [0, 0.2][(i >> 1) % 2],
+          [0, 5, 20000, 100000][(i >> 3) % 4],
+        ]);
+        checkSample(deg, dp, dr, vocab, "degenerate rows");
       }
       const targets = randint(rows, vocab);
       r = both(
@@ -858,25 +889,37 @@ Deno.test({
       chk(s.msg_graph_destroy(g), "graph destroy");
       [kc, vc, pt, rows, lens, q, o].forEach((d) => d.free());
     }
-    // Sampling of a decode batch (graph-safe: no host round trip), timed.
-    const vocab = 151936, rowsN = 64;
-    const lg = Dev.of(gpu, randn(rowsN * vocab, 3)), tk = new Dev(gpu, rowsN * 4);
+    // Sampling of a decode batch (graph-safe: no host round trip), timed at 1, 64 and 256
+    // rows; the graph's tokens must equal a direct call's (state in scratch stays clean).
+    const vocab = 151936;
+    const lg = Dev.of(gpu, randn(256 * vocab, 3)), tk = new Dev(gpu, 256 * 4);
     const configs: [string, [number, number, number, number]][] = [
       ["greedy", [0, 1, 0, 0]],
       ["temperature", [0.8, 1, 0, 0]],
       ["top-k 40", [0.8, 1, 0, 40]],
       ["top-p 0.95", [0.8, 0.95, 0, 0]],
+      ["min-p 0.05", [0.8, 1, 0.05, 0]],
+      ["top-k 40, top-p 0.95", [0.8, 0.95, 0, 40]],
       ["top-k, top-p, min-p", [0.8, 0.95, 0.05, 40]],
+      ["top-k 5000, top-p 0.9", [1, 0.9, 0, 5000]],
     ];
-    for (const [what, p] of configs) {
-      const pr = Dev.of(gpu, params(rowsN, () => p));
-      const g = graphOf(() =>
-        chk(s.msg_sample(tk.p, null, lg.p, pr.p, rowsN, vocab, st), "sample")
-      );
-      const ms = timeMs(() => chk(s.msg_graph_launch(g, st), "launch"), 10);
-      console.log(`sample ${rowsN} rows x ${vocab} (${what}): ${(ms * 1000).toFixed(1)} us`);
-      chk(s.msg_graph_destroy(g), "graph destroy");
-      pr.free();
+    for (const rowsN of [1, 64, 256]) {
+      const line: string[] = [];
+      for (const [what, p] of configs) {
+        const pr = Dev.of(gpu, params(rowsN, () => p));
+        const call = () => chk(s.msg_sample(tk.p, null, lg.p, pr.p, rowsN, vocab, st), "sample");
+        call();
+        chk(s.msg_stream_sync(st), "sync");
+        const direct = tk.read(new Int32Array(rowsN));
+        const g = graphOf(call);
+        const ms = timeMs(() => chk(s.msg_graph_launch(g, st), "launch"), 10);
+        chk(s.msg_stream_sync(st), "sync");
+        exact([direct, tk.read(new Int32Array(rowsN))], `sample graph replay (${what})`);
+        line.push(`${what} ${(ms * 1000).toFixed(1)}`);
+        chk(s.msg_graph_destroy(g), "graph destroy");
+        pr.free();
+      }
+      console.log(`sample ${rowsN} rows x ${vocab} (us): ${line.join(", ")}`);
     }
     [lg, tk].forEach((d) => d.free());
     chk(s.msg_stream_destroy(st), "stream destroy");
