@@ -1,196 +1,376 @@
-// attention_decode.cu — one query per request over its paged KV cache (flash-decoding).
+// attention_decode.cu — one query per request over its paged KV cache (flash-decoding on
+// tensor cores).
 //
-// Split-K: grid (splits, kv heads x head-chunks, requests). A block owns one KV head of one
-// request, all the q heads that share it (GQA: up to 8 per block, so K/V are read once per
-// group), and one contiguous 1/splits share of the keys. The share is computed on the device
-// from seq_lens, and `splits` only from max_seq_len and the batch shape, so the launch is the
-// same for every replay of a captured graph; splits with no keys exit early. Inside a block
-// each key row (head_dim values = head_dim/8 16-byte vectors) is read by a group of
-// head_dim/8 lanes, one vector each; the q.k partial sums are reduced with shuffles inside the
-// group; each group keeps its own online-softmax state (max, sum, fp32 accumulator of its 8
-// dims) and issues the loads of 4 keys per step before using them (memory-level
-// parallelism: a first version that converted each load at once ran at ~30% of copy
-// bandwidth on an H100). States are merged across groups with shuffles, across warps in shared memory, and across splits by a combine kernel
-// (log-sum-exp weights) — or written directly when there is one split.
+// Work split. Grid (splits, kv heads x head-chunks, requests); a block (4 warps) owns one
+// KV head of one request, all the q heads sharing it (GQA: up to 8, or 16 when the group is
+// larger, so K/V are read once per group) and one share of the keys. `splits` (the grid)
+// depends only on max_seq_len and the batch shape, so the launch is the same for every
+// replay of a captured graph; the number of ACTIVE splits of a request is computed on the
+// device from its real seq_len (at least `min_keys` keys per split, 128 by default, shares
+// rounded to 64 keys), the other blocks exit at once. A request with one active split is
+// written directly; otherwise every split writes (o, lse) partials and the LAST block of the
+// request's head group to finish (an atomic counter per group in the scratch buffer, reset
+// by that block) merges the active splits — no second kernel, and a short sequence under a
+// large max_seq_len costs about what it costs under a small one.
+//
+// Inside a block each warp takes tiles of 16 consecutive keys (tile i of the block's share
+// goes to warp i % 4) with its own online-softmax state; the 4 states are merged in shared
+// memory at the end. Per tile, S = Q K^T is 2 x (head_dim/16) mma.m16n8k16 (M = q heads,
+// padded to 16; N = 8 keys; K = head_dim) and O^T += V^T P^T is head_dim/16 (x2 for 16
+// heads) mma (M = 16 dims, N = 8 heads, K = the 16 keys). Loads go straight from global
+// memory into mma fragments, 16 bytes per lane: the dot product does not care in which
+// order the dims are summed, so K rows are read in a permuted dim order (Q is loaded in the
+// same order), and V is transposed in registers with byte permutes (lanes that share an
+// mma row read the same 8 dims of 4 different keys). The score softmax thus costs one
+// exp2 per (head, key) instead of one per lane, which is what made the previous CUDA-core
+// kernel (one lane group per key, 16 shuffles per key) compute-bound at ~60% of copy
+// bandwidth. Page lookups for tile i+1 are issued before tile i's math so their latency
+// hides behind it.
+//
+// Measured on an H100 SXM (tests/device/attention_test.ts: graph replays over > 256 MB of
+// KV, median; Llama-3-8B shapes: 32 q / 8 kv heads, head_dim 128, bf16, page 16; d2d copy
+// 2,993 GB/s). us and % of copy bandwidth for K+V read, at the splits chosen below:
+//   seq 4096:  bs 1: 18.9 us (30%)  bs 8: 55.3 (81%)  bs 16: 100.7 (89%)  bs 32: 187.9 (95%)
+//              bs 64: 377 (95%)  bs 128: 732 (98%)
+//   seq 16384: bs 1: 38.5 (58%)  bs 8: 189 (95%)  bs 64: 1466 (98%)  bs 128: 2900 (99%)
+//   seq 512:   bs 1: 10.4 (7%)  bs 8: 15.8 (35%)  bs 32: 29.5 (76%)  bs 128: 101 (89%)
+//   300..900 keys under max_seq_len 8192 cost the same as under their own maximum
+//   (bs 1: 11.7 vs 11.4 us, bs 8: 18.9 vs 18.9).
+// The previous kernel (CUDA cores): seq 4096 bs 1: 26.7 us (21%), 8: 108 (41%), 32: 295
+// (60%), 64: 617 (58%). Small batches are now latency-bound: a block's chain of dependent
+// loads (seq_lens, page table, K/V, then partials) and the merge loop, which reads each
+// split's partial after the previous one — issuing those loads together is the next step.
+
+#include <cstdlib>
+#include <mutex>
+#include <type_traits>
+
 #include "pack.cuh"
 
 namespace {
 
 const int kWarps = 4;
-const int kUnroll = 4;
+const int kTile = 16;                  // keys per warp per step
+const int kRound = kWarps * kTile;     // keys per block per step; shares are multiples
 const int kMaxSplits = 64;
+const int kDefaultMinKeys = 128;       // keys per active split, at least
+const int kBlockCostKeys = 64;         // fixed cost of a block, in keys' worth of time
+const int kMergeCostKeys = 2;          // cost of merging one more split, in keys
+const int kSmallMaxSplits = 16;        // splits at most when blocks <= 2 per SM
 const size_t kScratch = 64u << 20;
+const size_t kCounterBytes = 1u << 20; // per-(request, head group) arrival counters
 const float kLog2e = 1.4426950408889634f;
 
-struct State {
-  float m, l;
+struct Params {
+  void* out;
+  float* part_o;     // [batch * hq * splits, D]
+  float* part_lse;   // [batch * hq * splits] (log2 units)
+  int* counters;     // [batch * gridDim.y], zero between launches
+  const void* q;
+  const void* k;
+  const void* v;
+  const int32_t* page_table;
+  const int32_t* rows;
+  const int32_t* seq_lens;
+  int q_row_stride, pt_stride, hq, hkv, page_size, page_shift, splits, min_keys;
+  float scale;  // softmax scale * log2(e)
 };
 
-__device__ __forceinline__ float safe_exp2(float x, float m) {
-  return x == -INFINITY ? 0.f : exp2f(x - m);
+// Active splits of a request of `seq` keys and the keys of each (a multiple of kRound).
+__device__ __forceinline__ void split_plan(int seq, int splits, int min_keys, int* n, int* per) {
+  int want = (seq + min_keys - 1) / min_keys;
+  want = max(1, min(want, splits));
+  int p = (seq + want - 1) / want;
+  p = max(kRound, (p + kRound - 1) / kRound * kRound);
+  *per = p;
+  *n = max(1, (seq + p - 1) / p);
 }
 
-template <typename T, int D, int G>
-__global__ void __launch_bounds__(kWarps * 32) decode_kernel(
-    T* out, float* part_o, float* part_lse, const T* q, int q_row_stride, const T* k_cache,
-    const T* v_cache, const int32_t* page_table, int pt_stride, const int32_t* rows,
-    const int32_t* seq_lens, int hq, int hkv, int page_size, float scale, int splits) {
-  const int TPK = D / 8;         // lanes per key row
-  const int KPW = 32 / TPK;      // keys per warp per step
-  const int KPB = KPW * kWarps;  // keys per block per step
-  int split = blockIdx.x, b = blockIdx.z;
-  int group = hq / hkv;
-  int chunks = (group + G - 1) / G;
-  int kvh = blockIdx.y / chunks;
-  int h0 = kvh * group + (blockIdx.y % chunks) * G;
-  int nh = min(G, kvh * group + group - h0);
-  int seq = seq_lens[b];
-  int per = (seq + splits - 1) / splits;
-  int start = split * per, end = min(start + per, seq);
-  int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  int sub = lane % TPK;
+__device__ __forceinline__ int slot_of(const int32_t* pt, int key, int ps, int shift) {
+  if (shift >= 0) return (pt[key >> shift] << shift) + (key & (ps - 1));
+  int pg = key / ps;
+  return pt[pg] * ps + (key - pg * ps);
+}
 
-  float qf[G][8];
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+__device__ __forceinline__ uint32_t word(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// c += a (16x16, row) * b (16x8, col); fp32 accumulate.
+template <typename T>
+__device__ __forceinline__ void mma(float* c, uint32_t a0, uint32_t a1, uint32_t a2,
+                                    uint32_t a3, uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    asm(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+        "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+        "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+// Fragment layouts of mma.m16n8k16 (lane = 4 r + t): A holds rows r, r+8 x cols 2t..2t+1,
+// 2t+8..2t+9; B holds rows (k) 2t..2t+1, 2t+8..2t+9 x col (n) r; C holds rows r, r+8 x
+// cols 2t..2t+1.
+// - S (M = head, N = key, K = dim): B = K^T, lane (r, t) reads key r, 16 bytes at dims
+//   32c + 8t (c < D/32), which serve k-steps 2c (words 0, 1) and 2c+1 (words 2, 3). Q (A)
+//   is read at the same dims for heads r and r + 8.
+// - O^T (M = dim, N = head, K = key): A = V^T, lane (r, t) reads keys 2t, 2t+1, 2t+8,
+//   2t+9 at dims 64c + 8r .. +7 (c < D/64); m-tile 4c + w has row r = dim 64c + 8r + 2w,
+//   row r + 8 = that dim + 1. B = P^T is exactly S's C fragment (head r, keys 2t.., 8+2t..).
+template <typename T, int D, int NT>
+__global__ void __launch_bounds__(kWarps * 32, D >= 256 ? 1 : (NT == 1 ? 3 : 2))
+    decode_kernel(Params a) {
+  constexpr int KC = D / 32, VC = D / 64, MT = D / 16, HPB = 8 * NT;
+  const int split = blockIdx.x, b = blockIdx.z;
+  const int group = a.hq / a.hkv, chunks = (group + HPB - 1) / HPB;
+  const int kvh = blockIdx.y / chunks;
+  const int h0 = kvh * group + (blockIdx.y % chunks) * HPB;
+  const int nh = min(HPB, kvh * group + group - h0);
+  const int seq = a.seq_lens[b];
+  int nact, per;
+  split_plan(seq, a.splits, a.min_keys, &nact, &per);
+  if (split >= nact) return;
+  const int start = split * per, end = min(start + per, seq);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, r = lane >> 2, t = lane & 3;
+
+  // Q fragments: qa[rb][ks][0] = dims (2t, 2t+1) of k-step ks for head r + 8 rb, [1] = +8.
+  uint32_t qa[NT][MT][2];
 #pragma unroll
-  for (int g = 0; g < G; g++) {
-    if (g < nh) {
-      msg::load_pack(qf[g], q + (size_t)b * q_row_stride + (size_t)(h0 + g) * D + sub * 8);
+  for (int rb = 0; rb < NT; rb++) {
+    const T* qrow = (const T*)a.q + (size_t)b * a.q_row_stride + (size_t)(h0 + r + 8 * rb) * D;
 #pragma unroll
-      for (int e = 0; e < 8; e++) qf[g][e] *= scale * kLog2e;
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; e++) qf[g][e] = 0.f;
+    for (int c = 0; c < KC; c++) {
+      uint4 v = r + 8 * rb < nh ? *reinterpret_cast<const uint4*>(qrow + 32 * c + 8 * t)
+                                : make_uint4(0, 0, 0, 0);
+      qa[rb][2 * c][0] = v.x;
+      qa[rb][2 * c][1] = v.y;
+      qa[rb][2 * c + 1][0] = v.z;
+      qa[rb][2 * c + 1][1] = v.w;
     }
   }
-  float acc[G][8];
-  State st[G];
+  float acc[MT][NT][4];
+  float m[NT], l[NT];
 #pragma unroll
-  for (int g = 0; g < G; g++) {
-    st[g].m = -INFINITY;
-    st[g].l = 0.f;
+  for (int rb = 0; rb < NT; rb++) {
+    m[rb] = -INFINITY;
+    l[rb] = 0.f;
 #pragma unroll
-    for (int e = 0; e < 8; e++) acc[g][e] = 0.f;
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) acc[i][rb][e] = 0.f;
   }
-  const int32_t* pt = page_table + (size_t)rows[b] * pt_stride;
 
-  // The loop bound is the same for all lanes of a warp (shuffles below need the whole
-  // warp); a lane group whose key is past the end computes a dummy score and skips it.
-  for (int jw = start + warp * KPW; jw < end; jw += KPB * kUnroll) {
-    // Issue every load of the step before using any (keys past the end re-read key
-    // `start`, which exists), so kUnroll x 2 loads are in flight per thread.
-    msg::Pack<T> kr[kUnroll], vr[kUnroll];
+  const int32_t* pt = a.page_table + (size_t)a.rows[b] * a.pt_stride;
+  const T* kbase = (const T*)a.k + (size_t)kvh * D;
+  const T* vbase = (const T*)a.v + (size_t)kvh * D;
+  const size_t sstride = (size_t)a.hkv * D;
+  // Slots of the current tile: K keys r, 8 + r; V keys 2t, 2t+1, 2t+8, 2t+9 (-1: past end).
+  auto slots = [&](int kb, int* sk, int* sv) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; u++) {
-      int j = jw + lane / TPK + u * KPB;
-      if (j >= end) j = start;
-      size_t off = ((size_t)(pt[j / page_size] * page_size + j % page_size) * hkv + kvh) * D +
-                   sub * 8;
-      kr[u] = *reinterpret_cast<const msg::Pack<T>*>(k_cache + off);
-      vr[u] = *reinterpret_cast<const msg::Pack<T>*>(v_cache + off);
+    for (int j = 0; j < 2; j++) {
+      int key = kb + 8 * j + r;
+      sk[j] = key < end ? slot_of(pt, key, a.page_size, a.page_shift) : -1;
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; u++) {
-      bool valid = jw + lane / TPK + u * KPB < end;
-      float kv[8], vv[8];
+    for (int i = 0; i < 4; i++) {
+      int key = kb + 2 * t + (i & 1) + 8 * (i >> 1);
+      sv[i] = key < end ? slot_of(pt, key, a.page_size, a.page_shift) : -1;
+    }
+  };
+  int sk[2], sv[4];
+  slots(start + warp * kTile, sk, sv);
+
+  for (int kb = start + warp * kTile; kb < end; kb += kRound) {
+    uint4 kr[2][KC], vr[4][VC];
 #pragma unroll
-      for (int e = 0; e < 8; e++) {
-        kv[e] = msg::to_f(kr[u].v[e]);
-        vv[e] = msg::to_f(vr[u].v[e]);
+    for (int j = 0; j < 2; j++) {
+      const T* p = kbase + (size_t)sk[j] * sstride + 8 * t;
+#pragma unroll
+      for (int c = 0; c < KC; c++) {
+        kr[j][c] = sk[j] >= 0 ? ld_stream(p + 32 * c) : make_uint4(0, 0, 0, 0);
       }
+    }
 #pragma unroll
-      for (int g = 0; g < G; g++) {
-        float s = 0.f;
+    for (int i = 0; i < 4; i++) {
+      const T* p = vbase + (size_t)sv[i] * sstride + 8 * r;
 #pragma unroll
-        for (int e = 0; e < 8; e++) s += qf[g][e] * kv[e];
+      for (int c = 0; c < VC; c++) {
+        vr[i][c] = sv[i] >= 0 ? ld_stream(p + 64 * c) : make_uint4(0, 0, 0, 0);
+      }
+    }
+    if (kb + kRound < end) slots(kb + kRound, sk, sv);
+
+    // S: s[j][0..1] = head r, keys kb + 8j + 2t + {0,1}; s[j][2..3] = head r + 8.
+    float s[2][4];
 #pragma unroll
-        for (int o = TPK / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (valid) {
-          float m_new = fmaxf(st[g].m, s);
-          float c = safe_exp2(st[g].m, m_new), p = exp2f(s - m_new);
-          st[g].l = st[g].l * c + p;
-          st[g].m = m_new;
+    for (int j = 0; j < 2; j++) {
 #pragma unroll
-          for (int e = 0; e < 8; e++) acc[g][e] = acc[g][e] * c + p * vv[e];
+      for (int e = 0; e < 4; e++) s[j][e] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < MT; ks++) {
+        uint32_t b0 = word(kr[j][ks / 2], 2 * (ks & 1)), b1 = word(kr[j][ks / 2], 2 * (ks & 1) + 1);
+        mma<T>(s[j], qa[0][ks][0], NT > 1 ? qa[NT - 1][ks][0] : 0u, qa[0][ks][1],
+               NT > 1 ? qa[NT - 1][ks][1] : 0u, b0, b1);
+      }
+    }
+    // Online softmax per head row; P packed as the B fragment of the O^T mma.
+    uint32_t pb[NT][2];
+#pragma unroll
+    for (int rb = 0; rb < NT; rb++) {
+      float x[2][2], mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          x[j][e] = kb + 8 * j + 2 * t + e < end ? s[j][2 * rb + e] * a.scale : -INFINITY;
+          mx = fmaxf(mx, x[j][e]);
         }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      float mnew = fmaxf(m[rb], mx);
+      float mu = mnew == -INFINITY ? 0.f : mnew;
+      float corr = exp2f(m[rb] - mu);
+      float p[2][2], sum = 0.f;
+#pragma unroll
+      for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          p[j][e] = exp2f(x[j][e] - mu);
+          sum += p[j][e];
+        }
+      l[rb] = l[rb] * corr + sum;
+      m[rb] = mnew;
+      pb[rb][0] = pack2<T>(p[0][0], p[0][1]);
+      pb[rb][1] = pack2<T>(p[1][0], p[1][1]);
+      // acc columns are heads 2t, 2t+1 of this row block: their factors live in lanes 8t, 8t+4.
+      float c0 = __shfl_sync(0xffffffffu, corr, 8 * t);
+      float c1 = __shfl_sync(0xffffffffu, corr, 8 * t + 4);
+#pragma unroll
+      for (int i = 0; i < MT; i++) {
+        acc[i][rb][0] *= c0;
+        acc[i][rb][1] *= c1;
+        acc[i][rb][2] *= c0;
+        acc[i][rb][3] *= c1;
       }
+    }
+    // O^T += V^T P^T.
+#pragma unroll
+    for (int i = 0; i < MT; i++) {
+      const int c = i / 4, w = i % 4;
+      uint32_t x0 = word(vr[0][c], w), x1 = word(vr[1][c], w);
+      uint32_t x2 = word(vr[2][c], w), x3 = word(vr[3][c], w);
+      uint32_t a0 = __byte_perm(x0, x1, 0x5410), a1 = __byte_perm(x0, x1, 0x7632);
+      uint32_t a2 = __byte_perm(x2, x3, 0x5410), a3 = __byte_perm(x2, x3, 0x7632);
+#pragma unroll
+      for (int rb = 0; rb < NT; rb++) mma<T>(acc[i][rb], a0, a1, a2, a3, pb[rb][0], pb[rb][1]);
     }
   }
 
-  // Merge the key groups of a warp (lanes sub, sub + TPK, ...).
+  // Merge the 4 warps in shared memory.
+  __shared__ float sh_acc[kWarps][HPB][D];
+  __shared__ float sh_m[kWarps][HPB], sh_l[kWarps][HPB];
+  __shared__ float sh_w[HPB][kMaxSplits];
+  __shared__ float sh_tot[HPB];
+  __shared__ int sh_last;
 #pragma unroll
-  for (int o = TPK; o < 32; o <<= 1) {
-#pragma unroll
-    for (int g = 0; g < G; g++) {
-      float m2 = __shfl_xor_sync(0xffffffffu, st[g].m, o);
-      float l2 = __shfl_xor_sync(0xffffffffu, st[g].l, o);
-      float m = fmaxf(st[g].m, m2);
-      float c1 = safe_exp2(st[g].m, m), c2 = safe_exp2(m2, m);
-      st[g].l = st[g].l * c1 + l2 * c2;
-      st[g].m = m;
-#pragma unroll
-      for (int e = 0; e < 8; e++) {
-        float a2 = __shfl_xor_sync(0xffffffffu, acc[g][e], o);
-        acc[g][e] = acc[g][e] * c1 + a2 * c2;
-      }
+  for (int rb = 0; rb < NT; rb++) {
+    l[rb] += __shfl_xor_sync(0xffffffffu, l[rb], 1);
+    l[rb] += __shfl_xor_sync(0xffffffffu, l[rb], 2);
+    if (t == 0) {
+      sh_m[warp][r + 8 * rb] = m[rb];
+      sh_l[warp][r + 8 * rb] = l[rb];
     }
-  }
-  // Merge the warps in shared memory: [warp][g][D] accumulators and [warp][g] stats.
-  __shared__ float sh_acc[kWarps][G][D];
-  __shared__ State sh_st[kWarps][G];
-  if (lane < TPK) {
 #pragma unroll
-    for (int g = 0; g < G; g++) {
-#pragma unroll
-      for (int e = 0; e < 8; e++) sh_acc[warp][g][sub * 8 + e] = acc[g][e];
-      if (sub == 0) sh_st[warp][g] = st[g];
+    for (int i = 0; i < MT; i++) {
+      int d = 64 * (i / 4) + 8 * r + 2 * (i % 4);
+      int h = 8 * rb + 2 * t;
+      sh_acc[warp][h][d] = acc[i][rb][0];
+      sh_acc[warp][h + 1][d] = acc[i][rb][1];
+      sh_acc[warp][h][d + 1] = acc[i][rb][2];
+      sh_acc[warp][h + 1][d + 1] = acc[i][rb][3];
     }
   }
   __syncthreads();
   for (int i = tid; i < nh * D; i += kWarps * 32) {
     int g = i / D, d = i % D;
-    float m = -INFINITY;
-    for (int w = 0; w < kWarps; w++) m = fmaxf(m, sh_st[w][g].m);
-    float l = 0.f, a = 0.f;
+    float mm = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; w++) mm = fmaxf(mm, sh_m[w][g]);
+    float mu = mm == -INFINITY ? 0.f : mm, ls = 0.f, o = 0.f;
+#pragma unroll
     for (int w = 0; w < kWarps; w++) {
-      float c = safe_exp2(sh_st[w][g].m, m);
-      l += sh_st[w][g].l * c;
-      a += sh_acc[w][g][d] * c;
+      float c = exp2f(sh_m[w][g] - mu);
+      ls += sh_l[w][g] * c;
+      o += sh_acc[w][g][d] * c;
     }
-    int h = h0 + g;
-    if (splits == 1) {
-      out[((size_t)b * hq + h) * D + d] = msg::from_f<T>(l > 0.f ? a / l : 0.f);
+    size_t row = (size_t)b * a.hq + h0 + g;
+    if (nact == 1) {
+      ((T*)a.out)[row * D + d] = msg::from_f<T>(ls > 0.f ? o / ls : 0.f);
     } else {
-      size_t idx = ((size_t)b * hq + h) * splits + split;
-      part_o[idx * D + d] = l > 0.f ? a / l : 0.f;
-      if (d == 0) part_lse[idx] = l > 0.f ? m + log2f(l) : -INFINITY;
+      size_t idx = row * a.splits + split;
+      a.part_o[idx * D + d] = ls > 0.f ? o / ls : 0.f;
+      if (d == 0) a.part_lse[idx] = ls > 0.f ? mm + log2f(ls) : -INFINITY;
     }
   }
-}
+  if (nact == 1) return;
 
-template <typename T, int D>
-__global__ void combine_kernel(T* out, const float* part_o, const float* part_lse, int hq,
-                               int splits) {
-  __shared__ float w[kMaxSplits];
-  __shared__ float total;
-  int b = blockIdx.y, h = blockIdx.x;
-  size_t base = ((size_t)b * hq + h) * splits;
-  if (threadIdx.x == 0) {
-    float m = -INFINITY;
-    for (int s = 0; s < splits; s++) m = fmaxf(m, part_lse[base + s]);
-    float t = 0.f;
-    for (int s = 0; s < splits; s++) {
-      w[s] = safe_exp2(part_lse[base + s], m);
-      t += w[s];
-    }
-    total = t;
+  // The last split of this (request, head group) to arrive merges all active splits.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    int* cnt = a.counters + (size_t)b * gridDim.y + blockIdx.y;
+    int old = atomicAdd(cnt, 1);
+    sh_last = old == nact - 1;
+    if (sh_last) *cnt = 0;  // every split has arrived: ready for the next launch
   }
   __syncthreads();
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float a = 0.f;
-    for (int s = 0; s < splits; s++) {
-      if (w[s] > 0.f) a += w[s] * part_o[(base + s) * D + d];
+  if (!sh_last) return;
+  __threadfence();
+  for (int g = tid; g < nh; g += kWarps * 32) {
+    size_t base = ((size_t)b * a.hq + h0 + g) * a.splits;
+    float mm = -INFINITY;
+    for (int s2 = 0; s2 < nact; s2++) mm = fmaxf(mm, __ldcg(a.part_lse + base + s2));
+    float mu = mm == -INFINITY ? 0.f : mm, tot = 0.f;
+    for (int s2 = 0; s2 < nact; s2++) {
+      float w = exp2f(__ldcg(a.part_lse + base + s2) - mu);
+      sh_w[g][s2] = w;
+      tot += w;
     }
-    out[((size_t)b * hq + h) * D + d] = msg::from_f<T>(total > 0.f ? a / total : 0.f);
+    sh_tot[g] = tot;
+  }
+  __syncthreads();
+  for (int i = tid; i < nh * D; i += kWarps * 32) {
+    int g = i / D, d = i % D;
+    size_t row = (size_t)b * a.hq + h0 + g;
+    float o = 0.f;
+    for (int s2 = 0; s2 < nact; s2++) {
+      o += sh_w[g][s2] * __ldcg(a.part_o + (row * a.splits + s2) * D + d);
+    }
+    ((T*)a.out)[row * D + d] = msg::from_f<T>(sh_tot[g] > 0.f ? o / sh_tot[g] : 0.f);
   }
 }
 
@@ -207,60 +387,109 @@ int sm_count() {
   return count;
 }
 
-template <typename T, int D, int G>
-int launch(void* out, const void* q, int q_row_stride, const void* k_cache, const void* v_cache,
-           const int32_t* page_table, int pt_stride, const int32_t* rows,
-           const int32_t* seq_lens, int batch, int max_seq_len, int hq, int hkv, int page_size,
-           float scale, cudaStream_t st) {
-  int group = hq / hkv;
-  int chunks = (group + G - 1) / G;
-  int base_blocks = batch * hkv * chunks;
+// Scratch buffers whose counters were zeroed (per device): the counters then stay zero
+// between launches because the last block of each group resets its own.
+std::mutex g_zero_mu;
+void* g_zeroed[64];
+
+// Tuning knobs for benchmarks, read per call: MSG_DECODE_SPLIT_KEYS (minimum keys per active
+// split, default kDefaultMinKeys) and MSG_DECODE_SPLITS (force the grid's splits).
+int env_int(const char* name) {
+  const char* e = getenv(name);
+  return e ? atoi(e) : 0;
+}
+
+template <typename T, int D, int NT>
+int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
+  int group = p.hq / p.hkv, chunks = (group + 8 * NT - 1) / (8 * NT);
+  int base_blocks = batch * p.hkv * chunks;
+  static int per_sm = 0;  // resident blocks per SM (same for every device of a process)
+  if (per_sm == 0) {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_kernel<T, D, NT>,
+                                                      kWarps * 32, 0) != cudaSuccess) {
+      cudaGetLastError();
+      n = 2;
+    }
+    per_sm = n > 0 ? n : 1;
+  }
+  // Splits from a sweep on an H100 (see the top of the file). Up to 2 blocks per SM:
+  // as many splits as give about 2 blocks per SM, at most kSmallMaxSplits (the merge of
+  // the last block reads the splits' partials one after another, so more cost more than
+  // they bring). Larger batches: blocks of equal lengths do equal work, so time ~ waves x
+  // (keys per split + a fixed cost per block, in keys) with waves = ceil(blocks / resident
+  // blocks), plus the merge's reads per split. Never more splits than the longest sequence
+  // can use with `keys` keys each.
   int sms = sm_count();
-  cudaGetLastError();
-  // About 4 blocks per SM, so that the last wave is a small part of the work.
-  int want = sms > 0 ? (4 * sms + base_blocks - 1) / base_blocks : 1;
-  int by_len = (max_seq_len + 63) / 64;  // at least 64 keys per split
-  int splits = want < by_len ? want : by_len;
-  if (splits > kMaxSplits) splits = kMaxSplits;
+  int cap = sms * per_sm;
+  if (cap < 1) cap = 1;
+  int keys = env_int("MSG_DECODE_SPLIT_KEYS");
+  if (keys < 16) keys = kDefaultMinKeys;
+  int by_len = (max_seq_len + keys - 1) / keys;
+  if (by_len > kMaxSplits) by_len = kMaxSplits;
+  int splits = 1;
+  if (base_blocks <= 2 * sms) {
+    splits = 2 * sms / base_blocks;
+    if (splits > kSmallMaxSplits) splits = kSmallMaxSplits;
+    if (splits > by_len) splits = by_len;
+  } else {
+    long long best = -1;
+    for (int s = 1; s <= by_len; s++) {
+      long long waves = ((long long)base_blocks * s + cap - 1) / cap;
+      long long cost =
+          waves * ((max_seq_len + s - 1) / s + kBlockCostKeys) + kMergeCostKeys * s;
+      if (best < 0 || cost < best) {
+        best = cost;
+        splits = s;
+      }
+    }
+  }
   if (splits < 1) splits = 1;
-  size_t per_split = (size_t)batch * hq * (D + 1) * sizeof(float);
-  if ((size_t)splits * per_split > kScratch) splits = (int)(kScratch / per_split);
+  int forced = env_int("MSG_DECODE_SPLITS");
+  if (forced > 0) splits = forced < kMaxSplits ? forced : kMaxSplits;
+  if ((size_t)batch * p.hkv * chunks * sizeof(int) > kCounterBytes) splits = 1;
+  size_t per_split = (size_t)batch * p.hq * (D + 1) * sizeof(float);
+  if (splits > 1 && kCounterBytes + (size_t)splits * per_split > kScratch) {
+    splits = (int)((kScratch - kCounterBytes) / per_split);
+  }
   if (splits < 1) splits = 1;
-  float* part_o = nullptr;
-  float* part_lse = nullptr;
+  p.splits = splits;
+  p.min_keys = keys;
   if (splits > 1) {
     void* ws = nullptr;
     int rc = msg::device_scratch(msg::SCRATCH_DECODE, kScratch, &ws);
     if (rc) return rc;
-    part_o = (float*)ws;
-    part_lse = part_o + (size_t)batch * hq * splits * D;
+    int dev = 0;
+    MSG_CUDA(cudaGetDevice(&dev));
+    std::lock_guard<std::mutex> lock(g_zero_mu);
+    if (dev < 64 && g_zeroed[dev] != ws) {
+      cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+      MSG_CUDA(cudaStreamIsCapturing(st, &cs));
+      if (cs != cudaStreamCaptureStatusNone) {
+        return msg::fail(msg::ERR_ARG, "msg_attention_decode: call it once with this shape "
+                         "before graph capture (its scratch counters must be zeroed)");
+      }
+      MSG_CUDA(cudaMemsetAsync(ws, 0, kCounterBytes, st));
+      g_zeroed[dev] = ws;
+    }
+    p.counters = (int*)ws;
+    p.part_o = (float*)((char*)ws + kCounterBytes);
+    p.part_lse = p.part_o + (size_t)batch * p.hq * splits * D;
   }
-  dim3 grid(splits, hkv * chunks, batch);
-  decode_kernel<T, D, G><<<grid, kWarps * 32, 0, st>>>(
-      (T*)out, part_o, part_lse, (const T*)q, q_row_stride, (const T*)k_cache,
-      (const T*)v_cache, page_table, pt_stride, rows, seq_lens, hq, hkv, page_size, scale,
-      splits);
+  dim3 grid(splits, p.hkv * chunks, batch);
+  decode_kernel<T, D, NT><<<grid, kWarps * 32, 0, st>>>(p);
   MSG_LAUNCHED("decode_kernel");
-  if (splits > 1) {
-    combine_kernel<T, D><<<dim3(hq, batch), D < 128 ? D : 128, 0, st>>>(
-        (T*)out, part_o, part_lse, hq, splits);
-    MSG_LAUNCHED("combine_kernel");
-  }
   return 0;
 }
 
 template <typename T, int D>
-int by_group(int group, void* out, const void* q, int q_row_stride, const void* k_cache,
-             const void* v_cache, const int32_t* page_table, int pt_stride, const int32_t* rows,
-             const int32_t* seq_lens, int batch, int max_seq_len, int hq, int hkv,
-             int page_size, float scale, cudaStream_t st) {
-#define MSG_DECODE_ARGS out, q, q_row_stride, k_cache, v_cache, page_table, pt_stride, rows, \
-                        seq_lens, batch, max_seq_len, hq, hkv, page_size, scale, st
-  if (group <= 1) return launch<T, D, 1>(MSG_DECODE_ARGS);
-  if (group <= 2) return launch<T, D, 2>(MSG_DECODE_ARGS);
-  if (group <= 4) return launch<T, D, 4>(MSG_DECODE_ARGS);
-  return launch<T, D, 8>(MSG_DECODE_ARGS);
-#undef MSG_DECODE_ARGS
+int by_group(Params p, int batch, int max_seq_len, cudaStream_t st) {
+  // 16 heads per block when the group is larger than 8 (the 32 KB of merge buffers of
+  // head_dim 256 would not fit twice).
+  if constexpr (D <= 128) {
+    if (p.hq / p.hkv > 8) return launch<T, D, 2>(p, batch, max_seq_len, st);
+  }
+  return launch<T, D, 1>(p, batch, max_seq_len, st);
 }
 
 }  // namespace
@@ -279,19 +508,20 @@ extern "C" int msg_attention_decode(void* out, const void* q, int q_row_stride,
                   msg::aligned16_ptr(v_cache),
               "msg_attention_decode: q rows and caches must be 16-byte aligned");
   if (batch == 0) return 0;
+  int shift = -1;
+  if ((page_size & (page_size - 1)) == 0) {
+    shift = 0;
+    while ((1 << shift) < page_size) shift++;
+  }
+  Params p{out, nullptr, nullptr, nullptr, q, k_cache, v_cache, page_table, rows, seq_lens,
+           q_row_stride, pt_stride, hq, hkv, page_size, shift, 1, kDefaultMinKeys,
+           scale * kLog2e};
   cudaStream_t st = msg::as_stream(stream);
-  int group = hq / hkv;
   return MSG_DISPATCH_HALF(dtype, T,
     switch (head_dim) {
-      case 64: return by_group<T, 64>(group, out, q, q_row_stride, k_cache, v_cache, page_table,
-                                      pt_stride, rows, seq_lens, batch, max_seq_len, hq, hkv,
-                                      page_size, scale, st);
-      case 128: return by_group<T, 128>(group, out, q, q_row_stride, k_cache, v_cache,
-                                        page_table, pt_stride, rows, seq_lens, batch,
-                                        max_seq_len, hq, hkv, page_size, scale, st);
-      case 256: return by_group<T, 256>(group, out, q, q_row_stride, k_cache, v_cache,
-                                        page_table, pt_stride, rows, seq_lens, batch,
-                                        max_seq_len, hq, hkv, page_size, scale, st);
+      case 64: return by_group<T, 64>(p, batch, max_seq_len, st);
+      case 128: return by_group<T, 128>(p, batch, max_seq_len, st);
+      case 256: return by_group<T, 256>(p, batch, max_seq_len, st);
       default: return msg::fail(msg::ERR_UNSUPPORTED,
                                 "msg_attention_decode: head_dim %d (64, 128, 256)", head_dim);
     });
