@@ -14,86 +14,13 @@
  * comparison with the CPU library on both sides (checks this harness without a GPU).
  */
 import assert from "node:assert/strict";
-import { loadNative, type NativeLib } from "../../ffi/lib.ts";
+import type { NativeLib } from "../../ffi/lib.ts";
+import { BF16, DevBuf as Dev, F16, from16, loadPair, makeRng, ptr, to16 } from "./harness.ts";
 
-const F16 = 1, BF16 = 2;
-type Arr = Float32Array | Int32Array | Uint16Array | Uint8Array;
-const ptr = (a: Arr | BigUint64Array) =>
-  Deno.UnsafePointer.of(a as unknown as Uint8Array<ArrayBuffer>);
-const self = Deno.env.get("MINISGL_KERNELS_SELF") === "1";
-
-function tryLoad(): { cpu: NativeLib; gpu: NativeLib } | null {
-  try {
-    const cpu = loadNative("cpu");
-    const gpu = self ? loadNative("cpu") : loadNative("cuda");
-    const n = new Int32Array(1);
-    if (gpu.sym.msg_device_count(ptr(n)) !== 0 || n[0] < 1) return null;
-    return { cpu, gpu };
-  } catch {
-    return null;
-  }
-}
-const libs = tryLoad();
+const libs = loadPair();
 const cpu = libs?.cpu as NativeLib, gpu = libs?.gpu as NativeLib;
 const isCuda = libs !== null && gpu.sym.msg_backend() === 1;
-
-let seed = 4242;
-function rand(): number {
-  seed = (seed + 0x6d2b79f5) | 0;
-  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-}
-function randn(n: number): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    a[i] = Math.sqrt(-2 * Math.log(rand() + 1e-12)) * Math.cos(2 * Math.PI * rand());
-  }
-  return a;
-}
-const f32b = new Float32Array(1), u32b = new Uint32Array(f32b.buffer);
-/** Raw 16-bit values of `a` in bf16 (round to nearest even) or f16. */
-function to16(a: Float32Array, dtype: number): Uint16Array {
-  if (dtype === F16) return new Uint16Array(new Float16Array(a).buffer);
-  const o = new Uint16Array(a.length);
-  for (let i = 0; i < a.length; i++) {
-    f32b[0] = a[i];
-    const u = u32b[0];
-    o[i] = (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
-  }
-  return o;
-}
-function from16(a: Uint16Array, dtype: number): Float32Array {
-  if (dtype === F16) return Float32Array.from(new Float16Array(a.buffer, a.byteOffset, a.length));
-  const o = new Float32Array(a.length), u = new Uint32Array(o.buffer);
-  for (let i = 0; i < a.length; i++) u[i] = a[i] << 16;
-  return o;
-}
-
-/** Device (or host, on the CPU library) buffer. */
-class Dev {
-  readonly p: Deno.PointerValue;
-  constructor(readonly lib: NativeLib, readonly bytes: number) {
-    const h = new BigUint64Array(1);
-    lib.check(lib.sym.msg_malloc(ptr(h), BigInt(Math.max(bytes, 16))), "malloc");
-    this.p = Deno.UnsafePointer.create(h[0]);
-  }
-  static of(lib: NativeLib, a: Arr): Dev {
-    const d = new Dev(lib, a.byteLength);
-    lib.check(lib.sym.msg_memcpy_h2d(d.p, ptr(a), BigInt(a.byteLength), null), "h2d");
-    return d;
-  }
-  read<T extends Arr>(like: T): T {
-    const out = new (like.constructor as new (n: number) => T)(like.length);
-    const s = this.lib.sym;
-    this.lib.check(s.msg_memcpy_d2h(ptr(out), this.p, BigInt(out.byteLength), null), "d2h");
-    this.lib.check(s.msg_device_sync(), "sync");
-    return out;
-  }
-  free() {
-    this.lib.sym.msg_free(this.p);
-  }
-}
+const { rand, randn } = makeRng(4242);
 
 /** Random page table: `seqs[b]` tokens of request b on shuffled pages of a pool. */
 function pageTable(seqs: number[], ps: number, extraPages = 3) {

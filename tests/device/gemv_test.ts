@@ -15,26 +15,23 @@
  * comparison test with the CPU library on both sides (checks this harness without a GPU).
  */
 import assert from "node:assert/strict";
-import { loadNative, type NativeLib } from "../../ffi/lib.ts";
-
-const F32 = 0, F16 = 1, BF16 = 2;
-type Arr = Float32Array | Uint16Array | Uint8Array;
-const ptr = (a: Arr | BigUint64Array | Int32Array) =>
-  Deno.UnsafePointer.of(a as Uint8Array<ArrayBuffer>);
-
-const self = Deno.env.get("MINISGL_KERNELS_SELF") === "1";
+import type { NativeLib } from "../../ffi/lib.ts";
+import {
+  type Arr,
+  BF16,
+  DevBuf as Buf,
+  F16,
+  F32,
+  loadPair,
+  makeRng,
+  ptr,
+  SELF as self,
+} from "./harness.ts";
 
 function tryLoad() {
-  try {
-    const cpu = loadNative("cpu");
-    if (self) return { cpu, gpu: loadNative("cpu"), maxM: (_m: number) => 0 };
-    const gpu = loadNative("cuda");
-    const n = new Int32Array(1);
-    if (gpu.sym.msg_device_count(ptr(n)) !== 0 || n[0] < 1) return null;
-    return { cpu, gpu, maxM: gpu.sym.msg_gemv_max_m };
-  } catch {
-    return null;
-  }
+  const pair = loadPair();
+  if (!pair) return null;
+  return { ...pair, maxM: self ? (_m: number) => 0 : pair.gpu.sym.msg_gemv_max_m };
 }
 const libs = tryLoad();
 const ig = { ignore: libs === null };
@@ -52,20 +49,7 @@ function withMaxM<T>(m: number, fn: () => T): T {
   }
 }
 
-let seed = 777;
-function rand(): number {
-  seed = (seed + 0x6d2b79f5) | 0;
-  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-}
-function randn(n: number, scale = 1): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    a[i] = Math.sqrt(-2 * Math.log(rand() + 1e-12)) * Math.cos(2 * Math.PI * rand()) * scale;
-  }
-  return a;
-}
+const { randn } = makeRng(777);
 /** Host conversion between fp32 and a 16-bit dtype through the CPU library's msg_cast. */
 function cast(x: Float32Array | Uint16Array, from: number, to: number): Float32Array | Uint16Array {
   const out = to === F32 ? new Float32Array(x.length) : new Uint16Array(x.length);
@@ -75,35 +59,6 @@ function cast(x: Float32Array | Uint16Array, from: number, to: number): Float32A
 const rand16 = (n: number, dt: number, scale = 1) => cast(randn(n, scale), F32, dt) as Uint16Array;
 const toF32 = (a: Arr, dt: number) =>
   dt === F32 ? a as Float32Array : cast(a as Uint16Array, dt, F32) as Float32Array;
-
-/** Device (or CPU-library) buffer; `off` bytes of padding in front (misalignment tests). */
-class Buf {
-  readonly base: Deno.PointerValue;
-  readonly p: Deno.PointerValue;
-  constructor(readonly lib: NativeLib, readonly bytes: number, readonly off = 0) {
-    const h = new BigUint64Array(1);
-    lib.check(lib.sym.msg_malloc(ptr(h), BigInt(bytes + off + 16)), "malloc");
-    this.base = Deno.UnsafePointer.create(h[0]);
-    this.p = Deno.UnsafePointer.offset(this.base!, off);
-  }
-  static of(lib: NativeLib, a: Arr, off = 0): Buf {
-    const b = new Buf(lib, a.byteLength, off);
-    lib.check(lib.sym.msg_memcpy_h2d(b.p, ptr(a), BigInt(a.byteLength), null), "h2d");
-    return b;
-  }
-  read<T extends Arr>(like: T): T {
-    const out = new (like.constructor as new (n: number) => T)(like.length);
-    this.lib.check(
-      this.lib.sym.msg_memcpy_d2h(ptr(out), this.p, BigInt(out.byteLength), null),
-      "d2h",
-    );
-    this.lib.check(this.lib.sym.msg_device_sync(), "sync");
-    return out;
-  }
-  free() {
-    this.lib.check(this.lib.sym.msg_free(this.base), "free");
-  }
-}
 
 interface Case {
   M: number;

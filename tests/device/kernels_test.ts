@@ -11,100 +11,29 @@
  * CPU library on both sides (checks this harness on a machine without a GPU).
  */
 import assert from "node:assert/strict";
-import { loadNative, type NativeLib } from "../../ffi/lib.ts";
+import type { NativeLib } from "../../ffi/lib.ts";
+import {
+  type Arr,
+  BF16,
+  DevBuf as Dev,
+  F16,
+  F32,
+  fromBf16,
+  loadPair,
+  makeRng,
+  ptr,
+  toBf16,
+} from "./harness.ts";
 
-const F32 = 0, F16 = 1, BF16 = 2;
-const self = Deno.env.get("MINISGL_KERNELS_SELF") === "1";
-
-function tryLoad(): { cpu: NativeLib; gpu: NativeLib } | null {
-  try {
-    const cpu = loadNative("cpu");
-    const gpu = self ? loadNative("cpu") : loadNative("cuda");
-    const n = new Int32Array(1);
-    if (gpu.sym.msg_device_count(Deno.UnsafePointer.of(n)) !== 0 || n[0] < 1) return null;
-    return { cpu, gpu };
-  } catch {
-    return null;
-  }
-}
-const libs = tryLoad();
+const libs = loadPair();
 /** True when a CUDA device (or self mode) is there to test. */
 export const cudaAvailable = libs !== null;
 const cpu = libs?.cpu as NativeLib;
 const gpu = libs?.gpu as NativeLib;
 const isCuda = libs !== null && gpu.sym.msg_backend() === 1;
-
-// ---------------------------------------------------------------- helpers
-
-type Arr = Float32Array | Int32Array | Uint16Array | Uint8Array;
-const ptr = (a: Arr | BigUint64Array) => Deno.UnsafePointer.of(a as Uint8Array<ArrayBuffer>);
-
-let seed = 12345;
-function rand(): number {
-  seed = (seed + 0x6d2b79f5) | 0;
-  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-}
-function randn(n: number, scale = 1): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    a[i] = Math.sqrt(-2 * Math.log(rand() + 1e-12)) * Math.cos(2 * Math.PI * rand()) * scale;
-  }
-  return a;
-}
-const randint = (n: number, hi: number) => Int32Array.from({ length: n }, () => rand() * hi | 0);
-
-const f32b = new Float32Array(1), u32b = new Uint32Array(f32b.buffer);
-function toBf16(a: Float32Array): Uint16Array {
-  const o = new Uint16Array(a.length);
-  for (let i = 0; i < a.length; i++) {
-    f32b[0] = a[i];
-    const u = u32b[0];
-    o[i] = (u & 0x7fffffff) > 0x7f800000
-      ? (u >>> 16) | 0x40
-      : (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
-  }
-  return o;
-}
-function fromBf16(a: Uint16Array): Float32Array {
-  const o = new Float32Array(a.length);
-  const u = new Uint32Array(o.buffer);
-  for (let i = 0; i < a.length; i++) u[i] = a[i] << 16;
-  return o;
-}
+const { rand, randn, randint } = makeRng(12345);
 /** Random bf16 values (as raw bits). */
 const rbf = (n: number, scale = 1) => toBf16(randn(n, scale));
-
-/** Device copy of a host array (or an uninitialized buffer of `bytes`). */
-class Dev {
-  readonly p: Deno.PointerValue;
-  constructor(readonly lib: NativeLib, readonly bytes: number) {
-    const h = new BigUint64Array(1);
-    lib.check(lib.sym.msg_malloc(ptr(h), BigInt(Math.max(bytes, 16))), "malloc");
-    this.p = Deno.UnsafePointer.create(h[0]);
-  }
-  static of(lib: NativeLib, a: Arr): Dev {
-    const d = new Dev(lib, a.byteLength);
-    lib.check(lib.sym.msg_memcpy_h2d(d.p, ptr(a), BigInt(a.byteLength), null), "h2d");
-    return d;
-  }
-  read<T extends Arr>(like: T): T {
-    const out = new (like.constructor as new (n: number) => T)(like.length);
-    this.lib.check(
-      this.lib.sym.msg_memcpy_d2h(ptr(out), this.p, BigInt(out.byteLength), null),
-      "d2h",
-    );
-    this.lib.check(this.lib.sym.msg_stream_sync(null), "sync");
-    return out;
-  }
-  poison(byte = 0xff) {
-    this.lib.check(this.lib.sym.msg_memset(this.p, byte, BigInt(this.bytes), null), "memset");
-  }
-  free() {
-    this.lib.sym.msg_free(this.p);
-  }
-}
 
 /** Runs `fn` on both libraries with the given inputs; returns both copies of each output. */
 function both(

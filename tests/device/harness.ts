@@ -1,0 +1,109 @@
+/**
+ * What the device tests share: both native libraries (the CUDA one under test, the CPU twin
+ * as reference), device buffers, a seeded generator and bf16/f16 conversions.
+ * MINISGL_KERNELS_SELF=1 loads the CPU library on both sides, which checks a test harness on
+ * a machine without a GPU.
+ */
+import { loadNative, type NativeLib } from "../../ffi/lib.ts";
+
+export const F32 = 0, F16 = 1, BF16 = 2;
+export type Arr = Float32Array | Int32Array | Uint16Array | Uint8Array;
+export const ptr = (a: Arr | BigUint64Array) =>
+  Deno.UnsafePointer.of(a as unknown as Uint8Array<ArrayBuffer>);
+
+/** The CPU library on both sides (MINISGL_KERNELS_SELF=1). */
+export const SELF = Deno.env.get("MINISGL_KERNELS_SELF") === "1";
+
+/** The CPU library and the one under test, or null when no CUDA device can be used. */
+export function loadPair(): { cpu: NativeLib; gpu: NativeLib } | null {
+  try {
+    const cpu = loadNative("cpu");
+    const gpu = SELF ? loadNative("cpu") : loadNative("cuda");
+    const n = new Int32Array(1);
+    if (gpu.sym.msg_device_count(ptr(n)) !== 0 || n[0] < 1) return null;
+    return { cpu, gpu };
+  } catch {
+    return null;
+  }
+}
+
+/** A seeded generator (mulberry32) with normal and integer draws. */
+export function makeRng(seed: number) {
+  const rand = (): number => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const randn = (n: number, scale = 1): Float32Array => {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      a[i] = Math.sqrt(-2 * Math.log(rand() + 1e-12)) * Math.cos(2 * Math.PI * rand()) * scale;
+    }
+    return a;
+  };
+  const randint = (n: number, hi: number) => Int32Array.from({ length: n }, () => rand() * hi | 0);
+  return { rand, randn, randint };
+}
+
+const f32b = new Float32Array(1), u32b = new Uint32Array(f32b.buffer);
+/** Raw bf16 bits of `a` (round to nearest even; NaN stays NaN). */
+export function toBf16(a: Float32Array): Uint16Array {
+  const o = new Uint16Array(a.length);
+  for (let i = 0; i < a.length; i++) {
+    f32b[0] = a[i];
+    const u = u32b[0];
+    o[i] = (u & 0x7fffffff) > 0x7f800000
+      ? (u >>> 16) | 0x40
+      : (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
+  }
+  return o;
+}
+export function fromBf16(a: Uint16Array): Float32Array {
+  const o = new Float32Array(a.length);
+  const u = new Uint32Array(o.buffer);
+  for (let i = 0; i < a.length; i++) u[i] = a[i] << 16;
+  return o;
+}
+/** Raw 16-bit values of `a` in bf16 or f16, and back. */
+export function to16(a: Float32Array, dtype: number): Uint16Array {
+  return dtype === F16 ? new Uint16Array(new Float16Array(a).buffer) : toBf16(a);
+}
+export function from16(a: Uint16Array, dtype: number): Float32Array {
+  if (dtype === F16) return Float32Array.from(new Float16Array(a.buffer, a.byteOffset, a.length));
+  return fromBf16(a);
+}
+
+/** Device memory of a library (host memory for the CPU one); `off` bytes of padding in
+ *  front of the data, for misalignment tests. */
+export class DevBuf {
+  readonly base: Deno.PointerValue;
+  readonly p: Deno.PointerValue;
+  constructor(readonly lib: NativeLib, readonly bytes: number, readonly off = 0) {
+    const h = new BigUint64Array(1);
+    lib.check(lib.sym.msg_malloc(ptr(h), BigInt(Math.max(bytes, 16) + off)), "malloc");
+    this.base = Deno.UnsafePointer.create(h[0]);
+    this.p = off ? Deno.UnsafePointer.offset(this.base!, off) : this.base;
+  }
+  /** A copy of a host array. */
+  static of(lib: NativeLib, a: Arr, off = 0): DevBuf {
+    const d = new DevBuf(lib, a.byteLength, off);
+    lib.check(lib.sym.msg_memcpy_h2d(d.p, ptr(a), BigInt(a.byteLength), null), "h2d");
+    return d;
+  }
+  /** The contents, as an array of the kind and length of `like`. */
+  read<T extends Arr>(like: T): T {
+    const out = new (like.constructor as new (n: number) => T)(like.length);
+    const s = this.lib.sym;
+    this.lib.check(s.msg_memcpy_d2h(ptr(out), this.p, BigInt(out.byteLength), null), "d2h");
+    this.lib.check(s.msg_device_sync(), "sync");
+    return out;
+  }
+  /** Fills with a byte (0xff makes NaN of every float type), so unwritten output shows. */
+  poison(byte = 0xff) {
+    this.lib.check(this.lib.sym.msg_memset(this.p, byte, BigInt(this.bytes), null), "memset");
+  }
+  free() {
+    this.lib.check(this.lib.sym.msg_free(this.base), "free");
+  }
+}
