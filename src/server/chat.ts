@@ -3,46 +3,13 @@
  * streamed as chat.completion.chunk events or returned whole.
  */
 
-import { defaultSamplingParams, type SamplingParams } from "../engine/types.ts";
-import { admit, checkModel, newId, resolveMaxTokens, type ServerContext } from "./context.ts";
+import { checkModel, newId, resolveMaxTokens, type ServerContext } from "./context.ts";
 import { ApiError } from "./errors.ts";
-import {
-  type ChatLogprobEntry,
-  chatLogprobs,
-  mergeStreams,
-  runChoice,
-  usageJson,
-} from "./format.ts";
+import { type ChatLogprobEntry, chatLogprobs, usageJson } from "./format.ts";
 import { parseChatRequest } from "./openai.ts";
-import { SSE_DONE, sseData, sseResponse } from "./sse.ts";
-import type { RequestUsage, TextChunk } from "./textgen.ts";
-
-/** Sampling parameters of choice `i` of a request (seed + i keeps choices distinct). */
-export function choiceParams(
-  sampling: Partial<SamplingParams>,
-  maxTokens: number,
-  i: number,
-): SamplingParams {
-  const p: SamplingParams = { ...defaultSamplingParams(), ...sampling, maxTokens };
-  if (p.seed !== undefined) p.seed = p.seed + i;
-  return p;
-}
-
-/** Aborts the engine requests of a route when the client goes away. */
-export function abortOnDisconnect(
-  ctx: ServerContext,
-  signal: AbortSignal,
-  ids: string[],
-): () => void {
-  let done = false;
-  const abort = () => {
-    if (done) return;
-    done = true;
-    for (const id of ids) ctx.engine.abort(id);
-  };
-  signal.addEventListener("abort", abort, { once: true });
-  return abort;
-}
+import { sseData } from "./sse.ts";
+import type { RequestUsage } from "./textgen.ts";
+import { choiceParams, chunksOf, collectChoices, sseChoices, startChoices } from "./choices.ts";
 
 /** Handles one chat completion request. */
 export async function chatCompletions(
@@ -74,108 +41,67 @@ export async function chatCompletions(
   const id = newId("chatcmpl");
   const created = Math.floor(Date.now() / 1000);
   const ids = Array.from({ length: req.n }, (_, i) => `${id}-${i}`);
-  admit(ctx, req.n);
-  const gens = ids.map((rid, i) =>
-    runChoice(ctx, {
+  const choices = await startChoices(
+    ctx,
+    ids.map((rid, i) => ({
       id: rid,
       promptIds,
       params: choiceParams(req.sampling, maxTokens, i),
       stop: req.stop,
-    }, arrival)
+    })),
+    signal,
+    arrival,
   );
-  const abort = abortOnDisconnect(ctx, signal, ids);
-  const merged = mergeStreams(gens);
-  // Wait for the first chunk so that a request the engine rejects gets a real HTTP error.
-  let first: IteratorResult<{ index: number; value: TextChunk }, void>;
-  try {
-    first = await merged.next();
-  } catch (err) {
-    abort();
-    throw err;
-  }
   const wantLogprobs = req.sampling.logprobs === true;
   // OpenAI's field order: id, object, created, model.
   const head = (object: string) => ({ id, object, created, model, system_fingerprint: "minisgl" });
 
+  const finals: { prompt: number; usage: RequestUsage }[] = [];
+
   if (req.stream) {
     const usage = req.includeUsage ? { usage: null } : {};
-    const frames = async function* (): AsyncGenerator<Uint8Array, void, undefined> {
+    const chunk = (index: number, delta: object, logprobs: object | null, finish: string | null) =>
+      sseData({
+        ...head("chat.completion.chunk"),
+        choices: [{ index, delta, logprobs, finish_reason: finish }],
+        ...usage,
+      });
+    const body = async function* (): AsyncGenerator<Uint8Array, void, undefined> {
       for (let i = 0; i < req.n; i++) {
-        yield sseData({
-          ...head("chat.completion.chunk"),
-          choices: [{
-            index: i,
-            delta: { role: "assistant", content: "" },
-            logprobs: null,
-            finish_reason: null,
-          }],
-          ...usage,
-        });
+        yield chunk(i, { role: "assistant", content: "" }, null, null);
       }
-      const finals: { prompt: number; usage: RequestUsage }[] = [];
-      let next = first;
-      while (!next.done) {
-        const { index, value } = next.value;
+      for await (const { index, value } of chunksOf(choices)) {
         const lps = wantLogprobs && value.logprobs.length > 0
           ? { content: chatLogprobs(ctx.tokenizer, value.logprobs), refusal: null }
           : null;
         if (value.text.length > 0 || lps !== null) {
-          yield sseData({
-            ...head("chat.completion.chunk"),
-            choices: [{
-              index,
-              delta: { content: value.text },
-              logprobs: lps,
-              finish_reason: null,
-            }],
-            ...usage,
-          });
+          yield chunk(index, { content: value.text }, lps, null);
         }
         if (value.finish) {
           finals.push({ prompt: 0, usage: value.finish.usage });
-          yield sseData({
-            ...head("chat.completion.chunk"),
-            choices: [{ index, delta: {}, logprobs: null, finish_reason: value.finish.reason }],
-            ...usage,
-          });
+          yield chunk(index, {}, null, value.finish.reason);
         }
-        next = await merged.next();
       }
-      if (req.includeUsage) {
-        yield sseData({
-          ...head("chat.completion.chunk"),
-          choices: [],
-          usage: usageJson(finals),
-        });
-      }
-      yield SSE_DONE;
     };
-    return sseResponse(frames(), () => {
-      abort();
-      merged.return(undefined).catch(() => {});
+    const usageChunk = () => ({
+      ...head("chat.completion.chunk"),
+      choices: [],
+      usage: usageJson(finals),
     });
+    return sseChoices(choices, body(), req.includeUsage ? usageChunk : null);
   }
 
   const texts = ids.map(() => "");
   const lps: ChatLogprobEntry[][] = ids.map(() => []);
   const reasons: (string | null)[] = ids.map(() => null);
-  const finals: { prompt: number; usage: RequestUsage }[] = [];
-  try {
-    let next = first;
-    while (!next.done) {
-      const { index, value } = next.value;
-      texts[index] += value.text;
-      if (wantLogprobs) lps[index].push(...chatLogprobs(ctx.tokenizer, value.logprobs));
-      if (value.finish) {
-        reasons[index] = value.finish.reason;
-        finals.push({ prompt: 0, usage: value.finish.usage });
-      }
-      next = await merged.next();
+  await collectChoices(choices, ({ index, value }) => {
+    texts[index] += value.text;
+    if (wantLogprobs) lps[index].push(...chatLogprobs(ctx.tokenizer, value.logprobs));
+    if (value.finish) {
+      reasons[index] = value.finish.reason;
+      finals.push({ prompt: 0, usage: value.finish.usage });
     }
-  } catch (err) {
-    abort();
-    throw err;
-  }
+  });
   return Response.json({
     ...head("chat.completion"),
     choices: ids.map((_, i) => ({

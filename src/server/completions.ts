@@ -3,20 +3,18 @@
  * and legacy-format logprobs (prompt tokens' logprobs too, the first one null).
  */
 
-import { admit, checkModel, newId, resolveMaxTokens, type ServerContext } from "./context.ts";
-import { abortOnDisconnect, choiceParams } from "./chat.ts";
+import { checkModel, newId, resolveMaxTokens, type ServerContext } from "./context.ts";
+import { choiceParams, chunksOf, collectChoices, sseChoices, startChoices } from "./choices.ts";
 import {
   type CompletionLogprobs,
   completionLogprobs,
   generatedItems,
   type LogprobItem,
-  mergeStreams,
   promptItems,
-  runChoice,
   usageJson,
 } from "./format.ts";
 import { parseCompletionRequest } from "./openai.ts";
-import { SSE_DONE, sseData, sseResponse } from "./sse.ts";
+import { sseData } from "./sse.ts";
 import type { RequestUsage, TextChunk } from "./textgen.ts";
 
 /** max_tokens when a completion request does not say (OpenAI's default). */
@@ -46,24 +44,17 @@ export async function completions(
   const total = prompts.length * n;
   // Choice c belongs to prompt floor(c / n), as OpenAI numbers them.
   const ids = Array.from({ length: total }, (_, c) => `${id}-${c}`);
-  admit(ctx, total);
-  const gens = ids.map((rid, c) =>
-    runChoice(ctx, {
+  const choices = await startChoices(
+    ctx,
+    ids.map((rid, c) => ({
       id: rid,
       promptIds: prompts[Math.floor(c / n)].ids,
       params: choiceParams(req.sampling, maxTokens[Math.floor(c / n)], c % n),
       stop: req.stop,
-    }, arrival)
+    })),
+    signal,
+    arrival,
   );
-  const abort = abortOnDisconnect(ctx, signal, ids);
-  const merged = mergeStreams(gens);
-  let first: IteratorResult<{ index: number; value: TextChunk }, void>;
-  try {
-    first = await merged.next();
-  } catch (err) {
-    abort();
-    throw err;
-  }
   const wantLogprobs = req.logprobs !== null;
   // OpenAI's field order: id, object, created, model.
   const head = (object: string) => ({ id, object, created, model, system_fingerprint: "minisgl" });
@@ -90,13 +81,12 @@ export async function completions(
     return { text, logprobs };
   };
 
+  const finals: { prompt: number; usage: RequestUsage }[] = [];
+
   if (req.stream) {
     const usage = req.includeUsage ? { usage: null } : {};
-    const frames = async function* (): AsyncGenerator<Uint8Array, void, undefined> {
-      const finals: { prompt: number; usage: RequestUsage }[] = [];
-      let next = first;
-      while (!next.done) {
-        const { index, value } = next.value;
+    const body = async function* (): AsyncGenerator<Uint8Array, void, undefined> {
+      for await (const { index, value } of chunksOf(choices)) {
         const { text, logprobs } = render(index, value);
         if (text.length > 0 || value.finish || (logprobs && logprobs.tokens.length > 0)) {
           yield sseData({
@@ -106,53 +96,37 @@ export async function completions(
           });
         }
         if (value.finish) finals.push({ prompt: Math.floor(index / n), usage: value.finish.usage });
-        next = await merged.next();
       }
-      if (req.includeUsage) {
-        yield sseData({
-          ...head("text_completion"),
-          choices: [],
-          usage: usageJson(finals),
-        });
-      }
-      yield SSE_DONE;
     };
-    return sseResponse(frames(), () => {
-      abort();
-      merged.return(undefined).catch(() => {});
+    const usageChunk = () => ({
+      ...head("text_completion"),
+      choices: [],
+      usage: usageJson(finals),
     });
+    return sseChoices(choices, body(), req.includeUsage ? usageChunk : null);
   }
 
   const texts = ids.map(() => "");
   const lps: (CompletionLogprobs | null)[] = ids.map(() => null);
   const reasons: (string | null)[] = ids.map(() => null);
-  const finals: { prompt: number; usage: RequestUsage }[] = [];
-  try {
-    let next = first;
-    while (!next.done) {
-      const { index, value } = next.value;
-      const { text, logprobs } = render(index, value);
-      texts[index] += text;
-      if (logprobs) {
-        const acc = lps[index];
-        if (acc === null) lps[index] = logprobs;
-        else {
-          acc.tokens.push(...logprobs.tokens);
-          acc.token_logprobs.push(...logprobs.token_logprobs);
-          acc.top_logprobs.push(...logprobs.top_logprobs);
-          acc.text_offset.push(...logprobs.text_offset);
-        }
+  await collectChoices(choices, ({ index, value }) => {
+    const { text, logprobs } = render(index, value);
+    texts[index] += text;
+    if (logprobs) {
+      const acc = lps[index];
+      if (acc === null) lps[index] = logprobs;
+      else {
+        acc.tokens.push(...logprobs.tokens);
+        acc.token_logprobs.push(...logprobs.token_logprobs);
+        acc.top_logprobs.push(...logprobs.top_logprobs);
+        acc.text_offset.push(...logprobs.text_offset);
       }
-      if (value.finish) {
-        reasons[index] = value.finish.reason;
-        finals.push({ prompt: Math.floor(index / n), usage: value.finish.usage });
-      }
-      next = await merged.next();
     }
-  } catch (err) {
-    abort();
-    throw err;
-  }
+    if (value.finish) {
+      reasons[index] = value.finish.reason;
+      finals.push({ prompt: Math.floor(index / n), usage: value.finish.usage });
+    }
+  });
   return Response.json({
     ...head("text_completion"),
     choices: ids.map((_, c) => ({
