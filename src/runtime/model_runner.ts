@@ -4,18 +4,13 @@
  * device work (`launch`) and later into a ForwardResult (`finish`). Decode batches replay
  * CUDA graphs captured per padded batch size.
  */
-import { Device, DType, dtypeSize, type Handle, Tensor } from "../../ffi/device.ts";
+import { Device, DType, type Handle, Tensor } from "../../ffi/device.ts";
 import { Ops } from "../../ffi/ops.ts";
 import type { ForwardBatch, ForwardResult, WorkerInfo } from "../ipc/batch.ts";
 import { type DecoderShape, forward, type ModelWeights, type Workspace } from "../model/llama.ts";
 import type { ModelConfig } from "../model/config.ts";
-import { ropeCosSin } from "../model/rope.ts";
-import {
-  checkAttentionNames,
-  type ForwardMeta,
-  type KvCache,
-  NativeAttention,
-} from "./attention.ts";
+import { allocKvPool } from "./kv_pool.ts";
+import { checkAttentionNames, type ForwardMeta, NativeAttention } from "./attention.ts";
 import { type FilledBatch, fillStaging, padDecode, StagingLayout } from "./staging.ts";
 import { MAX_TOP, type ResultBlock, ResultBuffers } from "./results.ts";
 import { loadWeights } from "./weights.ts";
@@ -217,46 +212,13 @@ export class ModelRunner {
 
   /** KV pool from --num-pages, or a fraction of the free memory left. */
   private allocKv(progress: Progress) {
-    const { dev, cfg, opts } = this;
-    const ps = opts.pageSize;
-    const bytesPerPage = cfg.numLayers * 2 * ps * cfg.numKvHeads * cfg.headDim *
-      dtypeSize(this.actDtype);
-    let numPages = opts.numPages;
-    if (numPages === null) {
-      const free = dev.memInfo().free;
-      let budget = free * opts.memFraction;
-      if (opts.backend === "cpu") budget = Math.min(budget, 2 * 2 ** 30);
-      else budget -= 512 * 2 ** 20; // room for graphs and the cuBLASLt workspace
-      numPages = Math.floor(budget / bytesPerPage) - 1;
-    }
-    if (numPages < 1) {
-      throw new Error(`no memory left for the KV cache (${bytesPerPage} bytes a page)`);
-    }
-    const maxSeqLen = Math.min(cfg.maxPositionEmbeddings, numPages * ps);
-    const maxPagesPerRow = Math.ceil(maxSeqLen / ps);
     progress("KV pool", 0, 1);
-    const slotsTotal = (numPages + 1) * ps; // the last page is the dummy page of padded rows
-    const k: Tensor[] = [], v: Tensor[] = [];
-    const per = [slotsTotal, cfg.numKvHeads, cfg.headDim];
-    for (let l = 0; l < cfg.numLayers; l++) {
-      k.push(dev.alloc(this.actDtype, per));
-      v.push(dev.alloc(this.actDtype, per));
-    }
-    const kv: KvCache = { k, v };
-    this.pageTable = dev.alloc(DType.I32, [opts.maxRows + 1, maxPagesPerRow]);
-    // Every entry starts at the dummy page so that stale rows never point outside the pool.
-    const fill = new Int32Array(this.pageTable.numel).fill(numPages);
-    dev.upload(this.pageTable, fill, this.stream);
-    this.tokenTable = dev.alloc(DType.I32, [opts.maxRows + 1]);
-    dev.memset(this.tokenTable, 0, this.stream);
-    const rotDim = cfg.headDim; // partial rotary is not used by these architectures
-    const cosSin = ropeCosSin(cfg, maxSeqLen, rotDim);
-    const cs = dev.alloc(DType.F32, [maxSeqLen, rotDim]);
-    dev.upload(cs, cosSin, this.stream);
-    this.attn = new NativeAttention(this.ops, kv, cs, this.wDtype);
-    this.info.numPages = numPages;
-    this.info.maxSeqLen = maxSeqLen;
-    dev.sync(this.stream);
+    const pool = allocKvPool(this.dev, this.cfg, this.opts, this.actDtype, this.stream);
+    this.pageTable = pool.pageTable;
+    this.tokenTable = pool.tokenTable;
+    this.attn = new NativeAttention(this.ops, pool.kv, pool.cosSin, this.wDtype);
+    this.info.numPages = pool.numPages;
+    this.info.maxSeqLen = pool.maxSeqLen;
     progress("KV pool", 1, 1);
   }
 
