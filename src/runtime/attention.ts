@@ -38,8 +38,16 @@ export interface KvCache {
   v: Tensor[];
 }
 
-/** What the decoder needs from attention. */
+/** An attention backend, Mini-SGLang's interface: metadata preparation outside the
+ *  forward pass, hooks around CUDA-graph capture and replay, and the per-layer call. */
 export interface AttentionBackend {
+  /** Per-batch metadata, before the forward pass (never inside a graph). */
+  prepare(meta: ForwardMeta): void;
+  /** Before the decode graph of `bs` rows is captured (fix the buffers it will read). */
+  prepareCapture(bs: number): void;
+  /** Before that graph is replayed, once the batch's block is on the device. */
+  prepareReplay(bs: number): void;
+  /** Rotary + KV store of the layer's new tokens, then attention into `out`. */
   storeAndAttend(
     layer: number,
     qkv: Tensor,
@@ -51,13 +59,41 @@ export interface AttentionBackend {
   ): void;
 }
 
+/** One backend for prefill/mixed batches and one for decode (`--attn PREFILL,DECODE`). */
+export class HybridAttention implements AttentionBackend {
+  constructor(readonly prefill: AttentionBackend, readonly decode: AttentionBackend) {}
+  private pick(meta: ForwardMeta): AttentionBackend {
+    return meta.isDecode ? this.decode : this.prefill;
+  }
+  prepare(meta: ForwardMeta): void {
+    this.pick(meta).prepare(meta);
+  }
+  prepareCapture(bs: number): void {
+    this.decode.prepareCapture(bs);
+  }
+  prepareReplay(bs: number): void {
+    this.decode.prepareReplay(bs);
+  }
+  storeAndAttend(
+    layer: number,
+    qkv: Tensor,
+    out: Tensor,
+    qNorm: Tensor | null,
+    kNorm: Tensor | null,
+    meta: ForwardMeta,
+    h: HeadShape,
+  ): void {
+    this.pick(meta).storeAndAttend(layer, qkv, out, qNorm, kNorm, meta, h);
+  }
+}
+
 /** Names accepted by `--attn`. */
 export const ATTENTION_BACKENDS = ["native"] as const;
 
-/** Validates `--attn PREFILL[,DECODE]` ("" = default); throws a one-line Error. */
-export function checkAttentionNames(spec: string): void {
-  if (!spec) return;
-  const names = spec.split(",");
+/** Validates `--attn PREFILL[,DECODE]` ("" = default); throws a one-line Error. Returns
+ *  the two names (the one name serves both phases). */
+export function parseAttentionNames(spec: string): [string, string] {
+  const names = spec ? spec.split(",") : ["native"];
   if (names.length > 2) throw new Error(`--attn takes PREFILL[,DECODE], got "${spec}"`);
   for (const n of names) {
     if (!(ATTENTION_BACKENDS as readonly string[]).includes(n)) {
@@ -66,9 +102,21 @@ export function checkAttentionNames(spec: string): void {
       );
     }
   }
+  return [names[0], names[1] ?? names[0]];
 }
 
-/** The library's own kernels: extend for prefill/mixed batches, split-K decode. */
+/** The hybrid backend of `--attn`; `make` builds a backend by name. */
+export function createAttention(
+  spec: string,
+  make: (name: string) => AttentionBackend,
+): HybridAttention {
+  const [prefill, decode] = parseAttentionNames(spec);
+  const p = make(prefill);
+  return new HybridAttention(p, decode === prefill ? p : make(decode));
+}
+
+/** The library's own kernels: extend for prefill/mixed batches, split-K decode. They read
+ *  seq_lens and the page table on the device, so there is no metadata to prepare. */
 export class NativeAttention implements AttentionBackend {
   constructor(
     private ops: Ops,
@@ -76,6 +124,10 @@ export class NativeAttention implements AttentionBackend {
     private cosSin: Tensor,
     private wDtype: DType,
   ) {}
+
+  prepare(): void {}
+  prepareCapture(): void {}
+  prepareReplay(): void {}
 
   storeAndAttend(
     layer: number,

@@ -10,7 +10,13 @@ import type { ForwardBatch, ForwardResult, WorkerInfo } from "../ipc/batch.ts";
 import { type DecoderShape, forward, type ModelWeights, type Workspace } from "../model/llama.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { allocKvPool } from "./kv_pool.ts";
-import { checkAttentionNames, type ForwardMeta, NativeAttention } from "./attention.ts";
+import {
+  createAttention,
+  type ForwardMeta,
+  type HybridAttention,
+  NativeAttention,
+  parseAttentionNames,
+} from "./attention.ts";
 import { type FilledBatch, fillStaging, padDecode, StagingLayout } from "./staging.ts";
 import { MAX_TOP, type ResultBlock, ResultBuffers } from "./results.ts";
 import { loadWeights } from "./weights.ts";
@@ -94,7 +100,7 @@ export class ModelRunner {
   private decodeTmp!: Tensor;
   private out!: ResultBuffers;
   private lastHidden!: Tensor;
-  private attn!: NativeAttention;
+  private attn!: HybridAttention;
   private graphs: CudaGraphs | null = null;
   private shape: DecoderShape;
   private weights!: ModelWeights;
@@ -143,7 +149,7 @@ export class ModelRunner {
     progress: Progress,
   ): Promise<ModelRunner> {
     const t0 = performance.now();
-    checkAttentionNames(opts.attn);
+    parseAttentionNames(opts.attn); // fail before loading anything
     const dev = new Device(opts.backend, opts.deviceIndex);
     if (opts.backend === "cpu" && opts.cpuThreads > 0) {
       dev.check(dev.sym.msg_set_num_threads(opts.cpuThreads), "threads");
@@ -216,7 +222,10 @@ export class ModelRunner {
     const pool = allocKvPool(this.dev, this.cfg, this.opts, this.actDtype, this.stream);
     this.pageTable = pool.pageTable;
     this.tokenTable = pool.tokenTable;
-    this.attn = new NativeAttention(this.ops, pool.kv, pool.cosSin, this.wDtype);
+    this.attn = createAttention(
+      this.opts.attn,
+      () => new NativeAttention(this.ops, pool.kv, pool.cosSin, this.wDtype),
+    );
     this.info.numPages = pool.numPages;
     this.info.maxSeqLen = pool.maxSeqLen;
     progress("KV pool", 1, 1);
@@ -244,7 +253,12 @@ export class ModelRunner {
     };
   }
 
-  /** The whole decode step of `bs` rows on device-resident inputs (graph body). */
+  private decodeMeta(bs: number, maxSeqLen: number): ForwardMeta {
+    return this.forwardMeta({ numTokens: bs, batch: bs, isDecode: true, maxQLen: 1, maxSeqLen });
+  }
+
+  /** The whole decode step of `bs` rows on device-resident inputs (graph body; the
+   *  attention backend was prepared before). */
   private decodeBody(bs: number, maxSeqLen: number) {
     const { ops, meta } = this;
     ops.gatherI32(meta.ids, this.tokenTable, meta.rows, bs);
@@ -259,8 +273,14 @@ export class ModelRunner {
       this.opts.pageSize,
       1,
     );
-    const m = this.forwardMeta({ numTokens: bs, batch: bs, isDecode: true, maxQLen: 1, maxSeqLen });
-    const hidden = forward(ops, this.shape, this.weights, this.ws, this.attn, m);
+    const hidden = forward(
+      ops,
+      this.shape,
+      this.weights,
+      this.ws,
+      this.attn,
+      this.decodeMeta(bs, maxSeqLen),
+    );
     const logits = this.logits.rows(0, bs);
     ops.gemm(logits, hidden, this.weights.lmHead, null, bs);
     ops.sample(this.out.tokens, this.out.logprobs, logits, meta.params, bs);
@@ -273,6 +293,7 @@ export class ModelRunner {
     padDecode(this.L, s.i32, s.f32, 0, bs, this.dummyRow);
     this.dev.uploadPtr(this.meta.ids, s.ptr, this.L.words * 4, this.stream);
     this.dev.sync(this.stream);
+    this.attn.prepareCapture(bs);
   }
 
   /** Enqueues the device work of a batch. */
@@ -293,8 +314,10 @@ export class ModelRunner {
     this.upload(slot, f);
 
     if (graphBs) {
+      this.attn.prepareReplay(graphBs);
       this.graphs!.launch(graphBs);
     } else if (deviceDecode) {
+      this.attn.prepare(this.decodeMeta(f.batch, f.maxSeqLen));
       this.decodeBody(f.batch, f.maxSeqLen);
     } else {
       this.generalBody(batch, f, topK);
@@ -344,7 +367,9 @@ export class ModelRunner {
       this.opts.pageSize,
       f.maxQLen,
     );
-    return forward(ops, this.shape, this.weights, this.ws, this.attn, this.forwardMeta(f));
+    const m = this.forwardMeta(f);
+    this.attn.prepare(m);
+    return forward(ops, this.shape, this.weights, this.ws, this.attn, m);
   }
 
   private uploadOverflowPages(pairs: Int32Array) {
