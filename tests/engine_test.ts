@@ -3,15 +3,10 @@
  * worker, real rings, the tiny Qwen3 test model with random weights.
  */
 import assert from "node:assert/strict";
-import { ensureTestModel } from "./fixtures.ts";
+import { ensureTestModel, GREEDY_PARAMS, sharedPrefixWorkload } from "./fixtures.ts";
 import { startEngine } from "../src/engine/engine.ts";
 import { defaultEngineConfig, type EngineConfig } from "../src/engine/config.ts";
-import {
-  defaultSamplingParams,
-  type Engine,
-  type EngineRequest,
-  type TokenEvent,
-} from "../src/engine/types.ts";
+import { defaultSamplingParams, type Engine, type TokenEvent } from "../src/engine/types.ts";
 
 async function engine(over: Partial<EngineConfig>): Promise<Engine> {
   const dir = await ensureTestModel("tiny-qwen3");
@@ -43,22 +38,8 @@ async function collect(stream: AsyncIterable<TokenEvent>): Promise<Run> {
   return { tokens, events, finish };
 }
 
-const greedy = { ...defaultSamplingParams(), temperature: 0, ignoreEos: true };
-
-/** n requests over a few long shared prefixes. */
-function workload(n: number, maxTokens: number): EngineRequest[] {
-  const prefixes = [0, 1, 2].map((k) =>
-    Array.from({ length: 80 }, (_, i) => 1000 + k * 977 + i * 31)
-  );
-  return Array.from({ length: n }, (_, i) => ({
-    id: `q${i}`,
-    promptIds: [...prefixes[i % 3].slice(0, 40 + ((i * 7) % 40)), 500 + i, 700 + (i % 13)],
-    params: { ...greedy, maxTokens: maxTokens - (i % 3) },
-  }));
-}
-
 Deno.test("engine: chunked/unchunked, overlap/no overlap, radix/naive, page sizes agree", async () => {
-  const reqs = workload(24, 8).map((r, i) => ({
+  const reqs = sharedPrefixWorkload(24, 8).map((r, i) => ({
     ...r,
     promptIds: i % 4 === 0 ? [...r.promptIds, ...r.promptIds] : r.promptIds,
   }));
@@ -86,7 +67,7 @@ Deno.test("engine: stop tokens, eos, abort, rejection, early break", async () =>
   try {
     const prompt = [11, 22, 33, 44, 55];
     const free = await collect(
-      e.submit({ id: "free", promptIds: prompt, params: { ...greedy, maxTokens: 12 } }),
+      e.submit({ id: "free", promptIds: prompt, params: { ...GREEDY_PARAMS, maxTokens: 12 } }),
     );
     const stopAt = free.tokens[5];
     const first = free.tokens.indexOf(stopAt);
@@ -94,7 +75,7 @@ Deno.test("engine: stop tokens, eos, abort, rejection, early break", async () =>
       e.submit({
         id: "stop",
         promptIds: prompt,
-        params: { ...greedy, maxTokens: 12, stopTokenIds: [stopAt] },
+        params: { ...GREEDY_PARAMS, maxTokens: 12, stopTokenIds: [stopAt] },
       }),
     );
     assert.equal(stopped.finish.reason, "stop");
@@ -108,20 +89,24 @@ Deno.test("engine: stop tokens, eos, abort, rejection, early break", async () =>
       e.submit({
         id: "eos",
         promptIds: [...prompt, ...free.tokens.slice(0, 2)],
-        params: { ...greedy, ignoreEos: false, maxTokens: 3 },
+        params: { ...GREEDY_PARAMS, ignoreEos: false, maxTokens: 3 },
       }),
     );
     assert.ok(asEos.finish.reason === "length" || asEos.finish.stopToken === eos);
 
     // Too long for the pool / context: rejected at once.
     const rej = await collect(
-      e.submit({ id: "big", promptIds: prompt, params: { ...greedy, maxTokens: 600 } }),
+      e.submit({ id: "big", promptIds: prompt, params: { ...GREEDY_PARAMS, maxTokens: 600 } }),
     );
     assert.equal(rej.finish.reason, "abort");
     assert.match(rej.finish.error!, /context length 512/);
 
     // Abort a long request after a few events; leaving a for-await early aborts too.
-    const long = e.submit({ id: "long", promptIds: prompt, params: { ...greedy, maxTokens: 400 } });
+    const long = e.submit({
+      id: "long",
+      promptIds: prompt,
+      params: { ...GREEDY_PARAMS, maxTokens: 400 },
+    });
     let n = 0, last: TokenEvent | null = null;
     for await (const ev of long) {
       if (++n === 3) e.abort("long");
@@ -129,7 +114,11 @@ Deno.test("engine: stop tokens, eos, abort, rejection, early break", async () =>
     }
     assert.equal(last?.finish?.reason, "abort");
     for await (
-      const _ of e.submit({ id: "brk", promptIds: prompt, params: { ...greedy, maxTokens: 400 } })
+      const _ of e.submit({
+        id: "brk",
+        promptIds: prompt,
+        params: { ...GREEDY_PARAMS, maxTokens: 400 },
+      })
     ) break;
     let m = await e.metrics();
     for (let i = 0; i < 100 && m.numRequestsRunning + m.numRequestsWaiting > 0; i++) {

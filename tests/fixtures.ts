@@ -9,6 +9,7 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { GENERATOR_VERSION, makeModel, STAMP_FILE } from "../scripts/make_model.ts";
+import { defaultSamplingParams, type EngineRequest } from "../src/engine/types.ts";
 
 /** Repository root. */
 export const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -63,4 +64,19 @@ async function build(preset: string): Promise<string> {
   } finally {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
   }
+}
+
+/** Greedy sampling that ignores eos, for outputs that must compare exactly. */
+export const GREEDY_PARAMS = { ...defaultSamplingParams(), temperature: 0, ignoreEos: true };
+
+/** n greedy requests over three long shared prefixes (prefix-cache and batching tests). */
+export function sharedPrefixWorkload(n: number, maxTokens: number): EngineRequest[] {
+  const prefixes = [0, 1, 2].map((k) =>
+    Array.from({ length: 80 }, (_, i) => 1000 + k * 977 + i * 31)
+  );
+  return Array.from({ length: n }, (_, i) => ({
+    id: `q${i}`,
+    promptIds: [...prefixes[i % 3].slice(0, 40 + ((i * 7) % 40)), 500 + i, 700 + (i % 13)],
+    params: { ...GREEDY_PARAMS, maxTokens: maxTokens - (i % 3) },
+  }));
 }

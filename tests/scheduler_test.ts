@@ -17,10 +17,10 @@ import {
   type TokenEvent,
 } from "../src/engine/types.ts";
 import type { SubmitMessage } from "../src/scheduler/request.ts";
-import { ensureTestModel } from "./fixtures.ts";
+import { ensureTestModel, sharedPrefixWorkload } from "./fixtures.ts";
 import { startEngine } from "../src/engine/engine.ts";
 import { defaultEngineConfig, type EngineConfig } from "../src/engine/config.ts";
-import type { Engine, EngineRequest } from "../src/engine/types.ts";
+import type { Engine } from "../src/engine/types.ts";
 
 const VOCAB = 64;
 const EOS = 3;
@@ -349,21 +349,8 @@ async function collect(stream: AsyncIterable<TokenEvent>) {
   return { tokens, events, finish };
 }
 
-/** n greedy requests over three long shared prefixes. */
-function workload(n: number, maxTokens: number): EngineRequest[] {
-  const greedy = { ...defaultSamplingParams(), temperature: 0, ignoreEos: true };
-  const prefixes = [0, 1, 2].map((k) =>
-    Array.from({ length: 80 }, (_, i) => 1000 + k * 977 + i * 31)
-  );
-  return Array.from({ length: n }, (_, i) => ({
-    id: `q${i}`,
-    promptIds: [...prefixes[i % 3].slice(0, 40 + ((i * 7) % 40)), 500 + i, 700 + (i % 13)],
-    params: { ...greedy, maxTokens: maxTokens - (i % 3) },
-  }));
-}
-
 Deno.test("scheduler (CPU worker): 200 concurrent requests through a small pool equal solo runs", async () => {
-  const reqs = workload(200, 6);
+  const reqs = sharedPrefixWorkload(200, 6);
   // Solo runs: one request at a time, no overlap (prefixes cached: that keeps this fast;
   // radix vs naive equality is in engine_test.ts).
   const solo = await engine({ disableOverlapSchedule: true });
