@@ -15,24 +15,27 @@ export interface ServerProcess {
   stop(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
 }
 
+/** `deno` arguments that run main.ts on the tiny Qwen3 (CPU backend, one thread). */
+export async function tinyMainArgs(flags: string[]): Promise<string[]> {
+  const model = await ensureTestModel("tiny-qwen3");
+  return [
+    "run",
+    "-A",
+    "main.ts",
+    "--model",
+    model,
+    "--device",
+    "cpu",
+    "--cpu-threads",
+    "1",
+    ...flags,
+  ];
+}
+
 /** Starts the server on the tiny Qwen3 (CPU backend) with extra flags. */
 export async function startServerProcess(extra: string[] = []): Promise<ServerProcess> {
-  const model = await ensureTestModel("tiny-qwen3");
   const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      "main.ts",
-      "--model",
-      model,
-      "--device",
-      "cpu",
-      "--port",
-      "0",
-      "--cpu-threads",
-      "1",
-      ...extra,
-    ],
+    args: await tinyMainArgs(["--port", "0", ...extra]),
     cwd: REPO_ROOT,
     stdout: "piped",
     stderr: "piped",

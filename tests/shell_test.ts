@@ -4,30 +4,15 @@
  */
 
 import assert from "node:assert/strict";
-import { ensureTestModel, REPO_ROOT } from "./fixtures.ts";
+import { REPO_ROOT } from "./fixtures.ts";
+import { tinyMainArgs } from "./server_harness.ts";
 
 /** Per-turn stats the shell prints after each answer. */
 const STATS = /\[(\d+) prompt tokens \((\d+) cached\), (\d+) tokens in [\d.]+ s, finish: (\w+)\]/g;
 
 Deno.test("shell: history across turns, /reset, /exit", async () => {
-  const model = await ensureTestModel("tiny-qwen3");
   const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      "main.ts",
-      "--model",
-      model,
-      "--device",
-      "cpu",
-      "--cpu-threads",
-      "1",
-      "--shell",
-      "--temperature",
-      "0",
-      "--max-tokens",
-      "6",
-    ],
+    args: await tinyMainArgs(["--shell", "--temperature", "0", "--max-tokens", "6"]),
     cwd: REPO_ROOT,
     stdin: "piped",
     stdout: "piped",
@@ -65,9 +50,8 @@ Deno.test("shell: history across turns, /reset, /exit", async () => {
 });
 
 Deno.test("shell: Ctrl-C stops the answer, not the shell", async () => {
-  const model = await ensureTestModel("tiny-qwen3");
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", "--model", model, "--device", "cpu", "--shell"],
+    args: await tinyMainArgs(["--shell"]),
     cwd: REPO_ROOT,
     stdin: "piped",
     stdout: "piped",
