@@ -1,6 +1,6 @@
 /**
  * Test models: `ensureTestModel("tiny-qwen3")` returns `.cache/models/tiny-qwen3` under the
- * repository root, making it once with scripts/make_model.ts (seed 0). Safe when several
+ * repository root, making it once with src/model/make_model.ts (seed 0). Safe when several
  * test files ask at once: each builds in its own temporary folder and renames it into
  * place; a loser of the race drops its copy. A folder made by an older generator (stamp
  * mismatch) is rebuilt.
@@ -8,7 +8,7 @@
 
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { GENERATOR_VERSION, makeModel, STAMP_FILE } from "../scripts/make_model.ts";
+import { GENERATOR_VERSION, makeModel, STAMP_FILE } from "../src/model/make_model.ts";
 import { defaultSamplingParams, type EngineRequest } from "../src/engine/types.ts";
 
 /** Repository root. */

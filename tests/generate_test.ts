@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { ensureTestModel } from "./fixtures.ts";
-import { LLM } from "../src/engine/generate.ts";
+import { LLM } from "../src/llm/generate.ts";
 
 Deno.test({
   name: "generate: text and id prompts, determinism, stop strings, prompt logprobs",

@@ -12,7 +12,7 @@ import {
   toFloat64,
 } from "../src/model/safetensors.ts";
 import { writeSafetensors, writeSafetensorsModel } from "../src/model/safetensors_write.ts";
-import { makeModel } from "../scripts/make_model.ts";
+import { makeModel } from "../src/model/make_model.ts";
 import { PRESETS } from "../src/model/presets.ts";
 
 Deno.test("tiny-qwen3: config and weights round-trip", async () => {

@@ -6,9 +6,9 @@
 import assert from "node:assert/strict";
 import { ensureTestModel } from "./fixtures.ts";
 import { loadTokenizer } from "../src/tokenizer/tokenizer.ts";
-import { serverTokenizer } from "../src/server/tokenizer_port.ts";
-import { StopMatcher } from "../src/server/stop.ts";
-import { TextAssembler } from "../src/server/textgen.ts";
+import { textTokenizer } from "../src/text/tokenizer_port.ts";
+import { StopMatcher } from "../src/text/stop.ts";
+import { TextAssembler } from "../src/text/textgen.ts";
 import { parseChatRequest, parseCompletionRequest, parseJsonObject } from "../src/server/openai.ts";
 import { ApiError, errorResponse } from "../src/server/errors.ts";
 import { SSE_DONE, sseData, sseResponse } from "../src/server/sse.ts";
@@ -54,7 +54,7 @@ Deno.test("stop matcher: only the part that can start a stop string is held back
 });
 
 Deno.test("text assembler: emoji across tokens and stops across tokens (Qwen3 tokenizer)", async () => {
-  const tok = serverTokenizer(await loadTokenizer(await ensureTestModel("tiny-qwen3")));
+  const tok = textTokenizer(await loadTokenizer(await ensureTestModel("tiny-qwen3")));
   const text = "I like 🫠 and 你好 very much. STOP here";
   const ids = tok.encode(text, false);
   const prompt = tok.encode("Say:", false);
@@ -269,7 +269,7 @@ Deno.test("usage counts each prompt once; merged streams interleave and end", as
 });
 
 Deno.test("completion logprobs: offsets, nulls and top alternatives", async () => {
-  const tok = serverTokenizer(await loadTokenizer(await ensureTestModel("tiny-qwen3")));
+  const tok = textTokenizer(await loadTokenizer(await ensureTestModel("tiny-qwen3")));
   const ids = tok.encode("Hello world", false);
   const lp = completionLogprobs(tok, [
     { id: ids[0], logprob: null, top: null },

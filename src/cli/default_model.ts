@@ -1,12 +1,12 @@
 /**
  * The model used when --model is not given: a tiny Qwen3 with random weights and the real
- * Qwen3 tokenizer, made once by scripts/make_model.ts into .cache/models/tiny-qwen3. It
+ * Qwen3 tokenizer, made once by src/model/make_model.ts into .cache/models/tiny-qwen3. It
  * lets `deno task serve` work out of the box; its output is random text.
  */
 
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { GENERATOR_VERSION, makeModel, STAMP_FILE } from "../../scripts/make_model.ts";
+import { GENERATOR_VERSION, makeModel, STAMP_FILE } from "../model/make_model.ts";
 
 /** The preset and the folder of the default model. */
 export const DEFAULT_PRESET = "tiny-qwen3";

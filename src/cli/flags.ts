@@ -4,6 +4,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { DEFAULTS } from "../core/defaults.ts";
 
 /** A bad command line; the message is one line. */
 export class FlagError extends Error {
@@ -60,22 +61,27 @@ const FLAGS: Record<string, FlagSpec> = {
     value: "DIR",
     help: "Hugging Face model folder (default: a tiny random Qwen3 in .cache/models/tiny-qwen3)",
   },
-  "host": { type: "string", value: "HOST", help: "address to listen on (default 127.0.0.1)" },
+  "host": {
+    type: "string",
+    value: "HOST",
+    help: `address to listen on (default ${DEFAULTS.host})`,
+  },
   "port": {
     type: "string",
     value: "PORT",
-    help: "port to listen on, 0 = any free port (default 1919)",
+    help: `port to listen on, 0 = any free port (default ${DEFAULTS.port})`,
   },
   "device": {
     type: "string",
     value: "cpu|cuda|auto",
-    help: "backend: auto = CUDA when its library loads and a GPU exists (default auto)",
+    help:
+      `backend: auto = CUDA when its library loads and a GPU exists (default ${DEFAULTS.device})`,
   },
-  "tp": { type: "string", value: "N", help: "tensor-parallel GPUs (default 1)" },
+  "tp": { type: "string", value: "N", help: `tensor-parallel GPUs (default ${DEFAULTS.tpSize})` },
   "page-size": {
     type: "string",
     value: "N",
-    help: "tokens per KV page, a power of two up to 256 (default 1)",
+    help: `tokens per KV page, a power of two up to 256 (default ${DEFAULTS.pageSize})`,
   },
   "num-pages": {
     type: "string",
@@ -85,24 +91,29 @@ const FLAGS: Record<string, FlagSpec> = {
   "mem-fraction": {
     type: "string",
     value: "F",
-    help: "fraction of device memory for weights + KV cache (default 0.9)",
+    help: `fraction of device memory for weights + KV cache (default ${DEFAULTS.memFraction})`,
   },
   "max-running-requests": {
     type: "string",
     value: "N",
-    help: "most requests decoding at once (default 256)",
+    help: `most requests decoding at once (default ${DEFAULTS.maxRunningRequests})`,
   },
   "max-prefill-length": {
     type: "string",
     value: "N",
-    help: "most prompt tokens in one prefill chunk (default 8192)",
+    help: `most prompt tokens in one prefill chunk (default ${DEFAULTS.maxPrefillLength})`,
   },
   "max-queued-requests": {
     type: "string",
     value: "N",
-    help: "most requests waiting beyond the running ones; more get 503 (default 4096)",
+    help: "most requests waiting beyond the running ones; more get 503 " +
+      `(default ${DEFAULTS.maxQueuedRequests})`,
   },
-  "cache": { type: "string", value: "radix|naive", help: "prefix cache (default radix)" },
+  "cache": {
+    type: "string",
+    value: "radix|naive",
+    help: `prefix cache (default ${DEFAULTS.cache})`,
+  },
   "disable-overlap-schedule": {
     type: "boolean",
     help: "schedule batch N+1 only after batch N finished",
@@ -110,13 +121,18 @@ const FLAGS: Record<string, FlagSpec> = {
   "cuda-graph-max-bs": {
     type: "string",
     value: "N",
-    help: "largest decode batch captured in a CUDA graph, 0 = none",
+    help: "largest decode batch captured in a CUDA graph, 0 = none (default: from " +
+      "--max-running-requests)",
   },
-  "attn": { type: "string", value: "NAME[,NAME]", help: "attention backend (prefill[,decode])" },
+  "attn": {
+    type: "string",
+    value: "NAME[,NAME]",
+    help: `attention backend (prefill[,decode]) (default ${DEFAULTS.attn})`,
+  },
   "dtype": {
     type: "string",
     value: "auto|bfloat16|float16",
-    help: "weight/activation dtype (default auto: the model's)",
+    help: `weight/activation dtype (default ${DEFAULTS.dtype}: the model's)`,
   },
   "api-key": { type: "string", value: "KEY", help: "require 'Authorization: Bearer KEY' on /v1/*" },
   "shell": { type: "boolean", help: "chat in the terminal instead of serving HTTP" },
@@ -128,14 +144,18 @@ const FLAGS: Record<string, FlagSpec> = {
   "cpu-threads": {
     type: "string",
     value: "N",
-    help: "threads of the CPU backend, 0 = all cores (default 0)",
+    help: `threads of the CPU backend, 0 = all cores (default ${DEFAULTS.cpuThreads})`,
   },
   "max-tokens": {
     type: "string",
     value: "N",
-    help: "shell: most tokens per answer (default 1024)",
+    help: `shell: most tokens per answer (default ${DEFAULTS.shellMaxTokens})`,
   },
-  "temperature": { type: "string", value: "T", help: "shell: sampling temperature (default 0.7)" },
+  "temperature": {
+    type: "string",
+    value: "T",
+    help: `shell: sampling temperature (default ${DEFAULTS.shellTemperature})`,
+  },
   "help": { type: "boolean", short: "h", help: "show this help" },
 };
 
@@ -261,26 +281,26 @@ export function parseFlags(argv: string[]): CliOptions {
   return {
     help: values.help === true,
     model: nonEmpty("model"),
-    host: nonEmpty("host") ?? "127.0.0.1",
-    port: int("port", 1919, 0, 65535),
-    device: choice("device", "auto", ["cpu", "cuda", "auto"] as const),
-    tp: tensorParallel(int("tp", 1, 1, 64)),
-    pageSize: powerOfTwo(int("page-size", 1, 1, 256)),
+    host: nonEmpty("host") ?? DEFAULTS.host,
+    port: int("port", DEFAULTS.port, 0, 65535),
+    device: choice("device", DEFAULTS.device, ["cpu", "cuda", "auto"] as const),
+    tp: tensorParallel(int("tp", DEFAULTS.tpSize, 1, 64)),
+    pageSize: powerOfTwo(int("page-size", DEFAULTS.pageSize, 1, 256)),
     numPages: numPagesRaw === undefined ? null : int("num-pages", 0, 1),
-    memFraction: float("mem-fraction", 0.9, 0, 1, true),
-    maxRunningRequests: int("max-running-requests", 256, 1, 1 << 20),
-    maxPrefillLength: int("max-prefill-length", 8192, 1, 1 << 24),
-    maxQueuedRequests: int("max-queued-requests", 4096, 0, 1 << 24),
-    cache: choice("cache", "radix", ["radix", "naive"] as const),
+    memFraction: float("mem-fraction", DEFAULTS.memFraction, 0, 1, true),
+    maxRunningRequests: int("max-running-requests", DEFAULTS.maxRunningRequests, 1, 1 << 20),
+    maxPrefillLength: int("max-prefill-length", DEFAULTS.maxPrefillLength, 1, 1 << 24),
+    maxQueuedRequests: int("max-queued-requests", DEFAULTS.maxQueuedRequests, 0, 1 << 24),
+    cache: choice("cache", DEFAULTS.cache, ["radix", "naive"] as const),
     disableOverlapSchedule: values["disable-overlap-schedule"] === true,
     cudaGraphMaxBs: graphRaw === undefined ? null : int("cuda-graph-max-bs", 0, 0, 4096),
     attn: nonEmpty("attn"),
-    dtype: choice("dtype", "auto", ["auto", "bfloat16", "float16"] as const),
+    dtype: choice("dtype", DEFAULTS.dtype, ["auto", "bfloat16", "float16"] as const),
     apiKey: nonEmpty("api-key"),
     shell: values.shell === true,
     servedModelName: nonEmpty("served-model-name"),
-    cpuThreads: int("cpu-threads", 0, 0, 4096),
-    maxTokens: int("max-tokens", 1024, 1, 1 << 24),
-    temperature: float("temperature", 0.7, 0, 2),
+    cpuThreads: int("cpu-threads", DEFAULTS.cpuThreads, 0, 4096),
+    maxTokens: int("max-tokens", DEFAULTS.shellMaxTokens, 1, 1 << 24),
+    temperature: float("temperature", DEFAULTS.shellTemperature, 0, 2),
   };
 }

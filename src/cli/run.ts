@@ -11,7 +11,7 @@ import { loadModelConfig } from "../model/config.ts";
 import { ServerMetrics } from "../server/metrics.ts";
 import { startServer } from "../server/serve.ts";
 import type { ServerContext } from "../server/context.ts";
-import { serverTokenizer } from "../server/tokenizer_port.ts";
+import { textTokenizer } from "../text/tokenizer_port.ts";
 import { runShell } from "../shell/shell.ts";
 import { loadTokenizer } from "../tokenizer/tokenizer.ts";
 import { ensureBuilt } from "../../cuda/build.ts";
@@ -101,7 +101,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     // Validate the folder before anything heavy: one clear line on a broken model.
     const modelConfig = await loadModelConfig(modelDir);
-    const tokenizer = serverTokenizer(await loadTokenizer(modelDir));
+    const tokenizer = textTokenizer(await loadTokenizer(modelDir));
     if (!(await exists(libraryPath("cpu")))) {
       log("building the native library (first run only; this takes a minute)");
     }

@@ -3,6 +3,8 @@
  * EngineConfig from flags; the engine derives one GpuWorkerConfig per tensor-parallel rank.
  */
 
+import { DEFAULTS } from "../core/defaults.ts";
+
 /** What one GPU worker (workers/gpu_worker.ts) is started with. */
 export interface GpuWorkerConfig {
   /** Hugging Face model folder. */
@@ -44,24 +46,24 @@ export interface EngineConfig extends Omit<GpuWorkerConfig, "tpRank"> {
   randomSeed: number | null;
 }
 
-/** Defaults of every flag (Mini-SGLang's where it has one). */
+/** The engine configuration of the defaults table (src/core/defaults.ts), on CUDA. */
 export function defaultEngineConfig(modelDir: string): EngineConfig {
   return {
     modelDir,
     device: "cuda",
     deviceIndex: 0,
-    tpSize: 1,
-    pageSize: 1,
+    tpSize: DEFAULTS.tpSize,
+    pageSize: DEFAULTS.pageSize,
     numPages: null,
-    memFraction: 0.9,
-    maxRunningRequests: 256,
-    maxPrefillLength: 8192,
-    cudaGraphMaxBs: -1,
-    dtype: "auto",
-    attn: "native",
-    cpuThreads: 0,
-    cache: "radix",
-    maxQueuedRequests: 4096,
+    memFraction: DEFAULTS.memFraction,
+    maxRunningRequests: DEFAULTS.maxRunningRequests,
+    maxPrefillLength: DEFAULTS.maxPrefillLength,
+    cudaGraphMaxBs: DEFAULTS.cudaGraphMaxBs,
+    dtype: DEFAULTS.dtype,
+    attn: DEFAULTS.attn,
+    cpuThreads: DEFAULTS.cpuThreads,
+    cache: DEFAULTS.cache,
+    maxQueuedRequests: DEFAULTS.maxQueuedRequests,
     disableOverlapSchedule: false,
     randomSeed: null,
   };

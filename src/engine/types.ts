@@ -1,7 +1,10 @@
 /**
- * The public engine API that the HTTP server, the shell, the offline `generate` API and the
- * benchmarks use. A request goes in as token ids with sampling parameters; tokens come back
- * as an async stream of events. Text (detokenization, stop strings) is the caller's job.
+ * The core vocabulary shared by the engine, the scheduler, the text layer, the server, the
+ * shell, the offline LLM and the benchmarks: sampling parameters, requests, token events,
+ * metrics and the `Engine` interface. Everyone imports these from here, never from another
+ * layer's internals; this module imports nothing. A request goes in as token ids with
+ * sampling parameters; tokens come back as an async stream of events. Text
+ * (detokenization, stop strings) is src/text/'s job.
  */
 
 /** Sampling and stopping parameters of one request (OpenAI / vLLM semantics). */

@@ -5,6 +5,7 @@
  * CUDA graphs captured per padded batch size.
  */
 import { Device, DType, type Handle, Tensor } from "../../ffi/device.ts";
+import { DEFAULTS } from "../core/defaults.ts";
 import { Ops } from "../../ffi/ops.ts";
 import type { ForwardBatch, ForwardResult, WorkerInfo } from "../ipc/batch.ts";
 import { type DecoderShape, forward, type ModelWeights, type Workspace } from "../model/llama.ts";
@@ -35,11 +36,11 @@ export interface RunnerOptions {
   cudaGraphMaxBs: number;
   dtype: "auto" | "bfloat16" | "float16";
   cpuThreads: number;
-  /** `--attn PREFILL[,DECODE]` ("" = default). */
+  /** `--attn PREFILL[,DECODE]` ("" = native). */
   attn: string;
 }
 
-/** Options for a runner of `modelDir` on `backend`: engine defaults, then `over`. */
+/** Options for a runner of `modelDir` on `backend`: the defaults table, then `over`. */
 export function runnerOptions(
   modelDir: string,
   backend: "cpu" | "cuda",
@@ -49,15 +50,15 @@ export function runnerOptions(
     backend,
     deviceIndex: 0,
     modelDir,
-    pageSize: 1,
+    pageSize: DEFAULTS.pageSize,
     numPages: null,
-    memFraction: 0.9,
-    maxRows: 256,
-    maxPrefillLength: 8192,
-    cudaGraphMaxBs: backend === "cuda" ? -1 : 0,
-    dtype: "auto",
-    cpuThreads: 0,
-    attn: "",
+    memFraction: DEFAULTS.memFraction,
+    maxRows: DEFAULTS.maxRunningRequests,
+    maxPrefillLength: DEFAULTS.maxPrefillLength,
+    cudaGraphMaxBs: backend === "cuda" ? DEFAULTS.cudaGraphMaxBs : 0,
+    dtype: DEFAULTS.dtype,
+    cpuThreads: DEFAULTS.cpuThreads,
+    attn: DEFAULTS.attn,
     ...over,
   };
 }

@@ -9,6 +9,7 @@ import { chatCompletions } from "./chat.ts";
 import { completions } from "./completions.ts";
 import { checkModel, type ServerContext } from "./context.ts";
 import { ApiError, errorResponse } from "./errors.ts";
+import { TextError } from "../text/errors.ts";
 import { checkTokenIds, parseChatRequest, parseJsonObject } from "./openai.ts";
 
 /** Reads a request body as UTF-8 JSON object text, enforcing the size limit (413). */
@@ -71,7 +72,9 @@ export function createApp(ctx: ServerContext): Hono {
   app.onError((err) => {
     const res = errorResponse(err);
     ctx.metrics.error(res.status);
-    if (res.status >= 500 && !(err instanceof ApiError)) console.error("internal error:", err);
+    if (res.status >= 500 && !(err instanceof ApiError || err instanceof TextError)) {
+      console.error("internal error:", err);
+    }
     return res;
   });
   app.notFound((c) => {

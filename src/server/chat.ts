@@ -8,7 +8,7 @@ import { ApiError } from "./errors.ts";
 import { type ChatLogprobEntry, chatLogprobs, usageJson } from "./format.ts";
 import { parseChatRequest } from "./openai.ts";
 import { sseData } from "./sse.ts";
-import type { RequestUsage } from "./textgen.ts";
+import type { RequestUsage } from "../text/textgen.ts";
 import { choiceParams, chunksOf, collectChoices, sseChoices, startChoices } from "./choices.ts";
 
 /** Handles one chat completion request. */

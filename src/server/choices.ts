@@ -8,7 +8,7 @@ import { defaultSamplingParams, type SamplingParams } from "../engine/types.ts";
 import { admit, type ServerContext } from "./context.ts";
 import { mergeStreams, runChoice } from "./format.ts";
 import { SSE_DONE, sseData, sseResponse } from "./sse.ts";
-import type { TextChunk, TextRequest } from "./textgen.ts";
+import type { TextChunk, TextRequest } from "../text/textgen.ts";
 
 /** Sampling parameters of choice `i` of a request (seed + i keeps choices distinct). */
 export function choiceParams(

@@ -15,7 +15,7 @@ import {
 } from "./format.ts";
 import { parseCompletionRequest } from "./openai.ts";
 import { sseData } from "./sse.ts";
-import type { RequestUsage, TextChunk } from "./textgen.ts";
+import type { RequestUsage, TextChunk } from "../text/textgen.ts";
 
 /** max_tokens when a completion request does not say (OpenAI's default). */
 export const DEFAULT_MAX_TOKENS = 16;

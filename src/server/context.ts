@@ -6,33 +6,12 @@
 import type { Engine } from "../engine/types.ts";
 import { ApiError } from "./errors.ts";
 import type { ServerMetrics } from "./metrics.ts";
-import type { ChatMessage } from "./openai.ts";
-import type { TextDecoderStream } from "./textgen.ts";
-
-/** The tokenizer operations the server uses (an adapter over src/tokenizer). */
-export interface ServerTokenizer {
-  /** Text to ids; `addSpecialTokens` adds BOS where the model wants one. */
-  encode(text: string, addSpecialTokens: boolean): number[];
-  /** Ids to text, skipping special tokens. */
-  decode(ids: number[]): string;
-  /** The chat template applied to messages, as token ids. */
-  chatTemplate(
-    messages: ChatMessage[],
-    addGenerationPrompt: boolean,
-    kwargs: Record<string, unknown>,
-  ): number[];
-  /** A fresh streaming detokenizer (never emits broken UTF-8); the prompt's last tokens
-   *  give the first generated ones their left context (SentencePiece spaces). */
-  detokenizer(promptIds?: readonly number[]): TextDecoderStream;
-  /** The text of one token on its own (for logprobs), and its raw bytes. */
-  tokenText(id: number): string;
-  tokenBytes(id: number): number[];
-}
+import type { TextTokenizer } from "../text/tokenizer_port.ts";
 
 /** Everything the routes share. */
 export interface ServerContext {
   engine: Engine;
-  tokenizer: ServerTokenizer;
+  tokenizer: TextTokenizer;
   /** Names accepted in `model` (the first is reported). */
   modelNames: string[];
   apiKey: string | null;

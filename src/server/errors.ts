@@ -3,6 +3,8 @@
  * mistake becomes an `ApiError` with a 4xx status; only our own bugs are 500s.
  */
 
+import { TextError } from "../text/errors.ts";
+
 /** An error to report to the client with an HTTP status and OpenAI's error body. */
 export class ApiError extends Error {
   constructor(
@@ -33,11 +35,21 @@ export function errorBody(err: ApiError): {
   return { error: { message: err.message, type: err.type, param: err.param, code: err.code } };
 }
 
-/** A JSON Response for an error (any thrown value; non-ApiErrors become a 500). */
+/** The ApiError of any thrown value: the text layer's errors get their HTTP status, other
+ *  non-ApiErrors become a 500. */
+export function toApiError(err: unknown): ApiError {
+  if (err instanceof ApiError) return err;
+  if (err instanceof TextError) {
+    return err.kind === "rejected"
+      ? new ApiError(400, err.message, null, "request_rejected")
+      : new ApiError(503, err.message);
+  }
+  return new ApiError(500, `internal error: ${err instanceof Error ? err.message : String(err)}`);
+}
+
+/** A JSON Response for an error (any thrown value, see `toApiError`). */
 export function errorResponse(err: unknown): Response {
-  const apiErr = err instanceof ApiError
-    ? err
-    : new ApiError(500, `internal error: ${err instanceof Error ? err.message : String(err)}`);
+  const apiErr = toApiError(err);
   return new Response(JSON.stringify(errorBody(apiErr)), {
     status: apiErr.status,
     headers: { "content-type": "application/json" },

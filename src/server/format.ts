@@ -4,14 +4,15 @@
  * server's bookkeeping (admission slot, metrics).
  */
 
-import { release, type ServerContext, type ServerTokenizer } from "./context.ts";
+import { release, type ServerContext } from "./context.ts";
+import type { TextTokenizer } from "../text/tokenizer_port.ts";
 import {
   generateText,
   type RequestUsage,
   type TextChunk,
   type TextRequest,
   type TokenLogprob,
-} from "./textgen.ts";
+} from "../text/textgen.ts";
 
 /** OpenAI's usage object. */
 export interface UsageJson {
@@ -57,7 +58,7 @@ function finite(x: number): number {
 }
 
 /** Chat-format logprobs entries for generated tokens. */
-export function chatLogprobs(tok: ServerTokenizer, lps: TokenLogprob[]): ChatLogprobEntry[] {
+export function chatLogprobs(tok: TextTokenizer, lps: TokenLogprob[]): ChatLogprobEntry[] {
   return lps.map((lp) => ({
     token: tok.tokenText(lp.id),
     logprob: finite(lp.logprob),
@@ -87,7 +88,7 @@ export interface LogprobItem {
 
 /** Legacy-format logprobs starting at character `offset` of the choice's text. */
 export function completionLogprobs(
-  tok: ServerTokenizer,
+  tok: TextTokenizer,
   items: LogprobItem[],
   offset: number,
 ): CompletionLogprobs {

@@ -6,12 +6,7 @@
 
 import type { SamplingParams } from "../engine/types.ts";
 import { ApiError, badParam } from "./errors.ts";
-
-/** A chat message after validation: content flattened to text. */
-export interface ChatMessage {
-  role: "system" | "user" | "assistant";
-  content: string;
-}
+import type { ChatMessage } from "../text/tokenizer_port.ts";
 
 /** Fields shared by chat and text completions. */
 export interface CommonRequest {

@@ -6,14 +6,13 @@
  */
 
 import { defaultSamplingParams, type Engine } from "../engine/types.ts";
-import type { ServerTokenizer } from "../server/context.ts";
-import type { ChatMessage } from "../server/openai.ts";
-import { generateText } from "../server/textgen.ts";
+import type { ChatMessage, TextTokenizer } from "../text/tokenizer_port.ts";
+import { generateText } from "../text/textgen.ts";
 
 /** What the shell needs. */
 export interface ShellOptions {
   engine: Engine;
-  tokenizer: ServerTokenizer;
+  tokenizer: TextTokenizer;
   /** Lines typed by the user. */
   input: ReadableStream<Uint8Array>;
   /** Where answers go. */

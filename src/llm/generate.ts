@@ -8,13 +8,11 @@
  *   await llm.shutdown();
  */
 
-import { defaultEngineConfig, type EngineConfig } from "./config.ts";
-import { startEngine } from "./engine.ts";
-import { defaultSamplingParams, type Engine, type SamplingParams } from "./types.ts";
-import type { ServerTokenizer } from "../server/context.ts";
-import type { ChatMessage } from "../server/openai.ts";
-import { collectText, type TokenLogprob } from "../server/textgen.ts";
-import { serverTokenizer } from "../server/tokenizer_port.ts";
+import { defaultEngineConfig, type EngineConfig } from "../engine/config.ts";
+import { startEngine } from "../engine/engine.ts";
+import { defaultSamplingParams, type Engine, type SamplingParams } from "../engine/types.ts";
+import { type ChatMessage, type TextTokenizer, textTokenizer } from "../text/tokenizer_port.ts";
+import { collectText, type TokenLogprob } from "../text/textgen.ts";
 import { loadTokenizer } from "../tokenizer/tokenizer.ts";
 
 /** The result of one prompt. */
@@ -43,7 +41,7 @@ let nextId = 0;
 /** Runs every prompt (text, or token ids) with the same parameters; results in order. */
 export function generate(
   engine: Engine,
-  tokenizer: ServerTokenizer,
+  tokenizer: TextTokenizer,
   prompts: (string | number[])[],
   params: Partial<SamplingParams> = {},
   options: GenerateOptions = {},
@@ -75,7 +73,7 @@ export function generate(
 
 /** An engine plus its tokenizer: the offline entry point. */
 export class LLM {
-  private constructor(readonly engine: Engine, readonly tokenizer: ServerTokenizer) {}
+  private constructor(readonly engine: Engine, readonly tokenizer: TextTokenizer) {}
 
   /** Starts an engine on `modelDir` (config overrides the defaults, e.g. device "cpu"). */
   static async load(
@@ -83,7 +81,7 @@ export class LLM {
     config: Partial<EngineConfig> = {},
     onProgress?: Parameters<typeof startEngine>[1],
   ): Promise<LLM> {
-    const tokenizer = serverTokenizer(await loadTokenizer(modelDir));
+    const tokenizer = textTokenizer(await loadTokenizer(modelDir));
     const engine = await startEngine({ ...defaultEngineConfig(modelDir), ...config }, onProgress);
     return new LLM(engine, tokenizer);
   }

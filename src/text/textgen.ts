@@ -1,12 +1,12 @@
 /**
  * The text-generation layer between the engine (token ids in, token events out) and the
- * API surfaces (HTTP server, shell, offline `generate`): incremental detokenization that
+ * API surfaces (HTTP server, shell, offline `LLM` in src/llm/): incremental detokenization that
  * never emits broken UTF-8, stop strings that never reach the output, token logprobs, and
  * the usage numbers of a finished request.
  */
 
 import type { Engine, SamplingParams, TokenEvent } from "../engine/types.ts";
-import { ApiError } from "./errors.ts";
+import { TextError } from "./errors.ts";
 import { StopMatcher } from "./stop.ts";
 
 /** Turns token ids into text piece by piece (holds back incomplete UTF-8). */
@@ -162,8 +162,8 @@ export async function* generateText(
       }
       if (fin?.reason === "abort") {
         finished = true;
-        if (fin.error) throw new ApiError(400, fin.error, null, "request_rejected");
-        throw new ApiError(503, "The request was aborted: the server is shutting down.");
+        if (fin.error) throw new TextError("rejected", fin.error);
+        throw new TextError("aborted", "The request was aborted: the server is shutting down.");
       }
       let tokens = ev.tokens;
       if (tokens.length > 0) {

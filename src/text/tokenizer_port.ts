@@ -1,12 +1,38 @@
 /**
- * Adapts src/tokenizer's HfTokenizer to the operations the server, the shell and the
- * offline API use (`ServerTokenizer`), including the raw bytes of a single token for
+ * The tokenizer operations the text layer and its callers (server, shell, offline LLM)
+ * use (`TextTokenizer`), and its adapter over src/tokenizer's HfTokenizer, including the raw bytes of a single token for
  * OpenAI's logprobs (`bytes`), which a byte-level BPE token may split mid-character.
  */
 
 import { IncrementalDetokenizer } from "../tokenizer/detokenizer.ts";
 import type { HfTokenizer } from "../tokenizer/tokenizer.ts";
-import type { ServerTokenizer } from "./context.ts";
+import type { TextDecoderStream } from "./textgen.ts";
+
+/** A chat message after validation: content flattened to text. */
+export interface ChatMessage {
+  role: "system" | "user" | "assistant";
+  content: string;
+}
+
+/** The tokenizer operations the text layer, the server and the shell use. */
+export interface TextTokenizer {
+  /** Text to ids; `addSpecialTokens` adds BOS where the model wants one. */
+  encode(text: string, addSpecialTokens: boolean): number[];
+  /** Ids to text, skipping special tokens. */
+  decode(ids: number[]): string;
+  /** The chat template applied to messages, as token ids. */
+  chatTemplate(
+    messages: ChatMessage[],
+    addGenerationPrompt: boolean,
+    kwargs: Record<string, unknown>,
+  ): number[];
+  /** A fresh streaming detokenizer (never emits broken UTF-8); the prompt's last tokens
+   *  give the first generated ones their left context (SentencePiece spaces). */
+  detokenizer(promptIds?: readonly number[]): TextDecoderStream;
+  /** The text of one token on its own (for logprobs), and its raw bytes. */
+  tokenText(id: number): string;
+  tokenBytes(id: number): number[];
+}
 
 /** GPT-2's byte <-> printable character table used by byte-level BPE vocabularies. */
 function byteDecoder(): Map<string, number> {
@@ -37,8 +63,8 @@ function isByteLevel(tokenizerJson: Record<string, unknown>): boolean {
 const utf8 = new TextEncoder();
 const lenient = new TextDecoder();
 
-/** Wraps an HfTokenizer as a ServerTokenizer. */
-export function serverTokenizer(tok: HfTokenizer): ServerTokenizer {
+/** Wraps an HfTokenizer as a TextTokenizer. */
+export function textTokenizer(tok: HfTokenizer): TextTokenizer {
   const byteLevel = isByteLevel(tok.tokenizerJson);
   const bytesOf = byteLevel ? byteDecoder() : null;
   const bytesCache = new Map<number, number[]>();

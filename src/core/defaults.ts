@@ -1,0 +1,31 @@
+/**
+ * The one table of defaults: the command-line flags (src/cli/flags.ts), their --help text,
+ * the engine's configuration (src/engine/config.ts) and the model runner's options
+ * (src/runtime/model_runner.ts) all read it, so a default is changed in one place. Values
+ * follow Mini-SGLang's where it has one. This module sits below every layer.
+ */
+
+/** Default values of the server, engine and runner settings. */
+export const DEFAULTS = {
+  host: "127.0.0.1",
+  port: 1919,
+  device: "auto",
+  tpSize: 1,
+  /** Tokens per KV page. */
+  pageSize: 1,
+  /** Fraction of free device memory (after weights) given to the KV pool. */
+  memFraction: 0.9,
+  maxRunningRequests: 256,
+  maxPrefillLength: 8192,
+  maxQueuedRequests: 4096,
+  cache: "radix",
+  /** Largest CUDA-graph decode batch; -1 = chosen from maxRunningRequests (0 on the CPU). */
+  cudaGraphMaxBs: -1,
+  dtype: "auto",
+  attn: "native",
+  /** 0 = all cores. */
+  cpuThreads: 0,
+  /** Shell: most tokens per answer and the sampling temperature. */
+  shellMaxTokens: 1024,
+  shellTemperature: 0.7,
+} as const;
