@@ -37,6 +37,34 @@ export interface ReferenceModel {
   cfg: ModelConfig;
   /** Logits of every position, row-major [ids.length, vocab]. */
   forward(ids: readonly number[]): Float64Array;
+  /** Logits of the last position only (the lm head is most of the cost). */
+  lastLogits(ids: readonly number[]): Float64Array;
+}
+
+/** A greedy continuation and, per step, the gap between the best and second logit. */
+export interface ReferenceGreedy {
+  tokens: number[];
+  gaps: number[];
+}
+
+/** Decodes `steps` tokens greedily after `prompt` (full recompute each step). */
+export function referenceGreedy(
+  model: ReferenceModel,
+  prompt: readonly number[],
+  steps: number,
+): ReferenceGreedy {
+  const ids = [...prompt], tokens: number[] = [], gaps: number[] = [];
+  for (let s = 0; s < steps; s++) {
+    const row = model.lastLogits(ids);
+    let best = 0;
+    for (let v = 1; v < row.length; v++) if (row[v] > row[best]) best = v;
+    let second = -Infinity;
+    for (let v = 0; v < row.length; v++) if (v !== best && row[v] > second) second = row[v];
+    tokens.push(best);
+    gaps.push(row[best] - second);
+    ids.push(best);
+  }
+  return { tokens, gaps };
 }
 
 /** Loads a model folder for the reference forward. */
@@ -76,7 +104,8 @@ export async function loadReferenceModel(dir: string): Promise<ReferenceModel> {
   const invFreq = ropeInvFreq(cfg, cfg.headDim);
   return {
     cfg,
-    forward: (ids) => forward(cfg, layers, embed, norm, lmHead, invFreq, ids),
+    forward: (ids) => forward(cfg, layers, embed, norm, lmHead, invFreq, ids, 0),
+    lastLogits: (ids) => forward(cfg, layers, embed, norm, lmHead, invFreq, ids, ids.length - 1),
   };
 }
 
@@ -134,6 +163,7 @@ function forward(
   lmHead: Vec,
   invFreq: Vec,
   ids: readonly number[],
+  firstRow: number,
 ): Float64Array {
   const H = cfg.hiddenSize, d = cfg.headDim, nq = cfg.numHeads, nkv = cfg.numKvHeads;
   const group = nq / nkv, n = ids.length, eps = cfg.rmsNormEps;
@@ -190,10 +220,10 @@ function forward(
     }
   }
   const V = cfg.vocabSize;
-  const logits = new Float64Array(n * V);
-  for (let t = 0; t < n; t++) {
+  const logits = new Float64Array((n - firstRow) * V);
+  for (let t = firstRow; t < n; t++) {
     const x = rmsnorm(hidden[t], norm, eps);
-    logits.set(linear(lmHead, x, V, null), t * V);
+    logits.set(linear(lmHead, x, V, null), (t - firstRow) * V);
   }
   return logits;
 }
