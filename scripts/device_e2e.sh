@@ -3,11 +3,13 @@
 # against Hugging Face transformers, decode speed at batch size 1. Results go to
 # $OUT/results.json ({"card", "date", "results"}), logs to $OUT/*.log.
 #   source .device/env.sh && bash scripts/device_e2e.sh [steps...]
-# steps: build kernels fidelity cpu-fidelity decode throughput (default: all)
+# steps: build kernels broken-lib fidelity cpu-fidelity decode throughput (default: all)
+# The device tests run with MINISGL_REQUIRE_CUDA=1: a CUDA library that does not load fails
+# them instead of skipping them. broken-lib checks exactly that with a corrupt library.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-steps=${*:-build kernels fidelity cpu-fidelity decode throughput}
+steps=${*:-build kernels broken-lib fidelity cpu-fidelity decode throughput}
 models=/tmp/minisgl-models
 mkdir -p $models
 has() { [[ " $steps " == *" $1 "* ]]; }
@@ -17,7 +19,18 @@ if has build; then
   deno task build 2>&1 | tail -20 | tee "$OUT/build.log"
 fi
 if has kernels; then
-  deno test -A tests/device/ 2>&1 | tee "$OUT/kernels.log" | tail -60
+  MINISGL_REQUIRE_CUDA=1 deno test -A tests/device/ 2>&1 | tee "$OUT/kernels.log" | tail -60
+fi
+if has broken-lib; then
+  lib=build/libminisgl_cuda.so
+  cp "$lib" "$lib.good" && head -c 4096 "$lib.good" > "$lib"
+  if MINISGL_REQUIRE_CUDA=1 deno test -A tests/device/ > "$OUT/broken_lib.log" 2>&1; then
+    echo "broken-lib: FAIL (device tests passed with a corrupt $lib)"
+  else
+    echo "broken-lib: ok (device tests fail with a corrupt $lib)"
+  fi
+  tail -3 "$OUT/broken_lib.log"
+  mv "$lib.good" "$lib"
 fi
 if has fidelity; then
   for p in qwen3-0.6b llama-3.2-1b; do

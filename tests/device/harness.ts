@@ -14,17 +14,47 @@ export const ptr = (a: Arr | BigUint64Array) =>
 /** The CPU library on both sides (MINISGL_KERNELS_SELF=1). */
 export const SELF = Deno.env.get("MINISGL_KERNELS_SELF") === "1";
 
-/** The CPU library and the one under test, or null when no CUDA device can be used. */
+/** True when this machine has an NVIDIA GPU (the driver lists one), whatever our library
+ *  does: then a library that does not load is a failure, not a reason to skip. */
+function gpuPresent(): boolean {
+  try {
+    for (const _ of Deno.readDirSync("/proc/driver/nvidia/gpus")) return true;
+  } catch {
+    // No NVIDIA driver.
+  }
+  return false;
+}
+
+/** The device tests must run (not be skipped): MINISGL_REQUIRE_CUDA=1 or a GPU is present. */
+export const CUDA_REQUIRED = !SELF &&
+  (Deno.env.get("MINISGL_REQUIRE_CUDA") === "1" || gpuPresent());
+
+let reported = false;
+
+/** The CPU library and the one under test, or null when no CUDA device can be used. When
+ *  CUDA is required (CUDA_REQUIRED) and cannot be used, a failing test says why, so the run
+ *  fails instead of reporting every device test as ignored. */
 export function loadPair(): { cpu: NativeLib; gpu: NativeLib } | null {
+  let why: string;
   try {
     const cpu = loadNative("cpu");
     const gpu = SELF ? loadNative("cpu") : loadNative("cuda");
     const n = new Int32Array(1);
-    if (gpu.sym.msg_device_count(ptr(n)) !== 0 || n[0] < 1) return null;
-    return { cpu, gpu };
-  } catch {
-    return null;
+    const rc = gpu.sym.msg_device_count(ptr(n));
+    if (rc === 0 && n[0] >= 1) return { cpu, gpu };
+    why = `msg_device_count returned ${rc} with ${n[0]} devices`;
+  } catch (err) {
+    why = err instanceof Error ? err.message : String(err);
   }
+  if (CUDA_REQUIRED && !reported) {
+    reported = true;
+    Deno.test("device: the CUDA library loads and sees a GPU", () => {
+      throw new Error(
+        `CUDA is required (MINISGL_REQUIRE_CUDA=1 or a GPU is present) but unusable: ${why}`,
+      );
+    });
+  }
+  return null;
 }
 
 /** A seeded generator (mulberry32) with normal and integer draws. */
