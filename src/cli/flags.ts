@@ -36,7 +36,9 @@ export interface CliOptions {
   cudaGraphMaxBs: number | null;
   /** Attention backend(s), e.g. "fa" or "fa,fi"; null: the engine's default. */
   attn: string | null;
-  dtype: "auto" | "bfloat16" | "float16";
+  dtype: "auto" | "bfloat16" | "float16" | "float32";
+  /** Cap on prompt + output tokens; null: the model's context. */
+  contextLength: number | null;
   apiKey: string | null;
   shell: boolean;
   servedModelName: string | null;
@@ -53,6 +55,8 @@ interface FlagSpec {
   value?: string;
   help: string;
   short?: string;
+  /** Other names of the flag (SGLang's, vLLM's), accepted the same way. */
+  aliases?: string[];
 }
 
 const FLAGS: Record<string, FlagSpec> = {
@@ -60,6 +64,7 @@ const FLAGS: Record<string, FlagSpec> = {
     type: "string",
     value: "DIR",
     help: "Hugging Face model folder (default: a tiny random Qwen3 in .cache/models/tiny-qwen3)",
+    aliases: ["model-path"],
   },
   "host": {
     type: "string",
@@ -77,7 +82,12 @@ const FLAGS: Record<string, FlagSpec> = {
     help:
       `backend: auto = CUDA when its library loads and a GPU exists (default ${DEFAULTS.device})`,
   },
-  "tp": { type: "string", value: "N", help: `tensor-parallel GPUs (default ${DEFAULTS.tpSize})` },
+  "tp": {
+    type: "string",
+    value: "N",
+    help: `tensor-parallel GPUs (default ${DEFAULTS.tpSize})`,
+    aliases: ["tp-size", "tensor-parallel-size"],
+  },
   "page-size": {
     type: "string",
     value: "N",
@@ -92,6 +102,7 @@ const FLAGS: Record<string, FlagSpec> = {
     type: "string",
     value: "F",
     help: `fraction of device memory for weights + KV cache (default ${DEFAULTS.memFraction})`,
+    aliases: ["mem-fraction-static"],
   },
   "max-running-requests": {
     type: "string",
@@ -113,6 +124,7 @@ const FLAGS: Record<string, FlagSpec> = {
     type: "string",
     value: "radix|naive",
     help: `prefix cache (default ${DEFAULTS.cache})`,
+    aliases: ["cache-type"],
   },
   "disable-overlap-schedule": {
     type: "boolean",
@@ -128,14 +140,24 @@ const FLAGS: Record<string, FlagSpec> = {
     type: "string",
     value: "NAME[,NAME]",
     help: `attention backend (prefill[,decode]) (default ${DEFAULTS.attn})`,
+    aliases: ["attention-backend"],
+  },
+  "context-length": {
+    type: "string",
+    value: "N",
+    help: "most prompt + output tokens of a request (default: the model's context)",
   },
   "dtype": {
     type: "string",
-    value: "auto|bfloat16|float16",
-    help: `weight/activation dtype (default ${DEFAULTS.dtype}: the model's)`,
+    value: "auto|bfloat16|float16|float32",
+    help: `weight dtype, float32 on the CPU only (default ${DEFAULTS.dtype}: the model's)`,
   },
   "api-key": { type: "string", value: "KEY", help: "require 'Authorization: Bearer KEY' on /v1/*" },
-  "shell": { type: "boolean", help: "chat in the terminal instead of serving HTTP" },
+  "shell": {
+    type: "boolean",
+    help: "chat in the terminal instead of serving HTTP",
+    aliases: ["shell-mode"],
+  },
   "served-model-name": {
     type: "string",
     value: "NAME",
@@ -172,7 +194,8 @@ export function helpText(): string {
     const left = `  ${spec.short ? `-${spec.short}, ` : ""}--${name}${
       spec.value ? ` ${spec.value}` : ""
     }`;
-    lines.push(left.padEnd(42) + spec.help);
+    const also = spec.aliases ? ` (also ${spec.aliases.map((a) => `--${a}`).join(", ")})` : "";
+    lines.push(left.padEnd(42) + spec.help + also);
   }
   return lines.join("\n");
 }
@@ -218,6 +241,7 @@ export function parseFlags(argv: string[]): CliOptions {
   const options: Record<string, { type: "string" | "boolean"; short?: string }> = {};
   for (const [name, spec] of Object.entries(FLAGS)) {
     options[name] = spec.short ? { type: spec.type, short: spec.short } : { type: spec.type };
+    for (const alias of spec.aliases ?? []) options[alias] = { type: spec.type };
   }
   let values: Record<string, string | boolean | undefined>;
   try {
@@ -228,6 +252,18 @@ export function parseFlags(argv: string[]): CliOptions {
       >;
   } catch (err) {
     throw parseError(err);
+  }
+  // Aliases fold into their flag; two spellings of one flag must agree.
+  for (const [name, spec] of Object.entries(FLAGS)) {
+    for (const alias of spec.aliases ?? []) {
+      const v = values[alias];
+      if (v === undefined) continue;
+      if (values[name] !== undefined && values[name] !== v) {
+        throw new FlagError(`--${alias} and --${name} are the same flag with different values`);
+      }
+      values[name] = v;
+      delete values[alias];
+    }
   }
   const str = (name: string) => values[name] as string | undefined;
   const int = (name: string, def: number, min: number, max = Number.MAX_SAFE_INTEGER): number => {
@@ -295,7 +331,10 @@ export function parseFlags(argv: string[]): CliOptions {
     disableOverlapSchedule: values["disable-overlap-schedule"] === true,
     cudaGraphMaxBs: graphRaw === undefined ? null : int("cuda-graph-max-bs", 0, 0, 4096),
     attn: nonEmpty("attn"),
-    dtype: choice("dtype", DEFAULTS.dtype, ["auto", "bfloat16", "float16"] as const),
+    dtype: choice("dtype", DEFAULTS.dtype, ["auto", "bfloat16", "float16", "float32"] as const),
+    contextLength: str("context-length") === undefined
+      ? null
+      : int("context-length", 0, 1, 1 << 24),
     apiKey: nonEmpty("api-key"),
     shell: values.shell === true,
     servedModelName: nonEmpty("served-model-name"),

@@ -69,6 +69,7 @@ export function engineConfig(
     cudaGraphMaxBs: device === "cpu" ? 0 : (o.cudaGraphMaxBs ?? c.cudaGraphMaxBs),
     attn: o.attn ?? c.attn,
     dtype: o.dtype,
+    contextLength: o.contextLength,
     cpuThreads: o.cpuThreads,
   };
 }

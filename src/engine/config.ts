@@ -26,7 +26,7 @@ export interface GpuWorkerConfig {
   maxPrefillLength: number;
   /** Largest decode batch captured into a CUDA graph (0 = no graphs). */
   cudaGraphMaxBs: number;
-  dtype: "auto" | "bfloat16" | "float16";
+  dtype: "auto" | "bfloat16" | "float16" | "float32";
   /** Attention backend name(s): PREFILL[,DECODE] (today "native"). */
   attn: string;
   /** Threads of the CPU backend (0 = all cores). */
@@ -35,6 +35,8 @@ export interface GpuWorkerConfig {
 
 /** Everything the engine is started with: the worker settings plus the scheduler's. */
 export interface EngineConfig extends Omit<GpuWorkerConfig, "tpRank"> {
+  /** Cap on the context length (prompt + output), or null for the model's. */
+  contextLength: number | null;
   /** "radix": share prompt prefixes through the radix cache; "naive": no sharing. */
   cache: "radix" | "naive";
   /** Requests waiting beyond the running ones before submit rejects new ones. */
@@ -65,6 +67,7 @@ export function defaultEngineConfig(modelDir: string): EngineConfig {
     cache: DEFAULTS.cache,
     maxQueuedRequests: DEFAULTS.maxQueuedRequests,
     disableOverlapSchedule: false,
+    contextLength: null,
     randomSeed: null,
   };
 }

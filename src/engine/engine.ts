@@ -87,7 +87,12 @@ export async function startEngine(
     throw failed.reason;
   }
   const w = gpus[0].info;
-  const maxContextLen = Math.min(model.maxPositionEmbeddings, w.maxSeqLen, w.numPages * w.pageSize);
+  const maxContextLen = Math.min(
+    model.maxPositionEmbeddings,
+    w.maxSeqLen,
+    w.numPages * w.pageSize,
+    config.contextLength ?? Infinity,
+  );
   const schedConfig: SchedulerConfig = {
     pageSize: w.pageSize,
     numPages: w.numPages,

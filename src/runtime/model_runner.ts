@@ -34,7 +34,7 @@ export interface RunnerOptions {
   maxRows: number;
   maxPrefillLength: number;
   cudaGraphMaxBs: number;
-  dtype: "auto" | "bfloat16" | "float16";
+  dtype: "auto" | "bfloat16" | "float16" | "float32";
   cpuThreads: number;
   /** `--attn PREFILL[,DECODE]` ("" = native). */
   attn: string;
@@ -156,10 +156,15 @@ export class ModelRunner {
       dev.check(dev.sym.msg_set_num_threads(opts.cpuThreads), "threads");
     }
     const fileDtype = cfg.torchDtype === "float16" ? DType.F16 : DType.BF16;
+    if (opts.dtype === "float32" && opts.backend !== "cpu") {
+      throw new Error("--dtype float32 runs on the CPU backend only (use --device cpu)");
+    }
     const wDtype = opts.dtype === "float16"
       ? DType.F16
       : opts.dtype === "bfloat16"
       ? DType.BF16
+      : opts.dtype === "float32"
+      ? DType.F32
       : fileDtype;
     const act = opts.backend === "cpu" ? DType.F32 : wDtype;
     const r = new ModelRunner(cfg, opts, dev, act, wDtype);
