@@ -6,8 +6,9 @@
  *
  * Protocol (main -> worker): {type:"init", config, overlap, toWorkers, fromWorkers},
  * {type:"submit", req}, {type:"abort", id}, {type:"metrics", seq},
- * {type:"shutdown", abort}. Worker -> main: {type:"ready"}, {type:"events", events},
- * {type:"metrics", seq, metrics}, {type:"stopped", error?}.
+ * {type:"flush", seq}, {type:"shutdown", abort}. Worker -> main: {type:"ready"},
+ * {type:"events", events}, {type:"metrics", seq, metrics}, {type:"flushed", seq, ok},
+ * {type:"stopped", error?}.
  */
 import { Scheduler, type SchedulerConfig } from "../src/scheduler/scheduler.ts";
 import { SchedulerLoop, type Transport } from "../src/scheduler/loop.ts";
@@ -26,6 +27,7 @@ type InMessage =
   | { type: "submit"; req: SubmitMessage }
   | { type: "abort"; id: string }
   | { type: "metrics"; seq: number }
+  | { type: "flush"; seq: number }
   | { type: "shutdown"; abort: boolean };
 
 let sched: Scheduler | null = null;
@@ -114,6 +116,9 @@ self.onmessage = (ev: MessageEvent<InMessage>) => {
       break;
     case "metrics":
       if (sched) self.postMessage({ type: "metrics", seq: m.seq, metrics: sched.metrics() });
+      break;
+    case "flush":
+      self.postMessage({ type: "flushed", seq: m.seq, ok: sched?.flushCache() ?? false });
       break;
     case "shutdown":
       loop?.stop(m.abort);

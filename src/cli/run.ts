@@ -141,6 +141,7 @@ export async function main(argv: string[]): Promise<number> {
       maxBodyBytes: MAX_BODY_BYTES,
       inFlight: 0,
       closing: false,
+      serverArgs: sglangServerArgs(opts, config, names[0]),
     };
     const server = await startServer(ctx, opts.host, opts.port);
     const shown = server.hostname.includes(":") ? `[${server.hostname}]` : server.hostname;
@@ -156,6 +157,34 @@ export async function main(argv: string[]): Promise<number> {
     if (engine) await engine.shutdown({ abort: true }).catch(() => {});
     return 1;
   }
+}
+
+/** The settings /get_server_info reports, under SGLang's names. */
+function sglangServerArgs(
+  o: CliOptions,
+  c: EngineConfig,
+  servedName: string,
+): Record<string, unknown> {
+  return {
+    model_path: c.modelDir,
+    tokenizer_path: c.modelDir,
+    served_model_name: servedName,
+    host: o.host,
+    port: o.port,
+    tp_size: c.tpSize,
+    page_size: c.pageSize,
+    mem_fraction_static: c.memFraction,
+    max_running_requests: c.maxRunningRequests,
+    max_queued_requests: c.maxQueuedRequests,
+    chunked_prefill_size: c.maxPrefillLength,
+    attention_backend: c.attn,
+    disable_radix_cache: c.cache === "naive",
+    disable_overlap_schedule: c.disableOverlapSchedule,
+    cuda_graph_max_bs: c.cudaGraphMaxBs,
+    dtype: c.dtype,
+    context_length: c.contextLength,
+    device: c.device,
+  };
 }
 
 /** True when a file exists. */

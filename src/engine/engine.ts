@@ -128,6 +128,7 @@ class EngineImpl implements Engine {
   readonly ready: Promise<void>;
   #streams = new Map<string, EventStream>();
   #metricsWaiters = new Map<number, (m: EngineMetrics) => void>();
+  #flushWaiters = new Map<number, (ok: boolean) => void>();
   #seq = 0;
   #seed: () => bigint;
   #closing = false;
@@ -151,6 +152,9 @@ class EngineImpl implements Engine {
       else if (m.type === "metrics") {
         this.#metricsWaiters.get(m.seq)?.(m.metrics);
         this.#metricsWaiters.delete(m.seq);
+      } else if (m.type === "flushed") {
+        this.#flushWaiters.get(m.seq)?.(m.ok);
+        this.#flushWaiters.delete(m.seq);
       } else if (m.type === "ready") onReady();
       else if (m.type === "stopped") {
         if (m.error) this.#fatal = m.error;
@@ -243,6 +247,15 @@ class EngineImpl implements Engine {
     return new Promise((resolve) => {
       this.#metricsWaiters.set(seq, resolve);
       this.scheduler.postMessage({ type: "metrics", seq });
+    });
+  }
+
+  flushCache(): Promise<boolean> {
+    if (this.#closing || this.#fatal) return Promise.resolve(false);
+    const seq = ++this.#seq;
+    return new Promise((resolve) => {
+      this.#flushWaiters.set(seq, resolve);
+      this.scheduler.postMessage({ type: "flush", seq });
     });
   }
 

@@ -125,6 +125,8 @@ export interface Engine {
   /** Stop a request; its stream ends with reason "abort" and its pages are freed. */
   abort(id: string): void;
   metrics(): Promise<EngineMetrics>;
+  /** Drops every cached prefix; false (nothing done) while requests wait or run. */
+  flushCache(): Promise<boolean>;
   /** Finish in-flight work (or abort it when `abort` is true) and stop the workers. */
   shutdown(options?: { abort?: boolean }): Promise<void>;
 }

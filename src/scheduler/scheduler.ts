@@ -450,6 +450,14 @@ export class Scheduler {
     this.#events.push([r.id, r.takeEvent(finish)]);
   }
 
+  /** Drops every cached prefix (SGLang's /flush_cache). Refused (false) while requests
+   *  wait or run: their pages and cache locks must stay. */
+  flushCache(): boolean {
+    if (!this.idle) return false;
+    this.cache.evict(this.cache.evictablePages);
+    return true;
+  }
+
   /** Gauges and counters; kvPagesTotal = free + cached + inUse by construction. */
   metrics() {
     return this.stats.snapshot(this, this.allocator.freePages, this.cache.evictablePages);

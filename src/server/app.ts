@@ -10,6 +10,14 @@ import { completions } from "./completions.ts";
 import { checkModel, type ServerContext } from "./context.ts";
 import { ApiError, errorResponse } from "./errors.ts";
 import { TextError } from "../text/errors.ts";
+import {
+  flushCache,
+  generate,
+  healthGenerate,
+  modelInfo,
+  SERVER_VERSION,
+  serverInfo,
+} from "./native.ts";
 import { checkTokenIds, parseChatRequest, parseJsonObject } from "./openai.ts";
 
 /** Reads a request body as UTF-8 JSON object text, enforcing the size limit (413). */
@@ -84,7 +92,10 @@ export function createApp(ctx: ServerContext): Hono {
     );
   });
 
-  app.use("/v1/*", async (c, next) => {
+  const requireKey = async (
+    c: { req: { header(name: string): string | undefined } },
+    next: () => Promise<void>,
+  ) => {
     if (ctx.apiKey !== null) {
       const auth = c.req.header("authorization") ?? "";
       if (auth !== `Bearer ${ctx.apiKey}`) {
@@ -99,7 +110,8 @@ export function createApp(ctx: ServerContext): Hono {
       }
     }
     await next();
-  });
+  };
+  for (const path of ["/v1/*", "/generate", "/flush_cache"]) app.use(path, requireKey);
 
   app.get("/health", (c) => {
     if (ctx.closing) return c.json({ status: "shutting down" }, 503);
@@ -188,6 +200,19 @@ export function createApp(ctx: ServerContext): Hono {
   };
   app.post("/detokenize", detokenize);
   app.post("/v1/detokenize", detokenize);
+
+  // SGLang's native API.
+  app.post("/generate", async (c) => {
+    const body = await readJsonBody(c.req.raw, ctx.maxBodyBytes);
+    return await generate(ctx, body, c.req.raw.signal);
+  });
+  app.get("/get_model_info", (c) => c.json(modelInfo(ctx)));
+  app.get("/get_server_info", async (c) => c.json(await serverInfo(ctx)));
+  app.get("/version", (c) => c.json({ version: SERVER_VERSION }));
+  app.get("/flush_cache", () => flushCache(ctx));
+  app.post("/flush_cache", () => flushCache(ctx));
+  app.get("/health_generate", () => healthGenerate(ctx));
+  app.get("/tokenizer_info", (c) => c.json(ctx.tokenizer.info()));
 
   return app;
 }

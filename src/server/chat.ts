@@ -5,7 +5,7 @@
 
 import { checkModel, newId, resolveMaxTokens, type ServerContext } from "./context.ts";
 import { ApiError } from "./errors.ts";
-import { type ChatLogprobEntry, chatLogprobs, usageJson } from "./format.ts";
+import { type ChatLogprobEntry, chatLogprobs, logprobTokenizer, usageJson } from "./format.ts";
 import { parseChatRequest } from "./openai.ts";
 import { sseData } from "./sse.ts";
 import type { RequestUsage } from "../text/textgen.ts";
@@ -19,6 +19,7 @@ export async function chatCompletions(
 ): Promise<Response> {
   const arrival = performance.now();
   const req = parseChatRequest(body, ctx.engine.info.vocabSize);
+  const lpTok = logprobTokenizer(ctx.tokenizer, req.returnTokensAsTokenIds);
   const model = checkModel(ctx, req.model);
   let promptIds: number[];
   try {
@@ -72,7 +73,7 @@ export async function chatCompletions(
       }
       for await (const { index, value } of chunksOf(choices)) {
         const lps = wantLogprobs && value.logprobs.length > 0
-          ? { content: chatLogprobs(ctx.tokenizer, value.logprobs), refusal: null }
+          ? { content: chatLogprobs(lpTok, value.logprobs), refusal: null }
           : null;
         if (value.text.length > 0 || lps !== null) {
           yield chunk(index, { content: value.text }, lps, null);
@@ -96,7 +97,7 @@ export async function chatCompletions(
   const reasons: (string | null)[] = ids.map(() => null);
   await collectChoices(choices, ({ index, value }) => {
     texts[index] += value.text;
-    if (wantLogprobs) lps[index].push(...chatLogprobs(ctx.tokenizer, value.logprobs));
+    if (wantLogprobs) lps[index].push(...chatLogprobs(lpTok, value.logprobs));
     if (value.finish) {
       reasons[index] = value.finish.reason;
       finals.push({ prompt: 0, usage: value.finish.usage });

@@ -10,6 +10,7 @@ import {
   completionLogprobs,
   generatedItems,
   type LogprobItem,
+  logprobTokenizer,
   promptItems,
   usageJson,
 } from "./format.ts";
@@ -30,6 +31,7 @@ export async function completions(
   const req = parseCompletionRequest(body, ctx.engine.info.vocabSize);
   const model = checkModel(ctx, req.model);
   const tok = ctx.tokenizer;
+  const lpTok = logprobTokenizer(tok, req.returnTokensAsTokenIds);
   const prompts = req.prompts.map((p) => {
     const ids = typeof p === "string" ? tok.encode(p, true) : p;
     return { ids, text: typeof p === "string" ? p : tok.decode(p) };
@@ -76,7 +78,7 @@ export async function completions(
       if (wantLogprobs) items.push(...promptItems(p.ids, chunk.promptLogprobs));
     }
     if (wantLogprobs) items.push(...generatedItems(chunk.logprobs));
-    const logprobs = wantLogprobs ? completionLogprobs(tok, items, textLen[c]) : null;
+    const logprobs = wantLogprobs ? completionLogprobs(lpTok, items, textLen[c]) : null;
     textLen[c] += text.length;
     return { text, logprobs };
   };

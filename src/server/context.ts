@@ -3,7 +3,7 @@
  * the server's own metrics. Also the admission counter behind --max-queued-requests.
  */
 
-import type { Engine } from "../engine/types.ts";
+import { defaultSamplingParams, type Engine, type SamplingParams } from "../engine/types.ts";
 import { ApiError } from "./errors.ts";
 import type { ServerMetrics } from "./metrics.ts";
 import type { TextTokenizer } from "../text/tokenizer_port.ts";
@@ -24,6 +24,16 @@ export interface ServerContext {
   inFlight: number;
   /** Set when shutting down: new requests get 503. */
   closing: boolean;
+  /** Sampling defaults for what a request leaves out (the model's generation_config.json),
+   *  over defaultSamplingParams(). */
+  samplingDefaults?: Partial<SamplingParams>;
+  /** The server's settings under SGLang's names, for /get_server_info. */
+  serverArgs?: Record<string, unknown>;
+}
+
+/** The sampling parameters a request starts from: ours, then the model's defaults. */
+export function baseSamplingParams(ctx: ServerContext): SamplingParams {
+  return { ...defaultSamplingParams(), ...ctx.samplingDefaults };
 }
 
 /** Reserves `count` engine requests or throws 503; call `release` once per request. */

@@ -116,6 +116,18 @@ export function completionLogprobs(
   return out;
 }
 
+/** The tokenizer logprobs are rendered with: token ids as "token_id:ID" when the request
+ *  asked (vLLM's return_tokens_as_token_ids), so that a client can map them back exactly. */
+export function logprobTokenizer(tok: TextTokenizer, asTokenIds: boolean): TextTokenizer {
+  if (!asTokenIds) return tok;
+  const utf8 = new TextEncoder();
+  return {
+    ...tok,
+    tokenText: (id) => `token_id:${id}`,
+    tokenBytes: (id) => [...utf8.encode(`token_id:${id}`)],
+  };
+}
+
 /** Items for generated tokens. */
 export function generatedItems(lps: TokenLogprob[]): LogprobItem[] {
   return lps.map((lp) => ({ id: lp.id, logprob: lp.logprob, top: lp.top }));

@@ -23,6 +23,8 @@ export interface CommonRequest {
   /** max_tokens / max_completion_tokens, null when not given. */
   maxTokens: number | null;
   user: string | null;
+  /** vLLM's return_tokens_as_token_ids: logprob tokens as "token_id:ID". */
+  returnTokensAsTokenIds: boolean;
 }
 
 /** A validated POST /v1/chat/completions body. */
@@ -215,7 +217,18 @@ function readCommon(body: Json, maxTokensMin: number, vocabSize: number): Common
     stop = stop.filter((x) => x.length > 0);
   }
   const user = f.string("user") ?? null;
-  return { model, n, stream, includeUsage, stop, sampling, maxTokens, user };
+  const returnTokensAsTokenIds = f.boolean("return_tokens_as_token_ids") ?? false;
+  return {
+    model,
+    n,
+    stream,
+    includeUsage,
+    stop,
+    sampling,
+    maxTokens,
+    user,
+    returnTokensAsTokenIds,
+  };
 }
 
 /** Flattens a message's content: a string or an array of text parts. */

@@ -46,7 +46,13 @@ export interface TextChunk {
   /** Prompt logprobs (first null), on the first chunk when asked for. */
   promptLogprobs?: (number | null)[];
   /** Set on the last chunk. */
-  finish?: { reason: TextFinishReason; usage: RequestUsage; stopString?: string };
+  finish?: {
+    reason: TextFinishReason;
+    usage: RequestUsage;
+    stopString?: string;
+    /** The token id that ended the request (eos or a stop token id), if one did. */
+    stopToken?: number;
+  };
 }
 
 /** A request for `generateText`. */
@@ -210,6 +216,7 @@ export async function* generateText(
         chunk.text += assembler.flush();
         chunk.finish = {
           reason: fin.reason === "length" ? "length" : "stop",
+          stopToken: fin.stopToken,
           usage: {
             promptTokens: fin.promptTokens,
             completionTokens: fin.completionTokens,

@@ -32,6 +32,9 @@ export interface TextTokenizer {
   /** The text of one token on its own (for logprobs), and its raw bytes. */
   tokenText(id: number): string;
   tokenBytes(id: number): number[];
+  /** tokenizer_config.json's settings with the special tokens and the chat template, as
+   *  vLLM's /tokenizer_info serves them. */
+  info(): Record<string, unknown>;
 }
 
 /** GPT-2's byte <-> printable character table used by byte-level BPE vocabularies. */
@@ -114,5 +117,18 @@ export function textTokenizer(tok: HfTokenizer): TextTokenizer {
       return t;
     },
     tokenBytes,
+    info() {
+      const { added_tokens_decoder: _, ...config } = tok.config as Record<string, unknown>;
+      return {
+        ...config,
+        tokenizer_class: config.tokenizer_class ?? "PreTrainedTokenizerFast",
+        bos_token: tok.bosToken,
+        eos_token: tok.eosToken,
+        pad_token: tok.padToken,
+        unk_token: tok.unkToken,
+        chat_template: tok.chatTemplate,
+        vocab_size: tok.vocabSize,
+      };
+    },
   };
 }
