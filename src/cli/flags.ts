@@ -39,6 +39,8 @@ export interface CliOptions {
   dtype: "auto" | "bfloat16" | "float16" | "float32";
   /** Cap on prompt + output tokens; null: the model's context. */
   contextLength: number | null;
+  /** "auto": the model's generation_config.json gives the sampling defaults. */
+  generationConfig: "auto" | "ignore";
   apiKey: string | null;
   shell: boolean;
   servedModelName: string | null;
@@ -141,6 +143,11 @@ const FLAGS: Record<string, FlagSpec> = {
     value: "NAME[,NAME]",
     help: `attention backend (prefill[,decode]) (default ${DEFAULTS.attn})`,
     aliases: ["attention-backend"],
+  },
+  "generation-config": {
+    type: "string",
+    value: "auto|ignore",
+    help: "auto: sampling defaults from the model's generation_config.json (default auto)",
   },
   "context-length": {
     type: "string",
@@ -332,6 +339,7 @@ export function parseFlags(argv: string[]): CliOptions {
     cudaGraphMaxBs: graphRaw === undefined ? null : int("cuda-graph-max-bs", 0, 0, 4096),
     attn: nonEmpty("attn"),
     dtype: choice("dtype", DEFAULTS.dtype, ["auto", "bfloat16", "float16", "float32"] as const),
+    generationConfig: choice("generation-config", "auto", ["auto", "ignore"] as const),
     contextLength: str("context-length") === undefined
       ? null
       : int("context-length", 0, 1, 1 << 24),

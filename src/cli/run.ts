@@ -6,8 +6,8 @@
 
 import { defaultEngineConfig, type EngineConfig } from "../engine/config.ts";
 import { startEngine } from "../engine/engine.ts";
-import type { Engine } from "../engine/types.ts";
-import { loadModelConfig } from "../model/config.ts";
+import type { Engine, SamplingParams } from "../engine/types.ts";
+import { type GenerationDefaults, loadModelConfig } from "../model/config.ts";
 import { ServerMetrics } from "../server/metrics.ts";
 import { startServer } from "../server/serve.ts";
 import type { ServerContext } from "../server/context.ts";
@@ -142,7 +142,18 @@ export async function main(argv: string[]): Promise<number> {
       inFlight: 0,
       closing: false,
       serverArgs: sglangServerArgs(opts, config, names[0]),
+      samplingDefaults: opts.generationConfig === "auto"
+        ? generationSamplingDefaults(modelConfig.generation)
+        : {},
     };
+    const shownDefaults = Object.entries(ctx.samplingDefaults ?? {});
+    if (shownDefaults.length > 0) {
+      log(
+        `sampling defaults from generation_config.json: ${
+          shownDefaults.map(([k, v]) => `${k}=${v}`).join(" ")
+        } (a request's own values win; --generation-config ignore turns this off)`,
+      );
+    }
     const server = await startServer(ctx, opts.host, opts.port);
     const shown = server.hostname.includes(":") ? `[${server.hostname}]` : server.hostname;
     console.log(`listening on http://${shown}:${server.port}`);
@@ -157,6 +168,17 @@ export async function main(argv: string[]): Promise<number> {
     if (engine) await engine.shutdown({ abort: true }).catch(() => {});
     return 1;
   }
+}
+
+/** The sampling defaults of generation_config.json, as vLLM applies them by default. */
+export function generationSamplingDefaults(g: GenerationDefaults): Partial<SamplingParams> {
+  const out: Partial<SamplingParams> = {};
+  if (g.temperature !== undefined) out.temperature = g.temperature;
+  if (g.topP !== undefined) out.topP = g.topP;
+  if (g.topK !== undefined) out.topK = g.topK > 0 ? g.topK : 0;
+  if (g.minP !== undefined) out.minP = g.minP;
+  if (g.repetitionPenalty !== undefined) out.repetitionPenalty = g.repetitionPenalty;
+  return out;
 }
 
 /** The settings /get_server_info reports, under SGLang's names. */

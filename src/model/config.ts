@@ -39,6 +39,7 @@ export interface GenerationDefaults {
   temperature?: number;
   topP?: number;
   topK?: number;
+  minP?: number;
   repetitionPenalty?: number;
 }
 
@@ -290,10 +291,12 @@ function parseGeneration(g: Json | null): GenerationDefaults {
   const t = pick("temperature"),
     p = pick("top_p"),
     k = pick("top_k"),
+    m = pick("min_p"),
     r = pick("repetition_penalty");
   if (t !== undefined) out.temperature = t;
   if (p !== undefined) out.topP = p;
   if (k !== undefined) out.topK = k;
+  if (m !== undefined) out.minP = m;
   if (r !== undefined) out.repetitionPenalty = r;
   return out;
 }

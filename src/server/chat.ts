@@ -3,7 +3,13 @@
  * streamed as chat.completion.chunk events or returned whole.
  */
 
-import { checkModel, newId, resolveMaxTokens, type ServerContext } from "./context.ts";
+import {
+  baseSamplingParams,
+  checkModel,
+  newId,
+  resolveMaxTokens,
+  type ServerContext,
+} from "./context.ts";
 import { ApiError } from "./errors.ts";
 import { type ChatLogprobEntry, chatLogprobs, logprobTokenizer, usageJson } from "./format.ts";
 import { parseChatRequest } from "./openai.ts";
@@ -47,7 +53,7 @@ export async function chatCompletions(
     ids.map((rid, i) => ({
       id: rid,
       promptIds,
-      params: choiceParams(req.sampling, maxTokens, i),
+      params: choiceParams(req.sampling, maxTokens, i, baseSamplingParams(ctx)),
       stop: req.stop,
     })),
     signal,

@@ -10,13 +10,15 @@ import { mergeStreams, runChoice } from "./format.ts";
 import { SSE_DONE, sseData, sseResponse } from "./sse.ts";
 import type { TextChunk, TextRequest } from "../text/textgen.ts";
 
-/** Sampling parameters of choice `i` of a request (seed + i keeps choices distinct). */
+/** Sampling parameters of choice `i` of a request (seed + i keeps choices distinct): the
+ *  request's own over `base` (the server's defaults, see baseSamplingParams). */
 export function choiceParams(
   sampling: Partial<SamplingParams>,
   maxTokens: number,
   i: number,
+  base: SamplingParams = defaultSamplingParams(),
 ): SamplingParams {
-  const p: SamplingParams = { ...defaultSamplingParams(), ...sampling, maxTokens };
+  const p: SamplingParams = { ...base, ...sampling, maxTokens };
   if (p.seed !== undefined) p.seed = p.seed + i;
   return p;
 }

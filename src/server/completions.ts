@@ -3,7 +3,13 @@
  * and legacy-format logprobs (prompt tokens' logprobs too, the first one null).
  */
 
-import { checkModel, newId, resolveMaxTokens, type ServerContext } from "./context.ts";
+import {
+  baseSamplingParams,
+  checkModel,
+  newId,
+  resolveMaxTokens,
+  type ServerContext,
+} from "./context.ts";
 import { choiceParams, chunksOf, collectChoices, sseChoices, startChoices } from "./choices.ts";
 import {
   type CompletionLogprobs,
@@ -51,7 +57,12 @@ export async function completions(
     ids.map((rid, c) => ({
       id: rid,
       promptIds: prompts[Math.floor(c / n)].ids,
-      params: choiceParams(req.sampling, maxTokens[Math.floor(c / n)], c % n),
+      params: choiceParams(
+        req.sampling,
+        maxTokens[Math.floor(c / n)],
+        c % n,
+        baseSamplingParams(ctx),
+      ),
       stop: req.stop,
     })),
     signal,
