@@ -62,6 +62,8 @@ export interface BuildOptions {
   force?: boolean;
   /** Print one line per thing built. Default false. */
   verbose?: boolean;
+  /** Output folder (libraries and objects). Default: the source tree's build/. */
+  dir?: string;
 }
 
 function mtime(path: string): number {
@@ -148,7 +150,9 @@ async function buildLibrary(opts: {
   const [cmd, args] = opts.link(objs, tmp);
   await run(cmd, args, `link ${opts.name}`);
   Deno.renameSync(tmp, opts.out);
-  if (opts.verbose) console.log(`built ${opts.out.slice(root.length + 1)}`);
+  if (opts.verbose) {
+    console.log(`built ${opts.out.startsWith(root) ? opts.out.slice(root.length + 1) : opts.out}`);
+  }
   return true;
 }
 
@@ -197,13 +201,13 @@ function cudaLibDirs(): string[] {
   });
 }
 
-function buildCpu(force: boolean, verbose: boolean): Promise<boolean> {
+function buildCpu(dir: string, force: boolean, verbose: boolean): Promise<boolean> {
   return buildLibrary({
     name: "libminisgl_cpu.so",
     sources: listFiles(cpuDir, [".cpp"]),
     headers: [...listFiles(cpuDir, [".h"]), ...listFiles(includeDir, [".h"])],
-    out: `${buildDir}/libminisgl_cpu.so`,
-    objDir: `${buildDir}/obj/cpu`,
+    out: `${dir}/libminisgl_cpu.so`,
+    objDir: `${dir}/obj/cpu`,
     compile: (src, obj) => ["g++", [...CXX_FLAGS, `-I${includeDir}`, "-c", src, "-o", obj]],
     link: (objs, out) => ["g++", ["-shared", "-pthread", "-o", out, ...objs]],
     force,
@@ -211,7 +215,7 @@ function buildCpu(force: boolean, verbose: boolean): Promise<boolean> {
   });
 }
 
-function buildCuda(force: boolean, verbose: boolean): Promise<boolean> {
+function buildCuda(dir: string, force: boolean, verbose: boolean): Promise<boolean> {
   return buildLibrary({
     name: "libminisgl_cuda.so",
     sources: listFiles(srcDir, [".cu"]),
@@ -219,8 +223,8 @@ function buildCuda(force: boolean, verbose: boolean): Promise<boolean> {
       ...listFiles(srcDir, [".h", ".cuh"]),
       ...listFiles(includeDir, [".h"]),
     ],
-    out: `${buildDir}/libminisgl_cuda.so`,
-    objDir: `${buildDir}/obj/cuda`,
+    out: `${dir}/libminisgl_cuda.so`,
+    objDir: `${dir}/obj/cuda`,
     compile: (src, obj) => ["nvcc", [...NVCC_FLAGS, ...NVCC_ARCH, "-c", src, "-o", obj]],
     link: (objs, out) => [
       "nvcc",
@@ -243,15 +247,16 @@ function buildCuda(force: boolean, verbose: boolean): Promise<boolean> {
 /** Builds whatever of the native libraries is missing or out of date; returns their paths.
  *  Throws BuildError (with the compiler's output) when a compiler fails. */
 export async function ensureBuilt(opts: BuildOptions = {}): Promise<BuildResult> {
-  Deno.mkdirSync(buildDir, { recursive: true });
+  const dir = opts.dir ?? buildDir;
+  Deno.mkdirSync(dir, { recursive: true });
   const force = opts.force ?? false, verbose = opts.verbose ?? false;
-  await buildCpu(force, verbose);
+  await buildCpu(dir, force, verbose);
   let cuda: string | null = null;
   if (opts.cuda && which("nvcc") && hasCublasLt() && listFiles(srcDir, [".cu"]).length > 0) {
-    await buildCuda(force, verbose);
-    cuda = `${buildDir}/libminisgl_cuda.so`;
+    await buildCuda(dir, force, verbose);
+    cuda = `${dir}/libminisgl_cuda.so`;
   }
-  return { cpu: `${buildDir}/libminisgl_cpu.so`, cuda };
+  return { cpu: `${dir}/libminisgl_cpu.so`, cuda };
 }
 
 /** Compiles every cuda/src/*.cu for both architectures without linking. Returns the number
@@ -292,7 +297,7 @@ async function main(): Promise<void> {
       return;
     }
     const force = values.force;
-    const builtCpu = await buildCpu(force, true);
+    const builtCpu = await buildCpu(buildDir, force, true);
     if (!builtCpu) console.log("build/libminisgl_cpu.so is up to date");
     if (!which("nvcc")) {
       console.log("nvcc not found: CUDA library skipped");
@@ -300,7 +305,7 @@ async function main(): Promise<void> {
       console.log("libcublasLt not found: CUDA library skipped");
     } else if (listFiles(srcDir, [".cu"]).length === 0) {
       console.log("no cuda/src/*.cu: CUDA library skipped");
-    } else if (!(await buildCuda(force, true))) {
+    } else if (!(await buildCuda(buildDir, force, true))) {
       console.log("build/libminisgl_cuda.so is up to date");
     }
   } catch (e) {

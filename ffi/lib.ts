@@ -84,9 +84,15 @@ export type NativeSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];
 /** Which implementation of the ABI. */
 export type Backend = "cpu" | "cuda";
 
-/** Path of the built library of a backend, relative to the project root. */
+/** The source tree's build folder (`deno task build` writes it). */
+export const SOURCE_BUILD_DIR = new URL("../build", import.meta.url).pathname;
+
+/** Path of the library of a backend: in $MINISGL_LIB_DIR when set (the server sets it to
+ *  the folder it chose: next to the executable, the source tree's build/, or the cache),
+ *  else in the source tree's build/. */
 export function libraryPath(backend: Backend): string {
-  return new URL(`../build/libminisgl_${backend}.so`, import.meta.url).pathname;
+  const dir = Deno.env.get("MINISGL_LIB_DIR") || SOURCE_BUILD_DIR;
+  return `${dir.replace(/\/$/, "")}/libminisgl_${backend}.so`;
 }
 
 /** A loaded native library with error-checked calls. */

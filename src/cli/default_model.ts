@@ -1,21 +1,20 @@
 /**
  * The model used when --model is not given: a tiny Qwen3 with random weights and the real
- * Qwen3 tokenizer, made once by src/model/make_model.ts into .cache/models/tiny-qwen3. It
- * lets `deno task serve` work out of the box; its output is random text.
+ * Qwen3 tokenizer, made once by src/model/make_model.ts into the cache folder
+ * (src/core/cache_dir.ts: models/tiny-qwen3). It lets `deno task serve` work out of the
+ * box; its output is random text.
  */
 
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { GENERATOR_VERSION, makeModel, STAMP_FILE } from "../model/make_model.ts";
+import { cacheDir } from "../core/cache_dir.ts";
 
 /** The preset and the folder of the default model. */
 export const DEFAULT_PRESET = "tiny-qwen3";
-export const DEFAULT_MODEL_DIR = join(
-  fileURLToPath(new URL("../../", import.meta.url)),
-  ".cache",
-  "models",
-  DEFAULT_PRESET,
-);
+/** The folder of the default model (in the cache folder). */
+export function defaultModelDir(): string {
+  return join(cacheDir(), "models", DEFAULT_PRESET);
+}
 
 /** True when the folder holds a model made by the current generator (seed 0). */
 async function isCurrent(dir: string): Promise<boolean> {
@@ -31,7 +30,7 @@ async function isCurrent(dir: string): Promise<boolean> {
 /** Returns the default model folder, making it first if needed (atomically: it is built in
  *  a temporary folder and renamed into place, so tests running at once do not collide). */
 export async function ensureDefaultModel(log: (line: string) => void): Promise<string> {
-  const dir = DEFAULT_MODEL_DIR;
+  const dir = defaultModelDir();
   if (await isCurrent(dir)) return dir;
   log(`making the default model ${DEFAULT_PRESET} (random weights) in ${dir}`);
   const parent = join(dir, "..");

