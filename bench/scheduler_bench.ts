@@ -51,6 +51,8 @@ function result(id: number, n: number, t: number): ForwardResult {
     topIds: new Array(n).fill(null),
     topLogprobs: new Array(n).fill(null),
     promptLogprobs: new Array(n).fill(null),
+    promptTopIds: new Array(n).fill(null),
+    promptTopLogprobs: new Array(n).fill(null),
     seconds: 0,
   };
 }

@@ -72,6 +72,8 @@ Deno.test("batch codec: results round-trip, nulls included", () => {
     topIds: [Int32Array.of(5, 6), null, Int32Array.of(9)],
     topLogprobs: [Float32Array.of(-0.5, -1.5), null, Float32Array.of(-2.25)],
     promptLogprobs: [null, Float32Array.of(NaN, -3, -4), Float32Array.of()],
+    promptTopIds: [null, Int32Array.of(1, 2, 3, 4, 5, 6), null],
+    promptTopLogprobs: [null, Float32Array.of(-1, -2, -3, -4, -5, -6), null],
     seconds: 0.25,
   };
   const back = decodeResult(encodeResult(res).slice());
@@ -81,6 +83,15 @@ Deno.test("batch codec: results round-trip, nulls included", () => {
   assert.deepEqual(back.topIds.map((x) => x && Array.from(x)), [[5, 6], null, [9]]);
   assert.deepEqual(back.topLogprobs.map((x) => x && Array.from(x)), [[-0.5, -1.5], null, [-2.25]]);
   assert.deepEqual(back.promptLogprobs.map((x) => x && Array.from(x)), [null, [NaN, -3, -4], []]);
+  assert.deepEqual(back.promptTopIds.map((x) => x && Array.from(x)), [
+    null,
+    [1, 2, 3, 4, 5, 6],
+    null,
+  ]);
+  assert.deepEqual(
+    back.promptTopLogprobs.map((x) => x && Array.from(x)),
+    [null, [-1, -2, -3, -4, -5, -6], null],
+  );
   assert.equal(back.seconds, 0.25);
   assert.equal(recordKind(encodeShutdown()), KIND_SHUTDOWN);
   assert.throws(() => decodeResult(encodeShutdown()), /not a result/);

@@ -106,6 +106,8 @@ class ContractDevice {
       promptLogprobs: entries.map((e) =>
         e.logprobTargets ? Float32Array.from(e.logprobTargets, (t) => (t < 0 ? NaN : -t)) : null
       ),
+      promptTopIds: entries.map(() => null),
+      promptTopLogprobs: entries.map(() => null),
       seconds: 0,
     };
   }

@@ -30,7 +30,8 @@ export interface SamplingParams {
   logprobs: boolean;
   /** Also return this many top alternatives per generated token (0..20). */
   topLogprobs: number;
-  /** Return the logprob of every prompt token (first one null), for `echo`. */
+  /** Return the logprob of every prompt token (first one null), for `echo`; with
+   *  topLogprobs, also the top alternatives at every prompt position. */
   promptLogprobs: boolean;
 }
 
@@ -74,6 +75,9 @@ export interface TokenEvent {
   topLogprobs?: { ids: number[]; logprobs: number[] }[];
   /** Prompt logprobs (when params.promptLogprobs), in the first event; first is null. */
   promptLogprobs?: (number | null)[];
+  /** With promptLogprobs and topLogprobs k > 0: the top k alternatives at each prompt
+   *  position (first is null), in the first event. */
+  promptTopLogprobs?: ({ ids: number[]; logprobs: number[] } | null)[];
   finish?: {
     reason: FinishReason;
     /** The token id that stopped the request (eos or a stop token), if any. */

@@ -86,6 +86,10 @@ export interface ForwardResult {
   topLogprobs: (Float32Array | null)[];
   /** Prompt logprobs of entries that asked: length qLen, NaN where targets[i] < 0. */
   promptLogprobs: (Float32Array | null)[];
+  /** Top alternatives at each prompt position of entries that asked for prompt logprobs
+   *  with topLogprobs k > 0: [qLen, k] row-major, descending. */
+  promptTopIds: (Int32Array | null)[];
+  promptTopLogprobs: (Float32Array | null)[];
   /** Seconds the worker spent on this batch (wall clock, from dequeue to result). */
   seconds: number;
 }

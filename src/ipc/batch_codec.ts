@@ -10,7 +10,8 @@
  *   inputIds[qLen] (if FLAG_INPUT) newPages[nNewPages] penaltyTokens[nPenalty] (if
  *   FLAG_PENALTY) logprobTargets[qLen] (if FLAG_TARGETS)
  * Result record: [KIND_RESULT, id, n, seconds f] tokens[n] logprobs f[n] then per entry
- *   [k] topIds[k] topLogprobs f[k] [m] promptLogprobs f[m] (k = 0 / m = -1: null)
+ *   [k] topIds[k] topLogprobs f[k] [m] promptLogprobs f[m] [p] promptTopIds[p]
+ *   promptTopLogprobs f[p] (k = 0 / m = -1 / p = 0: null)
  * Control record: [KIND_SHUTDOWN]
  */
 
@@ -193,8 +194,9 @@ export function encodeResult(res: ForwardResult): Int32Array {
   w.n = 4 + 2 * n;
   for (let k = 0; k < n; k++) {
     const ids = res.topIds[k], vals = res.topLogprobs[k], pl = res.promptLogprobs[k];
-    const kk = ids ? ids.length : 0;
-    w.reserve(2 + 2 * kk + (pl ? pl.length : 0));
+    const pIds = res.promptTopIds[k], pVals = res.promptTopLogprobs[k];
+    const kk = ids ? ids.length : 0, pk = pIds ? pIds.length : 0;
+    w.reserve(3 + 2 * kk + (pl ? pl.length : 0) + 2 * pk);
     let o = w.n;
     w.i[o++] = kk;
     if (ids && vals) {
@@ -209,6 +211,12 @@ export function encodeResult(res: ForwardResult): Int32Array {
     } else {
       w.i[o++] = -1;
     }
+    w.i[o++] = pk;
+    if (pIds && pVals) {
+      w.i.set(pIds, o);
+      w.f.set(pVals, o + pk);
+      o += 2 * pk;
+    }
     w.n = o;
   }
   return w.i.subarray(0, w.n);
@@ -222,6 +230,8 @@ export function decodeResult(msg: Int32Array): ForwardResult {
   const topIds: (Int32Array | null)[] = new Array(n);
   const topLogprobs: (Float32Array | null)[] = new Array(n);
   const promptLogprobs: (Float32Array | null)[] = new Array(n);
+  const promptTopIds: (Int32Array | null)[] = new Array(n).fill(null);
+  const promptTopLogprobs: (Float32Array | null)[] = new Array(n).fill(null);
   let o = 4 + 2 * n;
   for (let k = 0; k < n; k++) {
     const kk = msg[o++];
@@ -240,6 +250,12 @@ export function decodeResult(msg: Int32Array): ForwardResult {
     } else {
       promptLogprobs[k] = null;
     }
+    const pk = msg[o++];
+    if (pk > 0) {
+      promptTopIds[k] = msg.subarray(o, o + pk);
+      promptTopLogprobs[k] = f.subarray(o + pk, o + 2 * pk);
+      o += 2 * pk;
+    }
   }
   return {
     id: msg[1],
@@ -248,6 +264,8 @@ export function decodeResult(msg: Int32Array): ForwardResult {
     topIds,
     topLogprobs,
     promptLogprobs,
+    promptTopIds,
+    promptTopLogprobs,
     seconds: f[3],
   };
 }

@@ -12,7 +12,7 @@ import { defaultEngineConfig, type EngineConfig } from "../engine/config.ts";
 import { startEngine } from "../engine/engine.ts";
 import { defaultSamplingParams, type Engine, type SamplingParams } from "../engine/types.ts";
 import { type ChatMessage, type TextTokenizer, textTokenizer } from "../text/tokenizer_port.ts";
-import { collectText, type TokenLogprob } from "../text/textgen.ts";
+import { collectText, type TokenLogprob, type TopLogprob } from "../text/textgen.ts";
 import { loadTokenizer } from "../tokenizer/tokenizer.ts";
 
 /** The result of one prompt. */
@@ -28,6 +28,9 @@ export interface GenerateResult {
   logprobs?: TokenLogprob[];
   /** Per prompt token (first null), when params.promptLogprobs. */
   promptLogprobs?: (number | null)[];
+  /** Per prompt position (first null), the top alternatives, when params.promptLogprobs
+   *  and params.topLogprobs > 0. */
+  promptTopLogprobs?: (TopLogprob[] | null)[];
 }
 
 /** Options besides the sampling parameters. */
@@ -67,6 +70,7 @@ export function generate(
     };
     if (full.logprobs) out.logprobs = r.logprobs;
     if (r.promptLogprobs) out.promptLogprobs = r.promptLogprobs;
+    if (r.promptTopLogprobs) out.promptTopLogprobs = r.promptTopLogprobs;
     return out;
   }));
 }

@@ -19,7 +19,7 @@ import {
   parseAttentionNames,
 } from "./attention.ts";
 import { type FilledBatch, fillStaging, padDecode, StagingLayout } from "./staging.ts";
-import { MAX_TOP, type ResultBlock, ResultBuffers } from "./results.ts";
+import { MAX_TOP, promptTopK, type ResultBlock, ResultBuffers } from "./results.ts";
 import { loadWeights } from "./weights.ts";
 import { CudaGraphs } from "./cuda_graph.ts";
 
@@ -417,6 +417,18 @@ export class ModelRunner {
             meta.targets.rows(t + c, n),
             n,
           );
+          const k = promptTopK(e);
+          if (k > 0) {
+            // [qLen, k] of this entry from t * MAX_TOP (see results.ts).
+            const o = t * MAX_TOP + c * k;
+            ops.topLogprobs(
+              this.out.promptTopIds.rows(o, n * k),
+              this.out.promptTopLps.rows(o, n * k),
+              logits,
+              n,
+              k,
+            );
+          }
         }
       }
       t += e.qLen;

@@ -80,6 +80,8 @@ export class Req {
   cachedTokens = -1;
   /** Prompt logprobs by position (position 0 is null), when asked. */
   promptLogprobs: (number | null)[] | null;
+  /** Top alternatives by prompt position (position 0 is null), when asked with topLogprobs. */
+  promptTopLogprobs: ({ ids: number[]; logprobs: number[] } | null)[] | null;
   promptLogprobsSent = false;
 
   // Event under construction for the current step.
@@ -105,6 +107,9 @@ export class Req {
       repetitionPenalty: p.repetitionPenalty,
     };
     this.promptLogprobs = p.promptLogprobs ? new Array(this.promptLen).fill(null) : null;
+    this.promptTopLogprobs = p.promptLogprobs && p.topLogprobs > 0
+      ? new Array(this.promptLen).fill(null)
+      : null;
   }
 
   /** Completion tokens known. */
@@ -134,6 +139,7 @@ export class Req {
       (this.pendTokens.length > 0 || finish)
     ) {
       ev.promptLogprobs = this.promptLogprobs;
+      if (this.promptTopLogprobs) ev.promptTopLogprobs = this.promptTopLogprobs;
       this.promptLogprobsSent = true;
     }
     if (finish) {

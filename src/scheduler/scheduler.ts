@@ -301,7 +301,8 @@ export class Scheduler {
       sampling: stepSampling(r, r.scheduled),
       penaltyTokens: sample && r.hasPenalty ? Int32Array.from(r.tokens.slice(r.promptLen)) : null,
       logprobTargets: targets,
-      topLogprobs: sample && r.params.logprobs ? r.params.topLogprobs : 0,
+      // With prompt logprobs, k alternatives at every prompt position too (echo + logprobs k).
+      topLogprobs: (sample && r.params.logprobs) || targets ? r.params.topLogprobs : 0,
     });
     reqs.push(r);
     r.sentPages = r.pages.length;
@@ -386,6 +387,17 @@ export class Scheduler {
       if (pl && e.logprobTargets && r.promptLogprobs) {
         for (let i = 0; i < e.qLen; i++) {
           if (e.logprobTargets[i] >= 0) r.promptLogprobs[e.startPos + i + 1] = pl[i];
+        }
+      }
+      const pIds = res.promptTopIds[k], pLps = res.promptTopLogprobs[k];
+      if (pIds && pLps && e.logprobTargets && r.promptTopLogprobs) {
+        const kk = pIds.length / e.qLen;
+        for (let i = 0; i < e.qLen; i++) {
+          if (e.logprobTargets[i] < 0) continue;
+          r.promptTopLogprobs[e.startPos + i + 1] = {
+            ids: Array.from(pIds.subarray(i * kk, (i + 1) * kk)),
+            logprobs: Array.from(pLps.subarray(i * kk, (i + 1) * kk)),
+          };
         }
       }
       if (e.sample) {

@@ -86,7 +86,9 @@ export async function completions(
       echoed[c] = true;
       const p = prompts[Math.floor(c / n)];
       text = p.text + text;
-      if (wantLogprobs) items.push(...promptItems(p.ids, chunk.promptLogprobs));
+      if (wantLogprobs) {
+        items.push(...promptItems(p.ids, chunk.promptLogprobs, chunk.promptTopLogprobs));
+      }
     }
     if (wantLogprobs) items.push(...generatedItems(chunk.logprobs));
     const logprobs = wantLogprobs ? completionLogprobs(lpTok, items, textLen[c]) : null;

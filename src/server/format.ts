@@ -12,6 +12,7 @@ import {
   type TextChunk,
   type TextRequest,
   type TokenLogprob,
+  type TopLogprob,
 } from "../text/textgen.ts";
 
 /** OpenAI's usage object. */
@@ -133,15 +134,17 @@ export function generatedItems(lps: TokenLogprob[]): LogprobItem[] {
   return lps.map((lp) => ({ id: lp.id, logprob: lp.logprob, top: lp.top }));
 }
 
-/** Items for prompt tokens with their logprobs (first null). */
-export function promptItems(ids: number[], lps: (number | null)[] | undefined): LogprobItem[] {
+/** Items for prompt tokens with their logprobs (first null) and, when the engine
+ *  returned them, the real top alternatives at each position. */
+export function promptItems(
+  ids: number[],
+  lps: (number | null)[] | undefined,
+  tops?: (TopLogprob[] | null)[],
+): LogprobItem[] {
   return ids.map((id, i) => {
     const lp = lps?.[i];
-    return {
-      id,
-      logprob: lp === undefined || lp === null || Number.isNaN(lp) ? null : lp,
-      top: null,
-    };
+    const logprob = lp === undefined || lp === null || Number.isNaN(lp) ? null : lp;
+    return { id, logprob, top: logprob === null ? null : tops?.[i] ?? null };
   });
 }
 

@@ -17,11 +17,17 @@ export interface TextDecoderStream {
   flush(): string;
 }
 
+/** One alternative token and its logprob. */
+export interface TopLogprob {
+  id: number;
+  logprob: number;
+}
+
 /** One generated token with its logprob and top alternatives (ids). */
 export interface TokenLogprob {
   id: number;
   logprob: number;
-  top: { id: number; logprob: number }[];
+  top: TopLogprob[];
 }
 
 /** Why a request finished, in OpenAI's words. */
@@ -45,6 +51,9 @@ export interface TextChunk {
   logprobs: TokenLogprob[];
   /** Prompt logprobs (first null), on the first chunk when asked for. */
   promptLogprobs?: (number | null)[];
+  /** Top alternatives at each prompt position (first null), with promptLogprobs when the
+   *  request asked for top logprobs. */
+  promptTopLogprobs?: (TopLogprob[] | null)[];
   /** Set on the last chunk. */
   finish?: {
     reason: TextFinishReason;
@@ -191,6 +200,11 @@ export async function* generateText(
         logprobs: eventLogprobs(ev, kept),
       };
       if (firstEvent && ev.promptLogprobs) chunk.promptLogprobs = ev.promptLogprobs;
+      if (firstEvent && ev.promptTopLogprobs) {
+        chunk.promptTopLogprobs = ev.promptTopLogprobs.map((t) =>
+          t ? t.ids.map((id, j) => ({ id, logprob: t.logprobs[j] })) : null
+        );
+      }
       firstEvent = false;
       if (stopString !== undefined) {
         if (fin) {
@@ -240,6 +254,7 @@ export interface TextResult {
   tokens: number[];
   logprobs: TokenLogprob[];
   promptLogprobs?: (number | null)[];
+  promptTopLogprobs?: (TopLogprob[] | null)[];
   finishReason: TextFinishReason;
   usage: RequestUsage;
 }
@@ -255,17 +270,20 @@ export async function collectText(
   const tokens: number[] = [];
   const logprobs: TokenLogprob[] = [];
   let promptLogprobs: (number | null)[] | undefined;
+  let promptTopLogprobs: (TopLogprob[] | null)[] | undefined;
   for await (const chunk of generateText(engine, decoder, req, hooks)) {
     text += chunk.text;
     tokens.push(...chunk.tokens);
     logprobs.push(...chunk.logprobs);
     if (chunk.promptLogprobs) promptLogprobs = chunk.promptLogprobs;
+    if (chunk.promptTopLogprobs) promptTopLogprobs = chunk.promptTopLogprobs;
     if (chunk.finish) {
       return {
         text,
         tokens,
         logprobs,
         promptLogprobs,
+        promptTopLogprobs,
         finishReason: chunk.finish.reason,
         usage: chunk.finish.usage,
       };
