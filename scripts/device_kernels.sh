@@ -21,5 +21,5 @@ ls -la build/*.so >> "$OUT/build.log" 2>&1
 if [ ! -f build/libminisgl_cuda.so ]; then
   echo "no CUDA library (build rc $build_rc)"; tail -50 "$OUT/build.log"; exit 1
 fi
-deno test -A tests/device/kernels_test.ts 2>&1 | tee "$OUT/kernels_test.log"
+MINISGL_REQUIRE_CUDA=1 deno test -A tests/device/kernels_test.ts 2>&1 | tee "$OUT/kernels_test.log"
 exit "${PIPESTATUS[0]}"
