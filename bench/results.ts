@@ -9,5 +9,7 @@ export async function appendResult(path: string, card: string, result: Record<st
     rec = { card, date: new Date().toISOString().slice(0, 10), results: [] };
   }
   rec.results.push(result);
+  const dir = path.replace(/[^/\\]*$/, "");
+  if (dir) await Deno.mkdir(dir, { recursive: true });
   await Deno.writeTextFile(path, JSON.stringify(rec, null, 2) + "\n");
 }
