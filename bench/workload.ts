@@ -23,6 +23,7 @@ export function randomWorkload(o: {
   outMin: number;
   outMax: number;
 }): WorkItem[] {
+  checkRanges(o);
   const rand = seededRandom(o.seed);
   return Array.from({ length: o.n }, () => {
     const len = uniformInt(rand, o.inMin, o.inMax);
@@ -46,6 +47,7 @@ export function sharedPrefixWorkload(o: {
   outMin: number;
   outMax: number;
 }): WorkItem[] {
+  checkRanges(o);
   const rand = seededRandom(o.seed);
   const ids = (n: number) => Array.from({ length: n }, () => uniformInt(rand, 0, o.idRange - 1));
   const prefixes = Array.from({ length: o.groups }, () => ids(o.prefixLen));
@@ -60,6 +62,14 @@ export function sharedPrefixWorkload(o: {
     }
   }
   return items;
+}
+
+function checkRanges(o: { inMin: number; inMax: number; outMin: number; outMax: number }) {
+  if (!(o.inMin >= 1 && o.inMin <= o.inMax && o.outMin >= 1 && o.outMin <= o.outMax)) {
+    throw new Error(
+      `bad length ranges: input [${o.inMin}, ${o.inMax}], output [${o.outMin}, ${o.outMax}]`,
+    );
+  }
 }
 
 /** What one run of a workload measured. */
