@@ -6,10 +6,12 @@
 // add kernel follows. Descriptors and the heuristic's algorithm are cached per
 // (device, M, N, K, dtypes, bias) in thread-local state (one worker thread per GPU), and the
 // 32 MB workspace is a per-device scratch, so a call allocates nothing and can be captured
-// into a CUDA graph. Dtype pairs cuBLASLt does not take (a_dtype != w_dtype) and machines
-// without cuBLASLt use a plain tiled kernel (32x32 tiles, one thread per output element,
-// fp32 accumulation): correct, not fast. Decode-sized calls (M <= 4 by default, a and w both
+// into a CUDA graph. Dtype pairs cuBLASLt does not take (a_dtype != w_dtype) use a plain
+// tiled kernel (32x32 tiles, one thread per output element, fp32 accumulation): correct, not
+// fast. A cuBLASLt that does not load is an error (never a silent slow path); a shape the
+// heuristic has no algorithm for runs on that kernel with one warning on stderr per shape. Decode-sized calls (M <= 4 by default, a and w both
 // bf16 or both f16) go to the memory-roofline GEMV kernels of gemv.cu instead of cuBLASLt.
+#include <cstdio>
 #include <map>
 #include <tuple>
 
@@ -90,7 +92,15 @@ int make_plan(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, int M, int N,
   lt_->preferenceDestroy(pref);
   p->epilogue_bias = epilogue_bias;
   p->ok = s == msg::lt::STATUS_SUCCESS && got > 0;
-  if (p->ok) p->algo = res[0].algo;
+  if (p->ok) {
+    p->algo = res[0].algo;
+  } else {
+    fprintf(stderr,
+            "minisgl: cuBLASLt has no algorithm for gemm M=%d N=%d K=%d (a %s, w %s, out %s, "
+            "alignment %u, status %d): this shape runs on the slow fallback kernel\n",
+            M, N, K, msg::dtype_name(a_dtype), msg::dtype_name(w_dtype),
+            msg::dtype_name(out_dtype), align, (int)s);
+  }
   return 0;
 }
 
@@ -171,7 +181,7 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
     return gemm_fallback(out, out_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, st);
   }
   const msg::lt::Api* lt_ = msg::lt::api();
-  if (!lt_) return gemm_fallback(out, out_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, st);
+  if (!lt_) return msg::ERR_UNSUPPORTED;  // msg_last_error says why it did not load
   int dev = 0;
   MSG_CUDA(cudaGetDevice(&dev));
   State& state = t_states[dev];
