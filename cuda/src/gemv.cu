@@ -34,6 +34,7 @@
 #include <atomic>
 
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace {
 
@@ -126,6 +127,8 @@ __global__ void __launch_bounds__(kWarps * 32)
                     const T* __restrict__ bias, int N, int K, int wk) {
   constexpr int P = M * R >= 4 ? 1 : 4 / (M * R);  // independent accumulators per output
   __shared__ float part[kWarps][M * R];
+  msg::pdl_wait();
+  msg::pdl_trigger();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int row0 = (blockIdx.x * (kWarps / wk) + warp / wk) * R;
   const int kw = warp % wk, K8 = K >> 3, stride = wk * 32;
@@ -197,6 +200,8 @@ template <typename T, typename TO>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_scalar_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
                        const T* __restrict__ bias, int M, int N, int K) {
+  msg::pdl_wait();
+  msg::pdl_trigger();
   const int lane = threadIdx.x & 31;
   const int row = blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (row >= N) return;
@@ -232,8 +237,8 @@ int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cud
   while (wk < kWarps && groups * wk < want && K8 >= 2 * wk * 32 * 2) wk *= 2;
   const long gpb = kWarps / wk;
   const unsigned blocks = (unsigned)((groups + gpb - 1) / gpb);
-  gemv_vec_kernel<T, TO, M, R, U><<<blocks, kWarps * 32, 0, st>>>(out, x, w, bias, N, K, wk);
-  MSG_LAUNCHED("gemv_vec_kernel");
+  MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U>, dim3(blocks), dim3(kWarps * 32), 0,
+                           st, out, x, w, bias, N, K, wk));
   return 0;
 }
 
@@ -243,9 +248,8 @@ int launch(void* out, const void* a, const void* w, const void* bias, int M, int
   TO* o = (TO*)out;
   const T *x = (const T*)a, *wt = (const T*)w, *b = (const T*)bias;
   if (K % 8 != 0 || !msg::aligned16_ptr(a) || !msg::aligned16_ptr(w)) {
-    gemv_scalar_kernel<T, TO><<<(N + kWarps - 1) / kWarps, kWarps * 32, 0, st>>>(o, x, wt, b, M,
-                                                                                  N, K);
-    MSG_LAUNCHED("gemv_scalar_kernel");
+    MSG_CUDA(msg::launch_pdl(gemv_scalar_kernel<T, TO>, dim3((N + kWarps - 1) / kWarps),
+                             dim3(kWarps * 32), 0, st, o, x, wt, b, M, N, K));
     return 0;
   }
   switch (M) {
