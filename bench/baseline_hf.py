@@ -29,6 +29,8 @@ def run(manager, reqs, tag):
             if not manager.is_running():
                 raise RuntimeError("the generation thread stopped")
             continue
+        if out.request_id in pending and getattr(out, "error", None):
+            raise RuntimeError(f"request {out.request_id} failed: {out.error}")
         if out.request_id in pending and out.is_finished():
             pending.discard(out.request_id)
             counts[out.request_id] = len(out.generated_tokens)
