@@ -22,7 +22,8 @@
 #   bash scripts/device_e2e.sh build offline ttft serving ablations
 # (build is a no-op when the library is up to date on a machine that stayed warm).
 # MINISGL_PDL=0 turns programmatic dependent launch off (cuda/src/pdl.cuh), for a comparison or
-# should a kernel test fail with it on. E2E_SMOKE=1 runs the same command lines on the CPU backend with tiny models and short
+# should a kernel test fail with it on.
+# E2E_SMOKE=1 runs the same command lines on the CPU backend with tiny models and short
 # settings (appended flags override the real ones): how the script is tested without a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
