@@ -41,6 +41,7 @@ namespace {
 constexpr int kMaxM = 8;      // largest M the kernels are compiled for
 constexpr int kDefaultM = 4;  // default threshold (measured, see above)
 constexpr int kWarps = 8;  // warps per block
+constexpr size_t kPrefetchMaxBytes = 16u << 20;  // largest weight prefetched before the wait
 
 std::atomic<int> g_max_m{-1};  // -1: not read yet from MINISGL_GEMV_MAX_M
 
@@ -124,11 +125,9 @@ __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq
 template <typename T, typename TO, int M, int R, int U>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_vec_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
-                    const T* __restrict__ bias, int N, int K, int wk) {
+                    const T* __restrict__ bias, int N, int K, int wk, int prefetch) {
   constexpr int P = M * R >= 4 ? 1 : 4 / (M * R);  // independent accumulators per output
   __shared__ float part[kWarps][M * R];
-  msg::pdl_wait();
-  msg::pdl_trigger();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int row0 = (blockIdx.x * (kWarps / wk) + warp / wk) * R;
   const int kw = warp % wk, K8 = K >> 3, stride = wk * 32;
@@ -139,6 +138,21 @@ __global__ void __launch_bounds__(kWarps * 32)
     int row = row0 + r < N ? row0 + r : N - 1;
     wr[r] = reinterpret_cast<const uint4*>(w) + (size_t)row * K8;
   }
+  // Weights are never written by a kernel, so they may be fetched before the previous kernel
+  // on the stream completes: the first step's lines go to L2 while it drains (PDL only; one
+  // prefetch per 128-byte line).
+  if (prefetch && (lane & 7) == 0) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int v = kw * 32 + lane + u * stride;
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        if (v < K8) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr[r] + v));
+      }
+    }
+  }
+  msg::pdl_wait();
+  msg::pdl_trigger();
   const uint4* xv = reinterpret_cast<const uint4*>(x);
   float acc[M][R][P];
 #pragma unroll
@@ -237,8 +251,11 @@ int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cud
   while (wk < kWarps && groups * wk < want && K8 >= 2 * wk * 32 * 2) wk *= 2;
   const long gpb = kWarps / wk;
   const unsigned blocks = (unsigned)((groups + gpb - 1) / gpb);
+  // Prefetch only what L2 (50 MB on an H100/H200) holds next to the running kernel's stream:
+  // a larger matrix's prefetched lines could be evicted before use and read twice.
+  const int prefetch = msg::pdl_enabled() && (size_t)N * K * sizeof(T) <= kPrefetchMaxBytes;
   MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U>, dim3(blocks), dim3(kWarps * 32), 0,
-                           st, out, x, w, bias, N, K, wk));
+                           st, out, x, w, bias, N, K, wk, prefetch));
   return 0;
 }
 
