@@ -62,16 +62,19 @@ try {
   const models = await modelsRes.json();
   const model = a["served-model"] ?? models.data?.[0]?.id ?? "default";
   const card = a.card ?? await cardName(serveFlags.join(" "));
-  const prompts = makePrompts();
+  const n = Number(a["num-prompts"]);
   const concurrency = Number(a.concurrency);
   const rates = a.rates!.split(",").map((r) => r === "inf" ? Infinity : Number(r));
 
   // Warm-up: a few short requests, not measured.
   await Promise.all(
-    prompts.slice(0, Number(a.warmup)).map((p) => oneRequest(base, model, p.slice(0, 200), 8)),
+    makePrompts(Number(a.warmup), 1000).map((p) => oneRequest(base, model, p, 8)),
   );
   const rows: Record<string, unknown>[] = [];
-  for (const rate of rates) {
+  for (const [i, rate] of rates.entries()) {
+    // Each rate gets prompts of its own (the same distribution, the next seed), so that no run
+    // finds the previous run's prompts in the prefix cache.
+    const prompts = makePrompts(n, i);
     const r = await runOnce(base, model, prompts, rate, concurrency);
     const rec = {
       name: "serving",
@@ -139,15 +142,14 @@ async function cardName(serveFlags: string): Promise<string> {
 
 /** Prompt texts: random token ids decoded to text and cut to the drawn length (SGLang's
  *  "random" dataset), or `groups` shared prefixes each followed by unique random text. */
-function makePrompts(): string[] {
-  const rand = seededRandom(Number(a.seed));
+function makePrompts(n: number, seedOffset: number): string[] {
+  const rand = seededRandom(Number(a.seed) + seedOffset);
   const lo = Math.min(1000, tok.vocabSize - 1), hi = Math.min(30000, tok.vocabSize - 1);
   const text = (n: number) => {
     const ids = Array.from({ length: n }, () => uniformInt(rand, lo, hi));
     const again = tok.encode(tok.decode(ids), { addSpecialTokens: false }).slice(0, n);
     return tok.decode(again);
   };
-  const n = Number(a["num-prompts"]);
   const len = () => uniformInt(rand, Number(a["input-min"]), Number(a["input-max"]));
   if (a.dataset === "random") return Array.from({ length: n }, () => text(len()));
   if (a.dataset !== "shared-prefix") throw new Error(`unknown --dataset ${a.dataset}`);
