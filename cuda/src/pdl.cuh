@@ -5,9 +5,11 @@
 // msg::pdl_trigger() at once, letting the next kernel's blocks become resident and wait in
 // turn: the launch latency and block scheduling of each kernel hide behind the one before.
 // Both are no-ops below sm_90 and for kernels launched without the attribute; the attribute is
-// set only on devices of compute capability >= 9 and unless MINISGL_PDL=0. Works inside CUDA
-// graphs (captured as programmatic edges). Kernels launched the ordinary way (cuBLASLt,
-// attention, sampling) keep full serialization before and after them.
+// set only on devices of compute capability >= 9, on created streams (not the legacy default
+// one), and unless MINISGL_PDL=0. Works inside CUDA graphs (captured as programmatic edges).
+// Kernels launched the ordinary way (cuBLASLt, attention, sampling) keep full serialization
+// before and after them. A GEMV may also read its weights before the wait (gemv.cu): weights
+// are never written by a kernel.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -76,7 +78,9 @@ cudaError_t launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t s
   cfg.dynamicSmemBytes = smem;
   cfg.stream = st;
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  // Created streams only (the engine's): the legacy default stream keeps plain launches.
+  const bool created = st != nullptr && st != cudaStreamLegacy && st != cudaStreamPerThread;
+  cfg.numAttrs = created && pdl_enabled() ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
