@@ -1,5 +1,7 @@
 /** bench/results/*.json records: {"card", "date", "results": [...]}. */
 
+import { dirname } from "node:path";
+
 /** Appends one result to the record file at `path` (created when absent). */
 export async function appendResult(path: string, card: string, result: Record<string, unknown>) {
   let rec: { card: string; date: string; results: Record<string, unknown>[] };
@@ -9,7 +11,6 @@ export async function appendResult(path: string, card: string, result: Record<st
     rec = { card, date: new Date().toISOString().slice(0, 10), results: [] };
   }
   rec.results.push(result);
-  const dir = path.replace(/[^/\\]*$/, "");
-  if (dir) await Deno.mkdir(dir, { recursive: true });
+  await Deno.mkdir(dirname(path), { recursive: true });
   await Deno.writeTextFile(path, JSON.stringify(rec, null, 2) + "\n");
 }

@@ -10,6 +10,7 @@
 # H200 in brackets, model creation included):
 #   build       CUDA library for sm_90a only ($MINISGL_CUDA_ARCHS) + CPU library  [~2 min]
 #   kernels     tests/device/: CUDA kernels against the CPU twin                  [~1 min]
+#   broken-lib  the device tests fail (not skip) with a corrupt CUDA library      [~0.5 min]
 #   fidelity    logits vs transformers: qwen3-0.6b, llama-3.2-1b                  [~1 min]
 #   latency     decode tok/s at batch 1/8/32/128 + roofline: qwen3-0.6b, llama-3-8b [~1.5 min]
 #   offline     256 requests: qwen3-0.6b (+ transformers on 64), llama-3-8b        [~3 min]
@@ -18,7 +19,7 @@
 #   ablations   overlap, CUDA graphs, page size, radix vs naive: qwen3-0.6b        [~1.5 min]
 #   cpu-fidelity  tiny models on the CPU backend vs transformers (not in the default)
 # Two calls of 8 minutes hold it all, e.g.:
-#   bash scripts/device_e2e.sh build kernels fidelity latency
+#   bash scripts/device_e2e.sh build kernels broken-lib fidelity latency
 #   bash scripts/device_e2e.sh build offline ttft serving ablations
 # (build is a no-op when the library is up to date on a machine that stayed warm).
 # MINISGL_PDL=0 turns programmatic dependent launch off (cuda/src/pdl.cuh), for a comparison or
@@ -32,7 +33,7 @@ mkdir -p "$OUT"
 LOG="$OUT/e2e.log"
 RES="$OUT/results.json"
 export MINISGL_CUDA_ARCHS=${MINISGL_CUDA_ARCHS:-90a} NO_COLOR=1
-steps=${*:-build kernels fidelity latency offline ttft serving ablations}
+steps=${*:-build kernels broken-lib fidelity latency offline ttft serving ablations}
 models=${MINISGL_MODELS:-/tmp/minisgl-models}
 mkdir -p "$models"
 has() { [[ " $steps " == *" $1 "* ]]; }
@@ -71,10 +72,23 @@ if has build; then
   run 300 deno task build
   tail -5 "$LOG"
 fi
+# MINISGL_REQUIRE_CUDA=1: a CUDA library that does not load fails the device tests instead of
+# skipping them; broken-lib checks exactly that with a corrupt library.
 if has kernels; then
   say kernels
-  run 240 deno test -A tests/device/
+  MINISGL_REQUIRE_CUDA=1 run 240 deno test -A tests/device/
   grep -E "^(ok|FAILED)|passed|failed" "$LOG" | tail -5
+fi
+if has broken-lib; then
+  say broken-lib
+  lib=build/libminisgl_cuda.so
+  cp "$lib" "$lib.good" && head -c 4096 "$lib.good" >"$lib"
+  if MINISGL_REQUIRE_CUDA=1 run 120 deno test -A tests/device/; then
+    say "broken-lib: FAIL (device tests passed with a corrupt $lib)"
+  else
+    say "broken-lib: ok (device tests fail with a corrupt $lib)"
+  fi
+  mv "$lib.good" "$lib"
 fi
 if has fidelity; then
   say fidelity
