@@ -121,35 +121,41 @@ export function plotPath(out: string | undefined, name: string): string {
   return `${dir || "./"}${name}.svg`;
 }
 
-/** Engine settings the benchmarks take as flags (same names as the server's). */
+/** Engine settings the benchmarks take as flags (same names as the server's). Unset ones
+ *  keep the engine's defaults (src/core/defaults.ts), except the page size: 16 here. */
 export const ENGINE_FLAGS = {
   device: { type: "string", default: "cuda" },
   "page-size": { type: "string", default: "16" },
-  "cuda-graph-max-bs": { type: "string", default: "-1" },
-  "max-running-requests": { type: "string", default: "256" },
-  "max-prefill-length": { type: "string", default: "8192" },
-  "mem-fraction": { type: "string", default: "0.9" },
+  "cuda-graph-max-bs": { type: "string" },
+  "max-running-requests": { type: "string" },
+  "max-prefill-length": { type: "string" },
+  "mem-fraction": { type: "string" },
   "num-pages": { type: "string" },
-  cache: { type: "string", default: "radix" },
+  cache: { type: "string" },
   "disable-overlap-schedule": { type: "boolean", default: false },
-  "cpu-threads": { type: "string", default: "0" },
-  attn: { type: "string", default: "native" },
+  "cpu-threads": { type: "string" },
+  attn: { type: "string" },
 } as const;
 
-/** The EngineConfig fields set by ENGINE_FLAGS' values. */
-export function engineOverrides(v: Record<string, string | boolean | undefined>) {
+/** The EngineConfig fields that ENGINE_FLAGS' values set (only those given). */
+export function engineOverrides(
+  v: Record<string, string | boolean | undefined>,
+): Partial<EngineConfig> {
+  const num = (k: string) => typeof v[k] === "string" ? Number(v[k]) : undefined;
   const device = v.device === "cpu" ? "cpu" : "cuda";
-  return {
+  const o: Partial<EngineConfig> = {
     device,
-    pageSize: Number(v["page-size"]),
-    cudaGraphMaxBs: device === "cpu" ? 0 : Number(v["cuda-graph-max-bs"]),
-    maxRunningRequests: Number(v["max-running-requests"]),
-    maxPrefillLength: Number(v["max-prefill-length"]),
-    memFraction: Number(v["mem-fraction"]),
-    numPages: v["num-pages"] ? Number(v["num-pages"]) : null,
-    cache: v.cache === "naive" ? "naive" : "radix",
+    pageSize: num("page-size"),
+    cudaGraphMaxBs: device === "cpu" ? 0 : num("cuda-graph-max-bs"),
+    maxRunningRequests: num("max-running-requests"),
+    maxPrefillLength: num("max-prefill-length"),
+    memFraction: num("mem-fraction"),
+    numPages: num("num-pages"),
+    cache: v.cache === "naive" || v.cache === "radix" ? v.cache : undefined,
     disableOverlapSchedule: v["disable-overlap-schedule"] === true,
-    cpuThreads: Number(v["cpu-threads"]),
-    attn: String(v.attn),
-  } satisfies Partial<EngineConfig>;
+    cpuThreads: num("cpu-threads"),
+    attn: typeof v.attn === "string" ? v.attn : undefined,
+  };
+  for (const k of Object.keys(o) as (keyof EngineConfig)[]) if (o[k] === undefined) delete o[k];
+  return o;
 }

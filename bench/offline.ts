@@ -130,6 +130,7 @@ const record = {
   cache: config.cache,
   overlap: !config.disableOverlapSchedule,
   cuda_graph_max_bs: config.cudaGraphMaxBs,
+  attn: config.attn,
   cached_tokens: full.cachedTokens,
   all_completed: full.outputTokens === items.reduce((s, w) => s + w.maxTokens, 0),
   out_tok_per_s: full.outTokPerS,
