@@ -19,6 +19,7 @@ import { SafetensorsFolder } from "../src/model/safetensors.ts";
 import { ModelRunner, type Pending, runnerOptions } from "../src/runtime/model_runner.ts";
 import { type BatchEntry, GREEDY } from "../src/ipc/batch.ts";
 import { DType } from "../ffi/device.ts";
+import { DEFAULTS } from "../src/core/defaults.ts";
 import { appendResult } from "./results.ts";
 import { markdownTable, plotPath, svgLinePlot } from "./common.ts";
 
@@ -33,6 +34,7 @@ const { values: a } = parseArgs({
     "page-size": { type: "string", default: "16" },
     "num-pages": { type: "string" },
     "copy-mib": { type: "string", default: "1024" },
+    attn: { type: "string", default: DEFAULTS.attn },
     ttft: { type: "boolean", default: false },
     "ttft-lengths": { type: "string", default: "32,8192" },
     plot: { type: "boolean", default: false },
@@ -45,7 +47,7 @@ if (!a.model) throw new Error("--model is required");
 if (a.ttft) {
   const args = ["run", "-A", new URL("./ttft.ts", import.meta.url).pathname];
   args.push("--model", a.model, "--name", a.name!, "--device", a.device!);
-  args.push("--lengths", a["ttft-lengths"]!, "--page-size", a["page-size"]!);
+  args.push("--lengths", a["ttft-lengths"]!, "--page-size", a["page-size"]!, "--attn", a.attn!);
   if (a.out) args.push("--out", a.out);
   const { success } = await new Deno.Command(Deno.execPath(), {
     args,
@@ -73,6 +75,7 @@ const runner = await ModelRunner.create(
     maxRows: maxB,
     maxPrefillLength: Math.max(maxB * P, 64),
     cudaGraphMaxBs: a.device === "cuda" ? maxB : 0,
+    attn: a.attn!,
   }),
   () => {},
 );
@@ -168,6 +171,7 @@ for (const bs of batches) {
     roofline_frac_read: (stepsPerS * bytes) / bw,
     steps,
     page_size: PAGE,
+    attn: a.attn,
   };
   rows.push(rec);
   if (a.out) await appendResult(a.out, card, rec);
