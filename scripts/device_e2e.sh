@@ -19,8 +19,8 @@
 #   ablations   overlap, CUDA graphs, page size, radix vs naive: qwen3-0.6b        [~1.5 min]
 #   cpu-fidelity  tiny models on the CPU backend vs transformers (not in the default)
 # Two calls of 8 minutes hold it all, e.g.:
-#   bash scripts/device_e2e.sh build kernels broken-lib fidelity latency
-#   bash scripts/device_e2e.sh build offline ttft serving ablations
+#   bash scripts/device_e2e.sh build kernels broken-lib fidelity latency ttft   [~6.5 min]
+#   bash scripts/device_e2e.sh build offline serving ablations                 [~5 min, +2 fresh]
 # (build is a no-op when the library is up to date on a machine that stayed warm).
 # MINISGL_PDL=0 turns programmatic dependent launch off (cuda/src/pdl.cuh), for a comparison or
 # should a kernel test fail with it on.
