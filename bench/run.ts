@@ -2,16 +2,22 @@
  * `deno task bench NAME [flags]`: runs one benchmark of bench/ with its own flags.
  *
  *   fidelity     logits vs Hugging Face transformers (GPU machine; needs python3 + torch)
- *   decode       decode tok/s at batch size 1 and the copy-bandwidth roofline
- *   throughput   offline throughput through the whole engine
+ *   offline      nano-vllm's offline workload through the engine (--hf: vs transformers)
+ *   latency      decode tok/s at batch 1..128 and the copy-bandwidth roofline (--ttft too)
+ *   ttft         time to first token through the engine (32 and 8k-token prompts)
+ *   serving      OpenAI-API load generator (Poisson rates or fixed concurrency)
+ *   ablations    overlap, CUDA graphs, radix vs naive, page size 1 vs 16, in one run
  *   scheduler    the scheduler's CPU time per step at 256 running requests (no model)
  *
  * Each writes a record to --out FILE (bench/results/*.json format) where it takes --out.
  */
 const scripts: Record<string, string> = {
   fidelity: "fidelity.ts",
-  decode: "decode_bs1.ts",
-  throughput: "throughput.ts",
+  offline: "offline.ts",
+  latency: "latency.ts",
+  ttft: "ttft.ts",
+  serving: "serving.ts",
+  ablations: "ablations.ts",
   scheduler: "scheduler_bench.ts",
 };
 const [name, ...rest] = Deno.args;

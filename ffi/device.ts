@@ -176,6 +176,13 @@ export class Device {
     this.check(this.sym.msg_event_sync(event), "event sync");
   }
 
+  /** True when all work recorded before the event has finished (never blocks). */
+  eventDone(event: Handle): boolean {
+    const done = new Int32Array(1);
+    this.check(this.sym.msg_event_query(event, Deno.UnsafePointer.of(done)), "event query");
+    return done[0] !== 0;
+  }
+
   /** Milliseconds between two recorded events. */
   elapsedMs(start: Handle, end: Handle): number {
     const f = new Float32Array(1);

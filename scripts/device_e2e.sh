@@ -1,54 +1,145 @@
 #!/usr/bin/env bash
-# The GPU machine's end-to-end run: build, kernel tests against the CPU twin, fidelity
-# against Hugging Face transformers, decode speed at batch size 1. Results go to
-# $OUT/results.json ({"card", "date", "results"}), logs to $OUT/*.log.
-#   source .device/env.sh && bash scripts/device_e2e.sh [steps...]
-# steps: build kernels broken-lib fidelity cpu-fidelity decode throughput (default: all)
-# The device tests run with MINISGL_REQUIRE_CUDA=1: a CUDA library that does not load fails
-# them instead of skipping them. broken-lib checks exactly that with a corrupt library.
+# The GPU machine's end-to-end run: build, kernel tests against the CPU twin, fidelity against
+# Hugging Face transformers, then the benchmarks of bench/ on random-weight models of the real
+# shapes. Records go to $OUT/results.json ({"card", "date", "results"}), the log of every
+# step to $OUT/e2e.log, plots to $OUT/*.svg (at most 8 files come back from the machine).
+#
+#   source .device/env.sh && bash scripts/device_e2e.sh [STEP...]
+#
+# Steps (default: all, in this order; each bounded by `timeout`, estimated wall time on one
+# H200 in brackets, model creation included):
+#   build       CUDA library for sm_90a only ($MINISGL_CUDA_ARCHS) + CPU library  [~2 min]
+#   kernels     tests/device/: CUDA kernels against the CPU twin                  [~1 min]
+#   broken-lib  the device tests fail (not skip) with a corrupt CUDA library      [~0.5 min]
+#   fidelity    logits vs transformers: qwen3-0.6b, llama-3.2-1b                  [~1 min]
+#   latency     decode tok/s at batch 1/8/32/128 + roofline: qwen3-0.6b, llama-3-8b [~1.5 min]
+#   offline     256 requests: qwen3-0.6b (+ transformers on 64), llama-3-8b        [~3 min]
+#   ttft        32 and 8k-token prompts: qwen3-0.6b (8192), llama-3-8b (8000)     [~1 min]
+#   serving     qwen3-0.6b server: 128 prompts at once, then Poisson 8/16/32 req/s [~1 min]
+#   ablations   overlap, CUDA graphs, page size, radix vs naive: qwen3-0.6b        [~1.5 min]
+#   cpu-fidelity  tiny models on the CPU backend vs transformers (not in the default)
+# Two calls of 8 minutes hold it all, e.g.:
+#   bash scripts/device_e2e.sh build kernels broken-lib fidelity latency ttft   [~6.5 min]
+#   bash scripts/device_e2e.sh build offline serving ablations                 [~5 min, +2 fresh]
+# (build is a no-op when the library is up to date on a machine that stayed warm).
+# MINISGL_PDL=0 turns programmatic dependent launch off (cuda/src/pdl.cuh), MINISGL_FUSED_SILU=0
+# the silu_mul + down GEMV fusion (msg_silu_mul_gemm): for a comparison, or should a kernel
+# test fail with them on.
+# E2E_SMOKE=1 runs the same command lines on the CPU backend with tiny models and short
+# settings (appended flags override the real ones): how the script is tested without a GPU.
 set -uo pipefail
+cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-steps=${*:-build kernels broken-lib fidelity cpu-fidelity decode throughput}
-models=/tmp/minisgl-models
-mkdir -p $models
+LOG="$OUT/e2e.log"
+RES="$OUT/results.json"
+export MINISGL_CUDA_ARCHS=${MINISGL_CUDA_ARCHS:-90a} NO_COLOR=1
+steps=${*:-build kernels broken-lib fidelity latency offline ttft serving ablations}
+models=${MINISGL_MODELS:-/tmp/minisgl-models}
+mkdir -p "$models"
 has() { [[ " $steps " == *" $1 "* ]]; }
-make() { [ -d "$models/$1" ] || deno task make-model --preset "$1" --out "$models/$1"; }
+tiny_offline="--device cpu --requests 6 --input-min 10 --input-max 64 --output-min 4 --output-max 16 --hf-requests 2"
+tiny_serving="--num-prompts 8 --input-min 20 --input-max 60 --output-len 8 --concurrency 4"
+say() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
+# make PRESET: the seeded random-weight model folder (made once per machine).
+SMOKE=${E2E_SMOKE:-0}
+preset() {
+  if [ "$SMOKE" != 1 ]; then echo "$1"; elif [[ $1 == qwen* ]]; then echo tiny-qwen3; else echo tiny-llama; fi
+}
+make() {
+  local p
+  p=$(preset "$1")
+  [ -f "$models/$p/config.json" ] || deno task make-model --preset "$p" --out "$models/$p" >>"$LOG" 2>&1
+}
+m() { echo "$models/$(preset "$1")"; }
+# small FLAGS...: FLAGS in a smoke run (they come last and win), nothing otherwise.
+small() { if [ "$SMOKE" = 1 ]; then echo "$@"; fi; }
+# run SECONDS CMD...: one bounded command, its output appended to the log (tail shown).
+run() {
+  local limit=$1
+  shift
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
+  local rc=$?
+  say "rc=$rc in $((SECONDS - t0)) s: $*"
+  [ $rc -eq 124 ] && say "TIMED OUT after $limit s"
+  return $rc
+}
+bench() { run "$1" deno run -A bench/run.ts "${@:2}"; }
+
 if has build; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.log"
-  deno task build 2>&1 | tail -20 | tee "$OUT/build.log"
+  say build
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOG"
+  run 300 deno task build
+  tail -5 "$LOG"
 fi
+# MINISGL_REQUIRE_CUDA=1: a CUDA library that does not load fails the device tests instead of
+# skipping them; broken-lib checks exactly that with a corrupt library.
 if has kernels; then
-  MINISGL_REQUIRE_CUDA=1 deno test -A tests/device/ 2>&1 | tee "$OUT/kernels.log" | tail -60
+  say kernels
+  MINISGL_REQUIRE_CUDA=1 run 240 deno test -A tests/device/
+  grep -E "^(ok|FAILED)|passed|failed" "$LOG" | tail -5
 fi
 if has broken-lib; then
+  say broken-lib
   lib=build/libminisgl_cuda.so
-  cp "$lib" "$lib.good" && head -c 4096 "$lib.good" > "$lib"
-  if MINISGL_REQUIRE_CUDA=1 deno test -A tests/device/ > "$OUT/broken_lib.log" 2>&1; then
-    echo "broken-lib: FAIL (device tests passed with a corrupt $lib)"
+  cp "$lib" "$lib.good" && head -c 4096 "$lib.good" >"$lib"
+  if MINISGL_REQUIRE_CUDA=1 run 120 deno test -A tests/device/; then
+    say "broken-lib: FAIL (device tests passed with a corrupt $lib)"
   else
-    echo "broken-lib: ok (device tests fail with a corrupt $lib)"
+    say "broken-lib: ok (device tests fail with a corrupt $lib)"
   fi
-  tail -3 "$OUT/broken_lib.log"
   mv "$lib.good" "$lib"
 fi
 if has fidelity; then
+  say fidelity
   for p in qwen3-0.6b llama-3.2-1b; do
-    make $p && deno run -A bench/fidelity.ts --model $models/$p --name $p --out "$OUT/results.json" 2>&1 | tail -5
+    make $p && bench 150 fidelity --model "$(m $p)" --name $p --out "$RES"
   done
 fi
 if has cpu-fidelity; then
+  say cpu-fidelity
   for p in tiny-qwen3 tiny-llama tiny-qwen2 tiny-mistral; do
-    make $p && deno run -A bench/fidelity.ts --model $models/$p --name $p --device cpu \
-      --prompt 96 --decode 8 --out "$OUT/results.json" 2>&1 | tail -3
+    make $p && bench 120 fidelity --model "$(m $p)" --name $p --device cpu \
+      --prompt 96 --decode 8 --out "$RES"
   done
 fi
-if has decode; then
-  make llama-3-8b && deno run -A bench/decode_bs1.ts --model $models/llama-3-8b --name llama-3-8b \
-    --out "$OUT/results.json" 2>&1 | tail -5
+if has latency; then
+  say latency
+  for p in qwen3-0.6b llama-3-8b; do
+    make $p && bench 180 latency --model "$(m $p)" --name $p --plot --out "$RES" \
+      $(small --device cpu --steps 4 --batches 1,8 --num-pages 256)
+  done
 fi
-if has throughput; then
-  make qwen3-0.6b && deno run -A bench/throughput.ts --model $models/qwen3-0.6b --name qwen3-0.6b \
-    --out "$OUT/results.json" 2>&1 | tail -5
+if has offline; then
+  say offline
+  make qwen3-0.6b && bench 330 offline --model "$(m qwen3-0.6b)" --name qwen3-0.6b \
+    --hf --hf-requests 64 --out "$RES" $(small "$tiny_offline")
+  make llama-3-8b && bench 240 offline --model "$(m llama-3-8b)" --name llama-3-8b --out "$RES" \
+    $(small "$tiny_offline")
 fi
-cat "$OUT/results.json" 2>/dev/null
+if has ttft; then
+  say ttft
+  make qwen3-0.6b && bench 150 ttft --model "$(m qwen3-0.6b)" --name qwen3-0.6b \
+    --lengths 32,8192 --out "$RES" $(small --device cpu --lengths 32,512 --repeats 2)
+  # Llama 3's context is 8192 tokens: an 8000-token prompt leaves room for the answer.
+  make llama-3-8b && bench 180 ttft --model "$(m llama-3-8b)" --name llama-3-8b \
+    --lengths 32,8000 --out "$RES" $(small --device cpu --lengths 32,512 --repeats 2)
+fi
+if has serving; then
+  say serving
+  q=$(m qwen3-0.6b)
+  make qwen3-0.6b && bench 150 serving --tokenizer "$q" --name qwen3-0.6b --num-prompts 128 \
+    --input-min 200 --input-max 800 --output-len 256 --concurrency 128 --rates inf \
+    --out "$RES" $(small "$tiny_serving") -- --model "$q" --page-size 16 $(small --device cpu)
+  make qwen3-0.6b && bench 150 serving --tokenizer "$q" --name qwen3-0.6b --num-prompts 128 \
+    --input-min 200 --input-max 800 --output-len 256 --rates 8,16,32 --plot \
+    --out "$RES" $(small "$tiny_serving") -- --model "$q" --page-size 16 $(small --device cpu)
+fi
+if has ablations; then
+  say ablations
+  make qwen3-0.6b && bench 300 ablations --model "$(m qwen3-0.6b)" --name qwen3-0.6b --out "$RES" \
+    $(small --device cpu --requests 8 --input-min 16 --input-max 64 --output-min 4 --output-max 16 --prefix-len 128 --groups 2)
+fi
+say done
+grep -E "^\| " "$LOG" | tail -60

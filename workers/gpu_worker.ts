@@ -2,8 +2,8 @@
 /**
  * GPU worker: one per device (the CPU backend runs through the same worker). It loads
  * the native library, weights and KV pool, then serves forward batches from a ring in
- * order, pushing results to the other ring. While batch N runs on the device it already
- * launches batch N+1 if one is waiting, so the device never idles on the host.
+ * order, pushing results to the other ring. While batch N runs on the device it waits on
+ * "batch N+1 arrived or batch N done", whichever comes first (see serve()).
  *
  * Protocol: postMessage {type:"init", config, toWorker, fromWorker}; answers
  * {type:"progress", stage, done, total}*, then {type:"ready", info} or {type:"error",
@@ -28,20 +28,30 @@ interface InitMessage {
   fromWorker: SharedArrayBuffer;
 }
 
+/** How long one wait for the next batch lasts while a batch is in flight, before the worker
+ *  looks at that batch's event again (ms). A new batch wakes the wait at once. */
+const POLL_MS = 0.02;
+
+/**
+ * Serves batches in order. With batch N in flight the worker waits for whichever comes first:
+ * batch N+1 in the ring (launched at once, behind N on the stream, so the device never idles
+ * on the host) or the end of N (its result is pushed at once, so the scheduler never waits
+ * on a result that is ready). Two batches at most are in flight: the staging blocks are
+ * double-buffered. On the CPU backend launch() computes synchronously and the event is done
+ * right away, so each result goes out before the next batch is read.
+ */
 function serve(runner: ModelRunner, input: Ring, output: Ring) {
-  // On the CPU backend launch() computes synchronously: holding a result back while the
-  // next batch runs would only delay it.
-  const pipelined = runner.dev.backend === "cuda";
   let pending: Pending | null = null;
   for (;;) {
-    const msg = pending ? input.tryPop() : input.pop();
+    if (pending && runner.isDone(pending)) {
+      output.push(encodeResult(runner.finish(pending)));
+      pending = null;
+    }
+    const msg = pending ? input.pop(POLL_MS) : input.pop();
     if (msg === null) {
-      if (pending) {
-        output.push(encodeResult(runner.finish(pending)));
-        pending = null;
-        continue;
-      }
-      return; // closed
+      if (!input.closed) continue; // timed out: look at the event again
+      if (pending) output.push(encodeResult(runner.finish(pending)));
+      return;
     }
     const kind = recordKind(msg);
     if (kind === KIND_SHUTDOWN) {
@@ -50,12 +60,9 @@ function serve(runner: ModelRunner, input: Ring, output: Ring) {
     }
     if (kind !== KIND_BATCH) throw new Error(`unexpected record kind ${kind}`);
     const next = runner.launch(decodeBatch(msg));
+    // N ran before N+1 on the stream; its slot is reused by N+2.
     if (pending) output.push(encodeResult(runner.finish(pending)));
     pending = next;
-    if (!pipelined) {
-      output.push(encodeResult(runner.finish(pending)));
-      pending = null;
-    }
   }
 }
 

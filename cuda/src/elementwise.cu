@@ -5,6 +5,7 @@
 // silu_mul) use one block row per output row (blockIdx.y) with threads over the row, so each
 // block streams contiguous memory and needs no index math per element beyond the row base.
 #include "pack.cuh"
+#include "pdl.cuh"
 
 namespace {
 
@@ -25,6 +26,8 @@ __global__ void cast_kernel(TO* out, const TI* in, uint64_t n) {
 
 template <typename TO, typename TW>
 __global__ void embedding_kernel(TO* out, const TW* table, const int32_t* ids, int hidden) {
+  msg::pdl_wait();
+  msg::pdl_trigger();
   int r = blockIdx.y;
   int64_t id = ids[r];
   TO* o = out + (size_t)r * hidden;
@@ -55,10 +58,14 @@ __global__ void gather_rows1_kernel(uint8_t* out, const uint8_t* in, const int32
 }
 
 __global__ void gather_i32_kernel(int32_t* out, const int32_t* src, const int32_t* idx, int n) {
+  msg::pdl_wait();
+  msg::pdl_trigger();
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = idx[i] < 0 ? 0 : src[idx[i]];
 }
 __global__ void scatter_i32_kernel(int32_t* dst, const int32_t* idx, const int32_t* src, int n) {
+  msg::pdl_wait();
+  msg::pdl_trigger();
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n && idx[i] >= 0) dst[idx[i]] = src[i];
 }
@@ -91,6 +98,8 @@ __device__ __forceinline__ float silu(float g) { return g / (1.f + __expf(-g)); 
 
 template <typename T, bool PACKED>
 __global__ void silu_mul_kernel(T* out, const T* gu, int inter) {
+  msg::pdl_wait();
+  msg::pdl_trigger();
   const int V = PACKED ? Pack<T>::N : 1;
   int r = blockIdx.y;
   const T* g = gu + (size_t)r * 2 * inter;
@@ -142,8 +151,8 @@ int msg_embedding(void* out, const void* table, const int32_t* ids, int n, int h
   int bx = (hidden + 255) / 256;
   dim3 grid(bx > 8 ? 8 : bx, n);
   return MSG_DISPATCH_FLOAT(act_dtype, TO, return MSG_DISPATCH_FLOAT(w_dtype, TW,
-    embedding_kernel<TO, TW><<<grid, 256, 0, st>>>((TO*)out, (const TW*)table, ids, hidden);
-    MSG_LAUNCHED("embedding_kernel");
+    MSG_CUDA(msg::launch_pdl(embedding_kernel<TO, TW>, grid, dim3(256), 0, st, (TO*)out,
+                             (const TW*)table, ids, hidden));
     return 0;););
 }
 
@@ -169,16 +178,16 @@ int msg_gather_rows(void* out, const void* in, const int32_t* idx, int n, uint64
 int msg_gather_i32(int32_t* out, const int32_t* src, const int32_t* idx, int n, void* stream) {
   MSG_REQUIRE(n >= 0, "msg_gather_i32: n=%d", n);
   if (n == 0) return 0;
-  gather_i32_kernel<<<(n + 255) / 256, 256, 0, msg::as_stream(stream)>>>(out, src, idx, n);
-  MSG_LAUNCHED("gather_i32");
+  MSG_CUDA(msg::launch_pdl(gather_i32_kernel, dim3((n + 255) / 256), dim3(256), 0,
+                           msg::as_stream(stream), out, src, idx, n));
   return 0;
 }
 
 int msg_scatter_i32(int32_t* dst, const int32_t* idx, const int32_t* src, int n, void* stream) {
   MSG_REQUIRE(n >= 0, "msg_scatter_i32: n=%d", n);
   if (n == 0) return 0;
-  scatter_i32_kernel<<<(n + 255) / 256, 256, 0, msg::as_stream(stream)>>>(dst, idx, src, n);
-  MSG_LAUNCHED("scatter_i32");
+  MSG_CUDA(msg::launch_pdl(scatter_i32_kernel, dim3((n + 255) / 256), dim3(256), 0,
+                           msg::as_stream(stream), dst, idx, src, n));
   return 0;
 }
 
@@ -209,11 +218,12 @@ int msg_silu_mul(void* out, const void* gate_up, int rows, int inter, int dtype,
     int bx = (inter / V + 255) / 256;
     dim3 grid(bx > 32 ? 32 : bx, rows);
     if (packed) {
-      silu_mul_kernel<T, true><<<grid, 256, 0, st>>>((T*)out, (const T*)gate_up, inter);
+      MSG_CUDA(msg::launch_pdl(silu_mul_kernel<T, true>, grid, dim3(256), 0, st, (T*)out,
+                               (const T*)gate_up, inter));
     } else {
-      silu_mul_kernel<T, false><<<grid, 256, 0, st>>>((T*)out, (const T*)gate_up, inter);
+      MSG_CUDA(msg::launch_pdl(silu_mul_kernel<T, false>, grid, dim3(256), 0, st, (T*)out,
+                               (const T*)gate_up, inter));
     }
-    MSG_LAUNCHED("silu_mul_kernel");
     return 0;);
 }
 

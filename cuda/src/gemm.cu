@@ -6,10 +6,13 @@
 // add kernel follows. Descriptors and the heuristic's algorithm are cached per
 // (device, M, N, K, dtypes, bias) in thread-local state (one worker thread per GPU), and the
 // 32 MB workspace is a per-device scratch, so a call allocates nothing and can be captured
-// into a CUDA graph. Dtype pairs cuBLASLt does not take (a_dtype != w_dtype) and machines
-// without cuBLASLt use a plain tiled kernel (32x32 tiles, one thread per output element,
-// fp32 accumulation): correct, not fast. Decode-sized calls (M <= 4 by default, a and w both
+// into a CUDA graph. Dtype pairs cuBLASLt does not take (a_dtype != w_dtype) use a plain
+// tiled kernel (32x32 tiles, one thread per output element, fp32 accumulation): correct, not
+// fast. A cuBLASLt that does not load is an error (never a silent slow path); a shape the
+// heuristic has no algorithm for runs on that kernel with one warning on stderr per shape. Decode-sized calls (M <= 4 by default, a and w both
 // bf16 or both f16) go to the memory-roofline GEMV kernels of gemv.cu instead of cuBLASLt.
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <tuple>
 
@@ -90,7 +93,15 @@ int make_plan(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, int M, int N,
   lt_->preferenceDestroy(pref);
   p->epilogue_bias = epilogue_bias;
   p->ok = s == msg::lt::STATUS_SUCCESS && got > 0;
-  if (p->ok) p->algo = res[0].algo;
+  if (p->ok) {
+    p->algo = res[0].algo;
+  } else {
+    fprintf(stderr,
+            "minisgl: cuBLASLt has no algorithm for gemm M=%d N=%d K=%d (a %s, w %s, out %s, "
+            "alignment %u, status %d): this shape runs on the slow fallback kernel\n",
+            M, N, K, msg::dtype_name(a_dtype), msg::dtype_name(w_dtype),
+            msg::dtype_name(out_dtype), align, (int)s);
+  }
   return 0;
 }
 
@@ -153,6 +164,9 @@ namespace msg {
 bool gemv_takes(int M, int a_dtype, int w_dtype, int out_dtype);
 int gemv(void* out, int out_dtype, const void* a, const void* w, int w_dtype, const void* bias,
          int M, int N, int K, cudaStream_t st);
+bool gemv_gated_takes(int M, int dtype, int K, const void* gate_up, const void* w);
+int gemv_gated(void* out, const void* gate_up, const void* w, int dtype, int M, int N, int K,
+               cudaStream_t st);
 }  // namespace msg
 
 extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const void* w,
@@ -171,7 +185,7 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
     return gemm_fallback(out, out_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, st);
   }
   const msg::lt::Api* lt_ = msg::lt::api();
-  if (!lt_) return gemm_fallback(out, out_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, st);
+  if (!lt_) return msg::ERR_UNSUPPORTED;  // msg_last_error says why it did not load
   int dev = 0;
   MSG_CUDA(cudaGetDevice(&dev));
   State& state = t_states[dev];
@@ -207,4 +221,24 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
       return 0;););
   }
   return 0;
+}
+
+// The MLP's down projection with its activation: at decode sizes one GEMV kernel forms
+// silu(gate) * up while loading it (one kernel and one launch fewer per layer); otherwise the
+// two ops, through `act`.
+extern "C" int msg_silu_mul_gemm(void* out, const void* gate_up, void* act, int act_dtype,
+                                 const void* w, int w_dtype, int M, int N, int K, void* stream) {
+  MSG_REQUIRE(M >= 0 && N > 0 && K > 0, "msg_silu_mul_gemm: bad sizes M=%d N=%d K=%d", M, N, K);
+  if (M == 0) return 0;
+  // MINISGL_FUSED_SILU=0 keeps the two ops (read once), to compare or to rule the fusion out.
+  static const bool fused = [] {
+    const char* e = getenv("MINISGL_FUSED_SILU");
+    return !(e && e[0] == '0');
+  }();
+  if (fused && act_dtype == w_dtype && msg::gemv_gated_takes(M, w_dtype, K, gate_up, w)) {
+    return msg::gemv_gated(out, gate_up, w, w_dtype, M, N, K, msg::as_stream(stream));
+  }
+  int rc = msg_silu_mul(act, gate_up, M, K, act_dtype, stream);
+  if (rc) return rc;
+  return msg_gemm(out, act_dtype, act, act_dtype, w, w_dtype, nullptr, M, N, K, stream);
 }

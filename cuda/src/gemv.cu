@@ -22,6 +22,9 @@
 //   partials: results are deterministic. No atomics, no allocation, no host sync: the
 //   launch can be captured into a CUDA graph.
 // - K not a multiple of 8 or pointers not 16-byte aligned: a scalar kernel (warp per row).
+// - GATED (msg_silu_mul_gemm, M <= 4): the activation is gate_up [M, 2K] and each loaded
+//   vector is silu(gate) * up, rounded to the act dtype as msg_silu_mul would store it: the
+//   MLP's silu_mul kernel and its launch disappear into the down projection.
 //
 // msg_gemm (gemm.cu) routes here when msg::gemv_takes() says so: M <= 4 by default (H100,
 // 2026-11-27, bf16, graph replays over > 200 MB of weights: vs cuBLASLt 1.06-1.25x at M = 1
@@ -34,12 +37,14 @@
 #include <atomic>
 
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace {
 
 constexpr int kMaxM = 8;      // largest M the kernels are compiled for
 constexpr int kDefaultM = 4;  // default threshold (measured, see above)
 constexpr int kWarps = 8;  // warps per block
+constexpr size_t kPrefetchMaxBytes = 16u << 20;  // largest weight prefetched before the wait
 
 std::atomic<int> g_max_m{-1};  // -1: not read yet from MINISGL_GEMV_MAX_M
 
@@ -101,8 +106,12 @@ __device__ __forceinline__ void widen8<__half>(const uint4& v, float* f) {
   }
 }
 
-// One 8-value step: acc[m][r][p] += x[m, 8v..8v+8) . w[r][8v..8v+8).
-template <typename T, int M, int R, int P>
+// silu as msg_silu_mul computes it (elementwise.cu): the gated GEMV must round the same.
+__device__ __forceinline__ float silu_f(float g) { return g / (1.f + __expf(-g)); }
+
+// One 8-value step: acc[m][r][p] += x[m, 8v..8v+8) . w[r][8v..8v+8). GATED: x is gate_up
+// [M, 2K] and x[m, k] = silu(gate[m, k]) * up[m, k], rounded to T as msg_silu_mul stores it.
+template <typename T, int M, int R, int P, bool GATED>
 __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq)[R],
                                          const uint4* __restrict__ xv, size_t v, int K8) {
   float wf[R][8];
@@ -111,7 +120,15 @@ __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq
 #pragma unroll
   for (int m = 0; m < M; m++) {
     float xf[8];
-    widen8<T>(__ldg(xv + (size_t)m * K8 + v), xf);
+    if constexpr (GATED) {
+      float uf[8];
+      widen8<T>(__ldg(xv + (size_t)m * 2 * K8 + v), xf);
+      widen8<T>(__ldg(xv + (size_t)m * 2 * K8 + K8 + v), uf);
+#pragma unroll
+      for (int i = 0; i < 8; i++) xf[i] = msg::to_f(msg::from_f<T>(silu_f(xf[i]) * uf[i]));
+    } else {
+      widen8<T>(__ldg(xv + (size_t)m * K8 + v), xf);
+    }
 #pragma unroll
     for (int r = 0; r < R; r++) {
 #pragma unroll
@@ -120,10 +137,10 @@ __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq
   }
 }
 
-template <typename T, typename TO, int M, int R, int U>
+template <typename T, typename TO, int M, int R, int U, bool GATED>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_vec_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
-                    const T* __restrict__ bias, int N, int K, int wk) {
+                    const T* __restrict__ bias, int N, int K, int wk, int prefetch) {
   constexpr int P = M * R >= 4 ? 1 : 4 / (M * R);  // independent accumulators per output
   __shared__ float part[kWarps][M * R];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -136,6 +153,21 @@ __global__ void __launch_bounds__(kWarps * 32)
     int row = row0 + r < N ? row0 + r : N - 1;
     wr[r] = reinterpret_cast<const uint4*>(w) + (size_t)row * K8;
   }
+  // Weights are never written by a kernel, so they may be fetched before the previous kernel
+  // on the stream completes: the first step's lines go to L2 while it drains (PDL only; one
+  // prefetch per 128-byte line).
+  if (prefetch && (lane & 7) == 0) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int v = kw * 32 + lane + u * stride;
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        if (v < K8) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr[r] + v));
+      }
+    }
+  }
+  msg::pdl_wait();
+  msg::pdl_trigger();
   const uint4* xv = reinterpret_cast<const uint4*>(x);
   float acc[M][R][P];
 #pragma unroll
@@ -153,7 +185,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
       for (int r = 0; r < R; r++) wq[u][r] = ld_weight(wr[r] + v + u * stride);
 #pragma unroll
-    for (int u = 0; u < U; u++) fma_step<T, M, R, P>(acc, wq[u], xv, v + u * stride, K8);
+    for (int u = 0; u < U; u++) fma_step<T, M, R, P, GATED>(acc, wq[u], xv, v + u * stride, K8);
   }
   if (v < K8) {  // fewer than U vectors left per lane: one predicated step, loads still batched
     uint4 wq[U][R];
@@ -165,7 +197,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
 #pragma unroll
     for (int u = 0; u < U; u++) {
-      if (v + u * stride < K8) fma_step<T, M, R, P>(acc, wq[u], xv, v + u * stride, K8);
+      if (v + u * stride < K8) fma_step<T, M, R, P, GATED>(acc, wq[u], xv, v + u * stride, K8);
     }
   }
 
@@ -197,6 +229,8 @@ template <typename T, typename TO>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_scalar_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
                        const T* __restrict__ bias, int M, int N, int K) {
+  msg::pdl_wait();
+  msg::pdl_trigger();
   const int lane = threadIdx.x & 31;
   const int row = blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (row >= N) return;
@@ -220,7 +254,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-template <typename T, typename TO, int M>
+template <typename T, typename TO, int M, bool GATED = false>
 int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cudaStream_t st) {
   constexpr int R = M == 1 ? 1 : M == 2 ? 2 : 4;
   constexpr int U = 8 / R;
@@ -232,8 +266,11 @@ int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cud
   while (wk < kWarps && groups * wk < want && K8 >= 2 * wk * 32 * 2) wk *= 2;
   const long gpb = kWarps / wk;
   const unsigned blocks = (unsigned)((groups + gpb - 1) / gpb);
-  gemv_vec_kernel<T, TO, M, R, U><<<blocks, kWarps * 32, 0, st>>>(out, x, w, bias, N, K, wk);
-  MSG_LAUNCHED("gemv_vec_kernel");
+  // Prefetch only what L2 (50 MB on an H100/H200) holds next to the running kernel's stream:
+  // a larger matrix's prefetched lines could be evicted before use and read twice.
+  const int prefetch = msg::pdl_enabled() && (size_t)N * K * sizeof(T) <= kPrefetchMaxBytes;
+  MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U, GATED>, dim3(blocks), dim3(kWarps * 32), 0,
+                           st, out, x, w, bias, N, K, wk, prefetch));
   return 0;
 }
 
@@ -243,9 +280,8 @@ int launch(void* out, const void* a, const void* w, const void* bias, int M, int
   TO* o = (TO*)out;
   const T *x = (const T*)a, *wt = (const T*)w, *b = (const T*)bias;
   if (K % 8 != 0 || !msg::aligned16_ptr(a) || !msg::aligned16_ptr(w)) {
-    gemv_scalar_kernel<T, TO><<<(N + kWarps - 1) / kWarps, kWarps * 32, 0, st>>>(o, x, wt, b, M,
-                                                                                  N, K);
-    MSG_LAUNCHED("gemv_scalar_kernel");
+    MSG_CUDA(msg::launch_pdl(gemv_scalar_kernel<T, TO>, dim3((N + kWarps - 1) / kWarps),
+                             dim3(kWarps * 32), 0, st, o, x, wt, b, M, N, K));
     return 0;
   }
   switch (M) {
@@ -261,9 +297,21 @@ int launch(void* out, const void* a, const void* w, const void* bias, int M, int
   }
 }
 
+template <typename T>
+int launch_gated(T* out, const T* gate_up, const T* w, int M, int N, int K, cudaStream_t st) {
+  switch (M) {
+    case 1: return launch_vec<T, T, 1, true>(out, gate_up, w, nullptr, N, K, st);
+    case 2: return launch_vec<T, T, 2, true>(out, gate_up, w, nullptr, N, K, st);
+    case 3: return launch_vec<T, T, 3, true>(out, gate_up, w, nullptr, N, K, st);
+    case 4: return launch_vec<T, T, 4, true>(out, gate_up, w, nullptr, N, K, st);
+    default: return msg::fail(msg::ERR_INTERNAL, "gemv_gated: M=%d out of range", M);
+  }
+}
+
 }  // namespace
 
 namespace msg {
+
 
 /** True when msg_gemm should run this call on the GEMV kernels: 1 <= M <= the threshold
  *  (default 4), a and w both bf16 or both f16, any float output dtype. */
@@ -279,6 +327,20 @@ int gemv(void* out, int out_dtype, const void* a, const void* w, int w_dtype, co
               K);
   return MSG_DISPATCH_HALF(w_dtype, T, return MSG_DISPATCH_FLOAT(out_dtype, TO,
     return launch<T, TO>(out, a, w, bias, M, N, K, st);););
+}
+
+/** True when gemv_gated takes this call: the GEMV would take the plain one (gemv_takes),
+ *  M <= 4 (the gated kernels compiled), K a multiple of 8 and 16-byte aligned gate_up and w. */
+bool gemv_gated_takes(int M, int dtype, int K, const void* gate_up, const void* w) {
+  return M <= 4 && gemv_takes(M, dtype, dtype, dtype) && K % 8 == 0 &&
+         aligned16_ptr(gate_up) && aligned16_ptr(w);
+}
+
+/** out[M, N] = (silu(gate) * up)[M, K] @ w[N, K]^T with gate_up [M, 2K], all in `dtype`. */
+int gemv_gated(void* out, const void* gate_up, const void* w, int dtype, int M, int N, int K,
+               cudaStream_t st) {
+  return MSG_DISPATCH_HALF(dtype, T,
+    return launch_gated<T>((T*)out, (const T*)gate_up, (const T*)w, M, N, K, st););
 }
 
 }  // namespace msg

@@ -8,6 +8,7 @@
 // The residual stream may be kept in fp32 (TR = float) while x and out are 16-bit: the
 // residual then accumulates every layer's output without rounding, as the fp32 reference.
 #include "pack.cuh"
+#include "pdl.cuh"
 
 namespace {
 
@@ -40,6 +41,8 @@ __device__ __forceinline__ void store_v(T* dst, const float* src) {
 template <typename T, typename TR, typename TW, bool ADD, bool PACKED>
 __global__ void rmsnorm_kernel(T* out, TR* res, const T* x, const TW* w, int hidden, float eps) {
   __shared__ float sh[33];
+  msg::pdl_wait();
+  msg::pdl_trigger();
   constexpr int V = PACKED ? Pack<T>::N : 1;
   size_t base = (size_t)blockIdx.x * hidden;
   TR* r = ADD ? res + base : nullptr;
@@ -76,13 +79,12 @@ int launch_typed(void* out, void* residual, const void* x, const void* w, int ro
   bool packed = hidden % Pack<T>::N == 0 && msg::aligned16(out) && msg::aligned16(x) &&
                 (!ADD || msg::aligned16(residual));
   if (packed) {
-    rmsnorm_kernel<T, TR, TW, ADD, true><<<rows, 256, 0, st>>>(
-        (T*)out, (TR*)residual, (const T*)x, (const TW*)w, hidden, eps);
+    MSG_CUDA(msg::launch_pdl(rmsnorm_kernel<T, TR, TW, ADD, true>, dim3(rows), dim3(256), 0, st,
+                             (T*)out, (TR*)residual, (const T*)x, (const TW*)w, hidden, eps));
   } else {
-    rmsnorm_kernel<T, TR, TW, ADD, false><<<rows, 256, 0, st>>>(
-        (T*)out, (TR*)residual, (const T*)x, (const TW*)w, hidden, eps);
+    MSG_CUDA(msg::launch_pdl(rmsnorm_kernel<T, TR, TW, ADD, false>, dim3(rows), dim3(256), 0, st,
+                             (T*)out, (TR*)residual, (const T*)x, (const TW*)w, hidden, eps));
   }
-  MSG_LAUNCHED("rmsnorm_kernel");
   return 0;
 }
 

@@ -10,6 +10,7 @@
 // compute_slots: grid (q-tiles of 256, batch), one thread per new token; lengths are read on
 // the device, so the launch does not depend on them.
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace {
 
@@ -22,6 +23,8 @@ __global__ void rope_store_kv_kernel(T* qkv, const int32_t* positions, const TW*
                                      int rot_dim, const int32_t* slots, T* k_cache,
                                      T* v_cache, int hq, int hkv, int head_dim) {
   extern __shared__ float sh[];
+  msg::pdl_wait();
+  msg::pdl_trigger();
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   int h = blockIdx.x * kWarps + warp;
   int t = blockIdx.y;
@@ -88,6 +91,8 @@ __global__ void compute_slots_kernel(int32_t* slots, int32_t* positions,
                                      const int32_t* page_table, int pt_stride,
                                      const int32_t* rows, const int32_t* seq_lens,
                                      const int32_t* q_starts, int page_size) {
+  msg::pdl_wait();
+  msg::pdl_trigger();
   int b = blockIdx.y;
   int q0 = q_starts[b], q_len = q_starts[b + 1] - q0;
   int seq = seq_lens[b];
@@ -120,10 +125,10 @@ int msg_rope_store_kv(void* qkv, const int32_t* positions, const void* q_norm,
   size_t smem = (size_t)kWarps * head_dim * sizeof(float);
   int wd = (q_norm || k_norm) ? w_dtype : act_dtype;
   return MSG_DISPATCH_FLOAT(act_dtype, T, return MSG_DISPATCH_FLOAT(wd, TW,
-    rope_store_kv_kernel<T, TW><<<grid, 32 * kWarps, smem, st>>>(
-        (T*)qkv, positions, (const TW*)q_norm, (const TW*)k_norm, eps, cos_sin, rot_dim,
-        slots, (T*)k_cache, (T*)v_cache, hq, hkv, head_dim);
-    MSG_LAUNCHED("rope_store_kv_kernel");
+    MSG_CUDA(msg::launch_pdl(rope_store_kv_kernel<T, TW>, grid, dim3(32 * kWarps), smem, st,
+                             (T*)qkv, positions, (const TW*)q_norm, (const TW*)k_norm, eps,
+                             cos_sin, rot_dim, slots, (T*)k_cache, (T*)v_cache, hq, hkv,
+                             head_dim));
     return 0;););
 }
 
@@ -137,9 +142,8 @@ int msg_compute_slots(int32_t* slots, int32_t* positions, const int32_t* page_ta
   if (batch == 0 || max_q_len == 0) return 0;
   int bx = (max_q_len + 255) / 256;
   dim3 grid(bx > 64 ? 64 : bx, batch);
-  compute_slots_kernel<<<grid, 256, 0, msg::as_stream(stream)>>>(
-      slots, positions, page_table, pt_stride, rows, seq_lens, q_starts, page_size);
-  MSG_LAUNCHED("compute_slots_kernel");
+  MSG_CUDA(msg::launch_pdl(compute_slots_kernel, grid, dim3(256), 0, msg::as_stream(stream), slots,
+                           positions, page_table, pt_stride, rows, seq_lens, q_starts, page_size));
   return 0;
 }
 

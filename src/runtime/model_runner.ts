@@ -103,6 +103,8 @@ export class ModelRunner {
   private lastHidden!: Tensor;
   private attn!: HybridAttention;
   private graphs: CudaGraphs | null = null;
+  /** Penalty tokens of batches whose tokens do not fit the staging block (grow-only). */
+  private penaltyExtra: Tensor | null = null;
   private shape: DecoderShape;
   private weights!: ModelWeights;
   private stream: Handle;
@@ -307,14 +309,13 @@ export class ModelRunner {
     const start = performance.now();
     const slot = this.nextSlot();
     const f = this.fill(batch, slot);
-    let topK = 0, penalties = false;
+    let topK = 0;
     for (const i of f.sampleEntries) {
-      const e = batch.entries[i];
-      topK = Math.max(topK, Math.min(e.topLogprobs, MAX_TOP));
-      if (e.penaltyTokens) penalties = true;
+      topK = Math.max(topK, Math.min(batch.entries[i].topLogprobs, MAX_TOP));
     }
     // Graphs (and the plain decode body) gather every input token on the device.
-    const deviceDecode = f.isDecode && f.numDecodeInputs === f.batch && topK === 0 && !penalties;
+    const deviceDecode = f.isDecode && f.numDecodeInputs === f.batch && topK === 0 &&
+      !f.hasPenalties;
     const graphBs = deviceDecode ? this.graphs?.sizeFor(f.batch) ?? 0 : 0;
     if (graphBs) padDecode(this.L, slot.i32, slot.f32, f.batch, graphBs, this.dummyRow);
     this.upload(slot, f);
@@ -348,7 +349,8 @@ export class ModelRunner {
   /** Copies the block to the device and applies the batch's page-table updates. */
   private upload(slot: Slot, f: FilledBatch) {
     const { meta } = this;
-    this.dev.uploadPtr(meta.ids, slot.ptr, this.L.words * 4, this.stream);
+    const words = f.hasPenalties ? this.L.words : this.L.baseWords;
+    this.dev.uploadPtr(meta.ids, slot.ptr, words * 4, this.stream);
     if (f.numPageUpdates) {
       this.ops.scatterI32(this.pageTable, meta.pageIdx, meta.pageVal, f.numPageUpdates);
     }
@@ -398,7 +400,7 @@ export class ModelRunner {
       ops.gatherRows(this.lastHidden, hidden, meta.lastIdx, S);
       const logits = this.logits.rows(0, S);
       ops.gemm(logits, this.lastHidden, this.weights.lmHead, null, S);
-      this.applyPenalties(batch, f, logits);
+      this.applyPenalties(f, logits);
       if (topK) ops.topLogprobs(this.out.topIds, this.out.topLps, logits, S, topK);
       ops.sample(this.out.tokens, this.out.logprobs, logits, meta.params, S);
       ops.scatterI32(this.tokenTable, meta.sampleRows, this.out.tokens, S);
@@ -435,25 +437,40 @@ export class ModelRunner {
     }
   }
 
-  private applyPenalties(batch: ForwardBatch, f: FilledBatch, logits: Tensor) {
-    const rows = f.sampleEntries.map((i) => batch.entries[i]);
-    if (!rows.some((e) => e.penaltyTokens)) return;
-    const starts = new Int32Array(rows.length + 1);
-    rows.forEach((e, i) => starts[i + 1] = starts[i] + (e.penaltyTokens?.length ?? 0));
-    const tokens = new Int32Array(Math.max(1, starts[rows.length]));
-    rows.forEach((e, i) => e.penaltyTokens && tokens.set(e.penaltyTokens, starts[i]));
-    const pres = Float32Array.from(rows, (e) => e.sampling.presencePenalty);
-    const freq = Float32Array.from(rows, (e) => e.sampling.frequencyPenalty);
-    const rep = Float32Array.from(rows, (e) => e.sampling.repetitionPenalty);
-    const { dev } = this;
-    const bufs = [tokens, starts, pres, freq, rep].map((a) => {
-      const t = dev.alloc(a instanceof Float32Array ? DType.F32 : DType.I32, [a.length]);
-      dev.upload(t, a, this.stream);
-      return t;
-    });
-    this.ops.applyPenalties(logits, bufs[0], bufs[1], bufs[2], bufs[3], bufs[4], rows.length);
-    dev.sync(this.stream);
-    for (const b of bufs) dev.free(b);
+  /** Penalties of the sampled rows, from the staging block (their tokens from the
+   *  overflow buffer when the block could not hold them): nothing allocated or synced. */
+  private applyPenalties(f: FilledBatch, logits: Tensor) {
+    if (!f.hasPenalties) return;
+    const { meta } = this;
+    let tokens = meta.penTokens;
+    if (f.penaltyOverflow) {
+      const n = f.penaltyOverflow.length;
+      if (!this.penaltyExtra || this.penaltyExtra.shape[0] < n) {
+        // Grown rarely, to the next power of two; a batch in flight may still read the old
+        // buffer, hence the sync before it is freed.
+        if (this.penaltyExtra) {
+          this.dev.sync(this.stream);
+          this.dev.free(this.penaltyExtra);
+        }
+        this.penaltyExtra = this.dev.alloc(DType.I32, [2 ** Math.ceil(Math.log2(n))]);
+      }
+      this.dev.upload(this.penaltyExtra, f.penaltyOverflow, this.stream);
+      tokens = this.penaltyExtra;
+    }
+    this.ops.applyPenalties(
+      logits,
+      tokens,
+      meta.penStarts,
+      meta.penPresence,
+      meta.penFrequency,
+      meta.penRepetition,
+      f.numSample,
+    );
+  }
+
+  /** True when a launched batch's device work has finished (finish() will not block). */
+  isDone(p: Pending): boolean {
+    return this.dev.eventDone(p.slot.event);
   }
 
   /** Waits for a launched batch and reads its result. */

@@ -23,6 +23,17 @@ export class StagingLayout {
   readonly params: number;
   readonly pageIdx: number;
   readonly pageVal: number;
+  /** Penalty sections (sampled rows: token starts, presence, frequency, repetition, the
+   *  tokens), last so that a batch without penalties uploads only `baseWords`. */
+  readonly penStarts: number;
+  readonly penPresence: number;
+  readonly penFrequency: number;
+  readonly penRepetition: number;
+  readonly penTokens: number;
+  /** Penalty tokens the block carries; more go through a separate device buffer. */
+  readonly maxPenaltyTokens: number;
+  /** Words up to the penalty sections. */
+  readonly baseWords: number;
   readonly words: number;
   /** Page-table updates one upload can carry. */
   readonly maxPageUpdates: number;
@@ -47,6 +58,13 @@ export class StagingLayout {
     this.maxPageUpdates = maxT + 4 * maxB;
     this.pageIdx = take(this.maxPageUpdates);
     this.pageVal = take(this.maxPageUpdates);
+    this.baseWords = o;
+    this.penStarts = take(maxB + 1);
+    this.penPresence = take(maxB);
+    this.penFrequency = take(maxB);
+    this.penRepetition = take(maxB);
+    this.maxPenaltyTokens = maxT;
+    this.penTokens = take(this.maxPenaltyTokens);
     this.words = o;
   }
 
@@ -66,6 +84,11 @@ export class StagingLayout {
       params: v(this.params, this.maxB * PARAM_WORDS),
       pageIdx: v(this.pageIdx, this.maxPageUpdates),
       pageVal: v(this.pageVal, this.maxPageUpdates),
+      penStarts: v(this.penStarts, this.maxB + 1),
+      penPresence: block.at(this.penPresence, [this.maxB], DType.F32),
+      penFrequency: block.at(this.penFrequency, [this.maxB], DType.F32),
+      penRepetition: block.at(this.penRepetition, [this.maxB], DType.F32),
+      penTokens: v(this.penTokens, this.maxPenaltyTokens),
     };
   }
 }
@@ -84,6 +107,11 @@ export interface FilledBatch {
   isDecode: boolean;
   /** Entry index of each sampled row. */
   sampleEntries: number[];
+  /** Some sampled row has penalties: the penalty sections are filled (and uploaded). */
+  hasPenalties: boolean;
+  /** Penalty tokens of all sampled rows when more than the block holds (their starts are in
+   *  the block), else null. */
+  penaltyOverflow: Int32Array | null;
 }
 
 /** Writes a batch into the host block (`i32`/`f32`/`u64` views of the same memory). */
@@ -95,8 +123,10 @@ export function fillStaging(
   entries: BatchEntry[],
   ptStride: number,
 ): FilledBatch {
-  let t = 0, s = 0, d = 0, p = 0, maxQ = 0, maxSeq = 0;
+  let t = 0, s = 0, d = 0, p = 0, maxQ = 0, maxSeq = 0, pen = 0;
   const sampleEntries: number[] = [];
+  let hasPenalties = false;
+  for (const e of entries) if (e.sample && e.penaltyTokens) hasPenalties = true;
   let overflow: number[] | null = null;
   for (let i = 0; i < entries.length; i++) {
     const e = entries[i];
@@ -128,6 +158,17 @@ export function fillStaging(
       u64[(b + 4) / 2] = sp.seed;
       i32[b + 6] = sp.step;
       i32[b + 7] = 0;
+      if (hasPenalties) {
+        const toks = e.penaltyTokens;
+        i32[L.penStarts + s] = pen;
+        f32[L.penPresence + s] = toks ? sp.presencePenalty : 0;
+        f32[L.penFrequency + s] = toks ? sp.frequencyPenalty : 0;
+        f32[L.penRepetition + s] = toks ? sp.repetitionPenalty : 1;
+        if (toks) {
+          if (pen + toks.length <= L.maxPenaltyTokens) i32.set(toks, L.penTokens + pen);
+          pen += toks.length;
+        }
+      }
       sampleEntries.push(i);
       s++;
     }
@@ -146,6 +187,7 @@ export function fillStaging(
     t += e.qLen;
   }
   i32[L.qStarts + entries.length] = t;
+  if (hasPenalties) i32[L.penStarts + s] = pen;
   return {
     numTokens: t,
     batch: entries.length,
@@ -157,7 +199,23 @@ export function fillStaging(
     maxSeqLen: maxSeq,
     isDecode: maxQ === 1,
     sampleEntries,
+    hasPenalties,
+    penaltyOverflow: pen > L.maxPenaltyTokens ? penaltyTokensOf(entries, sampleEntries, pen) : null,
   };
+}
+
+/** The penalty tokens of the sampled rows, concatenated (rows without any add none). */
+function penaltyTokensOf(entries: BatchEntry[], sampled: number[], total: number): Int32Array {
+  const out = new Int32Array(total);
+  let o = 0;
+  for (const i of sampled) {
+    const toks = entries[i].penaltyTokens;
+    if (toks) {
+      out.set(toks, o);
+      o += toks.length;
+    }
+  }
+  return out;
 }
 
 /** Pads a decode batch of `b` filled entries up to `to` with the dummy row. */

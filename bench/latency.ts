@@ -1,0 +1,198 @@
+/**
+ * Decode latency through the model runner (no scheduler): tok/s at batch sizes 1, 8, 32, 128
+ * (CUDA graphs replayed as the server replays them), and the share of the memory roofline:
+ *
+ *   roofline_frac_read = steps/s x bytes a step must read / copy bandwidth
+ *
+ * where the bytes a step must read are every weight matrix once (one embedding row per token
+ * unless the embedding is tied to the LM head, which then reads all of it) plus the KV cache
+ * of every row, and the copy bandwidth is a device-to-device copy (bytes read + written per
+ * second) measured in the same run. Time to first token goes through the engine instead
+ * (bench/ttft.ts); --ttft runs it first, in its own process, before this one loads the model.
+ *
+ *   deno task bench latency --model DIR --name llama-3-8b [--batches 1,8,32,128]
+ *     [--steps 256] [--ttft [--ttft-lengths 32,8192]] [--out results.json] [--plot]
+ */
+import { parseArgs } from "node:util";
+import { loadModelConfig } from "../src/model/config.ts";
+import { SafetensorsFolder } from "../src/model/safetensors.ts";
+import { ModelRunner, type Pending, runnerOptions } from "../src/runtime/model_runner.ts";
+import { type BatchEntry, GREEDY } from "../src/ipc/batch.ts";
+import { DType } from "../ffi/device.ts";
+import { DEFAULTS } from "../src/core/defaults.ts";
+import { appendResult } from "./results.ts";
+import { markdownTable, plotPath, svgLinePlot } from "./common.ts";
+
+const { values: a } = parseArgs({
+  options: {
+    model: { type: "string" },
+    name: { type: "string", default: "model" },
+    device: { type: "string", default: "cuda" },
+    batches: { type: "string", default: "1,8,32,128" },
+    steps: { type: "string", default: "256" },
+    prompt: { type: "string", default: "16" },
+    "page-size": { type: "string", default: "16" },
+    "num-pages": { type: "string" },
+    "copy-mib": { type: "string", default: "1024" },
+    attn: { type: "string", default: DEFAULTS.attn },
+    ttft: { type: "boolean", default: false },
+    "ttft-lengths": { type: "string", default: "32,8192" },
+    plot: { type: "boolean", default: false },
+    out: { type: "string" },
+  },
+  strict: true,
+});
+if (!a.model) throw new Error("--model is required");
+
+if (a.ttft) {
+  const args = ["run", "-A", new URL("./ttft.ts", import.meta.url).pathname];
+  args.push("--model", a.model, "--name", a.name!, "--device", a.device!);
+  args.push("--lengths", a["ttft-lengths"]!, "--page-size", a["page-size"]!, "--attn", a.attn!);
+  if (a.out) args.push("--out", a.out);
+  const { success } = await new Deno.Command(Deno.execPath(), {
+    args,
+    stdout: "inherit",
+    stderr: "inherit",
+  }).output();
+  if (!success) throw new Error("bench/ttft.ts failed");
+}
+
+const batches = a.batches!.split(",").map(Number);
+const steps = Number(a.steps), P = Number(a.prompt), PAGE = Number(a["page-size"]);
+const maxB = Math.max(...batches);
+const cfg = await loadModelConfig(a.model);
+const folder = await SafetensorsFolder.open(a.model);
+let weightBytes = 0, embedBytes = 0;
+for (const [name, t] of folder.tensors) {
+  weightBytes += t.byteLength;
+  if (name.endsWith("embed_tokens.weight")) embedBytes = t.byteLength;
+}
+const runner = await ModelRunner.create(
+  cfg,
+  runnerOptions(a.model, a.device as "cpu" | "cuda", {
+    pageSize: PAGE,
+    numPages: a["num-pages"] ? Number(a["num-pages"]) : null,
+    maxRows: maxB,
+    maxPrefillLength: Math.max(maxB * P, 64),
+    cudaGraphMaxBs: a.device === "cuda" ? maxB : 0,
+    attn: a.attn!,
+  }),
+  () => {},
+);
+const dev = runner.dev;
+const card = runner.info.deviceName;
+const eltBytes = 2; // bf16 / fp16 weights and KV cache
+
+/** Bytes one decode step of `bs` rows at mean length `seqLen` must read. */
+function stepBytes(bs: number, seqLen: number): number {
+  const embedRead = cfg.tieWordEmbeddings ? 0 : bs * cfg.hiddenSize * eltBytes - embedBytes;
+  const kv = bs * seqLen * cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * eltBytes;
+  return weightBytes + embedRead + kv;
+}
+
+/** Device-to-device copy bandwidth (read + written bytes per second), median of 10. */
+function copyBandwidth(): number {
+  const n = Number(a["copy-mib"]) << 20;
+  const x = dev.alloc(DType.U8, [n]), y = dev.alloc(DType.U8, [n]);
+  dev.memset(x, 7);
+  const e0 = dev.createEvent(), e1 = dev.createEvent();
+  const times: number[] = [];
+  for (let i = 0; i < 12; i++) {
+    dev.record(e0, null);
+    dev.copy(y, x, n);
+    dev.record(e1, null);
+    dev.waitEvent(e1);
+    if (i >= 2) times.push(dev.elapsedMs(e0, e1));
+  }
+  dev.free(x);
+  dev.free(y);
+  times.sort((p, q) => p - q);
+  return (2 * n) / (times[times.length >> 1] / 1000);
+}
+
+const pagesPerRow = Math.ceil((P + steps + 32) / PAGE);
+const rowPages = (r: number) =>
+  Int32Array.from({ length: pagesPerRow }, (_, i) => r * pagesPerRow + i);
+const entry = (row: number, ids: number[] | null, start: number): BatchEntry => ({
+  row,
+  startPos: start,
+  qLen: ids ? ids.length : 1,
+  inputIds: ids ? Int32Array.from(ids) : null,
+  pageStart: 0,
+  newPages: start === 0 ? rowPages(row) : new Int32Array(0),
+  sample: true,
+  sampling: GREEDY,
+  penaltyTokens: null,
+  logprobTargets: null,
+  topLogprobs: 0,
+});
+
+/** Prefills `bs` rows, then times `n` pipelined decode steps (as the GPU worker runs them). */
+function measureDecode(bs: number, n: number): { stepsPerS: number; meanSeqLen: number } {
+  const prompt = (r: number) =>
+    Array.from({ length: P }, (_, i) => (i * 7919 + r * 31) % Math.min(10000, cfg.vocabSize));
+  runner.run({ id: -1, entries: Array.from({ length: bs }, (_, r) => entry(r, prompt(r), 0)) });
+  let pos = P;
+  const run = (k: number) => {
+    let pending: Pending | null = null;
+    const t0 = performance.now();
+    for (let i = 0; i < k; i++) {
+      const p = runner.launch({
+        id: i,
+        entries: Array.from({ length: bs }, (_, r) => entry(r, null, pos)),
+      });
+      pos++;
+      if (pending) runner.finish(pending);
+      pending = p;
+    }
+    if (pending) runner.finish(pending);
+    return k / ((performance.now() - t0) / 1000);
+  };
+  run(16); // warm-up
+  const start = pos;
+  const stepsPerS = run(n);
+  return { stepsPerS, meanSeqLen: (start + pos) / 2 };
+}
+
+const bw = dev.backend === "cuda" ? copyBandwidth() : NaN;
+const rows: Record<string, unknown>[] = [];
+for (const bs of batches) {
+  const { stepsPerS, meanSeqLen } = measureDecode(bs, steps);
+  const bytes = stepBytes(bs, meanSeqLen);
+  const rec = {
+    name: bs === 1 ? "decode_bs1" : "decode",
+    model: a.name,
+    device_name: card,
+    batch: bs,
+    tok_per_s: stepsPerS * bs,
+    step_ms: 1000 / stepsPerS,
+    bytes_per_step: bytes,
+    copy_bandwidth_gbs: bw / 1e9,
+    roofline_frac_read: (stepsPerS * bytes) / bw,
+    steps,
+    page_size: PAGE,
+    attn: a.attn,
+  };
+  rows.push(rec);
+  if (a.out) await appendResult(a.out, card, rec);
+}
+console.log(markdownTable(rows, [
+  "model",
+  "batch",
+  "tok_per_s",
+  "step_ms",
+  "bytes_per_step",
+  "copy_bandwidth_gbs",
+  "roofline_frac_read",
+]));
+for (const r of rows) console.log(JSON.stringify(r));
+if (a.plot) {
+  const path = plotPath(a.out, `decode-${a.name}`);
+  await Deno.writeTextFile(
+    path,
+    svgLinePlot(`decode ${a.name} on ${card}`, "batch size", "output tok/s", [
+      { label: "tok/s", points: rows.map((r) => [r.batch as number, r.tok_per_s as number]) },
+    ], true),
+  );
+  console.log(`plot: ${path}`);
+}
