@@ -78,6 +78,9 @@ export const symbols = {
   msg_comm_init: { parameters: [P, I, I, P], result: I },
   msg_comm_destroy: { parameters: [P], result: I },
   msg_all_reduce: { parameters: [P, U64, I, P, P], result: I },
+  msg_all_gather_cols: { parameters: [P, I, P, P, I, I, I, P, P], result: I },
+  msg_embedding_range: { parameters: [P, P, P, I, I, I, I, I, I, P], result: I },
+  msg_fill_random: { parameters: [P, U64, I, U64, "f32", "f32", P], result: I },
 } as const;
 
 export type NativeSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];

@@ -275,10 +275,57 @@ export class Ops {
     );
   }
 
+  /** Sums the first n elements of buf over the ranks of `comm`, in place. */
   allReduce(buf: Tensor, n: number, comm: Handle): void {
     this.dev.check(
       this.s.msg_all_reduce(buf.ptr, BigInt(n), buf.dtype, comm, this.stream),
       "all_reduce",
+    );
+  }
+
+  /** out [rows, out.shape[1]] = every rank's src [rows, cols] side by side (rank order);
+   *  `scratch` holds nranks * rows * cols elements (the CUDA backend's staging). */
+  allGatherCols(out: Tensor, src: Tensor, scratch: Tensor | null, rows: number, comm: Handle) {
+    this.dev.check(
+      this.s.msg_all_gather_cols(
+        out.ptr,
+        out.shape[1],
+        src.ptr,
+        ptr(scratch),
+        rows,
+        src.shape[1],
+        src.dtype,
+        comm,
+        this.stream,
+      ),
+      "all_gather_cols",
+    );
+  }
+
+  /** out[i] = table[ids[i] - vocabStart], zero for ids outside this rank's rows. */
+  embeddingRange(out: Tensor, table: Tensor, ids: Tensor, n: number, vocabStart: number) {
+    this.dev.check(
+      this.s.msg_embedding_range(
+        out.ptr,
+        table.ptr,
+        ids.ptr,
+        n,
+        table.shape[1],
+        vocabStart,
+        table.shape[0],
+        out.dtype,
+        table.dtype,
+        this.stream,
+      ),
+      "embedding_range",
+    );
+  }
+
+  /** t = mean + scale * uniform[-1, 1) from `seed` (dummy weights). */
+  fillRandom(t: Tensor, seed: bigint, mean: number, scale: number): void {
+    this.dev.check(
+      this.s.msg_fill_random(t.ptr, BigInt(t.numel), t.dtype, seed, mean, scale, this.stream),
+      "fill_random",
     );
   }
 }

@@ -86,6 +86,10 @@ self.onmessage = async (ev: MessageEvent<InitMessage>) => {
       dtype: c.dtype,
       cpuThreads: c.cpuThreads,
       attn: c.attn,
+      tpRank: c.tpRank,
+      tpSize: c.tpSize,
+      commId: c.commId,
+      dummyWeightSeed: c.dummyWeightSeed,
     }, (stage, done, total) => self.postMessage({ type: "progress", stage, done, total }));
   } catch (e) {
     self.postMessage({ type: "error", message: (e as Error).message });

@@ -260,14 +260,34 @@ MSG_API int msg_top_logprobs(int32_t* out_ids, float* out_logprobs, const float*
 
 /* ---------------------------------------------------------------- collectives */
 
-/** Unique id for a communicator (128 bytes), made by rank 0. */
+/* Tensor parallelism: every rank of a communicator calls the same collectives in the same
+ * order. The CPU backend joins ranks of one host (threads or processes) through a shared
+ * memory segment named from the unique id; its sum runs in rank order, so every rank gets
+ * bit-identical results. The CUDA backend uses NCCL, and for small messages a one-shot
+ * all-reduce over peer memory (msg_ipc_*). */
+
+/** Unique id for a communicator (128 bytes), made once and handed to every rank. */
 MSG_API int msg_comm_unique_id(uint8_t* id128);
-/** Communicator of `nranks` ranks; this thread's device must be set first. With
- *  nranks == 1 no library is needed (the CPU backend supports only that). */
+/** Communicator of `nranks` ranks; this thread's device must be set first. Blocks until
+ *  every rank has joined. With nranks == 1 no library is needed. */
 MSG_API int msg_comm_init(void** comm, int nranks, int rank, const uint8_t* id128);
 MSG_API int msg_comm_destroy(void* comm);
 /** In-place sum over ranks of n elements of dtype. */
 MSG_API int msg_all_reduce(void* buf, uint64_t n, int dtype, void* comm, void* stream);
+/** Column all-gather: rank r's src [rows, cols] lands in dst [rows, dst_cols] at columns
+ *  r * cols .. min(dst_cols, (r + 1) * cols) (the last rank's padding is dropped). The CUDA
+ *  backend needs `scratch` of nranks * rows * cols elements (NULL is fine on the CPU). */
+MSG_API int msg_all_gather_cols(void* dst, int dst_cols, const void* src, void* scratch,
+                                int rows, int cols, int dtype, void* comm, void* stream);
+/** Vocab-parallel embedding: out[i, :] = table[ids[i] - vocab_start, :] when the id falls in
+ *  [vocab_start, vocab_start + vocab_rows), else zeros (an all-reduce then sums the ranks). */
+MSG_API int msg_embedding_range(void* out, const void* table, const int32_t* ids, int n,
+                                int hidden, int vocab_start, int vocab_rows, int act_dtype,
+                                int w_dtype, void* stream);
+/** Dummy weights: p[i] = mean + scale * u_i with u_i uniform in [-1, 1) from
+ *  splitmix64(seed + i) (the top 24 bits), identical on both backends. */
+MSG_API int msg_fill_random(void* p, uint64_t n, int dtype, uint64_t seed, float mean,
+                            float scale, void* stream);
 
 #ifdef __cplusplus
 }

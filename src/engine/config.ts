@@ -31,10 +31,15 @@ export interface GpuWorkerConfig {
   attn: string;
   /** Threads of the CPU backend (0 = all cores). */
   cpuThreads: number;
+  /** Fill weights on the device from this seed instead of reading safetensors (null:
+   *  read the files). */
+  dummyWeightSeed: number | null;
+  /** The communicator's unique id, made once for all ranks (null when tpSize is 1). */
+  commId: Uint8Array | null;
 }
 
 /** Everything the engine is started with: the worker settings plus the scheduler's. */
-export interface EngineConfig extends Omit<GpuWorkerConfig, "tpRank"> {
+export interface EngineConfig extends Omit<GpuWorkerConfig, "tpRank" | "commId"> {
   /** Cap on the context length (prompt + output), or null for the model's. */
   contextLength: number | null;
   /** "radix": share prompt prefixes through the radix cache; "naive": no sharing. */
@@ -64,6 +69,7 @@ export function defaultEngineConfig(modelDir: string): EngineConfig {
     dtype: DEFAULTS.dtype,
     attn: DEFAULTS.attn,
     cpuThreads: DEFAULTS.cpuThreads,
+    dummyWeightSeed: null,
     cache: DEFAULTS.cache,
     maxQueuedRequests: DEFAULTS.maxQueuedRequests,
     disableOverlapSchedule: false,
@@ -73,7 +79,11 @@ export function defaultEngineConfig(modelDir: string): EngineConfig {
 }
 
 /** The GpuWorkerConfig of rank `rank` (device = deviceIndex + rank). */
-export function workerConfig(c: EngineConfig, rank: number): GpuWorkerConfig {
+export function workerConfig(
+  c: EngineConfig,
+  rank: number,
+  commId: Uint8Array | null,
+): GpuWorkerConfig {
   return {
     modelDir: c.modelDir,
     device: c.device,
@@ -89,5 +99,7 @@ export function workerConfig(c: EngineConfig, rank: number): GpuWorkerConfig {
     dtype: c.dtype,
     attn: c.attn,
     cpuThreads: c.cpuThreads,
+    dummyWeightSeed: c.dummyWeightSeed,
+    commId,
   };
 }

@@ -4,7 +4,9 @@
  * turns the scheduler's per-step event messages into one async stream per request.
  */
 
+import { makeUniqueId } from "../../ffi/comm.ts";
 import { loadModelConfig } from "../model/config.ts";
+import { tpError } from "../model/tp.ts";
 import { createRingBuffer, Ring } from "../ipc/ring.ts";
 import type { WorkerInfo } from "../ipc/batch.ts";
 import type { SchedulerConfig } from "../scheduler/scheduler.ts";
@@ -41,6 +43,7 @@ function seedSource(base: number | null): () => bigint {
 function startGpuWorker(
   config: EngineConfig,
   rank: number,
+  commId: Uint8Array | null,
   onProgress?: (p: EngineProgress) => void,
 ): Promise<{ worker: Worker; info: WorkerInfo; to: SharedArrayBuffer; from: SharedArrayBuffer }> {
   const worker = new Worker(new URL("../../workers/gpu_worker.ts", import.meta.url), {
@@ -64,7 +67,7 @@ function startGpuWorker(
     };
     worker.postMessage({
       type: "init",
-      config: workerConfig(config, rank),
+      config: workerConfig(config, rank, commId),
       toWorker: to,
       fromWorker: from,
     });
@@ -77,8 +80,15 @@ export async function startEngine(
   onProgress?: (p: EngineProgress) => void,
 ): Promise<Engine> {
   const model = await loadModelConfig(config.modelDir);
+  const tpErr = tpError(model, config.tpSize);
+  if (tpErr) throw new Error(tpErr);
+  // One communicator id for the group, made here; every rank joins with it.
+  const commId = config.tpSize > 1 ? makeUniqueId(config.device) : null;
   const settled = await Promise.allSettled(
-    Array.from({ length: config.tpSize }, (_, r) => startGpuWorker(config, r, onProgress)),
+    Array.from(
+      { length: config.tpSize },
+      (_, r) => startGpuWorker(config, r, commId, onProgress),
+    ),
   );
   const failed = settled.find((s) => s.status === "rejected") as PromiseRejectedResult | undefined;
   const gpus = settled.flatMap((s) => s.status === "fulfilled" ? [s.value] : []);

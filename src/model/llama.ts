@@ -3,6 +3,7 @@
  * attention (GQA, rotary, optional qkv bias and q/k RMSNorm) and a SiLU-gated MLP.
  * The forward pass is a sequence of op calls; batching, paging and graphs live below it.
  */
+import type { Handle } from "../../ffi/device.ts";
 import type { Ops, Tensor } from "../../ffi/ops.ts";
 import type { AttentionBackend, ForwardMeta } from "../runtime/attention.ts";
 
@@ -42,6 +43,13 @@ export interface DecoderShape {
   eps: number;
 }
 
+/** This rank's place in a tensor-parallel group (src/model/tp.ts); shapes are local. */
+export interface TensorParallel {
+  comm: Handle;
+  /** First vocabulary row of the local embedding. */
+  vocabStart: number;
+}
+
 /** Activation buffers, each with room for `maxTokens` rows. */
 export interface Workspace {
   /** fp32 even when activations are 16-bit: summing 30-odd layer outputs in bf16 costs
@@ -64,12 +72,17 @@ export function forward(
   ws: Workspace,
   attn: AttentionBackend,
   meta: ForwardMeta,
+  tp: TensorParallel | null = null,
 ): Tensor {
   const n = meta.numTokens;
   const { eps, numHeads: hq, numKvHeads: hkv, headDim } = shape;
   // The residual stream is fp32 (see Workspace); it starts at zero and every layer's
   // output, the embedding first, is added into it.
-  ops.embedding(ws.delta, w.embed, meta.inputIds, n);
+  // Row-parallel outputs (and the vocab-parallel embedding) are partial sums over ranks.
+  const reduce = (t: Tensor) => tp && ops.allReduce(t, n * shape.hidden, tp.comm);
+  if (tp) ops.embeddingRange(ws.delta, w.embed, meta.inputIds, n, tp.vocabStart);
+  else ops.embedding(ws.delta, w.embed, meta.inputIds, n);
+  reduce(ws.delta);
   ops.zero(ws.residual.rows(0, n));
   for (let l = 0; l < w.layers.length; l++) {
     const L = w.layers[l];
@@ -78,10 +91,12 @@ export function forward(
     ops.gemm(ws.qkv, ws.normed, L.qkv, L.qkvBias, n);
     attn.storeAndAttend(l, ws.qkv, ws.attnOut, L.qNorm, L.kNorm, meta, { hq, hkv, headDim, eps });
     ops.gemm(ws.delta, ws.attnOut, L.o, L.oBias, n);
+    reduce(ws.delta);
 
     ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.postNorm, n, eps);
     ops.gemm(ws.gateUp, ws.normed, L.gateUp, null, n);
     ops.siluMulGemm(ws.delta, ws.gateUp, ws.act, L.down, n);
+    reduce(ws.delta);
   }
   ops.addRmsnorm(ws.normed, ws.residual, ws.delta, w.norm, n, eps);
   return ws.normed;

@@ -28,16 +28,18 @@ export interface KvPool {
   maxSeqLen: number;
 }
 
-/** Allocates the pool in `actDtype` (the CPU backend caps the automatic size at 2 GiB). */
+/** Allocates the pool in `actDtype` for `kvHeads` heads (this rank's, under tensor
+ *  parallelism); the CPU backend caps the automatic size at 2 GiB. */
 export function allocKvPool(
   dev: Device,
   cfg: ModelConfig,
   o: KvPoolOptions,
   actDtype: DType,
   stream: Handle,
+  kvHeads = cfg.numKvHeads,
 ): KvPool {
   const ps = o.pageSize;
-  const bytesPerPage = cfg.numLayers * 2 * ps * cfg.numKvHeads * cfg.headDim *
+  const bytesPerPage = cfg.numLayers * 2 * ps * kvHeads * cfg.headDim *
     dtypeSize(actDtype);
   let numPages = o.numPages;
   if (numPages === null) {
@@ -51,7 +53,7 @@ export function allocKvPool(
   }
   const maxSeqLen = Math.min(cfg.maxPositionEmbeddings, numPages * ps);
   const k: Tensor[] = [], v: Tensor[] = [];
-  const per = [(numPages + 1) * ps, cfg.numKvHeads, cfg.headDim];
+  const per = [(numPages + 1) * ps, kvHeads, cfg.headDim];
   for (let l = 0; l < cfg.numLayers; l++) {
     k.push(dev.alloc(actDtype, per));
     v.push(dev.alloc(actDtype, per));

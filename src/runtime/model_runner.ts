@@ -6,9 +6,18 @@
  */
 import { Device, DType, type Handle, Tensor } from "../../ffi/device.ts";
 import { DEFAULTS } from "../core/defaults.ts";
+import { Communicator } from "../../ffi/comm.ts";
 import { Ops } from "../../ffi/ops.ts";
 import type { ForwardBatch, ForwardResult, WorkerInfo } from "../ipc/batch.ts";
-import { type DecoderShape, forward, type ModelWeights, type Workspace } from "../model/llama.ts";
+import {
+  type DecoderShape,
+  forward,
+  type ModelWeights,
+  type TensorParallel,
+  type Workspace,
+} from "../model/llama.ts";
+import { type TpShard, tpShard } from "../model/tp.ts";
+import { dummyWeights } from "./dummy_weights.ts";
 import type { ModelConfig } from "../model/config.ts";
 import { allocKvPool } from "./kv_pool.ts";
 import {
@@ -38,6 +47,13 @@ export interface RunnerOptions {
   cpuThreads: number;
   /** `--attn PREFILL[,DECODE]` ("" = native). */
   attn: string;
+  /** Tensor-parallel rank and group size; `commId` (the communicator's unique id, made
+   *  once for the group) is needed when tpSize > 1. */
+  tpRank: number;
+  tpSize: number;
+  commId: Uint8Array | null;
+  /** Fill weights on the device from this seed instead of reading the files. */
+  dummyWeightSeed: number | null;
 }
 
 /** Options for a runner of `modelDir` on `backend`: the defaults table, then `over`. */
@@ -59,6 +75,10 @@ export function runnerOptions(
     dtype: DEFAULTS.dtype,
     cpuThreads: DEFAULTS.cpuThreads,
     attn: DEFAULTS.attn,
+    tpRank: 0,
+    tpSize: 1,
+    commId: null,
+    dummyWeightSeed: null,
     ...over,
   };
 }
@@ -96,6 +116,11 @@ export class ModelRunner {
   private tokenTable!: Tensor;
   private ws!: Workspace;
   private logits!: Tensor;
+  /** This rank's vocabulary columns of the logits, and the all-gather's staging (TP). */
+  private localLogits: Tensor | null = null;
+  private gatherScratch: Tensor | null = null;
+  private tp: TensorParallel | null = null;
+  private comm: Communicator | null = null;
   private positions!: Tensor;
   private kvSlots!: Tensor;
   private decodeTmp!: Tensor;
@@ -116,15 +141,16 @@ export class ModelRunner {
     dev: Device,
     readonly actDtype: DType,
     private wDtype: DType,
+    readonly shard: TpShard,
   ) {
     this.dev = dev;
     this.stream = dev.backend === "cuda" ? dev.createStream() : null;
     this.ops = new Ops(dev, this.stream);
     this.shape = {
       hidden: cfg.hiddenSize,
-      intermediate: cfg.intermediateSize,
-      numHeads: cfg.numHeads,
-      numKvHeads: cfg.numKvHeads,
+      intermediate: shard.intermediate,
+      numHeads: shard.numHeads,
+      numKvHeads: shard.numKvHeads,
       headDim: cfg.headDim,
       eps: cfg.rmsNormEps,
     };
@@ -169,8 +195,18 @@ export class ModelRunner {
       ? DType.F32
       : fileDtype;
     const act = opts.backend === "cpu" ? DType.F32 : wDtype;
-    const r = new ModelRunner(cfg, opts, dev, act, wDtype);
-    r.weights = await loadWeights(dev, cfg, opts.modelDir, wDtype, r.stream, progress);
+    const shard = tpShard(cfg, opts.tpRank, opts.tpSize);
+    const r = new ModelRunner(cfg, opts, dev, act, wDtype, shard);
+    if (opts.tpSize > 1) {
+      if (!opts.commId) throw new Error("tensor parallelism needs a communicator id");
+      progress("communicator", 0, 1);
+      r.comm = Communicator.join(dev, opts.tpSize, opts.tpRank, opts.commId);
+      r.tp = { comm: r.comm.handle, vocabStart: shard.vocabStart };
+      progress("communicator", 1, 1);
+    }
+    r.weights = opts.dummyWeightSeed !== null
+      ? dummyWeights(dev, r.ops, cfg, shard, wDtype, BigInt(opts.dummyWeightSeed))
+      : await loadWeights(dev, cfg, opts.modelDir, wDtype, r.stream, progress, shard);
     // Default (-1): 256 on cards with more than 80 GB free, else 160, as SGLang does.
     const graphMax = opts.cudaGraphMaxBs >= 0
       ? opts.cudaGraphMaxBs
@@ -193,20 +229,27 @@ export class ModelRunner {
   private allocBuffers() {
     const { dev, L, cfg } = this;
     const maxT = L.maxT, maxB = L.maxB;
-    const H = cfg.hiddenSize, I = cfg.intermediateSize;
-    const qkvW = (cfg.numHeads + 2 * cfg.numKvHeads) * cfg.headDim;
+    const H = cfg.hiddenSize, I = this.shard.intermediate;
+    const qkvW = (this.shard.numHeads + 2 * this.shard.numKvHeads) * cfg.headDim;
     const a = (shape: number[]) => dev.alloc(this.actDtype, shape);
     this.ws = {
       residual: dev.alloc(DType.F32, [maxT, H]),
       normed: a([maxT, H]),
       qkv: a([maxT, qkvW]),
-      attnOut: a([maxT, cfg.numHeads * cfg.headDim]),
+      attnOut: a([maxT, this.shard.numHeads * cfg.headDim]),
       delta: a([maxT, H]),
       gateUp: a([maxT, 2 * I]),
       act: a([maxT, I]),
     };
     this.lastHidden = a([maxB, H]);
     this.logits = dev.alloc(DType.F32, [maxB, cfg.vocabSize]);
+    if (this.tp) {
+      const { vocabRows, size } = this.shard;
+      this.localLogits = dev.alloc(DType.F32, [maxB, vocabRows]);
+      if (dev.backend === "cuda") {
+        this.gatherScratch = dev.alloc(DType.F32, [size * maxB * vocabRows]);
+      }
+    }
     this.positions = dev.alloc(DType.I32, [maxT]);
     this.kvSlots = dev.alloc(DType.I32, [maxT]);
     this.decodeTmp = dev.alloc(DType.I32, [maxB]);
@@ -227,7 +270,14 @@ export class ModelRunner {
   /** KV pool from --num-pages, or a fraction of the free memory left. */
   private allocKv(progress: Progress) {
     progress("KV pool", 0, 1);
-    const pool = allocKvPool(this.dev, this.cfg, this.opts, this.actDtype, this.stream);
+    const pool = allocKvPool(
+      this.dev,
+      this.cfg,
+      this.opts,
+      this.actDtype,
+      this.stream,
+      this.shard.numKvHeads,
+    );
     this.pageTable = pool.pageTable;
     this.tokenTable = pool.tokenTable;
     this.attn = createAttention(
@@ -288,11 +338,24 @@ export class ModelRunner {
       this.ws,
       this.attn,
       this.decodeMeta(bs, maxSeqLen),
+      this.tp,
     );
     const logits = this.logits.rows(0, bs);
-    ops.gemm(logits, hidden, this.weights.lmHead, null, bs);
+    this.lmHead(logits, hidden, bs);
     ops.sample(this.out.tokens, this.out.logprobs, logits, meta.params, bs);
     ops.scatterI32(this.tokenTable, meta.sampleRows, this.out.tokens, bs);
+  }
+
+  /** Full fp32 logits [n, vocab] of n hidden rows: with TP, this rank's vocabulary
+   *  columns then an all-gather (every rank ends with the same logits and samples alike). */
+  private lmHead(logits: Tensor, hidden: Tensor, n: number) {
+    if (!this.tp) {
+      this.ops.gemm(logits, hidden, this.weights.lmHead, null, n);
+      return;
+    }
+    const local = this.localLogits!.rows(0, n);
+    this.ops.gemm(local, hidden, this.weights.lmHead, null, n);
+    this.ops.allGatherCols(logits, local, this.gatherScratch, n, this.tp.comm);
   }
 
   /** Writes a dummy decode batch of `bs` padded rows (used before capture). */
@@ -377,7 +440,7 @@ export class ModelRunner {
     );
     const m = this.forwardMeta(f);
     this.attn.prepare(m);
-    return forward(ops, this.shape, this.weights, this.ws, this.attn, m);
+    return forward(ops, this.shape, this.weights, this.ws, this.attn, m, this.tp);
   }
 
   private uploadOverflowPages(pairs: Int32Array) {
@@ -399,7 +462,7 @@ export class ModelRunner {
     if (S) {
       ops.gatherRows(this.lastHidden, hidden, meta.lastIdx, S);
       const logits = this.logits.rows(0, S);
-      ops.gemm(logits, this.lastHidden, this.weights.lmHead, null, S);
+      this.lmHead(logits, this.lastHidden, S);
       this.applyPenalties(f, logits);
       if (topK) ops.topLogprobs(this.out.topIds, this.out.topLps, logits, S, topK);
       ops.sample(this.out.tokens, this.out.logprobs, logits, meta.params, S);
@@ -412,7 +475,7 @@ export class ModelRunner {
         for (let c = 0; c < e.qLen; c += this.L.maxB) {
           const n = Math.min(this.L.maxB, e.qLen - c);
           const logits = this.logits.rows(0, n);
-          ops.gemm(logits, hidden.rows(t + c, n), this.weights.lmHead, null, n);
+          this.lmHead(logits, hidden.rows(t + c, n), n);
           ops.tokenLogprobs(
             this.out.promptLp.rows(t + c, n),
             logits,
@@ -483,7 +546,7 @@ export class ModelRunner {
   /** Full fp32 logits of every new token of every entry (tests and fidelity checks;
    *  nothing is sampled). Entries are stored into the KV cache like any batch. */
   logitsOf(batch: ForwardBatch): Float32Array[] {
-    const { dev, ops, L } = this;
+    const { dev, L } = this;
     const slot = this.nextSlot();
     const f = this.fill(batch, slot);
     this.upload(slot, f);
@@ -496,7 +559,7 @@ export class ModelRunner {
       for (let c = 0; c < e.qLen; c += L.maxB) {
         const n = Math.min(L.maxB, e.qLen - c);
         const logits = this.logits.rows(0, n);
-        ops.gemm(logits, hidden.rows(t + c, n), this.weights.lmHead, null, n);
+        this.lmHead(logits, hidden.rows(t + c, n), n);
         dev.download(host.subarray(c * V, (c + n) * V), logits, this.stream);
       }
       out.push(host);

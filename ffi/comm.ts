@@ -1,0 +1,46 @@
+/**
+ * Communicators of tensor parallelism: a unique id made once (on the main thread, or by
+ * node 0's rendezvous) and handed to every rank, then one communicator per rank. On CUDA
+ * this is NCCL; on the CPU backend, a shared-memory segment named from the id.
+ */
+import type { Device, Handle } from "./device.ts";
+import { type Backend, loadNative } from "./lib.ts";
+
+/** Bytes of a unique id. */
+export const UNIQUE_ID_BYTES = 128;
+
+/** A fresh unique id for a communicator of `backend` (loads the library briefly). NCCL's id
+ *  names a bootstrap socket of this process, so the process must outlive the ranks' join. */
+export function makeUniqueId(backend: Backend): Uint8Array {
+  const lib = loadNative(backend);
+  const id = new Uint8Array(UNIQUE_ID_BYTES);
+  lib.check(lib.sym.msg_comm_unique_id(Deno.UnsafePointer.of(id)), "communicator unique id");
+  // The CUDA library stays loaded: NCCL's bootstrap root lives in it.
+  if (backend === "cpu") lib.close();
+  return id;
+}
+
+/** This rank's communicator; `destroy` it when done. */
+export class Communicator {
+  private constructor(
+    private dev: Device,
+    readonly handle: Handle,
+    readonly rank: number,
+    readonly size: number,
+  ) {}
+
+  /** Joins rank `rank` of `size`; blocks until every rank has joined. */
+  static join(dev: Device, size: number, rank: number, id: Uint8Array): Communicator {
+    const out = new BigUint64Array(1);
+    const idCopy = new Uint8Array(id); // a pointer needs an ArrayBuffer of its own
+    dev.check(
+      dev.sym.msg_comm_init(Deno.UnsafePointer.of(out), size, rank, Deno.UnsafePointer.of(idCopy)),
+      `join communicator as rank ${rank} of ${size}`,
+    );
+    return new Communicator(dev, Deno.UnsafePointer.create(out[0]), rank, size);
+  }
+
+  destroy(): void {
+    this.dev.check(this.dev.sym.msg_comm_destroy(this.handle), "communicator destroy");
+  }
+}
