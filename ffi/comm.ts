@@ -44,3 +44,15 @@ export class Communicator {
     this.dev.check(this.dev.sym.msg_comm_destroy(this.handle), "communicator destroy");
   }
 }
+
+/** GPUs the CUDA library sees (0 when it cannot load or finds none). */
+export function cudaDeviceCount(): number {
+  try {
+    const lib = loadNative("cuda");
+    const n = new Int32Array(1);
+    const rc = lib.sym.msg_device_count(Deno.UnsafePointer.of(n));
+    return rc === 0 ? n[0] : 0;
+  } catch {
+    return 0;
+  }
+}

@@ -9,6 +9,8 @@ import { deepEqual, ok as assert } from "node:assert/strict";
 import { ensureTestModel } from "./fixtures.ts";
 import { makeUniqueId } from "../ffi/comm.ts";
 import type { RankJob } from "./tp_rank_worker.ts";
+import { Device, DType } from "../ffi/device.ts";
+import { Ops } from "../ffi/ops.ts";
 
 interface RankOut {
   logits: Float32Array[];
@@ -72,3 +74,24 @@ for (const preset of ["tiny-qwen3", "tiny-llama", "tiny-qwen2", "tiny-mistral"])
     prompts.forEach((_, i) => deepEqual(two[0].logits[i], two[1].logits[i]));
   });
 }
+
+Deno.test("fill_random: seeded, within mean +- scale, mean and spread of a uniform", () => {
+  const dev = new Device("cpu");
+  const ops = new Ops(dev);
+  const t = dev.alloc(DType.F32, [1 << 16]);
+  const get = (seed: bigint) => {
+    ops.fillRandom(t, seed, 0.5, 2);
+    const h = new Float32Array(t.numel);
+    dev.download(h, t);
+    return h;
+  };
+  const a = get(1n), b = get(1n), c = get(2n);
+  deepEqual(a, b);
+  assert(a.some((x, i) => x !== c[i]), "another seed gives other values");
+  const mean = a.reduce((s, x) => s + x, 0) / a.length;
+  const sd = Math.sqrt(a.reduce((s, x) => s + (x - mean) ** 2, 0) / a.length);
+  assert(a.every((x) => x >= -1.5 && x < 2.5), "inside [mean - scale, mean + scale)");
+  assert(Math.abs(mean - 0.5) < 0.02, `mean ${mean}`);
+  assert(Math.abs(sd - 2 / Math.sqrt(3)) < 0.02, `sd ${sd}`);
+  dev.close();
+});

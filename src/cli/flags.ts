@@ -23,6 +23,8 @@ export interface CliOptions {
   port: number;
   device: "cpu" | "cuda" | "auto";
   tp: number;
+  /** Fill weights from a seed on the device (config.json alone, no safetensors). */
+  dummyWeight: boolean;
   pageSize: number;
   /** null: size the pool from memory. */
   numPages: number | null;
@@ -90,6 +92,15 @@ const FLAGS: Record<string, FlagSpec> = {
     value: "N",
     help: `tensor-parallel GPUs (default ${DEFAULTS.tpSize})`,
     aliases: ["tp-size", "tensor-parallel-size"],
+  },
+  "dummy-weight": {
+    type: "boolean",
+    help: "random weights filled on the device from config.json alone (no safetensors read)",
+  },
+  "load-format": {
+    type: "string",
+    value: "auto|safetensors|dummy",
+    help: "how weights are loaded: dummy = --dummy-weight (default auto)",
   },
   "page-size": {
     type: "string",
@@ -238,13 +249,6 @@ function powerOfTwo(n: number): number {
   return n;
 }
 
-/** Sharded weights and NCCL all-reduces are not wired into the model runner yet: refuse
- *  rather than run tp identical copies of the model. */
-function tensorParallel(n: number): number {
-  if (n !== 1) throw new FlagError(`--tp ${n}: tensor parallelism is not implemented yet (use 1)`);
-  return n;
-}
-
 /** Parses and validates argv. Throws FlagError. */
 export function parseFlags(argv: string[]): CliOptions {
   const options: Record<string, { type: "string" | "boolean"; short?: string }> = {};
@@ -329,7 +333,9 @@ export function parseFlags(argv: string[]): CliOptions {
     host: nonEmpty("host") ?? DEFAULTS.host,
     port: int("port", DEFAULTS.port, 0, 65535),
     device: choice("device", DEFAULTS.device, ["cpu", "cuda", "auto"] as const),
-    tp: tensorParallel(int("tp", DEFAULTS.tpSize, 1, 64)),
+    tp: int("tp", DEFAULTS.tpSize, 1, 64),
+    dummyWeight: values["dummy-weight"] === true ||
+      choice("load-format", "auto", ["auto", "safetensors", "dummy"] as const) === "dummy",
     pageSize: powerOfTwo(int("page-size", DEFAULTS.pageSize, 1, 256)),
     numPages: numPagesRaw === undefined ? null : int("num-pages", 0, 1),
     memFraction: float("mem-fraction", DEFAULTS.memFraction, 0, 1, true),

@@ -15,6 +15,8 @@ import { textTokenizer } from "../text/tokenizer_port.ts";
 import { runShell } from "../shell/shell.ts";
 import { loadTokenizer } from "../tokenizer/tokenizer.ts";
 import { Device } from "../../ffi/device.ts";
+import { cudaDeviceCount } from "../../ffi/comm.ts";
+import { tpError } from "../model/tp.ts";
 import { ensureDefaultModel } from "./default_model.ts";
 import { prepareNativeLibrary } from "./native_lib.ts";
 import { type CliOptions, FlagError, helpText, parseFlags } from "./flags.ts";
@@ -57,6 +59,7 @@ export function engineConfig(
     ...c,
     device,
     tpSize: o.tp,
+    dummyWeightSeed: o.dummyWeight ? 0 : null,
     pageSize: o.pageSize,
     numPages: o.numPages,
     memFraction: o.memFraction,
@@ -101,6 +104,8 @@ export async function main(argv: string[]): Promise<number> {
     }
     // Validate the folder before anything heavy: one clear line on a broken model.
     const modelConfig = await loadModelConfig(modelDir);
+    const tpErr = tpError(modelConfig, opts.tp);
+    if (tpErr) throw new Error(tpErr);
     const tokenizer = textTokenizer(await loadTokenizer(modelDir));
     const built = await prepareNativeLibrary(opts.device !== "cpu", log);
     if (opts.device === "cuda" && built.cuda === null) {
@@ -109,6 +114,9 @@ export async function main(argv: string[]): Promise<number> {
       );
     }
     const device = resolveDevice(opts.device, built.cuda);
+    if (device === "cuda" && opts.tp > cudaDeviceCount()) {
+      throw new Error(`--tp ${opts.tp}: only ${cudaDeviceCount()} GPU(s) present`);
+    }
     const config = engineConfig(opts, modelDir, device);
     log(`loading ${modelDir} (${modelConfig.arch}) on ${device}`);
     engine = await startEngine(config, progressPrinter(log));

@@ -1,0 +1,87 @@
+/**
+ * Tensor parallelism through the whole engine on the CPU backend: one GPU worker per
+ * rank, the scheduler pushing every batch to every rank's ring, rank 0's results returned.
+ * `--tp 2` must produce the greedy tokens of `--tp 1`; dummy weights run from config.json
+ * alone; a split that does not divide is refused with one line at start.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { ensureTestModel, REPO_ROOT, sharedPrefixWorkload } from "./fixtures.ts";
+import { startEngine } from "../src/engine/engine.ts";
+import { defaultEngineConfig, type EngineConfig } from "../src/engine/config.ts";
+import type { TokenEvent } from "../src/engine/types.ts";
+
+async function generate(preset: string, over: Partial<EngineConfig>, n = 6, maxTokens = 10) {
+  const dir = await ensureTestModel(preset);
+  const e = await startEngine({
+    ...defaultEngineConfig(dir),
+    device: "cpu",
+    cudaGraphMaxBs: 0,
+    numPages: 2048,
+    maxRunningRequests: 16,
+    maxPrefillLength: 48, // chunked prefill on the longer prompts
+    ...over,
+  });
+  const collect = async (s: AsyncIterable<TokenEvent>) => {
+    const t: number[] = [];
+    for await (const ev of s) t.push(...ev.tokens);
+    return t;
+  };
+  const out = await Promise.all(
+    sharedPrefixWorkload(n, maxTokens).map((r) => collect(e.submit(r))),
+  );
+  await e.shutdown();
+  return out;
+}
+
+for (const preset of ["tiny-qwen3", "tiny-mistral"]) {
+  Deno.test(`engine ${preset}: --tp 2 generates the greedy tokens of --tp 1`, async () => {
+    const one = await generate(preset, { tpSize: 1 });
+    const two = await generate(preset, { tpSize: 2 });
+    assert.ok(one.every((t) => t.length >= 8), "every request generated");
+    assert.deepEqual(two, one);
+  });
+}
+
+Deno.test("engine: --tp 2 with dummy weights runs from config.json and the tokenizer alone", async () => {
+  const src = await ensureTestModel("tiny-llama");
+  const dir = await Deno.makeTempDir({ prefix: "minisgl-dummy-" });
+  try {
+    for (const f of ["config.json", "tokenizer.json", "tokenizer_config.json"]) {
+      await Deno.copyFile(join(src, f), join(dir, f));
+    }
+    const e = await startEngine({
+      ...defaultEngineConfig(dir),
+      device: "cpu",
+      cudaGraphMaxBs: 0,
+      numPages: 512,
+      maxRunningRequests: 4,
+      dummyWeightSeed: 7,
+      tpSize: 2,
+    });
+    const [req] = sharedPrefixWorkload(1, 6);
+    const tokens: number[] = [];
+    for await (const ev of e.submit(req)) tokens.push(...ev.tokens);
+    await e.shutdown();
+    assert.equal(tokens.length, 6);
+    assert.ok(tokens.every((t) => t >= 0 && t < e.info.vocabSize));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli: --tp that does not divide the heads exits 1 with one line", async () => {
+  const dir = await ensureTestModel("tiny-qwen3"); // 4 heads
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", "--model", dir, "--device", "cpu", "--tp-size", "3"],
+    cwd: REPO_ROOT,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const err = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 1, err);
+  const lines = err.split("\n").filter((l) => l.startsWith("error:"));
+  assert.equal(lines.length, 1, err);
+  assert.match(lines[0], /--tp 3: 4 attention heads do not divide over 3 ranks/);
+});
