@@ -1,6 +1,8 @@
 // shard.cpp — the ops of tensor parallelism that are not collectives, on the host: the
 // vocab-parallel embedding (a masked gather) and the seeded fill of dummy weights. The
 // CUDA twin is cuda/src/shard.cu.
+#include <cmath>
+
 #include "common.h"
 
 using namespace msg;
@@ -56,7 +58,8 @@ int msg_fill_random(void* p, uint64_t n, int dtype, uint64_t seed, float mean, f
   const int64_t chunk = 1 << 16;
   parallel_for((int64_t)n, chunk, [&](int64_t b, int64_t e) {
     float* tmp = scratch(0, (size_t)(e - b));
-    for (int64_t i = b; i < e; i++) tmp[i - b] = mean + scale * uniform_pm1(seed, (uint64_t)i);
+    // One rounding (std::fma), as the CUDA twin's __fmaf_rn: the same bits on both.
+    for (int64_t i = b; i < e; i++) tmp[i - b] = std::fma(scale, uniform_pm1(seed, (uint64_t)i), mean);
     store_f32(p, dtype, b, tmp, e - b);
   });
   return 0;

@@ -14,6 +14,19 @@ struct Comm {
   msg::nccl::CommHandle nccl;  // NULL when nranks == 1
 };
 
+// Rank r's block [rows, cols] of the gathered [nranks, rows, cols] lands at columns
+// r * cols of dst [rows, dst_cols]; one thread per destination element (grid-stride).
+template <typename T>
+__global__ void place_cols_kernel(T* dst, int dst_cols, const T* gathered, int rows, int cols) {
+  uint64_t total = (uint64_t)rows * dst_cols;
+  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < total;
+       i += (uint64_t)gridDim.x * blockDim.x) {
+    int row = (int)(i / dst_cols), col = (int)(i % dst_cols);
+    int r = col / cols, c = col % cols;
+    dst[i] = gathered[((uint64_t)r * rows + row) * cols + c];
+  }
+}
+
 int fail_nccl(const msg::nccl::Api* a, msg::nccl::Result r, const char* what) {
   return msg::fail(msg::ERR_CUDA, "%s: NCCL error %d (%s)", what, r,
                    a->getErrorString ? a->getErrorString(r) : "?");
@@ -90,6 +103,40 @@ int msg_all_reduce(void* buf, uint64_t n, int dtype, void* comm, void* stream) {
       a->allReduce(buf, buf, (size_t)n, nd, msg::nccl::SUM, c->nccl, msg::as_stream(stream));
   if (r != msg::nccl::SUCCESS) return fail_nccl(a, r, "ncclAllReduce");
   return 0;
+}
+
+int msg_all_gather_cols(void* dst, int dst_cols, const void* src, void* scratch, int rows,
+                        int cols, int dtype, void* comm, void* stream) {
+  Comm* c = (Comm*)comm;
+  MSG_REQUIRE(c, "msg_all_gather_cols: NULL communicator");
+  MSG_REQUIRE(rows >= 0 && cols > 0 && dst_cols > 0 && dst_cols <= c->nranks * cols,
+              "msg_all_gather_cols: bad sizes rows %d cols %d dst_cols %d", rows, cols,
+              dst_cols);
+  if (rows == 0) return 0;
+  int nd;
+  switch (dtype) {
+    case MSG_F32: nd = msg::nccl::FLOAT32; break;
+    case MSG_F16: nd = msg::nccl::FLOAT16; break;
+    case MSG_BF16: nd = msg::nccl::BFLOAT16; break;
+    default: return msg::fail(msg::ERR_UNSUPPORTED, "msg_all_gather_cols: dtype %s",
+                              msg::dtype_name(dtype));
+  }
+  cudaStream_t st = msg::as_stream(stream);
+  const void* gathered = src;
+  if (c->nranks > 1) {
+    MSG_REQUIRE(scratch, "msg_all_gather_cols: NULL scratch");
+    const msg::nccl::Api* a = msg::nccl::api();
+    msg::nccl::Result r =
+        a->allGather(src, scratch, (size_t)rows * cols, nd, c->nccl, st);
+    if (r != msg::nccl::SUCCESS) return fail_nccl(a, r, "ncclAllGather");
+    gathered = scratch;
+  }
+  uint64_t total = (uint64_t)rows * dst_cols, blocks = (total + 255) / 256;
+  unsigned grid = (unsigned)(blocks > 4096 ? 4096 : blocks);
+  return MSG_DISPATCH_FLOAT(dtype, T,
+    place_cols_kernel<T><<<grid, 256, 0, st>>>((T*)dst, dst_cols, (const T*)gathered, rows, cols);
+    MSG_LAUNCHED("place_cols_kernel");
+    return 0;);
 }
 
 }  // extern "C"

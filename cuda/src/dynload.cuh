@@ -85,6 +85,8 @@ struct Api {
   Result (*commDestroy)(CommHandle);
   Result (*allReduce)(const void* send, void* recv, size_t count, int dtype, int op,
                       CommHandle, cudaStream_t);
+  Result (*allGather)(const void* send, void* recv, size_t sendcount, int dtype, CommHandle,
+                      cudaStream_t);
   const char* (*getErrorString)(Result);
 };
 

@@ -133,6 +133,7 @@ const Api* api() {
     sym(h, "ncclCommInitRank", &a.commInitRank, &miss);
     sym(h, "ncclCommDestroy", &a.commDestroy, &miss);
     sym(h, "ncclAllReduce", &a.allReduce, &miss);
+    sym(h, "ncclAllGather", &a.allGather, &miss);
     sym(h, "ncclGetErrorString", &a.getErrorString, &miss);
     if (!miss.empty()) {
       why = "NCCL lacks " + miss;
