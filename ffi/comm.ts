@@ -56,3 +56,71 @@ export function cudaDeviceCount(): number {
     return 0;
   }
 }
+
+/** What a rank tells the others about its peer buffer (structured-clone safe). */
+export interface PeerBufferInfo {
+  ptr: bigint;
+  handle: Uint8Array;
+  pid: number;
+}
+
+/** The one-shot peer-memory all-reduce of one rank (CUDA only), for messages of at most
+ *  `maxBytes`; larger ones go through the communicator (NCCL). */
+export class PeerAllReduce {
+  private constructor(
+    private dev: Device,
+    readonly handle: Handle,
+    readonly maxBytes: number,
+  ) {}
+
+  /** Allocates this rank's peer-visible buffer; hand the info to every other rank. */
+  static allocBuffer(dev: Device, maxBytes: number): { buf: Handle; info: PeerBufferInfo } {
+    const out = new BigUint64Array(1), handle = new Uint8Array(64);
+    dev.check(
+      dev.sym.msg_peer_buffer_alloc(
+        Deno.UnsafePointer.of(out),
+        BigInt(maxBytes),
+        Deno.UnsafePointer.of(handle),
+      ),
+      "peer buffer",
+    );
+    return { buf: Deno.UnsafePointer.create(out[0]), info: { ptr: out[0], handle, pid: Deno.pid } };
+  }
+
+  /** Opens every peer's buffer (infos in rank order, this rank's included). */
+  static create(
+    dev: Device,
+    rank: number,
+    buf: Handle,
+    maxBytes: number,
+    infos: PeerBufferInfo[],
+  ): PeerAllReduce {
+    const ptrs = BigUint64Array.from(infos, (i) => i.ptr);
+    const handles = new Uint8Array(64 * infos.length);
+    infos.forEach((i, r) => handles.set(i.handle, 64 * r));
+    const pids = Int32Array.from(infos, (i) => i.pid);
+    const out = new BigUint64Array(1);
+    dev.check(
+      dev.sym.msg_peer_all_reduce_create(
+        Deno.UnsafePointer.of(out),
+        infos.length,
+        rank,
+        buf,
+        BigInt(maxBytes),
+        Deno.UnsafePointer.of(ptrs),
+        Deno.UnsafePointer.of(handles),
+        Deno.UnsafePointer.of(pids),
+      ),
+      "peer all-reduce",
+    );
+    return new PeerAllReduce(dev, Deno.UnsafePointer.create(out[0]), maxBytes);
+  }
+
+  /** Sums n elements of `buf` (a device pointer of `dtype`) over the ranks, in place. */
+  allReduce(buf: Handle, n: number, dtype: number, stream: Handle): void {
+    this.dev.check(
+      this.dev.sym.msg_peer_all_reduce(buf, BigInt(n), dtype, this.handle, stream),
+      "peer all_reduce",
+    );
+  }
+}

@@ -6,10 +6,12 @@
  * "batch N+1 arrived or batch N done", whichever comes first (see serve()).
  *
  * Protocol: postMessage {type:"init", config, toWorker, fromWorker}; answers
- * {type:"progress", stage, done, total}*, then {type:"ready", info} or {type:"error",
+ * {type:"progress", stage, done, total}* (with tensor parallelism on CUDA also one
+ * {type:"peer", info}, answered by {type:"peers", infos}), then {type:"ready", info} or {type:"error",
  * message}. A failure while serving posts {type:"fatal", message} and closes the rings.
  */
 import { ModelRunner, type Pending } from "../src/runtime/model_runner.ts";
+import type { PeerBufferInfo } from "../ffi/comm.ts";
 import { loadModelConfig } from "../src/model/config.ts";
 import { Ring } from "../src/ipc/ring.ts";
 import {
@@ -66,6 +68,20 @@ function serve(runner: ModelRunner, input: Ring, output: Ring) {
   }
 }
 
+/** Tensor parallelism on CUDA: this rank's peer buffer goes to the main thread, which
+ *  answers {type:"peers", infos} once every rank has sent its own. */
+function exchangePeers(mine: PeerBufferInfo): Promise<PeerBufferInfo[]> {
+  return new Promise((resolve) => {
+    const onPeers = (ev: MessageEvent) => {
+      if (ev.data?.type !== "peers") return;
+      self.removeEventListener("message", onPeers);
+      resolve(ev.data.infos);
+    };
+    self.addEventListener("message", onPeers);
+    self.postMessage({ type: "peer", info: mine });
+  });
+}
+
 self.onmessage = async (ev: MessageEvent<InitMessage>) => {
   if (ev.data?.type !== "init") return;
   const { config: c, toWorker, fromWorker } = ev.data;
@@ -73,24 +89,29 @@ self.onmessage = async (ev: MessageEvent<InitMessage>) => {
   let runner: ModelRunner;
   try {
     const cfg = await loadModelConfig(c.modelDir);
-    runner = await ModelRunner.create(cfg, {
-      backend: c.device,
-      deviceIndex: c.deviceIndex,
-      modelDir: c.modelDir,
-      pageSize: c.pageSize,
-      numPages: c.numPages,
-      memFraction: c.memFraction,
-      maxRows: c.maxRunningRequests,
-      maxPrefillLength: c.maxPrefillLength,
-      cudaGraphMaxBs: c.cudaGraphMaxBs,
-      dtype: c.dtype,
-      cpuThreads: c.cpuThreads,
-      attn: c.attn,
-      tpRank: c.tpRank,
-      tpSize: c.tpSize,
-      commId: c.commId,
-      dummyWeightSeed: c.dummyWeightSeed,
-    }, (stage, done, total) => self.postMessage({ type: "progress", stage, done, total }));
+    runner = await ModelRunner.create(
+      cfg,
+      {
+        backend: c.device,
+        deviceIndex: c.deviceIndex,
+        modelDir: c.modelDir,
+        pageSize: c.pageSize,
+        numPages: c.numPages,
+        memFraction: c.memFraction,
+        maxRows: c.maxRunningRequests,
+        maxPrefillLength: c.maxPrefillLength,
+        cudaGraphMaxBs: c.cudaGraphMaxBs,
+        dtype: c.dtype,
+        cpuThreads: c.cpuThreads,
+        attn: c.attn,
+        tpRank: c.tpRank,
+        tpSize: c.tpSize,
+        commId: c.commId,
+        dummyWeightSeed: c.dummyWeightSeed,
+      },
+      (stage, done, total) => self.postMessage({ type: "progress", stage, done, total }),
+      exchangePeers,
+    );
   } catch (e) {
     self.postMessage({ type: "error", message: (e as Error).message });
     return;

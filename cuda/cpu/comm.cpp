@@ -231,4 +231,17 @@ int msg_all_gather_cols(void* dst, int dst_cols, const void* src, void*, int row
   MSG_CATCH
 }
 
+// Peer memory is a CUDA feature; the CPU's shared-memory all-reduce is already one-shot.
+int msg_peer_buffer_alloc(void**, uint64_t, uint8_t*) {
+  return fail(ERR_UNSUPPORTED, "msg_peer_buffer_alloc: peer memory needs the CUDA backend");
+}
+int msg_peer_all_reduce_create(void**, int, int, void*, uint64_t, const uint64_t*,
+                               const uint8_t*, const int32_t*) {
+  return fail(ERR_UNSUPPORTED, "msg_peer_all_reduce_create: peer memory needs the CUDA backend");
+}
+int msg_peer_all_reduce_destroy(void*) { return 0; }
+int msg_peer_all_reduce(void*, uint64_t, int, void*, void*) {
+  return fail(ERR_UNSUPPORTED, "msg_peer_all_reduce: peer memory needs the CUDA backend");
+}
+
 }  // extern "C"

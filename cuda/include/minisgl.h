@@ -279,6 +279,17 @@ MSG_API int msg_all_reduce(void* buf, uint64_t n, int dtype, void* comm, void* s
  *  backend needs `scratch` of nranks * rows * cols elements (NULL is fine on the CPU). */
 MSG_API int msg_all_gather_cols(void* dst, int dst_cols, const void* src, void* scratch,
                                 int rows, int cols, int dtype, void* comm, void* stream);
+/** One-shot all-reduce over peer memory (CUDA; the CPU backend answers unsupported): each
+ *  rank allocates a peer-visible buffer and hands (pointer, IPC handle, process id) to the
+ *  others; ranks of one process use the pointer, others open the handle. Sums at most
+ *  `data_bytes` in place, in rank order (bit-identical on every rank), graph-capturable.
+ *  Every rank must make the same calls in the same order, like any collective. */
+MSG_API int msg_peer_buffer_alloc(void** buf, uint64_t data_bytes, uint8_t* handle64);
+MSG_API int msg_peer_all_reduce_create(void** ar, int nranks, int rank, void* own_buf,
+                                       uint64_t data_bytes, const uint64_t* peer_ptrs,
+                                       const uint8_t* peer_handles, const int32_t* peer_pids);
+MSG_API int msg_peer_all_reduce_destroy(void* ar);
+MSG_API int msg_peer_all_reduce(void* buf, uint64_t n, int dtype, void* ar, void* stream);
 /** Vocab-parallel embedding: out[i, :] = table[ids[i] - vocab_start, :] when the id falls in
  *  [vocab_start, vocab_start + vocab_rows), else zeros (an all-reduce then sums the ranks). */
 MSG_API int msg_embedding_range(void* out, const void* table, const int32_t* ids, int n,

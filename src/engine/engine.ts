@@ -4,7 +4,7 @@
  * turns the scheduler's per-step event messages into one async stream per request.
  */
 
-import { makeUniqueId } from "../../ffi/comm.ts";
+import { makeUniqueId, type PeerBufferInfo } from "../../ffi/comm.ts";
 import { loadModelConfig } from "../model/config.ts";
 import { tpError } from "../model/tp.ts";
 import { createRingBuffer, Ring } from "../ipc/ring.ts";
@@ -39,11 +39,28 @@ function seedSource(base: number | null): () => bigint {
   };
 }
 
+/** Peer buffers of the one-shot all-reduce: each rank sends its own; once all have, each
+ *  rank gets the whole list (rank order). */
+class PeerBroker {
+  #infos: (PeerBufferInfo | undefined)[];
+  #workers: Worker[] = [];
+  constructor(private size: number) {
+    this.#infos = new Array(size);
+  }
+  add(rank: number, info: PeerBufferInfo, worker: Worker) {
+    this.#infos[rank] = info;
+    this.#workers[rank] = worker;
+    if (this.#infos.filter((i) => i).length < this.size) return;
+    for (const w of this.#workers) w.postMessage({ type: "peers", infos: this.#infos });
+  }
+}
+
 /** Start one GPU worker and wait until it is ready. */
 function startGpuWorker(
   config: EngineConfig,
   rank: number,
   commId: Uint8Array | null,
+  peers: PeerBroker,
   onProgress?: (p: EngineProgress) => void,
 ): Promise<{ worker: Worker; info: WorkerInfo; to: SharedArrayBuffer; from: SharedArrayBuffer }> {
   const worker = new Worker(new URL("../../workers/gpu_worker.ts", import.meta.url), {
@@ -54,6 +71,7 @@ function startGpuWorker(
     worker.onmessage = (ev: MessageEvent) => {
       const m = ev.data;
       if (m.type === "progress") onProgress?.({ rank, ...m });
+      else if (m.type === "peer") peers.add(rank, m.info, worker);
       else if (m.type === "ready") resolve({ worker, info: m.info, to, from });
       else if (m.type === "error") {
         worker.terminate();
@@ -84,10 +102,11 @@ export async function startEngine(
   if (tpErr) throw new Error(tpErr);
   // One communicator id for the group, made here; every rank joins with it.
   const commId = config.tpSize > 1 ? makeUniqueId(config.device) : null;
+  const peers = new PeerBroker(config.tpSize);
   const settled = await Promise.allSettled(
     Array.from(
       { length: config.tpSize },
-      (_, r) => startGpuWorker(config, r, commId, onProgress),
+      (_, r) => startGpuWorker(config, r, commId, peers, onProgress),
     ),
   );
   const failed = settled.find((s) => s.status === "rejected") as PromiseRejectedResult | undefined;

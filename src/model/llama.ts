@@ -3,7 +3,6 @@
  * attention (GQA, rotary, optional qkv bias and q/k RMSNorm) and a SiLU-gated MLP.
  * The forward pass is a sequence of op calls; batching, paging and graphs live below it.
  */
-import type { Handle } from "../../ffi/device.ts";
 import type { Ops, Tensor } from "../../ffi/ops.ts";
 import type { AttentionBackend, ForwardMeta } from "../runtime/attention.ts";
 
@@ -45,7 +44,8 @@ export interface DecoderShape {
 
 /** This rank's place in a tensor-parallel group (src/model/tp.ts); shapes are local. */
 export interface TensorParallel {
-  comm: Handle;
+  /** Sums the first n elements of t over the ranks, in place. */
+  allReduce(t: Tensor, n: number): void;
   /** First vocabulary row of the local embedding. */
   vocabStart: number;
 }
@@ -79,7 +79,7 @@ export function forward(
   // The residual stream is fp32 (see Workspace); it starts at zero and every layer's
   // output, the embedding first, is added into it.
   // Row-parallel outputs (and the vocab-parallel embedding) are partial sums over ranks.
-  const reduce = (t: Tensor) => tp && ops.allReduce(t, n * shape.hidden, tp.comm);
+  const reduce = (t: Tensor) => tp?.allReduce(t, n * shape.hidden);
   if (tp) ops.embeddingRange(ws.delta, w.embed, meta.inputIds, n, tp.vocabStart);
   else ops.embedding(ws.delta, w.embed, meta.inputIds, n);
   reduce(ws.delta);

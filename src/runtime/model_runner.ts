@@ -4,9 +4,9 @@
  * device work (`launch`) and later into a ForwardResult (`finish`). Decode batches replay
  * CUDA graphs captured per padded batch size.
  */
-import { Device, DType, type Handle, Tensor } from "../../ffi/device.ts";
+import { Device, DType, dtypeSize, type Handle, Tensor } from "../../ffi/device.ts";
 import { DEFAULTS } from "../core/defaults.ts";
-import { Communicator } from "../../ffi/comm.ts";
+import { Communicator, PeerAllReduce, type PeerBufferInfo } from "../../ffi/comm.ts";
 import { Ops } from "../../ffi/ops.ts";
 import type { ForwardBatch, ForwardResult, WorkerInfo } from "../ipc/batch.ts";
 import {
@@ -85,6 +85,14 @@ export function runnerOptions(
 
 export type Progress = (stage: string, done: number, total: number) => void;
 
+/** Hands this rank's peer buffer to the other ranks and returns all of them in rank order
+ *  (the GPU worker goes through the main thread). */
+export type PeerExchange = (mine: PeerBufferInfo) => Promise<PeerBufferInfo[]>;
+
+/** Largest all-reduce that takes the one-shot peer-memory path (decode rows of hidden);
+ *  larger ones go through NCCL. */
+const PEER_ALL_REDUCE_BYTES = 1 << 20;
+
 /** Host blocks of one batch in flight: its staged inputs and its results. */
 interface Slot {
   ptr: Deno.PointerValue;
@@ -121,6 +129,7 @@ export class ModelRunner {
   private gatherScratch: Tensor | null = null;
   private tp: TensorParallel | null = null;
   private comm: Communicator | null = null;
+  private peer: PeerAllReduce | null = null;
   private positions!: Tensor;
   private kvSlots!: Tensor;
   private decodeTmp!: Tensor;
@@ -176,6 +185,7 @@ export class ModelRunner {
     cfg: ModelConfig,
     opts: RunnerOptions,
     progress: Progress,
+    peerExchange: PeerExchange | null = null,
   ): Promise<ModelRunner> {
     const t0 = performance.now();
     parseAttentionNames(opts.attn); // fail before loading anything
@@ -200,8 +210,25 @@ export class ModelRunner {
     if (opts.tpSize > 1) {
       if (!opts.commId) throw new Error("tensor parallelism needs a communicator id");
       progress("communicator", 0, 1);
-      r.comm = Communicator.join(dev, opts.tpSize, opts.tpRank, opts.commId);
-      r.tp = { comm: r.comm.handle, vocabStart: shard.vocabStart };
+      const comm = r.comm = Communicator.join(dev, opts.tpSize, opts.tpRank, opts.commId);
+      // MINISGL_PEER_ALL_REDUCE=0: every all-reduce through NCCL (A/B measurements).
+      if (
+        peerExchange && opts.backend === "cuda" &&
+        Deno.env.get("MINISGL_PEER_ALL_REDUCE") !== "0"
+      ) {
+        const { buf, info } = PeerAllReduce.allocBuffer(dev, PEER_ALL_REDUCE_BYTES);
+        const infos = await peerExchange(info);
+        r.peer = PeerAllReduce.create(dev, opts.tpRank, buf, PEER_ALL_REDUCE_BYTES, infos);
+      }
+      const peer = r.peer, ops = r.ops;
+      r.tp = {
+        // Every rank takes the same path for the same n: the choice is a collective's too.
+        allReduce: (t, n) =>
+          peer && n * dtypeSize(t.dtype) <= peer.maxBytes
+            ? peer.allReduce(t.ptr, n, t.dtype, r.stream)
+            : ops.allReduce(t, n, comm.handle),
+        vocabStart: shard.vocabStart,
+      };
       progress("communicator", 1, 1);
     }
     r.weights = opts.dummyWeightSeed !== null
@@ -355,7 +382,7 @@ export class ModelRunner {
     }
     const local = this.localLogits!.rows(0, n);
     this.ops.gemm(local, hidden, this.weights.lmHead, null, n);
-    this.ops.allGatherCols(logits, local, this.gatherScratch, n, this.tp.comm);
+    this.ops.allGatherCols(logits, local, this.gatherScratch, n, this.comm!.handle);
   }
 
   /** Writes a dummy decode batch of `bs` padded rows (used before capture). */
