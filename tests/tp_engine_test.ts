@@ -10,6 +10,10 @@ import { ensureTestModel, REPO_ROOT, sharedPrefixWorkload } from "./fixtures.ts"
 import { startEngine } from "../src/engine/engine.ts";
 import { defaultEngineConfig, type EngineConfig } from "../src/engine/config.ts";
 import type { TokenEvent } from "../src/engine/types.ts";
+import { makeModel } from "../src/model/make_model.ts";
+import { loadModelConfig } from "../src/model/config.ts";
+import { tpError } from "../src/model/tp.ts";
+import { expectedWeights } from "../src/model/safetensors.ts";
 
 async function generate(preset: string, over: Partial<EngineConfig>, n = 6, maxTokens = 10) {
   const dir = await ensureTestModel(preset);
@@ -84,4 +88,26 @@ Deno.test("cli: --tp that does not divide the heads exits 1 with one line", asyn
   const lines = err.split("\n").filter((l) => l.startsWith("error:"));
   assert.equal(lines.length, 1, err);
   assert.match(lines[0], /--tp 3: 4 attention heads do not divide over 3 ranks/);
+});
+
+Deno.test("make-model llama-3-70b: config and tokenizer only, Meta-Llama-3-70B's shapes", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "minisgl-70b-" });
+  try {
+    await makeModel("llama-3-70b", dir);
+    const files = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assert.deepEqual(files, [
+      "config.json",
+      "generation_config.json",
+      "tokenizer.json",
+      "tokenizer_config.json",
+    ]);
+    const cfg = await loadModelConfig(dir);
+    const params = expectedWeights(cfg).reduce((s, w) => s + w.shape.reduce((a, b) => a * b), 0);
+    assert.equal(params, 70553706496); // Meta-Llama-3-70B's parameter count
+    assert.equal(tpError(cfg, 2), null);
+    assert.equal(tpError(cfg, 16), null); // 8 KV heads replicated over 16 ranks
+    assert.match(tpError(cfg, 3)!, /64 attention heads do not divide over 3 ranks/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -60,6 +60,10 @@ export async function makeModel(
   await writeJson(join(outDir, "config.json"), preset.config);
   await writeJson(join(outDir, "generation_config.json"), preset.generationConfig);
   await writeTokenizer(preset, outDir);
+  if (preset.configOnly) {
+    log(`${preset.name}: config and tokenizer only (serve it with --dummy-weight) -> ${outDir}`);
+    return;
+  }
 
   const specs: TensorSpec[] = expectedWeights(cfg).map((w) => ({ ...w, dtype: "BF16" }));
   const h = cfg.hiddenSize;

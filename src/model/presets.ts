@@ -17,6 +17,8 @@ export interface Preset {
   config: Record<string, unknown>;
   /** generation_config.json. */
   generationConfig: Record<string, unknown>;
+  /** Write config and tokenizer files only (a shape for --dummy-weight, no safetensors). */
+  configOnly?: boolean;
 }
 
 const QWEN_VOCAB = 151936;
@@ -247,6 +249,24 @@ export const PRESETS: Readonly<Record<string, Preset>> = {
       tie_word_embeddings: false,
     }),
     generationConfig: { ...llamaGen, max_length: 4096 },
+  },
+  "llama-3-70b": {
+    name: "llama-3-70b",
+    description:
+      "meta-llama/Meta-Llama-3-70B shapes (80 layers, hidden 8192, 64:8 heads), config and " +
+      "tokenizer only: run with --dummy-weight (141 GB of weights are never written)",
+    tokenizer: "llama3",
+    config: llama({
+      hidden_size: 8192,
+      intermediate_size: 28672,
+      num_hidden_layers: 80,
+      num_attention_heads: 64,
+      num_key_value_heads: 8,
+      max_position_embeddings: 8192,
+      tie_word_embeddings: false,
+    }),
+    generationConfig: { ...llamaGen, max_length: 4096 },
+    configOnly: true,
   },
 };
 
