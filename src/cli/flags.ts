@@ -149,7 +149,8 @@ const FLAGS: Record<string, FlagSpec> = {
   "generation-config": {
     type: "string",
     value: "auto|ignore",
-    help: "auto: sampling defaults from the model's generation_config.json (default auto)",
+    help: "auto: sampling defaults from the model's generation_config.json " +
+      `(default ${DEFAULTS.generationConfig})`,
   },
   "context-length": {
     type: "string",
@@ -341,7 +342,14 @@ export function parseFlags(argv: string[]): CliOptions {
     cudaGraphMaxBs: graphRaw === undefined ? null : int("cuda-graph-max-bs", 0, 0, 4096),
     attn: nonEmpty("attn"),
     dtype: choice("dtype", DEFAULTS.dtype, ["auto", "bfloat16", "float16", "float32"] as const),
-    generationConfig: choice("generation-config", "auto", ["auto", "ignore"] as const),
+    generationConfig: choice(
+      "generation-config",
+      DEFAULTS.generationConfig,
+      [
+        "auto",
+        "ignore",
+      ] as const,
+    ),
     contextLength: str("context-length") === undefined
       ? null
       : int("context-length", 0, 1, 1 << 24),

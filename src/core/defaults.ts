@@ -25,6 +25,8 @@ export const DEFAULTS = {
   attn: "native",
   /** 0 = all cores. */
   cpuThreads: 0,
+  /** "auto": the model's generation_config.json gives the sampling defaults. */
+  generationConfig: "auto",
   /** Shell: most tokens per answer and the sampling temperature. */
   shellMaxTokens: 1024,
   shellTemperature: 0.7,
