@@ -118,27 +118,6 @@ export class Ops {
     );
   }
 
-  /** out[M, N] = silu_mul(gateUp)[M, K] @ w[N, K]^T; `act` [M, K] is scratch (see
-   *  msg_silu_mul_gemm). */
-  siluMulGemm(out: Tensor, gateUp: Tensor, act: Tensor, w: Tensor, M: number): void {
-    const [N, K] = w.shape;
-    this.dev.check(
-      this.s.msg_silu_mul_gemm(
-        out.ptr,
-        gateUp.ptr,
-        act.ptr,
-        out.dtype,
-        w.ptr,
-        w.dtype,
-        M,
-        N,
-        K,
-        this.stream,
-      ),
-      `silu_mul_gemm ${M}x${N}x${K}`,
-    );
-  }
-
   ropeStoreKv(
     qkv: Tensor,
     positions: Tensor,

@@ -138,14 +138,6 @@ MSG_API int msg_silu_mul(void* out, const void* gate_up, int rows, int inter, in
 MSG_API int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const void* w,
                      int w_dtype, const void* bias, int M, int N, int K, void* stream);
 
-/** out[M, N] = silu_mul(gate_up)[M, K] @ w[N, K]^T, the MLP's down projection with its
- *  activation: gate_up [M, 2K], out and act [M, K] in act_dtype, w in w_dtype. Equals
- *  msg_silu_mul(act, gate_up) then msg_gemm(out, act, w) (the activation rounded to act_dtype
- *  the same way); the CUDA GEMV path forms the activation while loading it and leaves `act`
- *  untouched, other shapes run the two ops with `act` as the intermediate. */
-MSG_API int msg_silu_mul_gemm(void* out, const void* gate_up, void* act, int act_dtype,
-                              const void* w, int w_dtype, int M, int N, int K, void* stream);
-
 /** Tuning knob: msg_gemm sends M <= m with 16-bit a and w to its GEMV kernels (CUDA;
  *  0 = always cuBLASLt, at most 8); m < 0 only reads it. Returns the previous value. The
  *  CPU backend has one GEMM path and returns 0. */
