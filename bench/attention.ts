@@ -128,7 +128,8 @@ function setup(batch: number, qLen: number, seqLen: number, decode: boolean) {
 
 /** The extend entry points of the ABI, by the backend name that uses them. */
 const prefillKernels: Record<string, (x: AttentionArgs) => void> = {
-  native: (x) => attentionExtend(ops, x),
+  native: (x) => attentionExtend(ops, x, "native"),
+  fa3: (x) => attentionExtend(ops, x, "hopper"),
 };
 
 const prefillShapes = [

@@ -306,10 +306,17 @@ export interface AttentionArgs {
   scale: number;
 }
 
-/** The two attention entry points of the ABI. */
-export function attentionExtend(ops: Ops, a: AttentionArgs): void {
+/** Which extend kernel of the ABI: "native" (msg_attention_extend, mma/WMMA, any GPU) or
+ *  "hopper" (msg_attention_extend_hopper, wgmma on sm_90, the native one elsewhere). */
+export type ExtendKernel = "native" | "hopper";
+
+/** The attention entry points of the ABI. */
+export function attentionExtend(ops: Ops, a: AttentionArgs, kernel: ExtendKernel = "native"): void {
+  const fn = kernel === "hopper"
+    ? ops.dev.sym.msg_attention_extend_hopper
+    : ops.dev.sym.msg_attention_extend;
   ops.dev.check(
-    ops.dev.sym.msg_attention_extend(
+    fn(
       a.out.ptr,
       a.q.ptr,
       a.qRowStride,
@@ -332,7 +339,7 @@ export function attentionExtend(ops: Ops, a: AttentionArgs): void {
       a.out.dtype,
       ops.stream,
     ),
-    "attention_extend",
+    kernel === "hopper" ? "attention_extend_hopper" : "attention_extend",
   );
 }
 
