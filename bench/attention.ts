@@ -12,7 +12,7 @@
  *
  * Timing: CUDA events around `--iters` calls, median of `--repeats`, after a warm-up.
  *
- *   deno run -A bench/attention.ts [--page 16] [--repeats 9] [--no-peer] [--out FILE]
+ *   deno run -A bench/attention.ts [--page 1] [--repeats 9] [--no-peer] [--out FILE]
  */
 import { parseArgs } from "node:util";
 import { Device, DType, type Handle, type Tensor } from "../ffi/device.ts";
@@ -21,7 +21,7 @@ import { appendResult } from "./results.ts";
 
 const { values: a } = parseArgs({
   options: {
-    page: { type: "string", default: "16" },
+    page: { type: "string", default: "1" },
     repeats: { type: "string", default: "9" },
     iters: { type: "string", default: "5" },
     "no-peer": { type: "boolean", default: false },
