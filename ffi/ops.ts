@@ -310,6 +310,13 @@ export interface AttentionArgs {
  *  "hopper" (msg_attention_extend_hopper, wgmma on sm_90, the native one elsewhere). */
 export type ExtendKernel = "native" | "hopper";
 
+/** Whether the device has CUDA and the Hopper (wgmma) extend kernel. */
+export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
+  const has = new Int32Array(1);
+  ops.dev.check(ops.dev.sym.msg_attention_has_hopper(Deno.UnsafePointer.of(has)), "has_hopper");
+  return { cuda: ops.dev.backend === "cuda", hopper: has[0] === 1 };
+}
+
 /** The attention entry points of the ABI. */
 export function attentionExtend(ops: Ops, a: AttentionArgs, kernel: ExtendKernel = "native"): void {
   const fn = kernel === "hopper"

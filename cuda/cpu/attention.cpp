@@ -314,6 +314,12 @@ int msg_attention_extend(void* out, const void* q, int q_row_stride, const void*
   MSG_CATCH
 }
 
+int msg_attention_has_hopper(int* has) {
+  MSG_REQUIRE(has, "msg_attention_has_hopper: NULL pointer");
+  *has = 0;
+  return 0;
+}
+
 // The CPU has one extend kernel: the Hopper entry point is the same function.
 int msg_attention_extend_hopper(void* out, const void* q, int q_row_stride, const void* k_cache,
                                 const void* v_cache, const int32_t* page_table, int pt_stride,

@@ -192,6 +192,9 @@ MSG_API int msg_attention_extend(void* out, const void* q, int q_row_stride,
                                  int max_q_len, int max_seq_len, int hq, int hkv,
                                  int head_dim, int page_size, float scale, int dtype,
                                  void* stream);
+/** *has = 1 when msg_attention_extend_hopper runs its wgmma kernel on the current device
+ *  (compute capability 9.x), else 0 (always 0 on the CPU). */
+MSG_API int msg_attention_has_hopper(int* has);
 /** Same contract as msg_attention_extend, by the Hopper kernel (wgmma, sm_90a) where it
  *  applies (compute capability 9.x, head_dim 64 or 128); otherwise it runs
  *  msg_attention_extend. The CPU library runs its one extend kernel. */

@@ -302,6 +302,12 @@ int launch(void* out, const void* q, int q_row_stride, const void* k_cache, cons
 
 }  // namespace
 
+extern "C" int msg_attention_has_hopper(int* has) {
+  MSG_REQUIRE(has, "msg_attention_has_hopper: NULL pointer");
+  *has = hopper_device() ? 1 : 0;
+  return 0;
+}
+
 extern "C" int msg_attention_extend_hopper(void* out, const void* q, int q_row_stride,
                                            const void* k_cache, const void* v_cache,
                                            const int32_t* page_table, int pt_stride,
