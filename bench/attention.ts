@@ -12,12 +12,20 @@
  *
  * Timing: CUDA events around `--iters` calls, median of `--repeats`, after a warm-up.
  *
- *   deno run -A bench/attention.ts [--page 1] [--repeats 9] [--no-peer] [--out FILE]
+ *   ttft     with --ttft-model DIR: time to first token (one prefill + sample through the
+ *            ModelRunner, no prefix cache, median of 3) of prompts of --ttft-lens tokens
+ *            under --attn fa2 and fa3.
+ *
+ *   deno run -A bench/attention.ts [--page 1] [--repeats 9] [--only prefill|decode]
+ *     [--no-peer] [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768] [--out FILE]
  */
 import { parseArgs } from "node:util";
 import { Device, DType, type Handle, type Tensor } from "../ffi/device.ts";
 import { type AttentionArgs, attentionDecode, attentionExtend, Ops } from "../ffi/ops.ts";
 import { appendResult } from "./results.ts";
+import { loadModelConfig } from "../src/model/config.ts";
+import { ModelRunner, runnerOptions } from "../src/runtime/model_runner.ts";
+import { GREEDY } from "../src/ipc/batch.ts";
 
 const { values: a } = parseArgs({
   options: {
@@ -25,6 +33,10 @@ const { values: a } = parseArgs({
     repeats: { type: "string", default: "9" },
     iters: { type: "string", default: "5" },
     "no-peer": { type: "boolean", default: false },
+    only: { type: "string" },
+    "ttft-model": { type: "string" },
+    "ttft-name": { type: "string", default: "model" },
+    "ttft-lens": { type: "string", default: "8192,32768" },
     out: { type: "string" },
   },
   strict: true,
@@ -142,8 +154,9 @@ const decodeShapes = [
   { model: "bs64-ctx8k", batch: 64, ctx: 8192 },
 ];
 
+const doPrefill = a.only !== "decode", doDecode = a.only !== "prefill";
 let peer: Record<string, { cudnn_tflops: number | null; flash_tflops: number | null }> = {};
-if (!a["no-peer"]) {
+if (!a["no-peer"] && doPrefill) {
   const shapes = prefillShapes.map((s) => ({
     model: s.model,
     batch: s.batch,
@@ -169,7 +182,7 @@ if (!a["no-peer"]) {
 }
 
 const records: Record<string, unknown>[] = [];
-for (const s of prefillShapes) {
+for (const s of doPrefill ? prefillShapes : []) {
   const { args, free } = setup(s.batch, s.qLen, s.qLen, false);
   const flops = 4 * HQ * HD * s.batch * (s.qLen * (s.qLen + 1) / 2);
   const p = peer[s.model] ?? { cudnn_tflops: null, flash_tflops: null };
@@ -191,7 +204,7 @@ for (const s of prefillShapes) {
   free();
 }
 const bw = copyBandwidth();
-for (const s of decodeShapes) {
+for (const s of doDecode ? decodeShapes : []) {
   const { args, free } = setup(s.batch, 1, s.ctx, true);
   const bytes = 2 * s.batch * s.ctx * HKV * HD * 2;
   const ms = timeMs(() => attentionDecode(ops, args));
@@ -209,8 +222,69 @@ for (const s of decodeShapes) {
   free();
 }
 
+/** Seconds from launching a prompt of `len` tokens (row 0, no cached prefix) to its first
+ *  sampled token, median of 3 after a warm-up, for each prefill kernel. */
+async function ttft(dir: string, lens: number[]) {
+  const cfg = await loadModelConfig(dir);
+  const maxLen = Math.max(...lens);
+  for (const attn of ["fa2", "fa3"]) {
+    const runner = await ModelRunner.create(
+      cfg,
+      runnerOptions(dir, "cuda", {
+        pageSize: PAGE,
+        numPages: Math.ceil((maxLen + 64) / PAGE) + 4,
+        maxRows: 4,
+        maxPrefillLength: maxLen,
+        cudaGraphMaxBs: 0,
+        attn,
+      }),
+      () => {},
+    );
+    const pages = Int32Array.from({ length: Math.ceil(maxLen / PAGE) }, (_, i) => i);
+    for (const len of lens) {
+      const ids = Int32Array.from({ length: len }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
+      const once = () => {
+        const t0 = performance.now();
+        runner.run({
+          id: 0,
+          entries: [{
+            row: 0,
+            startPos: 0,
+            qLen: len,
+            inputIds: ids,
+            pageStart: 0,
+            newPages: pages.subarray(0, Math.ceil(len / PAGE)),
+            sample: true,
+            sampling: GREEDY,
+            penaltyTokens: null,
+            logprobTargets: null,
+            topLogprobs: 0,
+          }],
+        });
+        return (performance.now() - t0) / 1000;
+      };
+      once();
+      const t = [once(), once(), once()].sort((x, y) => x - y);
+      records.push({
+        name: "attn_ttft",
+        model: `${a["ttft-name"]}-${len}`,
+        kernel: attn,
+        page_size: PAGE,
+        ttft_s: t[1],
+      });
+    }
+  }
+}
+if (a["ttft-model"]) {
+  await ttft(a["ttft-model"], a["ttft-lens"]!.split(",").map(Number));
+}
+
 console.log(`${card}, page size ${PAGE}, copy ${(bw / 1e9).toFixed(0)} GB/s`);
 for (const r of records) {
+  if (r.name === "attn_ttft") {
+    console.log(`attn_ttft ${r.model} ${r.kernel}: ${(r.ttft_s as number).toFixed(3)} s`);
+    continue;
+  }
   const fig = r.name === "attn_prefill"
     ? `${(r.tflops as number).toFixed(1)} TFLOP/s, cuDNN ${
       (r.cudnn_tflops as number | null)?.toFixed(1) ?? "-"
