@@ -63,6 +63,11 @@ export const symbols = {
     parameters: [P, P, I, P, P, P, I, P, P, P, I, I, I, I, I, I, I, I, F, I, P],
     result: I,
   },
+  msg_attention_has_hopper: { parameters: [P], result: I },
+  msg_attention_extend_hopper: {
+    parameters: [P, P, I, P, P, P, I, P, P, P, I, I, I, I, I, I, I, I, F, I, P],
+    result: I,
+  },
   msg_attention_decode: {
     parameters: [P, P, I, P, P, P, I, P, P, I, I, I, I, I, I, F, I, P],
     result: I,

@@ -285,10 +285,24 @@ export interface AttentionArgs {
   scale: number;
 }
 
-/** The two attention entry points of the ABI. */
-export function attentionExtend(ops: Ops, a: AttentionArgs): void {
+/** Which extend kernel of the ABI: "native" (msg_attention_extend, mma/WMMA, any GPU) or
+ *  "hopper" (msg_attention_extend_hopper, wgmma on sm_90, the native one elsewhere). */
+export type ExtendKernel = "native" | "hopper";
+
+/** Whether the device has CUDA and the Hopper (wgmma) extend kernel. */
+export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
+  const has = new Int32Array(1);
+  ops.dev.check(ops.dev.sym.msg_attention_has_hopper(Deno.UnsafePointer.of(has)), "has_hopper");
+  return { cuda: ops.dev.backend === "cuda", hopper: has[0] === 1 };
+}
+
+/** The attention entry points of the ABI. */
+export function attentionExtend(ops: Ops, a: AttentionArgs, kernel: ExtendKernel = "native"): void {
+  const fn = kernel === "hopper"
+    ? ops.dev.sym.msg_attention_extend_hopper
+    : ops.dev.sym.msg_attention_extend;
   ops.dev.check(
-    ops.dev.sym.msg_attention_extend(
+    fn(
       a.out.ptr,
       a.q.ptr,
       a.qRowStride,
@@ -311,7 +325,7 @@ export function attentionExtend(ops: Ops, a: AttentionArgs): void {
       a.out.dtype,
       ops.stream,
     ),
-    "attention_extend",
+    kernel === "hopper" ? "attention_extend_hopper" : "attention_extend",
   );
 }
 

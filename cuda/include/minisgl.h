@@ -184,6 +184,20 @@ MSG_API int msg_attention_extend(void* out, const void* q, int q_row_stride,
                                  int max_q_len, int max_seq_len, int hq, int hkv,
                                  int head_dim, int page_size, float scale, int dtype,
                                  void* stream);
+/** *has = 1 when msg_attention_extend_hopper runs its wgmma kernel on the current device
+ *  (compute capability 9.x), else 0 (always 0 on the CPU). */
+MSG_API int msg_attention_has_hopper(int* has);
+/** Same contract as msg_attention_extend, by the Hopper kernel (wgmma, sm_90a) where it
+ *  applies (compute capability 9.x, head_dim 64 or 128); otherwise it runs
+ *  msg_attention_extend. The CPU library runs its one extend kernel. */
+MSG_API int msg_attention_extend_hopper(void* out, const void* q, int q_row_stride,
+                                        const void* k_cache, const void* v_cache,
+                                        const int32_t* page_table, int pt_stride,
+                                        const int32_t* rows, const int32_t* seq_lens,
+                                        const int32_t* q_starts, int batch, int total_q,
+                                        int max_q_len, int max_seq_len, int hq, int hkv,
+                                        int head_dim, int page_size, float scale, int dtype,
+                                        void* stream);
 /** Decode: one query per request (q row b), keys 0..seq_lens[b]-1. Reads seq_lens on the
  *  device (graph-safe: max_seq_len is only an upper bound used to size splits; pass the
  *  captured maximum when capturing). */

@@ -5,6 +5,7 @@
 
 import { parseArgs } from "node:util";
 import { DEFAULTS } from "../core/defaults.ts";
+import { parseAttentionNames } from "../runtime/attention.ts";
 
 /** A bad command line; the message is one line. */
 export class FlagError extends Error {
@@ -12,6 +13,17 @@ export class FlagError extends Error {
     super(message);
     this.name = "FlagError";
   }
+}
+
+/** `--attn`, validated before anything loads (an unknown backend name is a flag error). */
+function attnFlag(spec: string | null): string | null {
+  if (spec === null) return null;
+  try {
+    parseAttentionNames(spec);
+  } catch (e) {
+    throw new FlagError((e as Error).message);
+  }
+  return spec;
 }
 
 /** The validated command line. */
@@ -340,7 +352,7 @@ export function parseFlags(argv: string[]): CliOptions {
     cache: choice("cache", DEFAULTS.cache, ["radix", "naive"] as const),
     disableOverlapSchedule: values["disable-overlap-schedule"] === true,
     cudaGraphMaxBs: graphRaw === undefined ? null : int("cuda-graph-max-bs", 0, 0, 4096),
-    attn: nonEmpty("attn"),
+    attn: attnFlag(nonEmpty("attn")),
     dtype: choice("dtype", DEFAULTS.dtype, ["auto", "bfloat16", "float16", "float32"] as const),
     generationConfig: choice(
       "generation-config",

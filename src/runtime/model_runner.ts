@@ -6,7 +6,7 @@
  */
 import { Device, DType, type Handle, Tensor } from "../../ffi/device.ts";
 import { DEFAULTS } from "../core/defaults.ts";
-import { Ops } from "../../ffi/ops.ts";
+import { attentionDevice, Ops } from "../../ffi/ops.ts";
 import type { ForwardBatch, ForwardResult, WorkerInfo } from "../ipc/batch.ts";
 import { type DecoderShape, forward, type ModelWeights, type Workspace } from "../model/llama.ts";
 import type { ModelConfig } from "../model/config.ts";
@@ -230,10 +230,20 @@ export class ModelRunner {
     const pool = allocKvPool(this.dev, this.cfg, this.opts, this.actDtype, this.stream);
     this.pageTable = pool.pageTable;
     this.tokenTable = pool.tokenTable;
-    this.attn = createAttention(
+    const { attn, resolved } = createAttention(
       this.opts.attn,
-      () => new NativeAttention(this.ops, pool.kv, pool.cosSin, this.wDtype),
+      attentionDevice(this.ops),
+      (k) =>
+        new NativeAttention(
+          this.ops,
+          pool.kv,
+          pool.cosSin,
+          this.wDtype,
+          k === "fa3" ? "hopper" : "native",
+        ),
     );
+    this.attn = attn;
+    console.error(resolved.log);
     this.info.numPages = pool.numPages;
     this.info.maxSeqLen = pool.maxSeqLen;
     progress("KV pool", 1, 1);
