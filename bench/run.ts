@@ -8,6 +8,7 @@
  *   serving      OpenAI-API load generator (Poisson rates or fixed concurrency)
  *   ablations    overlap, CUDA graphs, radix vs naive, page size 1 vs 16, in one run
  *   scheduler    the scheduler's CPU time per step at 256 running requests (no model)
+ *   attention    attention kernels through the ABI vs PyTorch SDPA (GPU machine; python3 + torch)
  *
  * Each writes a record to --out FILE (bench/results/*.json format) where it takes --out.
  */
@@ -19,6 +20,7 @@ const scripts: Record<string, string> = {
   serving: "serving.ts",
   ablations: "ablations.ts",
   scheduler: "scheduler_bench.ts",
+  attention: "attention.ts",
 };
 const [name, ...rest] = Deno.args;
 const script = scripts[name ?? ""];

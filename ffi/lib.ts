@@ -53,7 +53,6 @@ export const symbols = {
   msg_add_rmsnorm: { parameters: [P, P, P, P, I, I, F, I, I, I, P], result: I },
   msg_silu_mul: { parameters: [P, P, I, I, I, P], result: I },
   msg_gemm: { parameters: [P, I, P, I, P, I, P, I, I, I, P], result: I },
-  msg_silu_mul_gemm: { parameters: [P, P, P, I, P, I, I, I, I, P], result: I },
   msg_gemv_max_m: { parameters: [I], result: I },
   msg_rope_store_kv: {
     parameters: [P, P, P, P, F, P, I, P, P, P, I, I, I, I, I, I, P],
@@ -61,6 +60,11 @@ export const symbols = {
   },
   msg_compute_slots: { parameters: [P, P, P, I, P, P, P, I, I, I, P], result: I },
   msg_attention_extend: {
+    parameters: [P, P, I, P, P, P, I, P, P, P, I, I, I, I, I, I, I, I, F, I, P],
+    result: I,
+  },
+  msg_attention_has_hopper: { parameters: [P], result: I },
+  msg_attention_extend_hopper: {
     parameters: [P, P, I, P, P, P, I, P, P, P, I, I, I, I, I, I, I, I, F, I, P],
     result: I,
   },

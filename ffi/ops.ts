@@ -118,27 +118,6 @@ export class Ops {
     );
   }
 
-  /** out[M, N] = silu_mul(gateUp)[M, K] @ w[N, K]^T; `act` [M, K] is scratch (see
-   *  msg_silu_mul_gemm). */
-  siluMulGemm(out: Tensor, gateUp: Tensor, act: Tensor, w: Tensor, M: number): void {
-    const [N, K] = w.shape;
-    this.dev.check(
-      this.s.msg_silu_mul_gemm(
-        out.ptr,
-        gateUp.ptr,
-        act.ptr,
-        out.dtype,
-        w.ptr,
-        w.dtype,
-        M,
-        N,
-        K,
-        this.stream,
-      ),
-      `silu_mul_gemm ${M}x${N}x${K}`,
-    );
-  }
-
   ropeStoreKv(
     qkv: Tensor,
     positions: Tensor,
@@ -353,10 +332,24 @@ export interface AttentionArgs {
   scale: number;
 }
 
-/** The two attention entry points of the ABI. */
-export function attentionExtend(ops: Ops, a: AttentionArgs): void {
+/** Which extend kernel of the ABI: "native" (msg_attention_extend, mma/WMMA, any GPU) or
+ *  "hopper" (msg_attention_extend_hopper, wgmma on sm_90, the native one elsewhere). */
+export type ExtendKernel = "native" | "hopper";
+
+/** Whether the device has CUDA and the Hopper (wgmma) extend kernel. */
+export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
+  const has = new Int32Array(1);
+  ops.dev.check(ops.dev.sym.msg_attention_has_hopper(Deno.UnsafePointer.of(has)), "has_hopper");
+  return { cuda: ops.dev.backend === "cuda", hopper: has[0] === 1 };
+}
+
+/** The attention entry points of the ABI. */
+export function attentionExtend(ops: Ops, a: AttentionArgs, kernel: ExtendKernel = "native"): void {
+  const fn = kernel === "hopper"
+    ? ops.dev.sym.msg_attention_extend_hopper
+    : ops.dev.sym.msg_attention_extend;
   ops.dev.check(
-    ops.dev.sym.msg_attention_extend(
+    fn(
       a.out.ptr,
       a.q.ptr,
       a.qRowStride,
@@ -379,7 +372,7 @@ export function attentionExtend(ops: Ops, a: AttentionArgs): void {
       a.out.dtype,
       ops.stream,
     ),
-    "attention_extend",
+    kernel === "hopper" ? "attention_extend_hopper" : "attention_extend",
   );
 }
 

@@ -22,9 +22,8 @@
 #   bash scripts/device_e2e.sh build kernels broken-lib fidelity latency ttft   [~6.5 min]
 #   bash scripts/device_e2e.sh build offline serving ablations                 [~5 min, +2 fresh]
 # (build is a no-op when the library is up to date on a machine that stayed warm).
-# MINISGL_PDL=0 turns programmatic dependent launch off (cuda/src/pdl.cuh), MINISGL_FUSED_SILU=0
-# the silu_mul + down GEMV fusion (msg_silu_mul_gemm): for a comparison, or should a kernel
-# test fail with them on.
+# MINISGL_PDL=0 turns programmatic dependent launch off (cuda/src/pdl.cuh), for a comparison or
+# should a kernel test fail with it on.
 # E2E_SMOKE=1 runs the same command lines on the CPU backend with tiny models and short
 # settings (appended flags override the real ones): how the script is tested without a GPU.
 set -uo pipefail

@@ -1,27 +1,59 @@
-/** `--attn PREFILL[,DECODE]`: parsing, errors, and the hybrid backend it builds. */
+/** `--attn PREFILL[,DECODE]`: parsing, errors, resolution of every name on each kind of
+ *  device, trtllm's page size, and the hybrid backend it builds. */
 import assert from "node:assert/strict";
 import {
+  ATTENTION_BACKENDS,
   type AttentionBackend,
+  attentionPageSize,
   createAttention,
   parseAttentionNames,
+  resolveAttention,
 } from "../src/runtime/attention.ts";
+import { FlagError, parseFlags } from "../src/cli/flags.ts";
+
+const HOPPER = { cuda: true, hopper: true };
+const AMPERE = { cuda: true, hopper: false };
+const CPU = { cuda: false, hopper: false };
 
 Deno.test("--attn: one name serves both phases, two names split them, unknown names fail", () => {
-  assert.deepEqual(parseAttentionNames(""), ["native", "native"]);
-  assert.deepEqual(parseAttentionNames("native"), ["native", "native"]);
-  assert.deepEqual(parseAttentionNames("native,native"), ["native", "native"]);
-  assert.throws(
-    () => parseAttentionNames("fa"),
-    /unknown attention backend "fa" \(known: native\)/,
-  );
-  assert.throws(() => parseAttentionNames("native,fi"), /unknown attention backend "fi"/);
-  assert.throws(() => parseAttentionNames("native,native,native"), /PREFILL\[,DECODE\]/);
+  assert.deepEqual(parseAttentionNames(""), ["auto", "auto"]);
+  assert.deepEqual(parseAttentionNames("fa3"), ["fa3", "fa3"]);
+  assert.deepEqual(parseAttentionNames("fa,fi"), ["fa", "fi"]);
+  assert.throws(() => parseAttentionNames("flashinfer"), /unknown attention backend "flashinfer"/);
+  assert.throws(() => parseAttentionNames("fa3,nope"), /unknown attention backend "nope"/);
+  assert.throws(() => parseAttentionNames("fa,fi,fa"), /PREFILL\[,DECODE\]/);
 });
 
-Deno.test("--attn: the hybrid backend builds each named backend once", () => {
+Deno.test("--attn: names resolve to kernels by device, and the log line says so", () => {
+  const prefill = (spec: string, dev: typeof HOPPER) => resolveAttention(spec, dev).prefill;
+  for (const n of ["auto", "fa", "fa3", "fi", "trtllm"]) assert.equal(prefill(n, HOPPER), "fa3");
+  for (const n of ["fa2", "native", "flashdecode"]) assert.equal(prefill(n, HOPPER), "fa2");
+  for (const n of ATTENTION_BACKENDS) {
+    assert.equal(prefill(n, AMPERE), "fa2", n);
+    assert.equal(resolveAttention(n, AMPERE).decode, "flashdecode", n);
+    const cpu = resolveAttention(n, CPU);
+    assert.deepEqual([cpu.prefill, cpu.decode], ["cpu", "cpu"], n);
+    assert.match(cpu.log, /CPU: every name runs the CPU kernels/);
+  }
+  assert.equal(
+    resolveAttention("fa,fi", HOPPER).log,
+    "attention: prefill fa -> fa3, decode fi -> flashdecode",
+  );
+  assert.match(resolveAttention("fa3", AMPERE).log, /prefill fa3 -> fa2.*fa3 needs sm_90/);
+});
+
+Deno.test("--attn: trtllm forces page size 64 unless it is 16, 32 or 64", () => {
+  assert.equal(attentionPageSize("trtllm", 1), 64);
+  assert.equal(attentionPageSize("fa,trtllm", 128), 64);
+  for (const ps of [16, 32, 64]) assert.equal(attentionPageSize("trtllm", ps), ps);
+  assert.equal(attentionPageSize("fa,fi", 1), 1);
+  assert.throws(() => attentionPageSize("bogus", 1), /unknown attention backend/);
+});
+
+Deno.test("--attn: the hybrid backend is built from the resolved prefill kernel", () => {
   const made: string[] = [];
-  const make = (name: string): AttentionBackend => {
-    made.push(name);
+  const make = (kernel: string): AttentionBackend => {
+    made.push(kernel);
     return {
       prepare() {},
       prepareCapture() {},
@@ -29,10 +61,20 @@ Deno.test("--attn: the hybrid backend builds each named backend once", () => {
       storeAndAttend() {},
     };
   };
-  const one = createAttention("native", make);
-  assert.equal(one.prefill, one.decode);
-  assert.deepEqual(made, ["native"]);
-  const two = createAttention("native,native", make);
-  assert.equal(two.prefill, two.decode);
-  assert.throws(() => createAttention("nope", make), /unknown attention backend/);
+  const { attn, resolved } = createAttention("fa,fi", HOPPER, make);
+  assert.equal(attn.prefill, attn.decode);
+  assert.deepEqual(made, ["fa3"]);
+  assert.equal(resolved.decode, "flashdecode");
+  createAttention("", AMPERE, make);
+  assert.deepEqual(made, ["fa3", "fa2"]);
+  assert.throws(() => createAttention("nope", HOPPER, make), /unknown attention backend/);
+});
+
+Deno.test("--attn: an unknown name is a flag error, before anything loads", () => {
+  assert.equal(parseFlags(["--attn", "fa,fi"]).attn, "fa,fi");
+  assert.throws(
+    () => parseFlags(["--attn", "flashinfer"]),
+    (e: Error) =>
+      e instanceof FlagError && /unknown attention backend "flashinfer"/.test(e.message),
+  );
 });

@@ -234,12 +234,3 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
 
 // One GEMM path on the CPU: the GEMV threshold of the CUDA backend has no meaning here.
 extern "C" int msg_gemv_max_m(int) { return 0; }
-
-extern "C" int msg_silu_mul_gemm(void* out, const void* gate_up, void* act, int act_dtype,
-                                 const void* w, int w_dtype, int M, int N, int K, void* stream) {
-  MSG_REQUIRE(M >= 0 && N > 0 && K > 0, "msg_silu_mul_gemm: bad sizes M=%d N=%d K=%d", M, N, K);
-  if (M == 0) return 0;
-  int rc = msg_silu_mul(act, gate_up, M, K, act_dtype, stream);
-  if (rc) return rc;
-  return msg_gemm(out, act_dtype, act, act_dtype, w, w_dtype, nullptr, M, N, K, stream);
-}

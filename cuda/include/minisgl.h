@@ -138,14 +138,6 @@ MSG_API int msg_silu_mul(void* out, const void* gate_up, int rows, int inter, in
 MSG_API int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const void* w,
                      int w_dtype, const void* bias, int M, int N, int K, void* stream);
 
-/** out[M, N] = silu_mul(gate_up)[M, K] @ w[N, K]^T, the MLP's down projection with its
- *  activation: gate_up [M, 2K], out and act [M, K] in act_dtype, w in w_dtype. Equals
- *  msg_silu_mul(act, gate_up) then msg_gemm(out, act, w) (the activation rounded to act_dtype
- *  the same way); the CUDA GEMV path forms the activation while loading it and leaves `act`
- *  untouched, other shapes run the two ops with `act` as the intermediate. */
-MSG_API int msg_silu_mul_gemm(void* out, const void* gate_up, void* act, int act_dtype,
-                              const void* w, int w_dtype, int M, int N, int K, void* stream);
-
 /** Tuning knob: msg_gemm sends M <= m with 16-bit a and w to its GEMV kernels (CUDA;
  *  0 = always cuBLASLt, at most 8); m < 0 only reads it. Returns the previous value. The
  *  CPU backend has one GEMM path and returns 0. */
@@ -192,6 +184,20 @@ MSG_API int msg_attention_extend(void* out, const void* q, int q_row_stride,
                                  int max_q_len, int max_seq_len, int hq, int hkv,
                                  int head_dim, int page_size, float scale, int dtype,
                                  void* stream);
+/** *has = 1 when msg_attention_extend_hopper runs its wgmma kernel on the current device
+ *  (compute capability 9.x), else 0 (always 0 on the CPU). */
+MSG_API int msg_attention_has_hopper(int* has);
+/** Same contract as msg_attention_extend, by the Hopper kernel (wgmma, sm_90a) where it
+ *  applies (compute capability 9.x, head_dim 64 or 128); otherwise it runs
+ *  msg_attention_extend. The CPU library runs its one extend kernel. */
+MSG_API int msg_attention_extend_hopper(void* out, const void* q, int q_row_stride,
+                                        const void* k_cache, const void* v_cache,
+                                        const int32_t* page_table, int pt_stride,
+                                        const int32_t* rows, const int32_t* seq_lens,
+                                        const int32_t* q_starts, int batch, int total_q,
+                                        int max_q_len, int max_seq_len, int hq, int hkv,
+                                        int head_dim, int page_size, float scale, int dtype,
+                                        void* stream);
 /** Decode: one query per request (q row b), keys 0..seq_lens[b]-1. Reads seq_lens on the
  *  device (graph-safe: max_seq_len is only an upper bound used to size splits; pass the
  *  captured maximum when capturing). */

@@ -12,7 +12,6 @@
 // heuristic has no algorithm for runs on that kernel with one warning on stderr per shape. Decode-sized calls (M <= 4 by default, a and w both
 // bf16 or both f16) go to the memory-roofline GEMV kernels of gemv.cu instead of cuBLASLt.
 #include <cstdio>
-#include <cstdlib>
 #include <map>
 #include <tuple>
 
@@ -164,9 +163,6 @@ namespace msg {
 bool gemv_takes(int M, int a_dtype, int w_dtype, int out_dtype);
 int gemv(void* out, int out_dtype, const void* a, const void* w, int w_dtype, const void* bias,
          int M, int N, int K, cudaStream_t st);
-bool gemv_gated_takes(int M, int dtype, int K, const void* gate_up, const void* w);
-int gemv_gated(void* out, const void* gate_up, const void* w, int dtype, int M, int N, int K,
-               cudaStream_t st);
 }  // namespace msg
 
 extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const void* w,
@@ -221,24 +217,4 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
       return 0;););
   }
   return 0;
-}
-
-// The MLP's down projection with its activation: at decode sizes one GEMV kernel forms
-// silu(gate) * up while loading it (one kernel and one launch fewer per layer); otherwise the
-// two ops, through `act`.
-extern "C" int msg_silu_mul_gemm(void* out, const void* gate_up, void* act, int act_dtype,
-                                 const void* w, int w_dtype, int M, int N, int K, void* stream) {
-  MSG_REQUIRE(M >= 0 && N > 0 && K > 0, "msg_silu_mul_gemm: bad sizes M=%d N=%d K=%d", M, N, K);
-  if (M == 0) return 0;
-  // MINISGL_FUSED_SILU=0 keeps the two ops (read once), to compare or to rule the fusion out.
-  static const bool fused = [] {
-    const char* e = getenv("MINISGL_FUSED_SILU");
-    return !(e && e[0] == '0');
-  }();
-  if (fused && act_dtype == w_dtype && msg::gemv_gated_takes(M, w_dtype, K, gate_up, w)) {
-    return msg::gemv_gated(out, gate_up, w, w_dtype, M, N, K, msg::as_stream(stream));
-  }
-  int rc = msg_silu_mul(act, gate_up, M, K, act_dtype, stream);
-  if (rc) return rc;
-  return msg_gemm(out, act_dtype, act, act_dtype, w, w_dtype, nullptr, M, N, K, stream);
 }

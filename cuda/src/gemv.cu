@@ -22,9 +22,6 @@
 //   partials: results are deterministic. No atomics, no allocation, no host sync: the
 //   launch can be captured into a CUDA graph.
 // - K not a multiple of 8 or pointers not 16-byte aligned: a scalar kernel (warp per row).
-// - GATED (msg_silu_mul_gemm, M <= 4): the activation is gate_up [M, 2K] and each loaded
-//   vector is silu(gate) * up, rounded to the act dtype as msg_silu_mul would store it: the
-//   MLP's silu_mul kernel and its launch disappear into the down projection.
 //
 // msg_gemm (gemm.cu) routes here when msg::gemv_takes() says so: M <= 4 by default (H100,
 // 2026-11-27, bf16, graph replays over > 200 MB of weights: vs cuBLASLt 1.06-1.25x at M = 1
@@ -106,12 +103,8 @@ __device__ __forceinline__ void widen8<__half>(const uint4& v, float* f) {
   }
 }
 
-// silu as msg_silu_mul computes it (elementwise.cu): the gated GEMV must round the same.
-__device__ __forceinline__ float silu_f(float g) { return g / (1.f + __expf(-g)); }
-
-// One 8-value step: acc[m][r][p] += x[m, 8v..8v+8) . w[r][8v..8v+8). GATED: x is gate_up
-// [M, 2K] and x[m, k] = silu(gate[m, k]) * up[m, k], rounded to T as msg_silu_mul stores it.
-template <typename T, int M, int R, int P, bool GATED>
+// One 8-value step: acc[m][r][p] += x[m, 8v..8v+8) . w[r][8v..8v+8).
+template <typename T, int M, int R, int P>
 __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq)[R],
                                          const uint4* __restrict__ xv, size_t v, int K8) {
   float wf[R][8];
@@ -120,15 +113,7 @@ __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq
 #pragma unroll
   for (int m = 0; m < M; m++) {
     float xf[8];
-    if constexpr (GATED) {
-      float uf[8];
-      widen8<T>(__ldg(xv + (size_t)m * 2 * K8 + v), xf);
-      widen8<T>(__ldg(xv + (size_t)m * 2 * K8 + K8 + v), uf);
-#pragma unroll
-      for (int i = 0; i < 8; i++) xf[i] = msg::to_f(msg::from_f<T>(silu_f(xf[i]) * uf[i]));
-    } else {
-      widen8<T>(__ldg(xv + (size_t)m * K8 + v), xf);
-    }
+    widen8<T>(__ldg(xv + (size_t)m * K8 + v), xf);
 #pragma unroll
     for (int r = 0; r < R; r++) {
 #pragma unroll
@@ -137,7 +122,7 @@ __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq
   }
 }
 
-template <typename T, typename TO, int M, int R, int U, bool GATED>
+template <typename T, typename TO, int M, int R, int U>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_vec_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
                     const T* __restrict__ bias, int N, int K, int wk, int prefetch) {
@@ -185,7 +170,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
       for (int r = 0; r < R; r++) wq[u][r] = ld_weight(wr[r] + v + u * stride);
 #pragma unroll
-    for (int u = 0; u < U; u++) fma_step<T, M, R, P, GATED>(acc, wq[u], xv, v + u * stride, K8);
+    for (int u = 0; u < U; u++) fma_step<T, M, R, P>(acc, wq[u], xv, v + u * stride, K8);
   }
   if (v < K8) {  // fewer than U vectors left per lane: one predicated step, loads still batched
     uint4 wq[U][R];
@@ -197,7 +182,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
 #pragma unroll
     for (int u = 0; u < U; u++) {
-      if (v + u * stride < K8) fma_step<T, M, R, P, GATED>(acc, wq[u], xv, v + u * stride, K8);
+      if (v + u * stride < K8) fma_step<T, M, R, P>(acc, wq[u], xv, v + u * stride, K8);
     }
   }
 
@@ -254,7 +239,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-template <typename T, typename TO, int M, bool GATED = false>
+template <typename T, typename TO, int M>
 int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cudaStream_t st) {
   constexpr int R = M == 1 ? 1 : M == 2 ? 2 : 4;
   constexpr int U = 8 / R;
@@ -269,7 +254,7 @@ int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cud
   // Prefetch only what L2 (50 MB on an H100/H200) holds next to the running kernel's stream:
   // a larger matrix's prefetched lines could be evicted before use and read twice.
   const int prefetch = msg::pdl_enabled() && (size_t)N * K * sizeof(T) <= kPrefetchMaxBytes;
-  MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U, GATED>, dim3(blocks), dim3(kWarps * 32), 0,
+  MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U>, dim3(blocks), dim3(kWarps * 32), 0,
                            st, out, x, w, bias, N, K, wk, prefetch));
   return 0;
 }
@@ -297,21 +282,9 @@ int launch(void* out, const void* a, const void* w, const void* bias, int M, int
   }
 }
 
-template <typename T>
-int launch_gated(T* out, const T* gate_up, const T* w, int M, int N, int K, cudaStream_t st) {
-  switch (M) {
-    case 1: return launch_vec<T, T, 1, true>(out, gate_up, w, nullptr, N, K, st);
-    case 2: return launch_vec<T, T, 2, true>(out, gate_up, w, nullptr, N, K, st);
-    case 3: return launch_vec<T, T, 3, true>(out, gate_up, w, nullptr, N, K, st);
-    case 4: return launch_vec<T, T, 4, true>(out, gate_up, w, nullptr, N, K, st);
-    default: return msg::fail(msg::ERR_INTERNAL, "gemv_gated: M=%d out of range", M);
-  }
-}
-
 }  // namespace
 
 namespace msg {
-
 
 /** True when msg_gemm should run this call on the GEMV kernels: 1 <= M <= the threshold
  *  (default 4), a and w both bf16 or both f16, any float output dtype. */
@@ -327,20 +300,6 @@ int gemv(void* out, int out_dtype, const void* a, const void* w, int w_dtype, co
               K);
   return MSG_DISPATCH_HALF(w_dtype, T, return MSG_DISPATCH_FLOAT(out_dtype, TO,
     return launch<T, TO>(out, a, w, bias, M, N, K, st);););
-}
-
-/** True when gemv_gated takes this call: the GEMV would take the plain one (gemv_takes),
- *  M <= 4 (the gated kernels compiled), K a multiple of 8 and 16-byte aligned gate_up and w. */
-bool gemv_gated_takes(int M, int dtype, int K, const void* gate_up, const void* w) {
-  return M <= 4 && gemv_takes(M, dtype, dtype, dtype) && K % 8 == 0 &&
-         aligned16_ptr(gate_up) && aligned16_ptr(w);
-}
-
-/** out[M, N] = (silu(gate) * up)[M, K] @ w[N, K]^T with gate_up [M, 2K], all in `dtype`. */
-int gemv_gated(void* out, const void* gate_up, const void* w, int dtype, int M, int N, int K,
-               cudaStream_t st) {
-  return MSG_DISPATCH_HALF(dtype, T,
-    return launch_gated<T>((T*)out, (const T*)gate_up, (const T*)w, M, N, K, st););
 }
 
 }  // namespace msg

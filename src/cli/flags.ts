@@ -5,6 +5,7 @@
 
 import { parseArgs } from "node:util";
 import { DEFAULTS } from "../core/defaults.ts";
+import { parseAttentionNames } from "../runtime/attention.ts";
 
 /** A bad command line; the message is one line. */
 export class FlagError extends Error {
@@ -12,6 +13,17 @@ export class FlagError extends Error {
     super(message);
     this.name = "FlagError";
   }
+}
+
+/** `--attn`, validated before anything loads (an unknown backend name is a flag error). */
+function attnFlag(spec: string | null): string | null {
+  if (spec === null) return null;
+  try {
+    parseAttentionNames(spec);
+  } catch (e) {
+    throw new FlagError((e as Error).message);
+  }
+  return spec;
 }
 
 /** The validated command line. */
@@ -160,7 +172,8 @@ const FLAGS: Record<string, FlagSpec> = {
   "generation-config": {
     type: "string",
     value: "auto|ignore",
-    help: "auto: sampling defaults from the model's generation_config.json (default auto)",
+    help: "auto: sampling defaults from the model's generation_config.json " +
+      `(default ${DEFAULTS.generationConfig})`,
   },
   "context-length": {
     type: "string",
@@ -345,9 +358,16 @@ export function parseFlags(argv: string[]): CliOptions {
     cache: choice("cache", DEFAULTS.cache, ["radix", "naive"] as const),
     disableOverlapSchedule: values["disable-overlap-schedule"] === true,
     cudaGraphMaxBs: graphRaw === undefined ? null : int("cuda-graph-max-bs", 0, 0, 4096),
-    attn: nonEmpty("attn"),
+    attn: attnFlag(nonEmpty("attn")),
     dtype: choice("dtype", DEFAULTS.dtype, ["auto", "bfloat16", "float16", "float32"] as const),
-    generationConfig: choice("generation-config", "auto", ["auto", "ignore"] as const),
+    generationConfig: choice(
+      "generation-config",
+      DEFAULTS.generationConfig,
+      [
+        "auto",
+        "ignore",
+      ] as const,
+    ),
     contextLength: str("context-length") === undefined
       ? null
       : int("context-length", 0, 1, 1 << 24),

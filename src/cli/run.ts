@@ -21,6 +21,7 @@ import { ensureDefaultModel } from "./default_model.ts";
 import { prepareNativeLibrary } from "./native_lib.ts";
 import { type CliOptions, FlagError, helpText, parseFlags } from "./flags.ts";
 import { progressPrinter } from "./progress.ts";
+import { attentionPageSize } from "../runtime/attention.ts";
 
 /** How long in-flight requests may run on after SIGINT/SIGTERM before being aborted. */
 const SHUTDOWN_GRACE_MS = 30_000;
@@ -60,7 +61,7 @@ export function engineConfig(
     device,
     tpSize: o.tp,
     dummyWeightSeed: o.dummyWeight ? 0 : null,
-    pageSize: o.pageSize,
+    pageSize: attentionPageSize(o.attn ?? c.attn, o.pageSize),
     numPages: o.numPages,
     memFraction: o.memFraction,
     maxRunningRequests: o.maxRunningRequests,

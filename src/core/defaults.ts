@@ -22,9 +22,11 @@ export const DEFAULTS = {
   /** Largest CUDA-graph decode batch; -1 = chosen from maxRunningRequests (0 on the CPU). */
   cudaGraphMaxBs: -1,
   dtype: "auto",
-  attn: "native",
+  attn: "auto",
   /** 0 = all cores. */
   cpuThreads: 0,
+  /** "auto": the model's generation_config.json gives the sampling defaults. */
+  generationConfig: "auto",
   /** Shell: most tokens per answer and the sampling temperature. */
   shellMaxTokens: 1024,
   shellTemperature: 0.7,

@@ -1,9 +1,16 @@
 /**
  * Attention backends: rotary + KV-cache store, then paged attention over the cache.
  * A backend is picked per phase (`--attn PREFILL,DECODE`), like Mini-SGLang's
- * HybridBackend; today the library's own kernels are the one family ("native").
+ * HybridBackend. Names (`fa3`, `fa2`/`native`, `flashdecode`, Mini-SGLang's `fa`, `fi`,
+ * `trtllm`, and `auto`) resolve to this library's kernels by device (resolveAttention).
  */
-import { attentionDecode, attentionExtend, type Ops, type Tensor } from "../../ffi/ops.ts";
+import {
+  attentionDecode,
+  attentionExtend,
+  type ExtendKernel,
+  type Ops,
+  type Tensor,
+} from "../../ffi/ops.ts";
 import type { DType } from "../../ffi/device.ts";
 
 /** Device-side description of one forward batch, passed down explicitly. */
@@ -87,13 +94,44 @@ export class HybridAttention implements AttentionBackend {
   }
 }
 
-/** Names accepted by `--attn`. */
-export const ATTENTION_BACKENDS = ["native"] as const;
+/** Names accepted by `--attn`: this library's backends, Mini-SGLang's names as aliases for
+ *  the nearest of them, and `auto`. */
+export const ATTENTION_BACKENDS = [
+  "auto",
+  "fa3",
+  "fa2",
+  "native",
+  "flashdecode",
+  "fa",
+  "fi",
+  "trtllm",
+] as const;
+export type AttentionName = (typeof ATTENTION_BACKENDS)[number];
 
-/** Validates `--attn PREFILL[,DECODE]` ("" = default); throws a one-line Error. Returns
- *  the two names (the one name serves both phases). */
-export function parseAttentionNames(spec: string): [string, string] {
-  const names = spec ? spec.split(",") : ["native"];
+/** Prefill/extend kernels: fa3 = wgmma (sm_90), fa2 = mma/WMMA (any CUDA GPU), cpu. */
+export type PrefillKernel = "fa3" | "fa2" | "cpu";
+/** Decode kernels: flashdecode = split-KV paged decode, cpu. */
+export type DecodeKernel = "flashdecode" | "cpu";
+
+/** What the device offers to the resolution of names. */
+export interface AttentionDevice {
+  cuda: boolean;
+  /** Compute capability 9.x (wgmma). */
+  hopper: boolean;
+}
+
+/** The kernels `--attn` resolved to on a device. */
+export interface ResolvedAttention {
+  prefill: PrefillKernel;
+  decode: DecodeKernel;
+  /** One line for the start-up log: what each name resolved to. */
+  log: string;
+}
+
+/** Validates `--attn PREFILL[,DECODE]` ("" = auto); throws a one-line Error. Returns the
+ *  two names (the one name serves both phases). */
+export function parseAttentionNames(spec: string): [AttentionName, AttentionName] {
+  const names = spec ? spec.split(",") : ["auto"];
   if (names.length > 2) throw new Error(`--attn takes PREFILL[,DECODE], got "${spec}"`);
   for (const n of names) {
     if (!(ATTENTION_BACKENDS as readonly string[]).includes(n)) {
@@ -102,27 +140,65 @@ export function parseAttentionNames(spec: string): [string, string] {
       );
     }
   }
-  return [names[0], names[1] ?? names[0]];
+  return [names[0], names[1] ?? names[0]] as [AttentionName, AttentionName];
 }
 
-/** The hybrid backend of `--attn`; `make` builds a backend by name. */
+/** The page size `--attn` runs with: Mini-SGLang's trtllm forces 64 unless the page size is
+ *  16, 32 or 64; the other backends take any page size. */
+export function attentionPageSize(spec: string, pageSize: number): number {
+  const trtllm = parseAttentionNames(spec).includes("trtllm");
+  return trtllm && ![16, 32, 64].includes(pageSize) ? 64 : pageSize;
+}
+
+/** The prefill kernel of a name: every name but the Ampere-path ones takes the
+ *  FlashAttention-3-style kernel where the GPU has wgmma (fa, fi, trtllm and auto are
+ *  Mini-SGLang's prefill choices, all nearest to it). */
+function prefillKernel(name: AttentionName, dev: AttentionDevice): PrefillKernel {
+  if (!dev.cuda) return "cpu";
+  if (name === "fa2" || name === "native" || name === "flashdecode") return "fa2";
+  return dev.hopper ? "fa3" : "fa2";
+}
+
+/** Resolves `--attn` on a device: one prefill and one decode kernel, and the log line. */
+export function resolveAttention(spec: string, dev: AttentionDevice): ResolvedAttention {
+  const [p, d] = parseAttentionNames(spec);
+  const prefill = prefillKernel(p, dev);
+  const decode: DecodeKernel = dev.cuda ? "flashdecode" : "cpu";
+  const why = !dev.cuda
+    ? " (CPU: every name runs the CPU kernels)"
+    : p === "fa3" && !dev.hopper
+    ? " (fa3 needs sm_90)"
+    : "";
+  return {
+    prefill,
+    decode,
+    log: `attention: prefill ${p} -> ${prefill}, decode ${d} -> ${decode}${why}`,
+  };
+}
+
+/** The hybrid backend of `--attn` on `dev`; `make` builds the backend of a prefill kernel.
+ *  Decode batches run through the same backend: every name's decode is the one decode
+ *  kernel of the device. */
 export function createAttention(
   spec: string,
-  make: (name: string) => AttentionBackend,
-): HybridAttention {
-  const [prefill, decode] = parseAttentionNames(spec);
-  const p = make(prefill);
-  return new HybridAttention(p, decode === prefill ? p : make(decode));
+  dev: AttentionDevice,
+  make: (prefill: PrefillKernel) => AttentionBackend,
+): { attn: HybridAttention; resolved: ResolvedAttention } {
+  const resolved = resolveAttention(spec, dev);
+  const p = make(resolved.prefill);
+  return { attn: new HybridAttention(p, p), resolved };
 }
 
-/** The library's own kernels: extend for prefill/mixed batches, split-K decode. They read
- *  seq_lens and the page table on the device, so there is no metadata to prepare. */
+/** The library's own kernels: an extend kernel (`extend`: wgmma "hopper" or "native") for
+ *  prefill/mixed batches, split-K decode. They read seq_lens and the page table on the
+ *  device, so there is no metadata to prepare. */
 export class NativeAttention implements AttentionBackend {
   constructor(
     private ops: Ops,
     private kv: KvCache,
     private cosSin: Tensor,
     private wDtype: DType,
+    private extend: ExtendKernel = "native",
   ) {}
 
   prepare(): void {}
@@ -176,6 +252,6 @@ export class NativeAttention implements AttentionBackend {
       scale: 1 / Math.sqrt(h.headDim),
     };
     if (m.isDecode) attentionDecode(this.ops, args);
-    else attentionExtend(this.ops, args);
+    else attentionExtend(this.ops, args, this.extend);
   }
 }

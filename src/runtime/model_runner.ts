@@ -7,7 +7,7 @@
 import { Device, DType, dtypeSize, type Handle, Tensor } from "../../ffi/device.ts";
 import { DEFAULTS } from "../core/defaults.ts";
 import { Communicator, PeerAllReduce, type PeerBufferInfo } from "../../ffi/comm.ts";
-import { Ops } from "../../ffi/ops.ts";
+import { attentionDevice, Ops } from "../../ffi/ops.ts";
 import type { ForwardBatch, ForwardResult, WorkerInfo } from "../ipc/batch.ts";
 import {
   type DecoderShape,
@@ -307,10 +307,20 @@ export class ModelRunner {
     );
     this.pageTable = pool.pageTable;
     this.tokenTable = pool.tokenTable;
-    this.attn = createAttention(
+    const { attn, resolved } = createAttention(
       this.opts.attn,
-      () => new NativeAttention(this.ops, pool.kv, pool.cosSin, this.wDtype),
+      attentionDevice(this.ops),
+      (k) =>
+        new NativeAttention(
+          this.ops,
+          pool.kv,
+          pool.cosSin,
+          this.wDtype,
+          k === "fa3" ? "hopper" : "native",
+        ),
     );
+    this.attn = attn;
+    console.error(resolved.log);
     this.info.numPages = pool.numPages;
     this.info.maxSeqLen = pool.maxSeqLen;
     progress("KV pool", 1, 1);

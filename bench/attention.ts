@@ -1,0 +1,297 @@
+/**
+ * Attention microbenchmarks through the ABI (`deno task bench attention`), with FLOPs and
+ * bytes counted and, in the same run, PyTorch's scaled_dot_product_attention (cuDNN and
+ * flash backends, bench/peers/attention_sdpa.py) on the same shapes, so every figure is a
+ * ratio measured side by side.
+ *
+ *   prefill  hd128-causal-8k (1 request of 8,192 new tokens) and hd128-chunk1k-x16 (16 of
+ *            1,024); 32 query / 8 KV heads, head_dim 128, causal, no prefix, bf16.
+ *            tflops = 4 * hq * head_dim * (causal key-query pairs) / time.
+ *   decode   bs1-ctx32k, bs64-ctx1k, bs64-ctx8k; bw_frac = K+V bytes / time over a
+ *            device-to-device copy bandwidth (bytes read + written) measured in this run.
+ *
+ * Timing: CUDA events around `--iters` calls, median of `--repeats`, after a warm-up.
+ *
+ *   ttft     with --ttft-model DIR: time to first token (one prefill + sample through the
+ *            ModelRunner, no prefix cache, median of 3) of prompts of --ttft-lens tokens
+ *            under --attn fa2 and fa3.
+ *
+ *   deno run -A bench/attention.ts [--page 1] [--repeats 9] [--only prefill|decode]
+ *     [--no-peer] [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768] [--out FILE]
+ */
+import { parseArgs } from "node:util";
+import { Device, DType, type Handle, type Tensor } from "../ffi/device.ts";
+import { type AttentionArgs, attentionDecode, attentionExtend, Ops } from "../ffi/ops.ts";
+import { appendResult } from "./results.ts";
+import { loadModelConfig } from "../src/model/config.ts";
+import { ModelRunner, runnerOptions } from "../src/runtime/model_runner.ts";
+import { GREEDY } from "../src/ipc/batch.ts";
+
+const { values: a } = parseArgs({
+  options: {
+    page: { type: "string", default: "1" },
+    repeats: { type: "string", default: "9" },
+    iters: { type: "string", default: "5" },
+    "no-peer": { type: "boolean", default: false },
+    only: { type: "string" },
+    "ttft-model": { type: "string" },
+    "ttft-name": { type: "string", default: "model" },
+    "ttft-lens": { type: "string", default: "8192,32768" },
+    out: { type: "string" },
+  },
+  strict: true,
+});
+const PAGE = Number(a.page), REPEATS = Number(a.repeats), ITERS = Number(a.iters);
+const HQ = 32, HKV = 8, HD = 128;
+const dev = new Device("cuda");
+const ops = new Ops(dev, dev.createStream());
+const card = dev.name();
+const e0 = dev.createEvent(), e1 = dev.createEvent();
+
+/** Median milliseconds of one call of `body` (events around ITERS calls, REPEATS times). */
+function timeMs(body: () => void, stream: Handle = ops.stream): number {
+  body();
+  dev.sync(stream);
+  const t: number[] = [];
+  for (let r = 0; r < REPEATS; r++) {
+    dev.record(e0, stream);
+    for (let i = 0; i < ITERS; i++) body();
+    dev.record(e1, stream);
+    dev.waitEvent(e1);
+    t.push(dev.elapsedMs(e0, e1) / ITERS);
+  }
+  t.sort((x, y) => x - y);
+  return t[t.length >> 1];
+}
+
+/** Device-to-device copy bandwidth in bytes (read + written) per second, 1 GiB buffers. */
+function copyBandwidth(): number {
+  const n = 1 << 30;
+  const x = dev.alloc(DType.U8, [n]), y = dev.alloc(DType.U8, [n]);
+  dev.memset(x, 7);
+  const ms = timeMs(() => dev.copy(y, x, n, ops.stream));
+  dev.free(x);
+  dev.free(y);
+  return (2 * n) / (ms / 1e3);
+}
+
+/** Random bf16 values (uniform in [-1, 1)), never zeros: zeros can run faster. */
+function fillRandom(t: Tensor, seed: number) {
+  const chunk = 1 << 22, buf = new Uint16Array(chunk), f = new Float32Array(1);
+  const u = new Uint32Array(f.buffer);
+  let s = seed >>> 0;
+  for (let i = 0; i < chunk; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    f[0] = s / 2147483648 - 1;
+    buf[i] = u[0] >>> 16;
+  }
+  for (let off = 0; off < t.numel; off += chunk) {
+    const n = Math.min(chunk, t.numel - off);
+    dev.upload(t.at(off, [n]), buf.subarray(0, n), ops.stream);
+  }
+  dev.sync(ops.stream);
+}
+
+/** Buffers and arguments of `batch` requests with `qLen` new tokens over `seqLen` keys. */
+function setup(batch: number, qLen: number, seqLen: number, decode: boolean) {
+  const pagesPer = Math.ceil(seqLen / PAGE), slots = batch * pagesPer * PAGE;
+  const totalQ = batch * qLen;
+  const t = {
+    q: dev.alloc(DType.BF16, [totalQ, HQ, HD]),
+    out: dev.alloc(DType.BF16, [totalQ, HQ, HD]),
+    k: dev.alloc(DType.BF16, [slots, HKV, HD]),
+    v: dev.alloc(DType.BF16, [slots, HKV, HD]),
+    pt: dev.alloc(DType.I32, [batch, pagesPer]),
+    rows: dev.alloc(DType.I32, [batch]),
+    lens: dev.alloc(DType.I32, [batch]),
+    starts: dev.alloc(DType.I32, [batch + 1]),
+  };
+  fillRandom(t.q, 1);
+  fillRandom(t.k, 2);
+  fillRandom(t.v, 3);
+  // Each request on consecutive pages, as a fresh allocation gives them.
+  dev.upload(t.pt, Int32Array.from({ length: batch * pagesPer }, (_, i) => i), ops.stream);
+  dev.upload(t.rows, Int32Array.from({ length: batch }, (_, i) => i), ops.stream);
+  dev.upload(t.lens, new Int32Array(batch).fill(seqLen), ops.stream);
+  dev.upload(t.starts, Int32Array.from({ length: batch + 1 }, (_, i) => i * qLen), ops.stream);
+  dev.sync(ops.stream);
+  const args: AttentionArgs = {
+    out: t.out,
+    q: t.q,
+    qRowStride: HQ * HD,
+    kCache: t.k,
+    vCache: t.v,
+    pageTable: t.pt,
+    rows: t.rows,
+    seqLens: t.lens,
+    qStarts: t.starts,
+    batch,
+    totalQ,
+    maxQLen: decode ? 1 : qLen,
+    maxSeqLen: seqLen,
+    hq: HQ,
+    hkv: HKV,
+    headDim: HD,
+    pageSize: PAGE,
+    scale: 1 / Math.sqrt(HD),
+  };
+  return { args, free: () => Object.values(t).forEach((x) => dev.free(x)) };
+}
+
+/** The extend entry points of the ABI, by the backend name that uses them. */
+const prefillKernels: Record<string, (x: AttentionArgs) => void> = {
+  native: (x) => attentionExtend(ops, x, "native"),
+  fa3: (x) => attentionExtend(ops, x, "hopper"),
+};
+
+const prefillShapes = [
+  { model: "hd128-causal-8k", batch: 1, qLen: 8192 },
+  { model: "hd128-chunk1k-x16", batch: 16, qLen: 1024 },
+];
+const decodeShapes = [
+  { model: "bs1-ctx32k", batch: 1, ctx: 32768 },
+  { model: "bs64-ctx1k", batch: 64, ctx: 1024 },
+  { model: "bs64-ctx8k", batch: 64, ctx: 8192 },
+];
+
+const doPrefill = a.only !== "decode", doDecode = a.only !== "prefill";
+let peer: Record<string, { cudnn_tflops: number | null; flash_tflops: number | null }> = {};
+if (!a["no-peer"] && doPrefill) {
+  const shapes = prefillShapes.map((s) => ({
+    model: s.model,
+    batch: s.batch,
+    q_len: s.qLen,
+    hq: HQ,
+    hkv: HKV,
+    head_dim: HD,
+    dtype: "bf16",
+  }));
+  const script = new URL("./peers/attention_sdpa.py", import.meta.url).pathname;
+  try {
+    const r = await new Deno.Command("python3", {
+      args: [script, JSON.stringify(shapes)],
+      stdout: "piped",
+      stderr: "inherit",
+    }).output();
+    const text = new TextDecoder().decode(r.stdout).trim().split("\n").pop() ?? "";
+    if (r.success) peer = JSON.parse(text);
+    else console.error(`peer script failed (exit ${r.code}); cudnn figures are null`);
+  } catch (e) {
+    console.error(`peer script not run (${(e as Error).message}); cudnn figures are null`);
+  }
+}
+
+const records: Record<string, unknown>[] = [];
+for (const s of doPrefill ? prefillShapes : []) {
+  const { args, free } = setup(s.batch, s.qLen, s.qLen, false);
+  const flops = 4 * HQ * HD * s.batch * (s.qLen * (s.qLen + 1) / 2);
+  const p = peer[s.model] ?? { cudnn_tflops: null, flash_tflops: null };
+  for (const [kernel, fn] of Object.entries(prefillKernels)) {
+    const ms = timeMs(() => fn(args));
+    const tflops = flops / (ms / 1e3) / 1e12;
+    records.push({
+      name: "attn_prefill",
+      model: s.model,
+      kernel,
+      page_size: PAGE,
+      ms,
+      tflops,
+      cudnn_tflops: p.cudnn_tflops,
+      flash_tflops: p.flash_tflops,
+      vs_cudnn: p.cudnn_tflops ? tflops / p.cudnn_tflops : null,
+    });
+  }
+  free();
+}
+const bw = copyBandwidth();
+for (const s of doDecode ? decodeShapes : []) {
+  const { args, free } = setup(s.batch, 1, s.ctx, true);
+  const bytes = 2 * s.batch * s.ctx * HKV * HD * 2;
+  const ms = timeMs(() => attentionDecode(ops, args));
+  const gbs = bytes / (ms / 1e3) / 1e9;
+  records.push({
+    name: "attn_decode",
+    model: s.model,
+    kernel: "flashdecode",
+    page_size: PAGE,
+    ms,
+    kv_gbs: gbs,
+    copy_bandwidth_gbs: bw / 1e9,
+    bw_frac: gbs / (bw / 1e9),
+  });
+  free();
+}
+
+/** Seconds from launching a prompt of `len` tokens (row 0, no cached prefix) to its first
+ *  sampled token, median of 3 after a warm-up, for each prefill kernel. */
+async function ttft(dir: string, lens: number[]) {
+  const cfg = await loadModelConfig(dir);
+  const maxLen = Math.max(...lens);
+  for (const attn of ["fa2", "fa3"]) {
+    const runner = await ModelRunner.create(
+      cfg,
+      runnerOptions(dir, "cuda", {
+        pageSize: PAGE,
+        numPages: Math.ceil((maxLen + 64) / PAGE) + 4,
+        maxRows: 4,
+        maxPrefillLength: maxLen,
+        cudaGraphMaxBs: 0,
+        attn,
+      }),
+      () => {},
+    );
+    const pages = Int32Array.from({ length: Math.ceil(maxLen / PAGE) }, (_, i) => i);
+    for (const len of lens) {
+      const ids = Int32Array.from({ length: len }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
+      const once = () => {
+        const t0 = performance.now();
+        runner.run({
+          id: 0,
+          entries: [{
+            row: 0,
+            startPos: 0,
+            qLen: len,
+            inputIds: ids,
+            pageStart: 0,
+            newPages: pages.subarray(0, Math.ceil(len / PAGE)),
+            sample: true,
+            sampling: GREEDY,
+            penaltyTokens: null,
+            logprobTargets: null,
+            topLogprobs: 0,
+          }],
+        });
+        return (performance.now() - t0) / 1000;
+      };
+      once();
+      const t = [once(), once(), once()].sort((x, y) => x - y);
+      records.push({
+        name: "attn_ttft",
+        model: `${a["ttft-name"]}-${len}`,
+        kernel: attn,
+        page_size: PAGE,
+        ttft_s: t[1],
+      });
+    }
+  }
+}
+if (a["ttft-model"]) {
+  await ttft(a["ttft-model"], a["ttft-lens"]!.split(",").map(Number));
+}
+
+console.log(`${card}, page size ${PAGE}, copy ${(bw / 1e9).toFixed(0)} GB/s`);
+for (const r of records) {
+  if (r.name === "attn_ttft") {
+    console.log(`attn_ttft ${r.model} ${r.kernel}: ${(r.ttft_s as number).toFixed(3)} s`);
+    continue;
+  }
+  const fig = r.name === "attn_prefill"
+    ? `${(r.tflops as number).toFixed(1)} TFLOP/s, cuDNN ${
+      (r.cudnn_tflops as number | null)?.toFixed(1) ?? "-"
+    }, flash ${(r.flash_tflops as number | null)?.toFixed(1) ?? "-"}, vs_cudnn ${
+      (r.vs_cudnn as number | null)?.toFixed(3) ?? "-"
+    }`
+    : `${(r.kv_gbs as number).toFixed(0)} GB/s, bw_frac ${(r.bw_frac as number).toFixed(3)}`;
+  console.log(`${r.name} ${r.model} ${r.kernel}: ${(r.ms as number).toFixed(3)} ms, ${fig}`);
+}
+if (a.out) { for (const r of records) await appendResult(a.out, card, r); }

@@ -1,0 +1,342 @@
+// attention_extend_hopper.cu — causal extend attention over the paged KV cache on Hopper
+// (sm_90a): the FlashAttention-3 kernel shape with warpgroup MMAs.
+//
+// A block owns 128 query rows of one head (two warpgroups of 64 rows, each its own wgmma
+// M) and streams the request's keys in tiles of 64. S = Q K^T is an ss-wgmma (Q and K in
+// shared memory, 128-byte swizzle); the online softmax runs on the fp32 accumulator in
+// registers, and P, converted to 16-bit in registers, is the A operand of the rs-wgmma
+// O += P V (V in shared memory, read transposed). K/V tiles are gathered row by row from
+// the pages with cp.async into a two-stage ring (any page size), the next tile landing
+// while this one is computed. Tiles past a warpgroup's causal limit are skipped; only tiles
+// that cross the diagonal or the end of the sequence are masked. Heavy (late) q tiles are
+// launched first. Shapes it does not take (head_dim 256, pre-Hopper GPUs) go to
+// msg_attention_extend.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "common.cuh"
+#include "wgmma.cuh"
+
+extern "C" int msg_attention_extend(void* out, const void* q, int q_row_stride,
+                                    const void* k_cache, const void* v_cache,
+                                    const int32_t* page_table, int pt_stride,
+                                    const int32_t* rows, const int32_t* seq_lens,
+                                    const int32_t* q_starts, int batch, int total_q,
+                                    int max_q_len, int max_seq_len, int hq, int hkv,
+                                    int head_dim, int page_size, float scale, int dtype,
+                                    void* stream);
+
+namespace {
+
+const int BQ = 128, BK = 64, NT = 256;
+
+/** Shared memory of one block: Q [D/64 blocks][128 rows][128 B], K and V [2 stages][D/64
+ *  blocks][64 rows][128 B], each 128-byte row of 8 16-byte chunks swizzled (chunk ^ row%8). */
+template <int D>
+struct Layout {
+  static const int q = 0;
+  static const int q_blk = BQ * 128;
+  static const int kv_blk = BK * 128;
+  static const int kv_tile = (D / 64) * kv_blk;
+  static const int k = q + (D / 64) * q_blk;
+  static const int v = k + 2 * kv_tile;
+  static const int total = v + 2 * kv_tile;
+};
+
+#ifdef MSG_HAS_WGMMA
+const float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ int swz(int row, int chunk, int blk_bytes) {
+  return (chunk >> 3) * blk_bytes + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
+}
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float a, float b);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float a, float b) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+  return *(uint32_t*)&v;
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float a, float b) {
+  __half2 v = __floats2half2_rn(a, b);
+  return *(uint32_t*)&v;
+}
+
+template <typename T>
+__device__ __forceinline__ void mma_qk(float* s, uint64_t da, uint64_t db, int acc) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) msg::wgmma::wgmma_ss_n64_bf16(s, da, db, acc);
+  else msg::wgmma::wgmma_ss_n64_f16(s, da, db, acc);
+}
+template <typename T, int D>
+__device__ __forceinline__ void mma_pv(float* o, const uint32_t* a, uint64_t db) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    if constexpr (D == 64) msg::wgmma::wgmma_rs_n64_bf16(o, a, db, 1);
+    else msg::wgmma::wgmma_rs_n128_bf16(o, a, db, 1);
+  } else {
+    if constexpr (D == 64) msg::wgmma::wgmma_rs_n64_f16(o, a, db, 1);
+    else msg::wgmma::wgmma_rs_n128_f16(o, a, db, 1);
+  }
+}
+#endif
+
+template <typename T, int D>
+__global__ void __launch_bounds__(NT, 2) extend_hopper_kernel(
+    T* out, const T* q, int q_row_stride, const T* k_cache, const T* v_cache,
+    const int32_t* page_table, int pt_stride, const int32_t* rows, const int32_t* seq_lens,
+    const int32_t* q_starts, int hq, int hkv, int page_size, float scale) {
+#ifdef MSG_HAS_WGMMA
+  typedef Layout<D> L;
+  const int CH = D / 8;  // 16-byte chunks per row
+  extern __shared__ unsigned char smem_raw[];
+  // Swizzled tiles must start on 1024-byte boundaries (the swizzle reads address bits 7-9).
+  uint32_t base = (uint32_t)__cvta_generic_to_shared(smem_raw);
+  uint32_t pad = ((base + 1023) & ~1023u) - base;
+  base += pad;
+
+  int b = blockIdx.z, h = blockIdx.y, tile = gridDim.x - 1 - blockIdx.x;
+  int qs = q_starts[b], q_len = q_starts[b + 1] - qs;
+  int q0 = tile * BQ;
+  if (q0 >= q_len) return;
+  int seq = seq_lens[b], prefix = seq - q_len;
+  int kvh = h / (hq / hkv);
+  const int32_t* pt = page_table + (size_t)rows[b] * pt_stride;
+  int tid = threadIdx.x, wg = tid >> 7, wtid = tid & 127, warp = wtid >> 5, lane = tid & 31;
+
+  // Q tile: 128 rows x CH chunks, zeros past q_len.
+  for (int i = tid; i < BQ * CH; i += NT) {
+    int r = i / CH, c = i % CH;
+    int qi = q0 + r;
+    const T* src = q + (size_t)(qs + min(qi, q_len - 1)) * q_row_stride + (size_t)h * D + c * 8;
+    cp_async16(base + L::q + swz(r, c, L::q_blk), src, qi < q_len);
+  }
+  int block_last = prefix + min(q0 + BQ, q_len) - 1;  // last key any row here needs
+  int n_tiles = block_last / BK + 1;
+  auto load_kv = [&](int kt, int stage) {
+    for (int i = tid; i < BK * CH; i += NT) {
+      int r = i / CH, c = i % CH;
+      int j = kt * BK + r;
+      bool ok = j < seq;
+      int jj = ok ? j : 0;
+      size_t off = ((size_t)(pt[jj / page_size] * page_size + jj % page_size) * hkv + kvh) * D + c * 8;
+      uint32_t dst = swz(r, c, L::kv_blk) + stage * L::kv_tile;
+      cp_async16(base + L::k + dst, k_cache + off, ok);
+      cp_async16(base + L::v + dst, v_cache + off, ok);
+    }
+  };
+  load_kv(0, 0);
+  cp_async_commit();
+
+  // This warpgroup's rows: r0 = first, its last key, and the rows this thread holds.
+  int wg_q0 = q0 + wg * 64;
+  int wg_last = prefix + min(wg_q0 + 63, q_len - 1);
+  int wg_tiles = wg_q0 < q_len ? wg_last / BK + 1 : 0;
+  int row_a = warp * 16 + (lane >> 2);  // and row_a + 8
+  int pos_a = prefix + wg_q0 + row_a, pos_b = pos_a + 8;
+  int col = 2 * (lane & 3);
+  float sl2 = scale * kLog2e;
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
+
+  for (int kt = 0; kt < n_tiles; kt++) {
+    if (kt + 1 < n_tiles) load_kv(kt + 1, (kt + 1) & 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    if (kt < wg_tiles) {
+      int stage = kt & 1;
+      float s[32];
+      msg::wgmma::fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t qa = base + L::q + (kk >> 2) * L::q_blk + wg * 64 * 128 + (kk & 3) * 32;
+        uint32_t ka = base + L::k + stage * L::kv_tile + (kk >> 2) * L::kv_blk + (kk & 3) * 32;
+        mma_qk<T>(s, msg::wgmma::desc_sw128(qa, 16, 1024), msg::wgmma::desc_sw128(ka, 16, 1024),
+                  kk > 0);
+      }
+      msg::wgmma::commit();
+      msg::wgmma::wait<0>();
+
+      // Mask only tiles that cross the diagonal or the end of the sequence.
+      int k0 = kt * BK;
+      if (k0 + BK - 1 > prefix + wg_q0 || k0 + BK > seq) {
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+          int key = k0 + (i >> 2) * 8 + col + (i & 1);
+          int pos = (i & 2) ? pos_b : pos_a;
+          if (key > pos || key >= seq) s[i] = -INFINITY;
+        }
+      }
+      float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < 32; i += 4) {
+        mx_a = fmaxf(mx_a, fmaxf(s[i], s[i + 1]));
+        mx_b = fmaxf(mx_b, fmaxf(s[i + 2], s[i + 3]));
+      }
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffff, mx_a, off));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffff, mx_b, off));
+      }
+      float mn_a = fmaxf(m_a, mx_a * sl2), mn_b = fmaxf(m_b, mx_b * sl2);
+      // A row with no key yet (possible only for rows past q_len) keeps max -inf: use 0.
+      float base_a = mn_a == -INFINITY ? 0.f : mn_a, base_b = mn_b == -INFINITY ? 0.f : mn_b;
+      float alpha_a = exp2f(m_a - base_a), alpha_b = exp2f(m_b - base_b);
+      m_a = mn_a;
+      m_b = mn_b;
+      float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+      for (int i = 0; i < 32; i += 4) {
+        s[i] = exp2f(s[i] * sl2 - base_a);
+        s[i + 1] = exp2f(s[i + 1] * sl2 - base_a);
+        s[i + 2] = exp2f(s[i + 2] * sl2 - base_b);
+        s[i + 3] = exp2f(s[i + 3] * sl2 - base_b);
+        sum_a += s[i] + s[i + 1];
+        sum_b += s[i + 2] + s[i + 3];
+      }
+      l_a = l_a * alpha_a + sum_a;
+      l_b = l_b * alpha_b + sum_b;
+#pragma unroll
+      for (int i = 0; i < D / 2; i += 4) {
+        o[i] *= alpha_a;
+        o[i + 1] *= alpha_a;
+        o[i + 2] *= alpha_b;
+        o[i + 3] *= alpha_b;
+      }
+      // P as the A fragments of four k16 steps: keys 16ks.. are accumulator tiles 2ks, 2ks+1.
+      uint32_t p[4][4];
+#pragma unroll
+      for (int ks = 0; ks < 4; ks++) {
+        p[ks][0] = pack2<T>(s[8 * ks + 0], s[8 * ks + 1]);
+        p[ks][1] = pack2<T>(s[8 * ks + 2], s[8 * ks + 3]);
+        p[ks][2] = pack2<T>(s[8 * ks + 4], s[8 * ks + 5]);
+        p[ks][3] = pack2<T>(s[8 * ks + 6], s[8 * ks + 7]);
+      }
+      msg::wgmma::fence();
+#pragma unroll
+      for (int ks = 0; ks < 4; ks++) {
+        // V [key][dim], MN-major: 8-key groups 1024 B apart (SBO), 64-dim blocks kv_blk apart
+        // (LBO); 16 keys per step.
+        uint32_t va = base + L::v + stage * L::kv_tile + ks * 16 * 128;
+        mma_pv<T, D>(o, p[ks], msg::wgmma::desc_sw128(va, L::kv_blk, 1024));
+      }
+      msg::wgmma::commit();
+      msg::wgmma::wait<0>();
+    }
+    __syncthreads();  // this stage is reloaded two tiles later
+  }
+
+  // Row sums are per-thread partials over its columns: reduce across the quad.
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+    l_a += __shfl_xor_sync(0xffffffff, l_a, off);
+    l_b += __shfl_xor_sync(0xffffffff, l_b, off);
+  }
+  float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
+  int qa = wg_q0 + row_a, qb = qa + 8;
+#pragma unroll
+  for (int j = 0; j < D / 8; j++) {
+    int d = 8 * j + col;
+    if (qa < q_len)
+      *(uint32_t*)(out + ((size_t)(qs + qa) * hq + h) * D + d) =
+          pack2<T>(o[4 * j] * inv_a, o[4 * j + 1] * inv_a);
+    if (qb < q_len)
+      *(uint32_t*)(out + ((size_t)(qs + qb) * hq + h) * D + d) =
+          pack2<T>(o[4 * j + 2] * inv_b, o[4 * j + 3] * inv_b);
+  }
+#else
+  __trap();  // launched only on sm_90 (checked on the host)
+#endif
+}
+
+/** True when the current device is a Hopper (compute capability 9.x); cached per device. */
+bool hopper_device() {
+  static thread_local int cached_device = -1;
+  static thread_local bool cached = false;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (dev != cached_device) {
+    int major = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+      return false;
+    cached = major == 9;
+    cached_device = dev;
+  }
+  return cached;
+}
+
+template <typename T, int D>
+int launch(void* out, const void* q, int q_row_stride, const void* k_cache, const void* v_cache,
+           const int32_t* page_table, int pt_stride, const int32_t* rows,
+           const int32_t* seq_lens, const int32_t* q_starts, int batch, int max_q_len, int hq,
+           int hkv, int page_size, float scale, cudaStream_t st) {
+  int smem = Layout<D>::total + 1024;  // + alignment slack
+  auto kern = extend_hopper_kernel<T, D>;
+  static thread_local int configured_device = -1;
+  int dev = 0;
+  MSG_CUDA(cudaGetDevice(&dev));
+  if (configured_device != dev) {
+    MSG_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    configured_device = dev;
+  }
+  dim3 grid((max_q_len + BQ - 1) / BQ, hq, batch);
+  kern<<<grid, NT, smem, st>>>((T*)out, (const T*)q, q_row_stride, (const T*)k_cache,
+                               (const T*)v_cache, page_table, pt_stride, rows, seq_lens,
+                               q_starts, hq, hkv, page_size, scale);
+  MSG_LAUNCHED("extend_hopper_kernel");
+  return 0;
+}
+
+}  // namespace
+
+extern "C" int msg_attention_has_hopper(int* has) {
+  MSG_REQUIRE(has, "msg_attention_has_hopper: NULL pointer");
+  *has = hopper_device() ? 1 : 0;
+  return 0;
+}
+
+extern "C" int msg_attention_extend_hopper(void* out, const void* q, int q_row_stride,
+                                           const void* k_cache, const void* v_cache,
+                                           const int32_t* page_table, int pt_stride,
+                                           const int32_t* rows, const int32_t* seq_lens,
+                                           const int32_t* q_starts, int batch, int total_q,
+                                           int max_q_len, int max_seq_len, int hq, int hkv,
+                                           int head_dim, int page_size, float scale, int dtype,
+                                           void* stream) {
+  bool takes = hopper_device() && (head_dim == 64 || head_dim == 128) &&
+               (dtype == MSG_BF16 || dtype == MSG_F16);
+  if (!takes) {
+    return msg_attention_extend(out, q, q_row_stride, k_cache, v_cache, page_table, pt_stride,
+                                rows, seq_lens, q_starts, batch, total_q, max_q_len,
+                                max_seq_len, hq, hkv, head_dim, page_size, scale, dtype, stream);
+  }
+  MSG_REQUIRE(batch >= 0 && batch <= 65535 && hq > 0 && hkv > 0 && hq % hkv == 0 &&
+                  page_size > 0 && max_q_len >= 0,
+              "msg_attention_extend_hopper: bad sizes batch=%d hq=%d hkv=%d page_size=%d", batch,
+              hq, hkv, page_size);
+  MSG_REQUIRE(q_row_stride % 8 == 0 && msg::aligned16_ptr(q) && msg::aligned16_ptr(k_cache) &&
+                  msg::aligned16_ptr(v_cache),
+              "msg_attention_extend_hopper: q rows and caches must be 16-byte aligned");
+  if (batch == 0 || max_q_len == 0) return 0;
+  cudaStream_t st = msg::as_stream(stream);
+#define MSG_HOPPER_ARGS out, q, q_row_stride, k_cache, v_cache, page_table, pt_stride, rows, \
+                        seq_lens, q_starts, batch, max_q_len, hq, hkv, page_size, scale, st
+  return MSG_DISPATCH_HALF(dtype, T,
+    if (head_dim == 64) return launch<T, 64>(MSG_HOPPER_ARGS);
+    return launch<T, 128>(MSG_HOPPER_ARGS);
+  );
+#undef MSG_HOPPER_ARGS
+}

@@ -1,0 +1,156 @@
+/**
+ * Paged extend attention against the CPU twin on random inputs, for both extend entry points
+ * of the ABI: msg_attention_extend (mma/WMMA, any GPU) and msg_attention_extend_hopper
+ * (wgmma on sm_90; the first one elsewhere). Page sizes 1, 16, 64, 256; GQA 1, 4, 8 (and
+ * Qwen3's 2); head_dim 64, 128 and 256 (the Hopper entry's fallback); ragged batches whose
+ * requests have no prefix, a prefix ending inside a page, or a prefix of many pages; bf16
+ * and f16. GPU outputs are poisoned (NaN) before every run.
+ *
+ * Skipped unless the CUDA library loads and sees a device. MINISGL_KERNELS_SELF=1 runs the
+ * comparison with the CPU library on both sides (checks this harness without a GPU).
+ */
+import assert from "node:assert/strict";
+import type { NativeLib } from "../../ffi/lib.ts";
+import { BF16, DevBuf as Dev, F16, from16, loadPair, makeRng, to16 } from "./harness.ts";
+
+const libs = loadPair();
+const cpu = libs?.cpu as NativeLib, gpu = libs?.gpu as NativeLib;
+const { rand, randn } = makeRng(777);
+
+interface Case {
+  hd: number;
+  ps: number;
+  hq: number;
+  hkv: number;
+  /** [prefix, new tokens] per request. */
+  reqs: [number, number][];
+  dtype: number;
+}
+
+/** Inputs of a case: shuffled pages, rows in reverse order, q rows inside a qkv buffer. */
+function makeInputs(c: Case) {
+  const seqs = c.reqs.map(([p, n]) => p + n);
+  const pages = seqs.map((s) => Math.ceil(s / c.ps));
+  const stride = Math.max(1, ...pages) + 1;
+  const numPages = pages.reduce((x, y) => x + y, 0) + 2;
+  const perm = Int32Array.from({ length: numPages }, (_, i) => i);
+  for (let i = numPages - 1; i > 0; i--) {
+    const j = rand() * (i + 1) | 0;
+    [perm[i], perm[j]] = [perm[j], perm[i]];
+  }
+  const rows = Int32Array.from(seqs.map((_, i) => seqs.length - 1 - i));
+  const pt = new Int32Array(seqs.length * stride);
+  let next = 0;
+  seqs.forEach((_, b) => {
+    for (let j = 0; j < pages[b]; j++) pt[rows[b] * stride + j] = perm[next++];
+  });
+  const qStarts = new Int32Array(seqs.length + 1);
+  c.reqs.forEach(([, n], b) => qStarts[b + 1] = qStarts[b] + n);
+  const totalQ = qStarts[seqs.length];
+  const qStride = (c.hq + 2 * c.hkv) * c.hd;
+  const kv = numPages * c.ps * c.hkv * c.hd;
+  return {
+    seqs: Int32Array.from(seqs),
+    pt,
+    stride,
+    rows,
+    qStarts,
+    totalQ,
+    qStride,
+    q: to16(randn(totalQ * qStride), c.dtype),
+    kc: to16(randn(kv), c.dtype),
+    vc: to16(randn(kv), c.dtype),
+  };
+}
+
+type Entry = "msg_attention_extend" | "msg_attention_extend_hopper";
+
+function runCase(lib: NativeLib, fn: Entry, c: Case, inp: ReturnType<typeof makeInputs>) {
+  const n = inp.totalQ * c.hq * c.hd;
+  const d = {
+    q: Dev.of(lib, inp.q),
+    kc: Dev.of(lib, inp.kc),
+    vc: Dev.of(lib, inp.vc),
+    pt: Dev.of(lib, inp.pt),
+    rows: Dev.of(lib, inp.rows),
+    lens: Dev.of(lib, inp.seqs),
+    qs: Dev.of(lib, inp.qStarts),
+    o: new Dev(lib, n * 2),
+  };
+  d.o.poison();
+  lib.check(
+    lib.sym[fn](
+      d.o.p,
+      d.q.p,
+      inp.qStride,
+      d.kc.p,
+      d.vc.p,
+      d.pt.p,
+      inp.stride,
+      d.rows.p,
+      d.lens.p,
+      d.qs.p,
+      c.reqs.length,
+      inp.totalQ,
+      Math.max(...c.reqs.map(([, q]) => q)),
+      Math.max(...inp.seqs),
+      c.hq,
+      c.hkv,
+      c.hd,
+      c.ps,
+      1 / Math.sqrt(c.hd),
+      c.dtype,
+      null,
+    ),
+    fn,
+  );
+  const out = d.o.read(new Uint16Array(n));
+  Object.values(d).forEach((x) => x.free());
+  return from16(out, c.dtype);
+}
+
+/** Relative L2 error of got against ref; fails on NaN (an unwritten output). */
+function relErr(ref: Float32Array, got: Float32Array, what: string): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < ref.length; i++) {
+    if (Number.isNaN(got[i])) assert.fail(`${what}: NaN (unwritten?) at element ${i}`);
+    num += (got[i] - ref[i]) ** 2;
+    den += ref[i] ** 2;
+  }
+  return Math.sqrt(num / Math.max(den, 1e-30));
+}
+
+function cases(): Case[] {
+  const out: Case[] = [];
+  // Prefix 0; a prefix ending inside a page; a prefix of many pages; single tokens; a
+  // request long enough for several 128-row q tiles.
+  const ragged: [number, number][] = [[0, 300], [37, 77], [1000, 130], [0, 1], [5, 1], [0, 64]];
+  for (const dtype of [BF16, F16]) {
+    for (const ps of [1, 16, 64, 256]) {
+      out.push({ hd: 128, ps, hq: 32, hkv: 8, reqs: ragged, dtype }); // 4:1 (Llama-3-8B)
+      out.push({ hd: 128, ps, hq: 8, hkv: 8, reqs: ragged, dtype }); // MHA
+      out.push({ hd: 64, ps, hq: 16, hkv: 2, reqs: ragged, dtype }); // 8:1
+    }
+  }
+  out.push({ hd: 128, ps: 16, hq: 16, hkv: 8, reqs: [[0, 1100], [200, 513]], dtype: BF16 });
+  out.push({ hd: 256, ps: 16, hq: 8, hkv: 2, reqs: [[0, 150], [20, 33]], dtype: BF16 });
+  out.push({ hd: 128, ps: 7, hq: 14, hkv: 2, reqs: [[3, 90], [0, 200]], dtype: F16 });
+  return out;
+}
+
+Deno.test({
+  name: "attention extend: both CUDA entry points = CPU (paged, GQA, ragged, prefixes)",
+  ignore: libs === null,
+  fn() {
+    for (const c of cases()) {
+      const inp = makeInputs(c);
+      const ref = runCase(cpu, "msg_attention_extend", c, inp);
+      for (const fn of ["msg_attention_extend", "msg_attention_extend_hopper"] as const) {
+        const what = `${fn} hd=${c.hd} ps=${c.ps} hq=${c.hq} hkv=${c.hkv} ` +
+          `reqs=${JSON.stringify(c.reqs)} dtype=${c.dtype === F16 ? "f16" : "bf16"}`;
+        const err = relErr(ref, runCase(gpu, fn, c, inp), what);
+        assert.ok(err <= 1e-2, `${what}: relative L2 error ${err.toExponential(3)} > 1e-2`);
+      }
+    }
+  },
+});
