@@ -5,7 +5,8 @@
  */
 
 import { loadModelConfig } from "../model/config.ts";
-import { createRingBuffer, Ring } from "../ipc/ring.ts";
+import { createRingBuffer, Ring, ringBytesFor } from "../ipc/ring.ts";
+import { requestRecordWordsBound, resultRecordWordsBound } from "../ipc/batch_codec.ts";
 import type { WorkerInfo } from "../ipc/batch.ts";
 import type { SchedulerConfig } from "../scheduler/scheduler.ts";
 import { type SubmitMessage, validateRequest } from "../scheduler/request.ts";
@@ -37,16 +38,37 @@ function seedSource(base: number | null): () => bigint {
   };
 }
 
+/** Largest ring the engine makes: a model whose whole context needs a larger batch record
+ *  gets requests past that length rejected at submit instead. */
+const MAX_RING_BYTES = 64 << 20;
+
+/** Ring sizes from the configuration, so that any one request the model's context allows
+ *  fits a batch record (the scheduler packs batches up to the limit) and any batch's
+ *  result fits a result record. */
+export function ringSizes(
+  config: EngineConfig,
+  maxPositionEmbeddings: number,
+): { toWorker: number; fromWorker: number } {
+  const maxBatchTokens = config.maxPrefillLength + config.maxRunningRequests;
+  const batch = requestRecordWordsBound(maxPositionEmbeddings, config.pageSize, maxBatchTokens);
+  const result = resultRecordWordsBound(config.maxRunningRequests, maxBatchTokens);
+  return {
+    toWorker: Math.min(MAX_RING_BYTES, ringBytesFor(batch)),
+    fromWorker: ringBytesFor(result),
+  };
+}
+
 /** Start one GPU worker and wait until it is ready. */
 function startGpuWorker(
   config: EngineConfig,
   rank: number,
+  rings: { toWorker: number; fromWorker: number },
   onProgress?: (p: EngineProgress) => void,
 ): Promise<{ worker: Worker; info: WorkerInfo; to: SharedArrayBuffer; from: SharedArrayBuffer }> {
   const worker = new Worker(new URL("../../workers/gpu_worker.ts", import.meta.url), {
     type: "module",
   });
-  const to = createRingBuffer(), from = createRingBuffer();
+  const to = createRingBuffer(rings.toWorker), from = createRingBuffer(rings.fromWorker);
   return new Promise((resolve, reject) => {
     worker.onmessage = (ev: MessageEvent) => {
       const m = ev.data;
@@ -77,8 +99,9 @@ export async function startEngine(
   onProgress?: (p: EngineProgress) => void,
 ): Promise<Engine> {
   const model = await loadModelConfig(config.modelDir);
+  const rings = ringSizes(config, model.maxPositionEmbeddings);
   const settled = await Promise.allSettled(
-    Array.from({ length: config.tpSize }, (_, r) => startGpuWorker(config, r, onProgress)),
+    Array.from({ length: config.tpSize }, (_, r) => startGpuWorker(config, r, rings, onProgress)),
   );
   const failed = settled.find((s) => s.status === "rejected") as PromiseRejectedResult | undefined;
   const gpus = settled.flatMap((s) => s.status === "fulfilled" ? [s.value] : []);
@@ -103,6 +126,7 @@ export async function startEngine(
     vocabSize: w.vocabSize,
     eosTokenIds: model.eosTokenIds,
     cache: config.cache,
+    maxRecordWords: new Ring(gpus[0].to).maxMessageWords,
   };
   const info: EngineInfo = {
     modelName: config.modelDir.replace(/[\\/]+$/, "").split(/[\\/]/).pop() ?? config.modelDir,
