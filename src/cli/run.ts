@@ -24,6 +24,10 @@ import { attentionPageSize } from "../runtime/attention.ts";
 /** How long in-flight requests may run on after SIGINT/SIGTERM before being aborted. */
 const SHUTDOWN_GRACE_MS = 30_000;
 
+/** After the engine died: how long /health keeps answering 503 (with the reason) before
+ *  the process exits non-zero for its supervisor to restart it. */
+const ENGINE_DEATH_LINGER_MS = 2_000;
+
 /** Largest request body (413 beyond). */
 const MAX_BODY_BYTES = 8 << 20;
 
@@ -154,7 +158,14 @@ export async function main(argv: string[]): Promise<number> {
     const server = await startServer(ctx, opts.host, opts.port);
     const shown = server.hostname.includes(":") ? `[${server.hostname}]` : server.hostname;
     console.log(`listening on http://${shown}:${server.port}`);
-    await waitForSignal();
+    const died = await Promise.race([waitForSignal().then(() => null), engine.dead]);
+    if (died !== null) {
+      log(`error: the engine died: ${died}`);
+      await new Promise((r) => setTimeout(r, ENGINE_DEATH_LINGER_MS));
+      await server.shutdown(1_000);
+      await engine.shutdown({ abort: true }).catch(() => {});
+      return 1;
+    }
     log("shutting down: finishing in-flight requests");
     await server.shutdown(SHUTDOWN_GRACE_MS);
     await engine.shutdown();

@@ -12,6 +12,7 @@ import type { SchedulerConfig } from "../scheduler/scheduler.ts";
 import { type SubmitMessage, validateRequest } from "../scheduler/request.ts";
 import { type EngineConfig, workerConfig } from "./config.ts";
 import { EventStream } from "./stream.ts";
+import { type Fault, faultFromEnv } from "./fault.ts";
 import type { Engine, EngineInfo, EngineMetrics, EngineRequest, TokenEvent } from "./types.ts";
 
 /** Start-up progress of one GPU worker (loading weights, sizing the pool, graphs). */
@@ -38,6 +39,13 @@ function seedSource(base: number | null): () => bigint {
   };
 }
 
+/** How long metrics() waits for the scheduler's answer. */
+const METRICS_TIMEOUT_MS = 10_000;
+/** The scheduler answers a ping every HEARTBEAT_MS; silent for SCHEDULER_SILENCE_MS (a hung
+ *  or vanished worker), the engine is declared dead so that no stream waits forever. */
+const HEARTBEAT_MS = 1_000;
+const SCHEDULER_SILENCE_MS = 30_000;
+
 /** Largest ring the engine makes: a model whose whole context needs a larger batch record
  *  gets requests past that length rejected at submit instead. */
 const MAX_RING_BYTES = 64 << 20;
@@ -63,6 +71,7 @@ function startGpuWorker(
   config: EngineConfig,
   rank: number,
   rings: { toWorker: number; fromWorker: number },
+  fault: Fault | null,
   onProgress?: (p: EngineProgress) => void,
 ): Promise<{ worker: Worker; info: WorkerInfo; to: SharedArrayBuffer; from: SharedArrayBuffer }> {
   const worker = new Worker(new URL("../../workers/gpu_worker.ts", import.meta.url), {
@@ -89,6 +98,7 @@ function startGpuWorker(
       config: workerConfig(config, rank),
       toWorker: to,
       fromWorker: from,
+      fault: rank === 0 ? fault : null,
     });
   });
 }
@@ -100,8 +110,12 @@ export async function startEngine(
 ): Promise<Engine> {
   const model = await loadModelConfig(config.modelDir);
   const rings = ringSizes(config, model.maxPositionEmbeddings);
+  const fault = faultFromEnv();
   const settled = await Promise.allSettled(
-    Array.from({ length: config.tpSize }, (_, r) => startGpuWorker(config, r, rings, onProgress)),
+    Array.from(
+      { length: config.tpSize },
+      (_, r) => startGpuWorker(config, r, rings, fault, onProgress),
+    ),
   );
   const failed = settled.find((s) => s.status === "rejected") as PromiseRejectedResult | undefined;
   const gpus = settled.flatMap((s) => s.status === "fulfilled" ? [s.value] : []);
@@ -142,7 +156,7 @@ export async function startEngine(
   const scheduler = new Worker(new URL("../../workers/scheduler_worker.ts", import.meta.url), {
     type: "module",
   });
-  const engine = new EngineImpl(info, config, schedConfig, scheduler, gpus);
+  const engine = new EngineImpl(info, config, schedConfig, scheduler, gpus, fault);
   await engine.ready;
   return engine;
 }
@@ -151,13 +165,20 @@ export async function startEngine(
 class EngineImpl implements Engine {
   readonly ready: Promise<void>;
   #streams = new Map<string, EventStream>();
-  #metricsWaiters = new Map<number, (m: EngineMetrics) => void>();
+  #metricsWaiters = new Map<
+    number,
+    { resolve: (m: EngineMetrics) => void; reject: (e: Error) => void }
+  >();
   #flushWaiters = new Map<number, (ok: boolean) => void>();
   #seq = 0;
   #seed: () => bigint;
   #closing = false;
   #stopped: Promise<void>;
   #fatal: string | null = null;
+  #onDead!: (reason: string) => void;
+  readonly dead: Promise<string> = new Promise((r) => (this.#onDead = r));
+  #lastPong = performance.now();
+  #heartbeat: ReturnType<typeof setInterval>;
 
   constructor(
     readonly info: EngineInfo,
@@ -165,6 +186,7 @@ class EngineImpl implements Engine {
     readonly schedConfig: SchedulerConfig,
     readonly scheduler: Worker,
     readonly gpus: { worker: Worker; to: SharedArrayBuffer; from: SharedArrayBuffer }[],
+    fault: Fault | null,
   ) {
     this.#seed = seedSource(config.randomSeed);
     let onReady!: () => void, onStopped!: () => void;
@@ -174,14 +196,15 @@ class EngineImpl implements Engine {
       const m = ev.data;
       if (m.type === "events") this.#dispatch(m.events);
       else if (m.type === "metrics") {
-        this.#metricsWaiters.get(m.seq)?.(m.metrics);
+        this.#metricsWaiters.get(m.seq)?.resolve(m.metrics);
         this.#metricsWaiters.delete(m.seq);
       } else if (m.type === "flushed") {
         this.#flushWaiters.get(m.seq)?.(m.ok);
         this.#flushWaiters.delete(m.seq);
-      } else if (m.type === "ready") onReady();
+      } else if (m.type === "pong") this.#lastPong = performance.now();
+      else if (m.type === "ready") onReady();
       else if (m.type === "stopped") {
-        if (m.error) this.#fatal = m.error;
+        if (m.error) this.#fail(`scheduler: ${m.error}`);
         onStopped();
       }
     };
@@ -190,6 +213,14 @@ class EngineImpl implements Engine {
       this.#fail(`scheduler: ${e.message}`);
       onStopped();
     };
+    this.#heartbeat = setInterval(() => {
+      if (performance.now() - this.#lastPong > SCHEDULER_SILENCE_MS) {
+        this.#fail(`scheduler: no answer for ${SCHEDULER_SILENCE_MS / 1000} s`);
+        onStopped();
+      } else this.scheduler.postMessage({ type: "ping" });
+    }, HEARTBEAT_MS);
+    // The heartbeat alone must not keep a finished process alive.
+    Deno.unrefTimer(Number(this.#heartbeat));
     for (const [rank, g] of gpus.entries()) {
       g.worker.onmessage = (ev: MessageEvent) => {
         if (ev.data?.type === "fatal") this.#fail(`GPU worker ${rank}: ${ev.data.message}`);
@@ -205,15 +236,41 @@ class EngineImpl implements Engine {
       overlap: !config.disableOverlapSchedule,
       toWorkers: gpus.map((g) => g.to),
       fromWorkers: gpus.map((g) => g.from),
+      fault,
     });
   }
 
-  /** A worker died: close the rings so the scheduler aborts everything with the error. */
+  get failure(): string | null {
+    return this.#fatal;
+  }
+
+  /** A worker died: the engine is dead for good. Closing the rings stops the other
+   *  workers; every open stream and metrics call ends here with the reason, without
+   *  waiting on a scheduler that may be gone. */
   #fail(message: string): void {
-    this.#fatal ??= message;
+    if (this.#fatal !== null) return;
+    this.#fatal = message;
+    clearInterval(this.#heartbeat);
     for (const g of this.gpus) {
       new Ring(g.to).close();
       new Ring(g.from).close();
+    }
+    this.#endStreams(message);
+    for (const w of this.#metricsWaiters.values()) w.reject(new Error(message));
+    this.#metricsWaiters.clear();
+    for (const w of this.#flushWaiters.values()) w(false);
+    this.#flushWaiters.clear();
+    this.#onDead(message);
+  }
+
+  /** Ends every open stream with `error`. */
+  #endStreams(error: string): void {
+    for (const [id, s] of this.#streams) {
+      s.push({
+        tokens: [],
+        finish: { reason: "abort", promptTokens: 0, completionTokens: 0, cachedTokens: 0, error },
+      });
+      this.#streams.delete(id);
     }
   }
 
@@ -267,9 +324,23 @@ class EngineImpl implements Engine {
   }
 
   metrics(): Promise<EngineMetrics> {
+    if (this.#fatal !== null) return Promise.reject(new Error(this.#fatal));
     const seq = ++this.#seq;
-    return new Promise((resolve) => {
-      this.#metricsWaiters.set(seq, resolve);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#metricsWaiters.delete(seq);
+        reject(new Error(`the scheduler did not answer within ${METRICS_TIMEOUT_MS} ms`));
+      }, METRICS_TIMEOUT_MS);
+      this.#metricsWaiters.set(seq, {
+        resolve: (m) => {
+          clearTimeout(timer);
+          resolve(m);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
       this.scheduler.postMessage({ type: "metrics", seq });
     });
   }
@@ -278,29 +349,28 @@ class EngineImpl implements Engine {
     if (this.#closing || this.#fatal) return Promise.resolve(false);
     const seq = ++this.#seq;
     return new Promise((resolve) => {
-      this.#flushWaiters.set(seq, resolve);
+      // Like metrics(), never waits for good on a scheduler that does not answer.
+      const timer = setTimeout(() => {
+        this.#flushWaiters.delete(seq);
+        resolve(false);
+      }, METRICS_TIMEOUT_MS);
+      this.#flushWaiters.set(seq, (ok) => {
+        clearTimeout(timer);
+        resolve(ok);
+      });
       this.scheduler.postMessage({ type: "flush", seq });
     });
   }
 
   async shutdown(options?: { abort?: boolean }): Promise<void> {
     this.#closing = true;
-    this.scheduler.postMessage({ type: "shutdown", abort: options?.abort ?? false });
-    await this.#stopped;
-    // Streams the scheduler could not finish (a dead worker) end here.
-    for (const [id, s] of this.#streams) {
-      s.push({
-        tokens: [],
-        finish: {
-          reason: "abort",
-          promptTokens: 0,
-          completionTokens: 0,
-          cachedTokens: 0,
-          error: this.#fatal ?? "the engine shut down",
-        },
-      });
-      this.#streams.delete(id);
+    clearInterval(this.#heartbeat);
+    if (this.#fatal === null) {
+      this.scheduler.postMessage({ type: "shutdown", abort: options?.abort ?? false });
+      await this.#stopped;
     }
+    // Streams the scheduler could not finish (a dead worker) end here.
+    this.#endStreams(this.#fatal ?? "the engine shut down");
     // The GPU workers exit on the shutdown record; give them a moment to free memory.
     await new Promise((r) => setTimeout(r, 50));
     for (const g of this.gpus) g.worker.terminate();

@@ -114,12 +114,19 @@ export function createApp(ctx: ServerContext): Hono {
   for (const path of ["/v1/*", "/generate", "/flush_cache"]) app.use(path, requireKey);
 
   app.get("/health", (c) => {
+    const failure = ctx.engine.failure;
+    if (failure !== null) return c.json({ status: "engine failed", error: failure }, 503);
     if (ctx.closing) return c.json({ status: "shutting down" }, 503);
     return c.json({ status: "ok" });
   });
 
   app.get("/metrics", async (c) => {
-    const m = await ctx.engine.metrics();
+    let m;
+    try {
+      m = await ctx.engine.metrics();
+    } catch (err) {
+      throw new ApiError(503, `Engine metrics unavailable: ${(err as Error).message}`);
+    }
     return c.body(ctx.metrics.render(m, ctx.inFlight), 200, {
       "content-type": "text/plain; version=0.0.4; charset=utf-8",
     });

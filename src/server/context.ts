@@ -38,6 +38,7 @@ export function baseSamplingParams(ctx: ServerContext): SamplingParams {
 
 /** Reserves `count` engine requests or throws 503; call `release` once per request. */
 export function admit(ctx: ServerContext, count: number): void {
+  if (ctx.engine.failure !== null) throw engineFailed(ctx.engine.failure);
   if (ctx.closing) throw new ApiError(503, "The server is shutting down.");
   if (ctx.inFlight + count > ctx.maxInFlight) {
     throw new ApiError(
@@ -49,6 +50,11 @@ export function admit(ctx: ServerContext, count: number): void {
     );
   }
   ctx.inFlight += count;
+}
+
+/** The 503 of every request once the engine died (the process is about to exit). */
+export function engineFailed(reason: string): ApiError {
+  return new ApiError(503, `The engine failed: ${reason}`, null, "engine_failed");
 }
 
 /** Releases one engine request reserved by `admit`. */

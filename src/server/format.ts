@@ -4,7 +4,8 @@
  * server's bookkeeping (admission slot, metrics).
  */
 
-import { release, type ServerContext } from "./context.ts";
+import { engineFailed, release, type ServerContext } from "./context.ts";
+import { TextError } from "../text/errors.ts";
 import type { TextTokenizer } from "../text/tokenizer_port.ts";
 import {
   generateText,
@@ -197,6 +198,11 @@ export async function* runChoice(
     }
   } catch (err) {
     outcome = "error";
+    // A stream the dead engine ended is the server's failure, not the client's.
+    const failure = ctx.engine.failure;
+    if (failure !== null && err instanceof TextError && err.kind === "rejected") {
+      throw engineFailed(failure);
+    }
     throw err;
   } finally {
     m.finish(outcome);
