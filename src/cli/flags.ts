@@ -56,6 +56,12 @@ export interface CliOptions {
   apiKey: string | null;
   shell: boolean;
   servedModelName: string | null;
+  /** Connection timeouts and the shutdown grace period, in seconds. */
+  headerTimeout: number;
+  keepAliveTimeout: number;
+  shutdownGrace: number;
+  /** Most open client connections; null: from the open-file limit. */
+  maxConnections: number | null;
   /** 0: all cores. */
   cpuThreads: number;
   /** Shell: most tokens per answer, and the sampling temperature. */
@@ -184,6 +190,28 @@ const FLAGS: Record<string, FlagSpec> = {
     type: "string",
     value: "NAME",
     help: "model name in the API (default: the folder's name)",
+  },
+  "header-timeout": {
+    type: "string",
+    value: "S",
+    help: `seconds a client gets to send request headers (default ${DEFAULTS.headerTimeout})`,
+  },
+  "keep-alive-timeout": {
+    type: "string",
+    value: "S",
+    help: `seconds an idle keep-alive connection stays open (default ${DEFAULTS.keepAliveTimeout})`,
+  },
+  "shutdown-grace": {
+    type: "string",
+    value: "S",
+    help: "seconds requests may finish after SIGTERM/SIGINT before they are aborted " +
+      `(default ${DEFAULTS.shutdownGrace})`,
+  },
+  "max-connections": {
+    type: "string",
+    value: "N",
+    help: "most open client connections (default: a third of the open-file limit, less a " +
+      "reserve)",
   },
   "cpu-threads": {
     type: "string",
@@ -368,6 +396,12 @@ export function parseFlags(argv: string[]): CliOptions {
     apiKey: nonEmpty("api-key"),
     shell: values.shell === true,
     servedModelName: nonEmpty("served-model-name"),
+    headerTimeout: float("header-timeout", DEFAULTS.headerTimeout, 0, 3600, true),
+    keepAliveTimeout: float("keep-alive-timeout", DEFAULTS.keepAliveTimeout, 0, 3600, true),
+    shutdownGrace: float("shutdown-grace", DEFAULTS.shutdownGrace, 0, 3600),
+    maxConnections: str("max-connections") === undefined
+      ? null
+      : int("max-connections", 0, 1, 1 << 20),
     cpuThreads: int("cpu-threads", DEFAULTS.cpuThreads, 0, 4096),
     maxTokens: int("max-tokens", DEFAULTS.shellMaxTokens, 1, 1 << 24),
     temperature: float("temperature", DEFAULTS.shellTemperature, 0, 2),

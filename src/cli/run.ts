@@ -21,9 +21,6 @@ import { type CliOptions, FlagError, helpText, parseFlags } from "./flags.ts";
 import { progressPrinter } from "./progress.ts";
 import { attentionPageSize } from "../runtime/attention.ts";
 
-/** How long in-flight requests may run on after SIGINT/SIGTERM before being aborted. */
-const SHUTDOWN_GRACE_MS = 30_000;
-
 /** After the engine died: how long /health keeps answering 503 (with the reason) before
  *  the process exits non-zero for its supervisor to restart it. */
 const ENGINE_DEATH_LINGER_MS = 2_000;
@@ -155,7 +152,12 @@ export async function main(argv: string[]): Promise<number> {
         } (a request's own values win; --generation-config ignore turns this off)`,
       );
     }
-    const server = await startServer(ctx, opts.host, opts.port);
+    const server = await startServer(ctx, opts.host, opts.port, {
+      headerTimeoutMs: opts.headerTimeout * 1000,
+      idleTimeoutMs: opts.keepAliveTimeout * 1000,
+      maxConnections: opts.maxConnections,
+    }, log);
+    log(`accepting up to ${server.guard.options.maxConnections} connections`);
     const shown = server.hostname.includes(":") ? `[${server.hostname}]` : server.hostname;
     console.log(`listening on http://${shown}:${server.port}`);
     const died = await Promise.race([waitForSignal().then(() => null), engine.dead]);
@@ -167,7 +169,7 @@ export async function main(argv: string[]): Promise<number> {
       return 1;
     }
     log("shutting down: finishing in-flight requests");
-    await server.shutdown(SHUTDOWN_GRACE_MS);
+    await server.shutdown(opts.shutdownGrace * 1000);
     await engine.shutdown();
     log("bye");
     return 0;
