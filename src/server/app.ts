@@ -72,14 +72,18 @@ export async function readJsonBody(
   return parseJsonObject(text);
 }
 
+/** The status counted for a request whose client closed the connection (nginx's). */
+const CLIENT_CLOSED = 499;
+
 /** Builds the Hono app over a server context. */
 export function createApp(ctx: ServerContext): Hono {
   const app = new Hono();
   const info = ctx.engine.info;
 
-  app.onError((err) => {
+  app.onError((err, c) => {
     const res = errorResponse(err);
-    ctx.metrics.error(res.status);
+    // A client that went away is no server error: counted as nginx's 499.
+    ctx.metrics.error(c.req.raw.signal.aborted ? CLIENT_CLOSED : res.status);
     if (res.status >= 500 && !(err instanceof ApiError || err instanceof TextError)) {
       console.error("internal error:", err);
     }
@@ -173,11 +177,19 @@ export function createApp(ctx: ServerContext): Hono {
     let tokens: number[];
     if (body.messages !== undefined) {
       const chat = parseChatRequest(body, info.vocabSize);
-      tokens = ctx.tokenizer.chatTemplate(
-        chat.messages,
-        chat.addGenerationPrompt,
-        chat.templateKwargs,
-      );
+      try {
+        tokens = ctx.tokenizer.chatTemplate(
+          chat.messages,
+          chat.addGenerationPrompt,
+          chat.templateKwargs,
+        );
+      } catch (err) {
+        throw new ApiError(
+          400,
+          `Could not apply the chat template: ${(err as Error).message}`,
+          "messages",
+        );
+      }
     } else if (typeof body.prompt === "string") {
       const add = body.add_special_tokens;
       if (add !== undefined && typeof add !== "boolean") {

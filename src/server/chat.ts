@@ -58,6 +58,7 @@ export async function chatCompletions(
     })),
     signal,
     arrival,
+    req.stream,
   );
   const wantLogprobs = req.sampling.logprobs === true;
   // OpenAI's field order: id, object, created, model.

@@ -67,6 +67,7 @@ export async function completions(
     })),
     signal,
     arrival,
+    req.stream,
   );
   const wantLogprobs = req.logprobs !== null;
   // OpenAI's field order: id, object, created, model.

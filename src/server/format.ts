@@ -197,7 +197,9 @@ export async function* runChoice(
       yield chunk;
     }
   } catch (err) {
-    outcome = "error";
+    // Aborted with the server still up: the client went away, no server error.
+    const gone = err instanceof TextError && err.kind === "aborted" && !ctx.closing;
+    outcome = gone ? "abort" : "error";
     // A stream the dead engine ended is the server's failure, not the client's.
     const failure = ctx.engine.failure;
     if (failure !== null && err instanceof TextError && err.kind === "rejected") {
