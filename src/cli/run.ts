@@ -17,7 +17,7 @@ import { loadTokenizer } from "../tokenizer/tokenizer.ts";
 import { Device } from "../../ffi/device.ts";
 import { ensureDefaultModel } from "./default_model.ts";
 import { prepareNativeLibrary } from "./native_lib.ts";
-import { type CliOptions, FlagError, helpText, parseFlags } from "./flags.ts";
+import { type CliOptions, FlagError, helpText, parseFlags, resolveApiKey } from "./flags.ts";
 import { progressPrinter } from "./progress.ts";
 import { attentionPageSize } from "../runtime/attention.ts";
 
@@ -78,8 +78,10 @@ export function engineConfig(
 /** Runs the program; resolves to the exit code. */
 export async function main(argv: string[]): Promise<number> {
   let opts: CliOptions;
+  let apiKey: string | null;
   try {
     opts = parseFlags(argv);
+    apiKey = resolveApiKey(opts);
   } catch (err) {
     if (err instanceof FlagError) {
       log(`error: ${err.message}`);
@@ -103,7 +105,13 @@ export async function main(argv: string[]): Promise<number> {
     }
     // Validate the folder before anything heavy: one clear line on a broken model.
     const modelConfig = await loadModelConfig(modelDir);
-    const tokenizer = textTokenizer(await loadTokenizer(modelDir));
+    const hf = await loadTokenizer(modelDir);
+    const tokenizer = textTokenizer(hf);
+    // Compile and render the chat template once: a broken one stops start-up in one line
+    // instead of failing every chat request.
+    if (hf.chatTemplate !== null) {
+      tokenizer.chatTemplate([{ role: "user", content: "hello" }], true, {});
+    }
     const built = await prepareNativeLibrary(opts.device !== "cpu", log);
     if (opts.device === "cuda" && built.cuda === null) {
       throw new Error(
@@ -133,7 +141,7 @@ export async function main(argv: string[]): Promise<number> {
       engine,
       tokenizer,
       modelNames: [...new Set(names)],
-      apiKey: opts.apiKey,
+      apiKey,
       metrics: new ServerMetrics(),
       maxInFlight: opts.maxRunningRequests + opts.maxQueuedRequests,
       maxBodyBytes: MAX_BODY_BYTES,

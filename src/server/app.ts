@@ -72,6 +72,20 @@ export async function readJsonBody(
   return parseJsonObject(text);
 }
 
+/** Routes open without the API key: probes of load balancers and Prometheus. */
+const OPEN_ROUTES = new Set(["/health", "/metrics"]);
+
+const utf8 = new TextEncoder();
+
+/** Compares a presented secret with the expected one in a time that depends only on the
+ *  expected one's length, not on where they differ. */
+export function sameSecret(given: string, expected: string): boolean {
+  const a = utf8.encode(given), b = utf8.encode(expected);
+  let diff = a.length ^ b.length;
+  for (let i = 0; i < b.length; i++) diff |= (i < a.length ? a[i] : 0) ^ b[i];
+  return diff === 0;
+}
+
 /** The status counted for a request whose client closed the connection (nginx's). */
 const CLIENT_CLOSED = 499;
 
@@ -96,13 +110,11 @@ export function createApp(ctx: ServerContext): Hono {
     );
   });
 
-  const requireKey = async (
-    c: { req: { header(name: string): string | undefined } },
-    next: () => Promise<void>,
-  ) => {
-    if (ctx.apiKey !== null) {
+  // With --api-key every route needs it but the probes (/health, /metrics).
+  app.use("*", async (c, next) => {
+    if (ctx.apiKey !== null && !OPEN_ROUTES.has(c.req.path)) {
       const auth = c.req.header("authorization") ?? "";
-      if (auth !== `Bearer ${ctx.apiKey}`) {
+      if (!sameSecret(auth, `Bearer ${ctx.apiKey}`)) {
         throw new ApiError(
           401,
           auth === ""
@@ -114,8 +126,7 @@ export function createApp(ctx: ServerContext): Hono {
       }
     }
     await next();
-  };
-  for (const path of ["/v1/*", "/generate", "/flush_cache"]) app.use(path, requireKey);
+  });
 
   app.get("/health", (c) => {
     const failure = ctx.engine.failure;

@@ -173,6 +173,7 @@ export async function generate(
     })),
     signal,
     arrival,
+    req.stream,
   );
   // Per prompt: text and ids so far (SGLang streams them whole, not as deltas).
   const texts = ids.map(() => "");
