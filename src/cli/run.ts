@@ -12,6 +12,7 @@ import { ServerMetrics } from "../server/metrics.ts";
 import { startServer } from "../server/serve.ts";
 import type { ServerContext } from "../server/context.ts";
 import { textTokenizer } from "../text/tokenizer_port.ts";
+import { tokenizePool } from "../server/tokenize_pool.ts";
 import { runShell } from "../shell/shell.ts";
 import { loadTokenizer } from "../tokenizer/tokenizer.ts";
 import { Device } from "../../ffi/device.ts";
@@ -24,6 +25,9 @@ import { attentionPageSize } from "../runtime/attention.ts";
 /** After the engine died: how long /health keeps answering 503 (with the reason) before
  *  the process exits non-zero for its supervisor to restart it. */
 const ENGINE_DEATH_LINGER_MS = 2_000;
+
+/** Tokenizer workers for large inputs (each holds its own copy of the tokenizer). */
+const TOKENIZER_WORKERS = 2;
 
 /** Largest request body (413 beyond). */
 const MAX_BODY_BYTES = 8 << 20;
@@ -145,6 +149,7 @@ export async function main(argv: string[]): Promise<number> {
       metrics: new ServerMetrics(),
       maxInFlight: opts.maxRunningRequests + opts.maxQueuedRequests,
       maxBodyBytes: MAX_BODY_BYTES,
+      tokenize: tokenizePool(modelDir, tokenizer, TOKENIZER_WORKERS),
       inFlight: 0,
       closing: false,
       serverArgs: sglangServerArgs(opts, config, names[0]),
@@ -178,6 +183,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     log("shutting down: finishing in-flight requests");
     await server.shutdown(opts.shutdownGrace * 1000);
+    ctx.tokenize.close();
     await engine.shutdown();
     log("bye");
     return 0;

@@ -189,7 +189,7 @@ export function createApp(ctx: ServerContext): Hono {
     if (body.messages !== undefined) {
       const chat = parseChatRequest(body, info.vocabSize);
       try {
-        tokens = ctx.tokenizer.chatTemplate(
+        tokens = await ctx.tokenize.chatTemplate(
           chat.messages,
           chat.addGenerationPrompt,
           chat.templateKwargs,
@@ -210,7 +210,7 @@ export function createApp(ctx: ServerContext): Hono {
           "add_special_tokens",
         );
       }
-      tokens = ctx.tokenizer.encode(body.prompt, add ?? true);
+      tokens = await ctx.tokenize.encode(body.prompt, add ?? true);
     } else {
       throw new ApiError(400, "Expected 'prompt' (a string) or 'messages'.", "prompt");
     }
@@ -226,7 +226,7 @@ export function createApp(ctx: ServerContext): Hono {
       throw new ApiError(400, "Missing required parameter: 'tokens'.", "tokens");
     }
     const tokens = checkTokenIds(body.tokens, "tokens", info.vocabSize);
-    return c.json({ prompt: ctx.tokenizer.decode(tokens) });
+    return c.json({ prompt: await ctx.tokenize.decode(tokens) });
   };
   app.post("/detokenize", detokenize);
   app.post("/v1/detokenize", detokenize);

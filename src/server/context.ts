@@ -7,11 +7,14 @@ import { defaultSamplingParams, type Engine, type SamplingParams } from "../engi
 import { ApiError } from "./errors.ts";
 import type { ServerMetrics } from "./metrics.ts";
 import type { TextTokenizer } from "../text/tokenizer_port.ts";
+import type { AsyncTokenizer } from "./tokenize_pool.ts";
 
 /** Everything the routes share. */
 export interface ServerContext {
   engine: Engine;
   tokenizer: TextTokenizer;
+  /** Tokenization of large inputs, run off the HTTP thread. */
+  tokenize: AsyncTokenizer;
   /** Names accepted in `model` (the first is reported). */
   modelNames: string[];
   apiKey: string | null;

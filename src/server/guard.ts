@@ -31,6 +31,8 @@ interface Relay {
   lastActivity: number;
   /** When a request began to arrive with no handler running yet (header timeout). */
   headerSince: number | null;
+  /** Bytes of a request arrived that the HTTP handler has not seen yet. */
+  arriving: boolean;
   closed: boolean;
 }
 
@@ -74,6 +76,8 @@ export function openFileCount(): number | null {
 /** Descriptors kept free beyond those open at start: files opened later, and connections
  *  beyond the cap, which hold one while their 503 is written. */
 const SPARE_FDS = 64;
+/** Time without bytes after which a relay with no request counts as quiet. */
+const SETTLE_MS = 100;
 /** Refusals written at once; more are closed without an answer. */
 const MAX_PENDING_REFUSALS = SPARE_FDS / 2;
 
@@ -123,6 +127,7 @@ export class ConnectionGuard {
     if (!r) return;
     r.active++;
     r.headerSince = null;
+    r.arriving = false;
   }
 
   /** That request's response ended (sent, or the client went away). */
@@ -140,6 +145,27 @@ export class ConnectionGuard {
     try {
       this.listener.close();
     } catch { /* already closed */ }
+  }
+
+  /** True when no connection has a request arriving or running, or bytes moving (a
+   *  response the handler finished may still be on its way through the relay). */
+  get quiet(): boolean {
+    const now = performance.now();
+    for (const r of this.#relays.values()) {
+      if (r.closed) continue;
+      if (r.active > 0 || r.arriving || now - r.lastActivity < SETTLE_MS) return false;
+    }
+    return true;
+  }
+
+  /** Resolves true once quiet, or false after `ms`. */
+  async untilQuiet(ms: number): Promise<boolean> {
+    const deadline = performance.now() + ms;
+    while (!this.quiet) {
+      if (performance.now() >= deadline) return false;
+      await new Promise((res) => setTimeout(res, 10));
+    }
+    return true;
   }
 
   /** Ends every connection now (and stops accepting). */
@@ -210,6 +236,7 @@ export class ConnectionGuard {
       active: 0,
       lastActivity: now,
       headerSince: now,
+      arriving: false,
       closed: false,
     };
     const port = upstream.localAddr.port;
@@ -230,7 +257,10 @@ export class ConnectionGuard {
         const n = await from.read(buf);
         if (n === null) break;
         r.lastActivity = performance.now();
-        if (fromClient && r.active === 0 && r.headerSince === null) r.headerSince = r.lastActivity;
+        if (fromClient && r.active === 0) {
+          r.arriving = true;
+          r.headerSince ??= r.lastActivity;
+        }
         let off = 0;
         while (off < n) off += await to.write(buf.subarray(off, n));
         r.lastActivity = performance.now();

@@ -90,27 +90,17 @@ export function startServer(
       ctx.closing = true;
       g.stopAccepting();
       stopping = true;
-      const closed = backend.shutdown().catch(() => {});
-      if (!(await settlesWithin(closed, graceMs))) {
+      // The guard sees every request from its first byte (Deno.serve would close a
+      // connection whose request is still in the relay as idle): wait for them there.
+      if (!(await g.untilQuiet(graceMs))) {
         // Ending the engine's streams ends the responses still open; a client that does
         // not read them keeps its connection only until the drain time is over.
         await ctx.engine.shutdown({ abort: true });
-        await settlesWithin(closed, ABORT_DRAIN_MS);
+        await g.untilQuiet(ABORT_DRAIN_MS);
       }
       g.closeAll();
-      await closed;
+      await backend.shutdown().catch(() => {});
       await g.done;
     },
   });
-}
-
-/** True when `p` settles within `ms`. */
-async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<false>((r) => {
-    timer = setTimeout(() => r(false), ms);
-  });
-  const first = await Promise.race([p.then(() => true), timeout]);
-  clearTimeout(timer);
-  return first;
 }
