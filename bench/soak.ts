@@ -5,7 +5,12 @@
  * last client is gone, that must be 0: no leaked request).
  *
  *   deno task bench soak [--model DIR] [--minutes 5] [--requests N] [--concurrency 16]
- *     [--device cpu] [--card NAME] [--out bench/results/soak.json]
+ *     [--device cpu] [--num-pages 32768] [--card NAME] [--out bench/results/soak.json]
+ *
+ * The KV pool is small on purpose (--num-pages): the prefix cache fills it within the
+ * first few hundred requests and evicts from then on. With a pool of gigabytes, RSS would
+ * keep rising as the cache touches fresh pool pages for the first time, which says
+ * nothing about leaks.
  *
  * Without --model it runs the server's default tiny model (random weights). The run stops at
  * --minutes or after --requests, whichever comes first.
@@ -22,6 +27,7 @@ const { values: a } = parseArgs({
     requests: { type: "string", default: "0" },
     concurrency: { type: "string", default: "16" },
     device: { type: "string", default: "cpu" },
+    "num-pages": { type: "string", default: "32768" },
     card: { type: "string", default: "cpu" },
     out: { type: "string" },
   },
@@ -46,6 +52,8 @@ const child = new Deno.Command(Deno.execPath(), {
     "0",
     "--cpu-threads",
     "1",
+    "--num-pages",
+    a["num-pages"],
   ],
   stdout: "piped",
   stderr: "piped",
@@ -231,6 +239,8 @@ const result = {
   fiveXX,
   fiveXXForClientFaults: fiveXXClientFault,
   kvPagesInUseAtEnd: gauge("minisgl_kv_pages_in_use"),
+  kvPagesCachedAtEnd: gauge("minisgl_kv_pages_cached"),
+  kvPagesTotal: gauge("minisgl_kv_pages_total"),
   requestsRunningAtEnd: gauge("minisgl_num_requests_running"),
   requestsInFlightAtEnd: gauge("minisgl_server_requests_in_flight"),
   rssMiBAfter1000: rssAt1000 === null ? null : Number(rssAt1000.toFixed(1)),
