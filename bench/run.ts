@@ -9,6 +9,7 @@
  *   ablations    overlap, CUDA graphs, radix vs naive, page size 1 vs 16, in one run
  *   scheduler    the scheduler's CPU time per step at 256 running requests (no model)
  *   attention    attention kernels through the ABI vs PyTorch SDPA (GPU machine; python3 + torch)
+ *   soak         valid, invalid, aborted and slow clients against the server for N minutes
  *
  * Each writes a record to --out FILE (bench/results/*.json format) where it takes --out.
  */
@@ -21,6 +22,7 @@ const scripts: Record<string, string> = {
   ablations: "ablations.ts",
   scheduler: "scheduler_bench.ts",
   attention: "attention.ts",
+  soak: "soak.ts",
 };
 const [name, ...rest] = Deno.args;
 const script = scripts[name ?? ""];

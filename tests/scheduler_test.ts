@@ -11,6 +11,7 @@
 import assert from "node:assert/strict";
 import { type Plan, Scheduler, type SchedulerConfig } from "../src/scheduler/scheduler.ts";
 import type { ForwardResult } from "../src/ipc/batch.ts";
+import { encodeBatch } from "../src/ipc/batch_codec.ts";
 import {
   defaultSamplingParams,
   type SamplingParams,
@@ -97,6 +98,10 @@ class ContractDevice {
       }
     }
     assert.ok(total <= this.cfg.maxBatchTokens);
+    if (this.cfg.maxRecordWords !== undefined) {
+      const words = encodeBatch(plan.batch).length;
+      assert.ok(words <= this.cfg.maxRecordWords, `record of ${words} words`);
+    }
     return {
       id: plan.batch.id,
       tokens,
@@ -246,6 +251,30 @@ Deno.test("scheduler: long prompts are chunked; results equal unchunked", () => 
   );
   for (const r of reqs) assert.deepEqual(a.out.get(r.id)!.tokens, b.out.get(r.id)!.tokens);
   assert.ok(a.steps > b.steps);
+});
+
+Deno.test("scheduler: batches split at the record limit; results equal unsplit", () => {
+  // Requests over one long shared prefix: each admission sends its whole page list.
+  const prefix = Array.from({ length: 300 }, (_, i) => 1 + (i * 17) % (VOCAB - 2));
+  const reqs = requests(40, 7).map((r, i) => ({
+    ...r,
+    promptIds: [...prefix, 1 + i],
+    params: { ...r.params, ignoreEos: true, maxTokens: 4, repetitionPenalty: 1.1 },
+  }));
+  const wide = config({ numPages: 20000, maxContextLen: 400 });
+  const limit = 3 * 400; // room for about three page lists of the prefix
+  const a = drive({ ...wide, maxRecordWords: limit }, reqs, true);
+  const b = drive(wide, reqs, true);
+  for (const r of reqs) {
+    assert.equal(a.out.get(r.id)!.finish.reason, "length");
+    assert.deepEqual(a.out.get(r.id)!.tokens, b.out.get(r.id)!.tokens);
+  }
+  assert.ok(a.steps > b.steps);
+  // One that could not fit a record even alone is refused at submit, saying why.
+  const s = new Scheduler({ ...wide, maxRecordWords: 200 });
+  s.submit({ ...reqs[0], id: "huge" });
+  const [[, ev]] = s.takeEvents();
+  assert.match(ev.finish!.error!, /need a batch record of \d+ bytes, over the limit of 800/);
 });
 
 Deno.test("scheduler: aborts free pages; impossible requests are rejected at once", () => {

@@ -15,9 +15,10 @@ export interface ServerProcess {
   stop(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
 }
 
-/** `deno` arguments that run main.ts on the tiny Qwen3 (CPU backend, one thread). */
-export async function tinyMainArgs(flags: string[]): Promise<string[]> {
-  const model = await ensureTestModel("tiny-qwen3");
+/** `deno` arguments that run main.ts on the tiny Qwen3 (CPU backend, one thread), or on
+ *  another model folder. */
+export async function tinyMainArgs(flags: string[], modelDir?: string): Promise<string[]> {
+  const model = modelDir ?? await ensureTestModel("tiny-qwen3");
   return [
     "run",
     "-A",
@@ -32,10 +33,28 @@ export async function tinyMainArgs(flags: string[]): Promise<string[]> {
   ];
 }
 
+/** How startServerProcess runs the server. */
+export interface ServerProcessOptions {
+  /** Model folder (default: the tiny Qwen3). */
+  modelDir?: string;
+  /** Extra environment variables. */
+  env?: Record<string, string>;
+  /** Runs the command through `sh -c 'ulimit -n N; exec ...'` (a low fd limit). */
+  fdLimit?: number;
+}
+
 /** Starts the server on the tiny Qwen3 (CPU backend) with extra flags. */
-export async function startServerProcess(extra: string[] = []): Promise<ServerProcess> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: await tinyMainArgs(["--port", "0", ...extra]),
+export async function startServerProcess(
+  extra: string[] = [],
+  options: ServerProcessOptions = {},
+): Promise<ServerProcess> {
+  const args = await tinyMainArgs(["--port", "0", ...extra], options.modelDir);
+  const quoted = [Deno.execPath(), ...args].map((a) => `'${a.replaceAll("'", "'\\''")}'`);
+  const child = new Deno.Command(options.fdLimit ? "sh" : Deno.execPath(), {
+    args: options.fdLimit
+      ? ["-c", `ulimit -n ${options.fdLimit} && exec ${quoted.join(" ")}`]
+      : args,
+    env: options.env,
     cwd: REPO_ROOT,
     stdout: "piped",
     stderr: "piped",
@@ -76,6 +95,19 @@ export async function startServerProcess(extra: string[] = []): Promise<ServerPr
       return status;
     },
   };
+}
+
+/** A copy of the tiny Qwen3 with config.json fields replaced (e.g. a longer context);
+ *  the caller removes it. */
+export async function tinyModelWith(config: Record<string, unknown>): Promise<string> {
+  const src = await ensureTestModel("tiny-qwen3");
+  const dir = await Deno.makeTempDir({ prefix: "minisgl-model-" });
+  for await (const e of Deno.readDir(src)) {
+    if (e.isFile) await Deno.copyFile(`${src}/${e.name}`, `${dir}/${e.name}`);
+  }
+  const cfg = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify({ ...cfg, ...config }));
+  return dir;
 }
 
 /** Reads one gauge or counter from /metrics. */

@@ -5,7 +5,7 @@
  * order, pushing results to the other ring. While batch N runs on the device it waits on
  * "batch N+1 arrived or batch N done", whichever comes first (see serve()).
  *
- * Protocol: postMessage {type:"init", config, toWorker, fromWorker}; answers
+ * Protocol: postMessage {type:"init", config, toWorker, fromWorker, fault}; answers
  * {type:"progress", stage, done, total}* (with tensor parallelism on CUDA also one
  * {type:"peer", info}, answered by {type:"peers", infos}), then {type:"ready", info} or {type:"error",
  * message}. A failure while serving posts {type:"fatal", message} and closes the rings.
@@ -22,13 +22,19 @@ import {
   recordKind,
 } from "../src/ipc/batch_codec.ts";
 import type { GpuWorkerConfig } from "../src/engine/config.ts";
+import { type Fault, injectedFault } from "../src/engine/fault.ts";
 
 interface InitMessage {
   type: "init";
   config: GpuWorkerConfig;
   toWorker: SharedArrayBuffer;
   fromWorker: SharedArrayBuffer;
+  /** MINISGL_FAULT (src/engine/fault.ts), for the engine-death tests; null normally. */
+  fault: Fault | null;
 }
+
+/** Thrown by serve to leave this worker the way a crash outside the loop would. */
+class UncaughtFault extends Error {}
 
 /** How long one wait for the next batch lasts while a batch is in flight, before the worker
  *  looks at that batch's event again (ms). A new batch wakes the wait at once. */
@@ -42,7 +48,8 @@ const POLL_MS = 0.02;
  * double-buffered. On the CPU backend launch() computes synchronously and the event is done
  * right away, so each result goes out before the next batch is read.
  */
-function serve(runner: ModelRunner, input: Ring, output: Ring) {
+function serve(runner: ModelRunner, input: Ring, output: Ring, fault: Fault | null) {
+  let batches = 0;
   let pending: Pending | null = null;
   for (;;) {
     if (pending && runner.isDone(pending)) {
@@ -61,6 +68,11 @@ function serve(runner: ModelRunner, input: Ring, output: Ring) {
       return;
     }
     if (kind !== KIND_BATCH) throw new Error(`unexpected record kind ${kind}`);
+    if (fault && batches++ >= fault.after) {
+      const err = injectedFault(fault.site, batches - 1);
+      if (fault.site === "gpu") throw err;
+      if (fault.site === "gpu-uncaught") throw new UncaughtFault(err.message);
+    }
     const next = runner.launch(decodeBatch(msg));
     // N ran before N+1 on the stream; its slot is reused by N+2.
     if (pending) output.push(encodeResult(runner.finish(pending)));
@@ -84,7 +96,7 @@ function exchangePeers(mine: PeerBufferInfo): Promise<PeerBufferInfo[]> {
 
 self.onmessage = async (ev: MessageEvent<InitMessage>) => {
   if (ev.data?.type !== "init") return;
-  const { config: c, toWorker, fromWorker } = ev.data;
+  const { config: c, toWorker, fromWorker, fault } = ev.data;
   const input = new Ring(toWorker), output = new Ring(fromWorker);
   let runner: ModelRunner;
   try {
@@ -120,8 +132,10 @@ self.onmessage = async (ev: MessageEvent<InitMessage>) => {
   // Serving blocks this thread (Atomics.wait); give the ready message a moment to leave.
   await new Promise((r) => setTimeout(r, 0));
   try {
-    serve(runner, input, output);
+    serve(runner, input, output, fault);
   } catch (e) {
+    // Leaves the rings open and escapes this handler: nothing here tells the engine.
+    if (e instanceof UncaughtFault) throw e;
     self.postMessage({ type: "fatal", message: (e as Error).message });
     input.close();
     output.close();

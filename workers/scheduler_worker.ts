@@ -4,17 +4,18 @@
  * overlap loop. Batches go to the GPU worker(s) through SharedArrayBuffer rings; token
  * events go back to the main thread, one postMessage per step.
  *
- * Protocol (main -> worker): {type:"init", config, overlap, toWorkers, fromWorkers},
- * {type:"submit", req}, {type:"abort", id}, {type:"metrics", seq},
- * {type:"flush", seq}, {type:"shutdown", abort}. Worker -> main: {type:"ready"},
+ * Protocol (main -> worker): {type:"init", config, overlap, toWorkers, fromWorkers, fault},
+ * {type:"submit", req}, {type:"abort", id}, {type:"metrics", seq}, {type:"flush", seq},
+ * {type:"ping"}, {type:"shutdown", abort}. Worker -> main: {type:"ready"},
  * {type:"events", events}, {type:"metrics", seq, metrics}, {type:"flushed", seq, ok},
- * {type:"stopped", error?}.
+ * {type:"pong"}, {type:"stopped", error?}.
  */
 import { Scheduler, type SchedulerConfig } from "../src/scheduler/scheduler.ts";
 import { SchedulerLoop, type Transport } from "../src/scheduler/loop.ts";
 import type { SubmitMessage } from "../src/scheduler/request.ts";
 import { Ring } from "../src/ipc/ring.ts";
 import { decodeResult, encodeBatch, encodeShutdown } from "../src/ipc/batch_codec.ts";
+import { type Fault, injectedFault } from "../src/engine/fault.ts";
 
 type InMessage =
   | {
@@ -23,11 +24,13 @@ type InMessage =
     overlap: boolean;
     toWorkers: SharedArrayBuffer[];
     fromWorkers: SharedArrayBuffer[];
+    fault: Fault | null;
   }
   | { type: "submit"; req: SubmitMessage }
   | { type: "abort"; id: string }
   | { type: "metrics"; seq: number }
   | { type: "flush"; seq: number }
+  | { type: "ping" }
   | { type: "shutdown"; abort: boolean };
 
 let sched: Scheduler | null = null;
@@ -35,9 +38,11 @@ let loop: SchedulerLoop | null = null;
 let dead: string | null = null;
 
 /** Rings to every rank; results are read from all (ranks answer in lockstep), rank 0's kept. */
-function ringTransport(to: Ring[], from: Ring[]): Transport {
+function ringTransport(to: Ring[], from: Ring[], fault: Fault | null): Transport {
+  let sent = 0;
   return {
     async send(batch) {
+      if (fault && ++sent > fault.after) injectFault(fault, sent);
       const msg = encodeBatch(batch);
       for (const r of to) await r.pushAsync(msg);
     },
@@ -53,6 +58,16 @@ function ringTransport(to: Ring[], from: Ring[]): Transport {
   };
 }
 
+/** MINISGL_FAULT (src/engine/fault.ts): throw inside the loop, or once, outside it. */
+function injectFault(fault: Fault, sent: number): void {
+  if (fault.site === "scheduler") throw injectedFault(fault.site, sent - 1);
+  if (fault.site === "scheduler-uncaught" && sent === fault.after + 1) {
+    setTimeout(() => {
+      throw injectedFault(fault.site, sent - 1);
+    });
+  }
+}
+
 function start(m: Extract<InMessage, { type: "init" }>): void {
   const to = m.toWorkers.map((b) => new Ring(b));
   const from = m.fromWorkers.map((b) => new Ring(b));
@@ -60,7 +75,7 @@ function start(m: Extract<InMessage, { type: "init" }>): void {
   sched = s;
   const l = new SchedulerLoop(
     s,
-    ringTransport(to, from),
+    ringTransport(to, from, m.fault),
     m.overlap,
     (events) => self.postMessage({ type: "events", events }),
   );
@@ -119,6 +134,9 @@ self.onmessage = (ev: MessageEvent<InMessage>) => {
       break;
     case "flush":
       self.postMessage({ type: "flushed", seq: m.seq, ok: sched?.flushCache() ?? false });
+      break;
+    case "ping":
+      self.postMessage({ type: "pong" });
       break;
     case "shutdown":
       loop?.stop(m.abort);

@@ -56,13 +56,46 @@ export interface CliOptions {
   /** "auto": the model's generation_config.json gives the sampling defaults. */
   generationConfig: "auto" | "ignore";
   apiKey: string | null;
+  /** A file holding the API key (its first line). */
+  apiKeyFile: string | null;
   shell: boolean;
   servedModelName: string | null;
+  /** Connection timeouts and the shutdown grace period, in seconds. */
+  headerTimeout: number;
+  keepAliveTimeout: number;
+  shutdownGrace: number;
+  /** Most open client connections; null: from the open-file limit. */
+  maxConnections: number | null;
   /** 0: all cores. */
   cpuThreads: number;
   /** Shell: most tokens per answer, and the sampling temperature. */
   maxTokens: number;
   temperature: number;
+}
+
+/** Environment variable holding the API key when no flag gives one. */
+export const API_KEY_ENV = "MINISGL_API_KEY";
+
+/** The API key: --api-key, else the first line of --api-key-file, else $MINISGL_API_KEY,
+ *  else null (no key). */
+export function resolveApiKey(
+  o: Pick<CliOptions, "apiKey" | "apiKeyFile">,
+  env: (name: string) => string | undefined = (n) => Deno.env.get(n),
+): string | null {
+  if (o.apiKey !== null) return o.apiKey;
+  if (o.apiKeyFile !== null) {
+    let text: string;
+    try {
+      text = Deno.readTextFileSync(o.apiKeyFile);
+    } catch (e) {
+      throw new FlagError(`--api-key-file ${o.apiKeyFile}: ${(e as Error).message}`);
+    }
+    const key = text.split(/\r?\n/)[0].trim();
+    if (key === "") throw new FlagError(`--api-key-file ${o.apiKeyFile}: the first line is empty`);
+    return key;
+  }
+  const fromEnv = env(API_KEY_ENV)?.trim();
+  return fromEnv ? fromEnv : null;
 }
 
 /** One flag: its parseArgs type, default shown in --help, and help line. */
@@ -185,7 +218,13 @@ const FLAGS: Record<string, FlagSpec> = {
     value: "auto|bfloat16|float16|float32",
     help: `weight dtype, float32 on the CPU only (default ${DEFAULTS.dtype}: the model's)`,
   },
-  "api-key": { type: "string", value: "KEY", help: "require 'Authorization: Bearer KEY' on /v1/*" },
+  "api-key": {
+    type: "string",
+    value: "KEY",
+    help: "require 'Authorization: Bearer KEY' on every route but /health and /metrics " +
+      "(also --api-key-file, or $MINISGL_API_KEY: keeps the key out of ps)",
+  },
+  "api-key-file": { type: "string", value: "FILE", help: "read the API key from FILE" },
   "shell": {
     type: "boolean",
     help: "chat in the terminal instead of serving HTTP",
@@ -195,6 +234,28 @@ const FLAGS: Record<string, FlagSpec> = {
     type: "string",
     value: "NAME",
     help: "model name in the API (default: the folder's name)",
+  },
+  "header-timeout": {
+    type: "string",
+    value: "S",
+    help: `seconds a client gets to send request headers (default ${DEFAULTS.headerTimeout})`,
+  },
+  "keep-alive-timeout": {
+    type: "string",
+    value: "S",
+    help: `seconds an idle keep-alive connection stays open (default ${DEFAULTS.keepAliveTimeout})`,
+  },
+  "shutdown-grace": {
+    type: "string",
+    value: "S",
+    help: "seconds requests may finish after SIGTERM/SIGINT before they are aborted " +
+      `(default ${DEFAULTS.shutdownGrace})`,
+  },
+  "max-connections": {
+    type: "string",
+    value: "N",
+    help: "most open client connections (default: a third of the open-file limit, less a " +
+      "reserve)",
   },
   "cpu-threads": {
     type: "string",
@@ -372,8 +433,15 @@ export function parseFlags(argv: string[]): CliOptions {
       ? null
       : int("context-length", 0, 1, 1 << 24),
     apiKey: nonEmpty("api-key"),
+    apiKeyFile: nonEmpty("api-key-file"),
     shell: values.shell === true,
     servedModelName: nonEmpty("served-model-name"),
+    headerTimeout: float("header-timeout", DEFAULTS.headerTimeout, 0, 3600, true),
+    keepAliveTimeout: float("keep-alive-timeout", DEFAULTS.keepAliveTimeout, 0, 3600, true),
+    shutdownGrace: float("shutdown-grace", DEFAULTS.shutdownGrace, 0, 3600),
+    maxConnections: str("max-connections") === undefined
+      ? null
+      : int("max-connections", 0, 1, 1 << 20),
     cpuThreads: int("cpu-threads", DEFAULTS.cpuThreads, 0, 4096),
     maxTokens: int("max-tokens", DEFAULTS.shellMaxTokens, 1, 1 << 24),
     temperature: float("temperature", DEFAULTS.shellTemperature, 0, 2),

@@ -12,6 +12,7 @@ import { ServerMetrics } from "../server/metrics.ts";
 import { startServer } from "../server/serve.ts";
 import type { ServerContext } from "../server/context.ts";
 import { textTokenizer } from "../text/tokenizer_port.ts";
+import { tokenizePool } from "../server/tokenize_pool.ts";
 import { runShell } from "../shell/shell.ts";
 import { loadTokenizer } from "../tokenizer/tokenizer.ts";
 import { Device } from "../../ffi/device.ts";
@@ -19,12 +20,16 @@ import { cudaDeviceCount } from "../../ffi/comm.ts";
 import { tpError } from "../model/tp.ts";
 import { ensureDefaultModel } from "./default_model.ts";
 import { prepareNativeLibrary } from "./native_lib.ts";
-import { type CliOptions, FlagError, helpText, parseFlags } from "./flags.ts";
+import { type CliOptions, FlagError, helpText, parseFlags, resolveApiKey } from "./flags.ts";
 import { progressPrinter } from "./progress.ts";
 import { attentionPageSize } from "../runtime/attention.ts";
 
-/** How long in-flight requests may run on after SIGINT/SIGTERM before being aborted. */
-const SHUTDOWN_GRACE_MS = 30_000;
+/** After the engine died: how long /health keeps answering 503 (with the reason) before
+ *  the process exits non-zero for its supervisor to restart it. */
+const ENGINE_DEATH_LINGER_MS = 2_000;
+
+/** Tokenizer workers for large inputs (each holds its own copy of the tokenizer). */
+const TOKENIZER_WORKERS = 2;
 
 /** Largest request body (413 beyond). */
 const MAX_BODY_BYTES = 8 << 20;
@@ -80,8 +85,10 @@ export function engineConfig(
 /** Runs the program; resolves to the exit code. */
 export async function main(argv: string[]): Promise<number> {
   let opts: CliOptions;
+  let apiKey: string | null;
   try {
     opts = parseFlags(argv);
+    apiKey = resolveApiKey(opts);
   } catch (err) {
     if (err instanceof FlagError) {
       log(`error: ${err.message}`);
@@ -107,7 +114,13 @@ export async function main(argv: string[]): Promise<number> {
     const modelConfig = await loadModelConfig(modelDir);
     const tpErr = tpError(modelConfig, opts.tp);
     if (tpErr) throw new Error(tpErr);
-    const tokenizer = textTokenizer(await loadTokenizer(modelDir));
+    const hf = await loadTokenizer(modelDir);
+    const tokenizer = textTokenizer(hf);
+    // Compile and render the chat template once: a broken one stops start-up in one line
+    // instead of failing every chat request.
+    if (hf.chatTemplate !== null) {
+      tokenizer.chatTemplate([{ role: "user", content: "hello" }], true, {});
+    }
     const built = await prepareNativeLibrary(opts.device !== "cpu", log);
     if (opts.device === "cuda" && built.cuda === null) {
       throw new Error(
@@ -140,10 +153,11 @@ export async function main(argv: string[]): Promise<number> {
       engine,
       tokenizer,
       modelNames: [...new Set(names)],
-      apiKey: opts.apiKey,
+      apiKey,
       metrics: new ServerMetrics(),
       maxInFlight: opts.maxRunningRequests + opts.maxQueuedRequests,
       maxBodyBytes: MAX_BODY_BYTES,
+      tokenize: tokenizePool(modelDir, tokenizer, TOKENIZER_WORKERS),
       inFlight: 0,
       closing: false,
       serverArgs: sglangServerArgs(opts, config, names[0]),
@@ -159,12 +173,25 @@ export async function main(argv: string[]): Promise<number> {
         } (a request's own values win; --generation-config ignore turns this off)`,
       );
     }
-    const server = await startServer(ctx, opts.host, opts.port);
+    const server = await startServer(ctx, opts.host, opts.port, {
+      headerTimeoutMs: opts.headerTimeout * 1000,
+      idleTimeoutMs: opts.keepAliveTimeout * 1000,
+      maxConnections: opts.maxConnections,
+    }, log);
+    log(`accepting up to ${server.guard.options.maxConnections} connections`);
     const shown = server.hostname.includes(":") ? `[${server.hostname}]` : server.hostname;
     console.log(`listening on http://${shown}:${server.port}`);
-    await waitForSignal();
+    const died = await Promise.race([waitForSignal().then(() => null), engine.dead]);
+    if (died !== null) {
+      log(`error: the engine died: ${died}`);
+      await new Promise((r) => setTimeout(r, ENGINE_DEATH_LINGER_MS));
+      await server.shutdown(1_000);
+      await engine.shutdown({ abort: true }).catch(() => {});
+      return 1;
+    }
     log("shutting down: finishing in-flight requests");
-    await server.shutdown(SHUTDOWN_GRACE_MS);
+    await server.shutdown(opts.shutdownGrace * 1000);
+    ctx.tokenize.close();
     await engine.shutdown();
     log("bye");
     return 0;

@@ -27,6 +27,12 @@ export const DEFAULTS = {
   cpuThreads: 0,
   /** "auto": the model's generation_config.json gives the sampling defaults. */
   generationConfig: "auto",
+  /** Seconds a client gets to send a request's headers, and a keep-alive connection may
+   *  stay idle (uvicorn, behind SGLang, keeps them 5 s). */
+  headerTimeout: 10,
+  keepAliveTimeout: 30,
+  /** Seconds in-flight requests may run on after SIGINT/SIGTERM before being aborted. */
+  shutdownGrace: 30,
   /** Shell: most tokens per answer and the sampling temperature. */
   shellMaxTokens: 1024,
   shellTemperature: 0.7,

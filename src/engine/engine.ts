@@ -7,12 +7,14 @@
 import { makeUniqueId, type PeerBufferInfo } from "../../ffi/comm.ts";
 import { loadModelConfig } from "../model/config.ts";
 import { tpError } from "../model/tp.ts";
-import { createRingBuffer, Ring } from "../ipc/ring.ts";
+import { createRingBuffer, Ring, ringBytesFor } from "../ipc/ring.ts";
+import { requestRecordWordsBound, resultRecordWordsBound } from "../ipc/batch_codec.ts";
 import type { WorkerInfo } from "../ipc/batch.ts";
 import type { SchedulerConfig } from "../scheduler/scheduler.ts";
 import { type SubmitMessage, validateRequest } from "../scheduler/request.ts";
 import { type EngineConfig, workerConfig } from "./config.ts";
 import { EventStream } from "./stream.ts";
+import { type Fault, faultFromEnv } from "./fault.ts";
 import type { Engine, EngineInfo, EngineMetrics, EngineRequest, TokenEvent } from "./types.ts";
 
 /** Start-up progress of one GPU worker (loading weights, sizing the pool, graphs). */
@@ -55,18 +57,47 @@ class PeerBroker {
   }
 }
 
+/** How long metrics() waits for the scheduler's answer. */
+const METRICS_TIMEOUT_MS = 10_000;
+/** The scheduler answers a ping every HEARTBEAT_MS; silent for SCHEDULER_SILENCE_MS (a hung
+ *  or vanished worker), the engine is declared dead so that no stream waits forever. */
+const HEARTBEAT_MS = 1_000;
+const SCHEDULER_SILENCE_MS = 30_000;
+
+/** Largest ring the engine makes: a model whose whole context needs a larger batch record
+ *  gets requests past that length rejected at submit instead. */
+const MAX_RING_BYTES = 64 << 20;
+
+/** Ring sizes from the configuration, so that any one request the model's context allows
+ *  fits a batch record (the scheduler packs batches up to the limit) and any batch's
+ *  result fits a result record. */
+export function ringSizes(
+  config: EngineConfig,
+  maxPositionEmbeddings: number,
+): { toWorker: number; fromWorker: number } {
+  const maxBatchTokens = config.maxPrefillLength + config.maxRunningRequests;
+  const batch = requestRecordWordsBound(maxPositionEmbeddings, config.pageSize, maxBatchTokens);
+  const result = resultRecordWordsBound(config.maxRunningRequests, maxBatchTokens);
+  return {
+    toWorker: Math.min(MAX_RING_BYTES, ringBytesFor(batch)),
+    fromWorker: ringBytesFor(result),
+  };
+}
+
 /** Start one GPU worker and wait until it is ready. */
 function startGpuWorker(
   config: EngineConfig,
   rank: number,
   commId: Uint8Array | null,
   peers: PeerBroker,
+  rings: { toWorker: number; fromWorker: number },
+  fault: Fault | null,
   onProgress?: (p: EngineProgress) => void,
 ): Promise<{ worker: Worker; info: WorkerInfo; to: SharedArrayBuffer; from: SharedArrayBuffer }> {
   const worker = new Worker(new URL("../../workers/gpu_worker.ts", import.meta.url), {
     type: "module",
   });
-  const to = createRingBuffer(), from = createRingBuffer();
+  const to = createRingBuffer(rings.toWorker), from = createRingBuffer(rings.fromWorker);
   return new Promise((resolve, reject) => {
     worker.onmessage = (ev: MessageEvent) => {
       const m = ev.data;
@@ -88,6 +119,7 @@ function startGpuWorker(
       config: workerConfig(config, rank, commId),
       toWorker: to,
       fromWorker: from,
+      fault: rank === 0 ? fault : null,
     });
   });
 }
@@ -103,10 +135,12 @@ export async function startEngine(
   // One communicator id for the group, made here; every rank joins with it.
   const commId = config.tpSize > 1 ? makeUniqueId(config.device) : null;
   const peers = new PeerBroker(config.tpSize);
+  const rings = ringSizes(config, model.maxPositionEmbeddings);
+  const fault = faultFromEnv();
   const settled = await Promise.allSettled(
     Array.from(
       { length: config.tpSize },
-      (_, r) => startGpuWorker(config, r, commId, peers, onProgress),
+      (_, r) => startGpuWorker(config, r, commId, peers, rings, fault, onProgress),
     ),
   );
   const failed = settled.find((s) => s.status === "rejected") as PromiseRejectedResult | undefined;
@@ -132,6 +166,7 @@ export async function startEngine(
     vocabSize: w.vocabSize,
     eosTokenIds: model.eosTokenIds,
     cache: config.cache,
+    maxRecordWords: new Ring(gpus[0].to).maxMessageWords,
   };
   const info: EngineInfo = {
     modelName: config.modelDir.replace(/[\\/]+$/, "").split(/[\\/]/).pop() ?? config.modelDir,
@@ -147,7 +182,7 @@ export async function startEngine(
   const scheduler = new Worker(new URL("../../workers/scheduler_worker.ts", import.meta.url), {
     type: "module",
   });
-  const engine = new EngineImpl(info, config, schedConfig, scheduler, gpus);
+  const engine = new EngineImpl(info, config, schedConfig, scheduler, gpus, fault);
   await engine.ready;
   return engine;
 }
@@ -156,13 +191,20 @@ export async function startEngine(
 class EngineImpl implements Engine {
   readonly ready: Promise<void>;
   #streams = new Map<string, EventStream>();
-  #metricsWaiters = new Map<number, (m: EngineMetrics) => void>();
+  #metricsWaiters = new Map<
+    number,
+    { resolve: (m: EngineMetrics) => void; reject: (e: Error) => void }
+  >();
   #flushWaiters = new Map<number, (ok: boolean) => void>();
   #seq = 0;
   #seed: () => bigint;
   #closing = false;
   #stopped: Promise<void>;
   #fatal: string | null = null;
+  #onDead!: (reason: string) => void;
+  readonly dead: Promise<string> = new Promise((r) => (this.#onDead = r));
+  #lastPong = performance.now();
+  #heartbeat: ReturnType<typeof setInterval>;
 
   constructor(
     readonly info: EngineInfo,
@@ -170,6 +212,7 @@ class EngineImpl implements Engine {
     readonly schedConfig: SchedulerConfig,
     readonly scheduler: Worker,
     readonly gpus: { worker: Worker; to: SharedArrayBuffer; from: SharedArrayBuffer }[],
+    fault: Fault | null,
   ) {
     this.#seed = seedSource(config.randomSeed);
     let onReady!: () => void, onStopped!: () => void;
@@ -179,14 +222,15 @@ class EngineImpl implements Engine {
       const m = ev.data;
       if (m.type === "events") this.#dispatch(m.events);
       else if (m.type === "metrics") {
-        this.#metricsWaiters.get(m.seq)?.(m.metrics);
+        this.#metricsWaiters.get(m.seq)?.resolve(m.metrics);
         this.#metricsWaiters.delete(m.seq);
       } else if (m.type === "flushed") {
         this.#flushWaiters.get(m.seq)?.(m.ok);
         this.#flushWaiters.delete(m.seq);
-      } else if (m.type === "ready") onReady();
+      } else if (m.type === "pong") this.#lastPong = performance.now();
+      else if (m.type === "ready") onReady();
       else if (m.type === "stopped") {
-        if (m.error) this.#fatal = m.error;
+        if (m.error) this.#fail(`scheduler: ${m.error}`);
         onStopped();
       }
     };
@@ -195,6 +239,14 @@ class EngineImpl implements Engine {
       this.#fail(`scheduler: ${e.message}`);
       onStopped();
     };
+    this.#heartbeat = setInterval(() => {
+      if (performance.now() - this.#lastPong > SCHEDULER_SILENCE_MS) {
+        this.#fail(`scheduler: no answer for ${SCHEDULER_SILENCE_MS / 1000} s`);
+        onStopped();
+      } else this.scheduler.postMessage({ type: "ping" });
+    }, HEARTBEAT_MS);
+    // The heartbeat alone must not keep a finished process alive.
+    Deno.unrefTimer(Number(this.#heartbeat));
     for (const [rank, g] of gpus.entries()) {
       g.worker.onmessage = (ev: MessageEvent) => {
         if (ev.data?.type === "fatal") this.#fail(`GPU worker ${rank}: ${ev.data.message}`);
@@ -210,15 +262,41 @@ class EngineImpl implements Engine {
       overlap: !config.disableOverlapSchedule,
       toWorkers: gpus.map((g) => g.to),
       fromWorkers: gpus.map((g) => g.from),
+      fault,
     });
   }
 
-  /** A worker died: close the rings so the scheduler aborts everything with the error. */
+  get failure(): string | null {
+    return this.#fatal;
+  }
+
+  /** A worker died: the engine is dead for good. Closing the rings stops the other
+   *  workers; every open stream and metrics call ends here with the reason, without
+   *  waiting on a scheduler that may be gone. */
   #fail(message: string): void {
-    this.#fatal ??= message;
+    if (this.#fatal !== null) return;
+    this.#fatal = message;
+    clearInterval(this.#heartbeat);
     for (const g of this.gpus) {
       new Ring(g.to).close();
       new Ring(g.from).close();
+    }
+    this.#endStreams(message);
+    for (const w of this.#metricsWaiters.values()) w.reject(new Error(message));
+    this.#metricsWaiters.clear();
+    for (const w of this.#flushWaiters.values()) w(false);
+    this.#flushWaiters.clear();
+    this.#onDead(message);
+  }
+
+  /** Ends every open stream with `error`. */
+  #endStreams(error: string): void {
+    for (const [id, s] of this.#streams) {
+      s.push({
+        tokens: [],
+        finish: { reason: "abort", promptTokens: 0, completionTokens: 0, cachedTokens: 0, error },
+      });
+      this.#streams.delete(id);
     }
   }
 
@@ -272,9 +350,23 @@ class EngineImpl implements Engine {
   }
 
   metrics(): Promise<EngineMetrics> {
+    if (this.#fatal !== null) return Promise.reject(new Error(this.#fatal));
     const seq = ++this.#seq;
-    return new Promise((resolve) => {
-      this.#metricsWaiters.set(seq, resolve);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#metricsWaiters.delete(seq);
+        reject(new Error(`the scheduler did not answer within ${METRICS_TIMEOUT_MS} ms`));
+      }, METRICS_TIMEOUT_MS);
+      this.#metricsWaiters.set(seq, {
+        resolve: (m) => {
+          clearTimeout(timer);
+          resolve(m);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
       this.scheduler.postMessage({ type: "metrics", seq });
     });
   }
@@ -283,29 +375,28 @@ class EngineImpl implements Engine {
     if (this.#closing || this.#fatal) return Promise.resolve(false);
     const seq = ++this.#seq;
     return new Promise((resolve) => {
-      this.#flushWaiters.set(seq, resolve);
+      // Like metrics(), never waits for good on a scheduler that does not answer.
+      const timer = setTimeout(() => {
+        this.#flushWaiters.delete(seq);
+        resolve(false);
+      }, METRICS_TIMEOUT_MS);
+      this.#flushWaiters.set(seq, (ok) => {
+        clearTimeout(timer);
+        resolve(ok);
+      });
       this.scheduler.postMessage({ type: "flush", seq });
     });
   }
 
   async shutdown(options?: { abort?: boolean }): Promise<void> {
     this.#closing = true;
-    this.scheduler.postMessage({ type: "shutdown", abort: options?.abort ?? false });
-    await this.#stopped;
-    // Streams the scheduler could not finish (a dead worker) end here.
-    for (const [id, s] of this.#streams) {
-      s.push({
-        tokens: [],
-        finish: {
-          reason: "abort",
-          promptTokens: 0,
-          completionTokens: 0,
-          cachedTokens: 0,
-          error: this.#fatal ?? "the engine shut down",
-        },
-      });
-      this.#streams.delete(id);
+    clearInterval(this.#heartbeat);
+    if (this.#fatal === null) {
+      this.scheduler.postMessage({ type: "shutdown", abort: options?.abort ?? false });
+      await this.#stopped;
     }
+    // Streams the scheduler could not finish (a dead worker) end here.
+    this.#endStreams(this.#fatal ?? "the engine shut down");
     // The GPU workers exit on the shutdown record; give them a moment to free memory.
     await new Promise((r) => setTimeout(r, 50));
     for (const g of this.gpus) g.worker.terminate();

@@ -128,9 +128,15 @@ export interface Engine {
   submit(request: EngineRequest): AsyncIterable<TokenEvent>;
   /** Stop a request; its stream ends with reason "abort" and its pages are freed. */
   abort(id: string): void;
+  /** Scheduler gauges; rejects when the scheduler does not answer in time or is dead. */
   metrics(): Promise<EngineMetrics>;
   /** Drops every cached prefix; false (nothing done) while requests wait or run. */
   flushCache(): Promise<boolean>;
+  /** Why the engine stopped serving (a worker failed), or null while it serves. Once set,
+   *  every open stream has ended with this error and new requests are rejected with it. */
+  readonly failure: string | null;
+  /** Resolves with the reason when the engine dies; never settles otherwise. */
+  readonly dead: Promise<string>;
   /** Finish in-flight work (or abort it when `abort` is true) and stop the workers. */
   shutdown(options?: { abort?: boolean }): Promise<void>;
 }

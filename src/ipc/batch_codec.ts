@@ -26,7 +26,42 @@ const FLAG_INPUT = 1;
 const FLAG_SAMPLE = 2;
 const FLAG_PENALTY = 4;
 const FLAG_TARGETS = 8;
-const ENTRY_WORDS = 18;
+/** Fixed words of one batch entry (before its arrays). */
+export const ENTRY_WORDS = 18;
+/** Words of a batch record before its entries. */
+export const BATCH_HEADER_WORDS = 3;
+/** Largest top_logprobs a result record is sized for (the OpenAI API's limit). */
+export const MAX_TOP_LOGPROBS = 20;
+
+/** Words of one batch entry as encodeBatch writes it. */
+export function entryWords(
+  qLen: number,
+  hasInput: boolean,
+  newPages: number,
+  penaltyTokens: number,
+  hasTargets: boolean,
+): number {
+  return ENTRY_WORDS + (hasInput ? qLen : 0) + newPages + penaltyTokens + (hasTargets ? qLen : 0);
+}
+
+/** Words of the largest batch record one request can need on its own: a prefill chunk of
+ *  maxBatchTokens (inputs and logprob targets), the page list of a whole context and a
+ *  penalty history of a whole context. The scheduler packs batches up to the ring's limit
+ *  and only needs every single request to fit. */
+export function requestRecordWordsBound(
+  maxContextLen: number,
+  pageSize: number,
+  maxBatchTokens: number,
+): number {
+  const pages = Math.ceil(maxContextLen / pageSize) + 1;
+  return BATCH_HEADER_WORDS + entryWords(maxBatchTokens, true, pages, maxContextLen, true);
+}
+
+/** Words of the largest result record of a batch of up to maxRows entries and
+ *  maxBatchTokens tokens (top logprobs for every entry, prompt logprobs for every token). */
+export function resultRecordWordsBound(maxRows: number, maxBatchTokens: number): number {
+  return 4 + maxRows * (4 + 2 * MAX_TOP_LOGPROBS) + maxBatchTokens;
+}
 
 /** A growable word buffer with an Int32 and a Float32 view of the same memory; reused
  *  across encodes so a steady-state encode allocates nothing. */

@@ -43,6 +43,12 @@ export class RingClosedError extends Error {
   }
 }
 
+/** Data bytes of a ring whose maxMessageWords is at least `words` (and at least the
+ *  default size). */
+export function ringBytesFor(words: number): number {
+  return Math.max(DEFAULT_RING_BYTES, (2 * words + 8) * 4);
+}
+
 /** Allocate the shared memory of a ring of `bytes` data bytes (rounded down to words). */
 export function createRingBuffer(bytes: number = DEFAULT_RING_BYTES): SharedArrayBuffer {
   const words = Math.floor(bytes / 4);

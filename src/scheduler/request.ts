@@ -3,6 +3,7 @@
  * cached prefix) and its stop conditions.
  */
 
+import { BATCH_HEADER_WORDS, entryWords } from "../ipc/batch_codec.ts";
 import type { CacheHandle } from "../cache/prefix_cache.ts";
 import type { RowSampling } from "../ipc/batch.ts";
 import type { SamplingParams, TokenEvent } from "../engine/types.ts";
@@ -20,6 +21,16 @@ export interface RequestLimits {
   vocabSize: number;
   /** Longest prompt + completion (model context, capped by the KV pool). */
   maxContextLen: number;
+  /** Page size and most words of one batch record, when records are limited. */
+  pageSize?: number;
+  maxRecordWords?: number;
+}
+
+/** Words of the largest batch record a request needs on its own: its whole page list, a
+ *  penalty history of max_tokens and a prefill chunk of one token with its target. */
+export function soloRecordWords(promptLen: number, maxTokens: number, pageSize: number): number {
+  const pages = Math.ceil((promptLen + maxTokens) / pageSize) + 1;
+  return BATCH_HEADER_WORDS + entryWords(1, true, pages, maxTokens, true);
 }
 
 /** Why a request can never be served, or null. Shared by the engine (to reject at once)
@@ -42,6 +53,13 @@ export function validateRequest(
   if (n + params.maxTokens > c.maxContextLen) {
     return `prompt (${n} tokens) + max_tokens (${params.maxTokens}) exceeds the context ` +
       `length ${c.maxContextLen} (the model's context, capped by the KV pool)`;
+  }
+  if (c.maxRecordWords !== undefined) {
+    const words = soloRecordWords(n, params.maxTokens, c.pageSize ?? 1);
+    if (words > c.maxRecordWords) {
+      return `prompt (${n} tokens) + max_tokens (${params.maxTokens}) need a batch record of ` +
+        `${words * 4} bytes, over the limit of ${c.maxRecordWords * 4} bytes of this server`;
+    }
   }
   return null;
 }

@@ -19,6 +19,7 @@
 
 import type { FinishReason, TokenEvent } from "../engine/types.ts";
 import type { BatchEntry, ForwardBatch, ForwardResult, RowSampling } from "../ipc/batch.ts";
+import { BATCH_HEADER_WORDS, entryWords } from "../ipc/batch_codec.ts";
 import { PageAllocator } from "../cache/page_allocator.ts";
 import { NaiveCache, type PrefixCache } from "../cache/prefix_cache.ts";
 import { RadixCache } from "../cache/radix_cache.ts";
@@ -40,6 +41,9 @@ export interface SchedulerConfig {
   vocabSize: number;
   eosTokenIds: number[];
   cache: "radix" | "naive";
+  /** Most words of one batch record (the ring's message limit); absent = no limit. Batches
+   *  are packed up to it, and a request that could not fit alone is rejected at submit. */
+  maxRecordWords?: number;
 }
 
 /** A scheduled batch and the request of each entry. */
@@ -84,6 +88,8 @@ export class Scheduler {
   #nextOrder = 0;
   #nextBatch = 1;
   #ratio = RATIO_INIT;
+  /** Words still free in the record of the batch being built. */
+  #recordLeft = Infinity;
   readonly P: number;
 
   constructor(readonly cfg: SchedulerConfig) {
@@ -147,6 +153,7 @@ export class Scheduler {
     }
     this.#aborts.clear();
     const entries: BatchEntry[] = [], reqs: Req[] = [];
+    this.#recordLeft = (this.cfg.maxRecordWords ?? Infinity) - BATCH_HEADER_WORDS;
     this.#scheduleDecodes(entries, reqs);
     this.#schedulePrefills(entries, reqs);
     if (entries.length === 0) return null;
@@ -189,7 +196,13 @@ export class Scheduler {
     const arena = new Int32Array(unsent);
     let at = 0;
     for (const r of dec) {
-      if (r.kvLen >= r.pages.length * P) r.pages.push(this.#take(1)![0]);
+      const grow = r.kvLen >= r.pages.length * P ? 1 : 0;
+      const penalty = r.hasPenalty ? r.outLen : 0;
+      const words = entryWords(1, false, r.pages.length - r.sentPages + grow, penalty, false);
+      // Past the record limit: this decode waits for the next step.
+      if (words > this.#recordLeft) continue;
+      this.#recordLeft -= words;
+      if (grow) r.pages.push(this.#take(1)![0]);
       const from = at;
       for (let i = r.sentPages; i < r.pages.length; i++) arena[at++] = r.pages[i];
       entries.push({
@@ -220,7 +233,12 @@ export class Scheduler {
     for (const r of [...this.running]) {
       if (budget <= 0) break;
       if (r.row < 0 || r.kvLen >= r.fillLen) continue;
-      const chunk = Math.min(r.fillLen - r.kvLen, budget);
+      const chunk = Math.min(
+        r.fillLen - r.kvLen,
+        budget,
+        this.#chunkFitting(r, r.pages.length - r.sentPages),
+      );
+      if (chunk <= 0) continue;
       const need = Math.ceil((r.kvLen + chunk) / P) - r.pages.length;
       // Stuck with nothing else to run: retract newer requests (or this one) to go on.
       while (need > this.#available() && entries.length === 0 && r.row >= 0) {
@@ -241,7 +259,11 @@ export class Scheduler {
       const wantLogprobs = r.promptLogprobs !== null && !r.promptLogprobsSent;
       const m = this.cache.match(r.tokens, wantLogprobs ? 0 : fill - 1);
       this.cache.lock(m.handle);
-      const chunk = Math.min(fill - m.length, budget);
+      const chunk = Math.min(fill - m.length, budget, this.#chunkFitting(r, m.pages.length));
+      if (chunk <= 0) {
+        this.cache.unlock(m.handle);
+        break;
+      }
       const need = Math.ceil((m.length + chunk) / P) - m.pages.length;
       const growth = this.#expectedGrowth(r, m.length + chunk, fill);
       const avail = this.#available();
@@ -278,6 +300,15 @@ export class Scheduler {
     return Math.max(0, Math.ceil(end / this.P) - Math.ceil(kvLen / this.P));
   }
 
+  /** Largest prefill chunk of `r` whose entry fits the words left in the record, given the
+   *  pages it has not sent yet (a chunk adds at most one page a token, plus one). */
+  #chunkFitting(r: Req, unsentPages: number): number {
+    const targets = r.promptLogprobs !== null && !r.promptLogprobsSent;
+    const penalty = r.hasPenalty ? r.outLen : 0;
+    const fixed = entryWords(0, false, unsentPages + 1, penalty, false);
+    return Math.max(0, Math.floor((this.#recordLeft - fixed) / (targets ? 3 : 2)));
+  }
+
   #addPrefill(r: Req, chunk: number, entries: BatchEntry[], reqs: Req[]): void {
     const start = r.kvLen;
     const final = start + chunk === r.fillLen;
@@ -290,16 +321,27 @@ export class Scheduler {
         targets[i] = p < r.promptLen ? r.tokens[p] : -1;
       }
     }
+    const newPages = Int32Array.from(r.pages.slice(r.sentPages));
+    const penaltyTokens = sample && r.hasPenalty
+      ? Int32Array.from(r.tokens.slice(r.promptLen))
+      : null;
+    this.#recordLeft -= entryWords(
+      chunk,
+      true,
+      newPages.length,
+      penaltyTokens?.length ?? 0,
+      targets !== null,
+    );
     entries.push({
       row: r.row,
       startPos: start,
       qLen: chunk,
       inputIds: Int32Array.from(r.tokens.slice(start, start + chunk)),
       pageStart: r.sentPages,
-      newPages: Int32Array.from(r.pages.slice(r.sentPages)),
+      newPages,
       sample,
       sampling: stepSampling(r, r.scheduled),
-      penaltyTokens: sample && r.hasPenalty ? Int32Array.from(r.tokens.slice(r.promptLen)) : null,
+      penaltyTokens,
       logprobTargets: targets,
       // With prompt logprobs, k alternatives at every prompt position too (echo + logprobs k).
       topLogprobs: (sample && r.params.logprobs) || targets ? r.params.topLogprobs : 0,

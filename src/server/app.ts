@@ -72,14 +72,32 @@ export async function readJsonBody(
   return parseJsonObject(text);
 }
 
+/** Routes open without the API key: probes of load balancers and Prometheus. */
+const OPEN_ROUTES = new Set(["/health", "/metrics"]);
+
+const utf8 = new TextEncoder();
+
+/** Compares a presented secret with the expected one in a time that depends only on the
+ *  expected one's length, not on where they differ. */
+export function sameSecret(given: string, expected: string): boolean {
+  const a = utf8.encode(given), b = utf8.encode(expected);
+  let diff = a.length ^ b.length;
+  for (let i = 0; i < b.length; i++) diff |= (i < a.length ? a[i] : 0) ^ b[i];
+  return diff === 0;
+}
+
+/** The status counted for a request whose client closed the connection (nginx's). */
+const CLIENT_CLOSED = 499;
+
 /** Builds the Hono app over a server context. */
 export function createApp(ctx: ServerContext): Hono {
   const app = new Hono();
   const info = ctx.engine.info;
 
-  app.onError((err) => {
+  app.onError((err, c) => {
     const res = errorResponse(err);
-    ctx.metrics.error(res.status);
+    // A client that went away is no server error: counted as nginx's 499.
+    ctx.metrics.error(c.req.raw.signal.aborted ? CLIENT_CLOSED : res.status);
     if (res.status >= 500 && !(err instanceof ApiError || err instanceof TextError)) {
       console.error("internal error:", err);
     }
@@ -92,13 +110,11 @@ export function createApp(ctx: ServerContext): Hono {
     );
   });
 
-  const requireKey = async (
-    c: { req: { header(name: string): string | undefined } },
-    next: () => Promise<void>,
-  ) => {
-    if (ctx.apiKey !== null) {
+  // With --api-key every route needs it but the probes (/health, /metrics).
+  app.use("*", async (c, next) => {
+    if (ctx.apiKey !== null && !OPEN_ROUTES.has(c.req.path)) {
       const auth = c.req.header("authorization") ?? "";
-      if (auth !== `Bearer ${ctx.apiKey}`) {
+      if (!sameSecret(auth, `Bearer ${ctx.apiKey}`)) {
         throw new ApiError(
           401,
           auth === ""
@@ -110,16 +126,22 @@ export function createApp(ctx: ServerContext): Hono {
       }
     }
     await next();
-  };
-  for (const path of ["/v1/*", "/generate", "/flush_cache"]) app.use(path, requireKey);
+  });
 
   app.get("/health", (c) => {
+    const failure = ctx.engine.failure;
+    if (failure !== null) return c.json({ status: "engine failed", error: failure }, 503);
     if (ctx.closing) return c.json({ status: "shutting down" }, 503);
     return c.json({ status: "ok" });
   });
 
   app.get("/metrics", async (c) => {
-    const m = await ctx.engine.metrics();
+    let m;
+    try {
+      m = await ctx.engine.metrics();
+    } catch (err) {
+      throw new ApiError(503, `Engine metrics unavailable: ${(err as Error).message}`);
+    }
     return c.body(ctx.metrics.render(m, ctx.inFlight), 200, {
       "content-type": "text/plain; version=0.0.4; charset=utf-8",
     });
@@ -166,11 +188,19 @@ export function createApp(ctx: ServerContext): Hono {
     let tokens: number[];
     if (body.messages !== undefined) {
       const chat = parseChatRequest(body, info.vocabSize);
-      tokens = ctx.tokenizer.chatTemplate(
-        chat.messages,
-        chat.addGenerationPrompt,
-        chat.templateKwargs,
-      );
+      try {
+        tokens = await ctx.tokenize.chatTemplate(
+          chat.messages,
+          chat.addGenerationPrompt,
+          chat.templateKwargs,
+        );
+      } catch (err) {
+        throw new ApiError(
+          400,
+          `Could not apply the chat template: ${(err as Error).message}`,
+          "messages",
+        );
+      }
     } else if (typeof body.prompt === "string") {
       const add = body.add_special_tokens;
       if (add !== undefined && typeof add !== "boolean") {
@@ -180,7 +210,7 @@ export function createApp(ctx: ServerContext): Hono {
           "add_special_tokens",
         );
       }
-      tokens = ctx.tokenizer.encode(body.prompt, add ?? true);
+      tokens = await ctx.tokenize.encode(body.prompt, add ?? true);
     } else {
       throw new ApiError(400, "Expected 'prompt' (a string) or 'messages'.", "prompt");
     }
@@ -196,7 +226,7 @@ export function createApp(ctx: ServerContext): Hono {
       throw new ApiError(400, "Missing required parameter: 'tokens'.", "tokens");
     }
     const tokens = checkTokenIds(body.tokens, "tokens", info.vocabSize);
-    return c.json({ prompt: ctx.tokenizer.decode(tokens) });
+    return c.json({ prompt: await ctx.tokenize.decode(tokens) });
   };
   app.post("/detokenize", detokenize);
   app.post("/v1/detokenize", detokenize);

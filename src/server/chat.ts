@@ -29,7 +29,7 @@ export async function chatCompletions(
   const model = checkModel(ctx, req.model);
   let promptIds: number[];
   try {
-    promptIds = ctx.tokenizer.chatTemplate(
+    promptIds = await ctx.tokenize.chatTemplate(
       req.messages,
       req.addGenerationPrompt,
       req.templateKwargs,
@@ -58,6 +58,7 @@ export async function chatCompletions(
     })),
     signal,
     arrival,
+    req.stream,
   );
   const wantLogprobs = req.sampling.logprobs === true;
   // OpenAI's field order: id, object, created, model.

@@ -5,7 +5,7 @@
  */
 
 import { defaultSamplingParams, type SamplingParams } from "../engine/types.ts";
-import { admit, type ServerContext } from "./context.ts";
+import { admit, checkResponseSize, type ServerContext } from "./context.ts";
 import { mergeStreams, runChoice } from "./format.ts";
 import { SSE_DONE, sseData, sseResponse } from "./sse.ts";
 import type { TextChunk, TextRequest } from "../text/textgen.ts";
@@ -50,13 +50,16 @@ export interface Choices {
 }
 
 /** Admits and starts every choice, and waits for the first chunk so that a request the
- *  engine rejects still gets a real HTTP error. */
+ *  engine rejects still gets a real HTTP error. A non-streaming response must fit the
+ *  response-size limit. */
 export async function startChoices(
   ctx: ServerContext,
   requests: TextRequest[],
   signal: AbortSignal,
   arrival: number,
+  stream: boolean,
 ): Promise<Choices> {
+  if (!stream) checkResponseSize(requests.map((r) => r.params));
   admit(ctx, requests.length);
   const gens = requests.map((r) => runChoice(ctx, r, arrival));
   const abort = abortOnDisconnect(ctx, signal, requests.map((r) => r.id));

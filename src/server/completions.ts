@@ -38,10 +38,10 @@ export async function completions(
   const model = checkModel(ctx, req.model);
   const tok = ctx.tokenizer;
   const lpTok = logprobTokenizer(tok, req.returnTokensAsTokenIds);
-  const prompts = req.prompts.map((p) => {
-    const ids = typeof p === "string" ? tok.encode(p, true) : p;
-    return { ids, text: typeof p === "string" ? p : tok.decode(p) };
-  });
+  const prompts = await Promise.all(req.prompts.map(async (p) => {
+    const ids = typeof p === "string" ? await ctx.tokenize.encode(p, true) : p;
+    return { ids, text: typeof p === "string" ? p : await ctx.tokenize.decode(p) };
+  }));
   // OpenAI's legacy default is 16 tokens; the context bounds it too.
   const maxTokens = prompts.map((p) =>
     resolveMaxTokens(ctx, p.ids.length, req.maxTokens, "prompt", DEFAULT_MAX_TOKENS)
@@ -67,6 +67,7 @@ export async function completions(
     })),
     signal,
     arrival,
+    req.stream,
   );
   const wantLogprobs = req.logprobs !== null;
   // OpenAI's field order: id, object, created, model.

@@ -7,11 +7,14 @@ import { defaultSamplingParams, type Engine, type SamplingParams } from "../engi
 import { ApiError } from "./errors.ts";
 import type { ServerMetrics } from "./metrics.ts";
 import type { TextTokenizer } from "../text/tokenizer_port.ts";
+import type { AsyncTokenizer } from "./tokenize_pool.ts";
 
 /** Everything the routes share. */
 export interface ServerContext {
   engine: Engine;
   tokenizer: TextTokenizer;
+  /** Tokenization of large inputs, run off the HTTP thread. */
+  tokenize: AsyncTokenizer;
   /** Names accepted in `model` (the first is reported). */
   modelNames: string[];
   apiKey: string | null;
@@ -38,7 +41,18 @@ export function baseSamplingParams(ctx: ServerContext): SamplingParams {
 
 /** Reserves `count` engine requests or throws 503; call `release` once per request. */
 export function admit(ctx: ServerContext, count: number): void {
+  if (ctx.engine.failure !== null) throw engineFailed(ctx.engine.failure);
   if (ctx.closing) throw new ApiError(503, "The server is shutting down.");
+  if (count > ctx.maxInFlight) {
+    // Retrying cannot help: it would not fit an idle server either.
+    throw new ApiError(
+      400,
+      `The request asks for ${count} completions (prompts x n), more than the ` +
+        `${ctx.maxInFlight} this server holds at once.`,
+      "n",
+      "too_many_completions",
+    );
+  }
   if (ctx.inFlight + count > ctx.maxInFlight) {
     throw new ApiError(
       503,
@@ -49,6 +63,42 @@ export function admit(ctx: ServerContext, count: number): void {
     );
   }
   ctx.inFlight += count;
+}
+
+/** The 503 of every request once the engine died (the process is about to exit). */
+export function engineFailed(reason: string): ApiError {
+  return new ApiError(503, `The engine failed: ${reason}`, null, "engine_failed");
+}
+
+/** Estimated JSON bytes of one completion token, and of each of its top logprobs. */
+const TOKEN_JSON_BYTES = 16;
+const LOGPROB_JSON_BYTES = 64;
+/** Largest estimated body of a non-streaming response; streams send as they go. */
+export const MAX_RESPONSE_BYTES = 128 << 20;
+
+/** 400 when a non-streaming response of these choices could outgrow MAX_RESPONSE_BYTES:
+ *  it is built in memory (the text of every token, its logprob and top alternatives). */
+export function checkResponseSize(
+  choices: { maxTokens: number; logprobs: boolean; topLogprobs: number }[],
+): void {
+  let bytes = 0;
+  for (const c of choices) {
+    const perToken = TOKEN_JSON_BYTES +
+      (c.logprobs ? LOGPROB_JSON_BYTES * (1 + c.topLogprobs) : 0);
+    bytes += c.maxTokens * perToken;
+  }
+  if (bytes > MAX_RESPONSE_BYTES) {
+    const c = choices[0];
+    throw new ApiError(
+      400,
+      `The response could reach about ${Math.round(bytes / 2 ** 20)} MB (${choices.length} ` +
+        `choices x max_tokens ${c.maxTokens} x ${c.topLogprobs} top logprobs), over the ` +
+        `${MAX_RESPONSE_BYTES / 2 ** 20} MB limit of a non-streaming response. Use ` +
+        "stream: true, or ask for fewer tokens, choices or logprobs.",
+      "max_tokens",
+      "response_too_large",
+    );
+  }
 }
 
 /** Releases one engine request reserved by `admit`. */

@@ -4,7 +4,8 @@
  * server's bookkeeping (admission slot, metrics).
  */
 
-import { release, type ServerContext } from "./context.ts";
+import { engineFailed, release, type ServerContext } from "./context.ts";
+import { TextError } from "../text/errors.ts";
 import type { TextTokenizer } from "../text/tokenizer_port.ts";
 import {
   generateText,
@@ -196,7 +197,14 @@ export async function* runChoice(
       yield chunk;
     }
   } catch (err) {
-    outcome = "error";
+    // Aborted with the server still up: the client went away, no server error.
+    const gone = err instanceof TextError && err.kind === "aborted" && !ctx.closing;
+    outcome = gone ? "abort" : "error";
+    // A stream the dead engine ended is the server's failure, not the client's.
+    const failure = ctx.engine.failure;
+    if (failure !== null && err instanceof TextError && err.kind === "rejected") {
+      throw engineFailed(failure);
+    }
     throw err;
   } finally {
     m.finish(outcome);

@@ -156,8 +156,9 @@ export async function generate(
 ): Promise<Response> {
   const arrival = performance.now();
   const req = parseGenerateRequest(body, ctx.engine.info.vocabSize);
-  const tok = ctx.tokenizer;
-  const promptIds = req.prompts.map((p) => typeof p === "string" ? tok.encode(p, true) : p);
+  const promptIds = await Promise.all(
+    req.prompts.map((p) => typeof p === "string" ? ctx.tokenize.encode(p, true) : p),
+  );
   const maxTokens = promptIds.map((ids) =>
     resolveMaxTokens(ctx, ids.length, req.maxNewTokens, "prompt", GENERATE_DEFAULT_MAX_NEW_TOKENS)
   );
@@ -173,6 +174,7 @@ export async function generate(
     })),
     signal,
     arrival,
+    req.stream,
   );
   // Per prompt: text and ids so far (SGLang streams them whole, not as deltas).
   const texts = ids.map(() => "");

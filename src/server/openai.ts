@@ -51,6 +51,28 @@ export const MAX_TOP_LOGPROBS = 20;
 
 type Json = Record<string, unknown>;
 
+/** Deepest nesting of arrays and objects a request body may have: deeper values would
+ *  overflow the stack of code that walks them recursively (error messages, templates). */
+export const MAX_JSON_DEPTH = 64;
+
+/** The nesting depth of a parsed JSON value, walked without recursion; stops counting
+ *  past `limit`. */
+export function jsonDepth(value: unknown, limit = MAX_JSON_DEPTH): number {
+  let deepest = 0;
+  const stack: [unknown, number][] = [[value, 0]];
+  while (stack.length > 0) {
+    const [v, d] = stack.pop()!;
+    if (v === null || typeof v !== "object") continue;
+    const depth = d + 1;
+    if (depth > deepest) deepest = depth;
+    if (deepest > limit) return deepest;
+    for (const child of Object.values(v)) {
+      if (child !== null && typeof child === "object") stack.push([child, depth]);
+    }
+  }
+  return deepest;
+}
+
 /** Parses a request body's text as a JSON object (400 on anything else). */
 export function parseJsonObject(text: string): Json {
   let value: unknown;
@@ -64,6 +86,14 @@ export function parseJsonObject(text: string): Json {
   }
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
     throw new ApiError(400, "The request body must be a JSON object.");
+  }
+  if (jsonDepth(value) > MAX_JSON_DEPTH) {
+    throw new ApiError(
+      400,
+      `The request body is nested more than ${MAX_JSON_DEPTH} levels deep.`,
+      null,
+      "nesting_too_deep",
+    );
   }
   return value as Json;
 }
