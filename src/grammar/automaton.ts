@@ -1,0 +1,157 @@
+/**
+ * A regex AST (regex.ts) as a byte-level automaton: a Thompson NFA, determinized lazily.
+ * DFA states are made on first visit (subset construction one byte at a time), so a large
+ * schema only pays for the states generation actually reaches. State 0 is the start;
+ * DEAD (-1) is the rejecting sink.
+ */
+import { GrammarError, type Rx } from "./regex.ts";
+
+export const DEAD = -1;
+const UNKNOWN = -2;
+
+/** Most DFA states one grammar may build (guards against a blow-up). */
+export const MAX_DFA_STATES = 200_000;
+
+class Nfa {
+  eps: number[][] = [];
+  /** Byte transitions per state: flat [lo, hi, target] triples. */
+  trans: number[][] = [];
+  add(): number {
+    this.eps.push([]);
+    this.trans.push([]);
+    return this.eps.length - 1;
+  }
+  build(node: Rx, from: number): number {
+    switch (node.t) {
+      case "bytes": {
+        const to = this.add();
+        const t = this.trans[from];
+        for (let k = 0; k < node.ranges.length; k += 2) {
+          t.push(node.ranges[k], node.ranges[k + 1], to);
+        }
+        return to;
+      }
+      case "seq": {
+        let cur = from;
+        for (const it of node.items) cur = this.build(it, cur);
+        return cur;
+      }
+      case "alt": {
+        const end = this.add();
+        for (const it of node.items) {
+          const s = this.add();
+          this.eps[from].push(s);
+          this.eps[this.build(it, s)].push(end);
+        }
+        return end;
+      }
+      case "rep": {
+        let cur = from;
+        for (let k = 0; k < node.min; k++) cur = this.build(node.item, cur);
+        if (node.max < 0) {
+          const s = this.add();
+          this.eps[cur].push(s);
+          this.eps[this.build(node.item, s)].push(s);
+          return s;
+        }
+        const end = this.add();
+        this.eps[cur].push(end);
+        for (let k = node.min; k < node.max; k++) {
+          cur = this.build(node.item, cur);
+          this.eps[cur].push(end);
+        }
+        return end;
+      }
+    }
+  }
+}
+
+/** A lazily determinized byte automaton. */
+export class Dfa {
+  private nfa = new Nfa();
+  private final: number;
+  private sets: Int32Array[] = [];
+  private ids = new Map<string, number>();
+  private table = new Int32Array(256 * 64).fill(UNKNOWN);
+  private accepting: number[] = [];
+  private mark: Uint32Array;
+  private stamp = 0;
+
+  constructor(ast: Rx) {
+    const start = this.nfa.add();
+    this.final = this.nfa.build(ast, start);
+    this.mark = new Uint32Array(this.nfa.eps.length);
+    this.intern([start]);
+  }
+
+  /** DFA states built so far. */
+  get size(): number {
+    return this.sets.length;
+  }
+
+  /** NFA states (a measure of the grammar's size). */
+  get nfaSize(): number {
+    return this.nfa.eps.length;
+  }
+
+  isAccepting(s: number): boolean {
+    return this.accepting[s] === 1;
+  }
+
+  /** The state after byte `b` from `s` (DEAD when rejected). */
+  step(s: number, b: number): number {
+    const at = s * 256 + b;
+    const v = this.table[at];
+    return v !== UNKNOWN ? v : this.compute(s, b);
+  }
+
+  /** The state after `data` from `s`, or DEAD. */
+  walk(s: number, data: Uint8Array): number {
+    for (let i = 0; i < data.length && s !== DEAD; i++) s = this.step(s, data[i]);
+    return s;
+  }
+
+  private compute(s: number, b: number): number {
+    const next: number[] = [];
+    for (const q of this.sets[s]) {
+      const t = this.nfa.trans[q];
+      for (let k = 0; k < t.length; k += 3) if (b >= t[k] && b <= t[k + 1]) next.push(t[k + 2]);
+    }
+    const id = next.length ? this.intern(next) : DEAD;
+    this.table[s * 256 + b] = id;
+    return id;
+  }
+
+  /** The DFA state of the epsilon closure of `seeds`. */
+  private intern(seeds: number[]): number {
+    const stamp = ++this.stamp;
+    const stack = seeds.slice();
+    const out: number[] = [];
+    while (stack.length) {
+      const q = stack.pop()!;
+      if (this.mark[q] === stamp) continue;
+      this.mark[q] = stamp;
+      // Only states with byte transitions (or the final one) tell DFA states apart.
+      if (this.nfa.trans[q].length || q === this.final) out.push(q);
+      for (const e of this.nfa.eps[q]) stack.push(e);
+    }
+    out.sort((a, b) => a - b);
+    const key = out.join(",");
+    const known = this.ids.get(key);
+    if (known !== undefined) return known;
+    if (out.length === 0) return DEAD;
+    const id = this.sets.length;
+    if (id >= MAX_DFA_STATES) {
+      throw new GrammarError(`grammar needs more than ${MAX_DFA_STATES} automaton states`);
+    }
+    this.sets.push(Int32Array.from(out));
+    this.ids.set(key, id);
+    this.accepting.push(out.includes(this.final) ? 1 : 0);
+    if ((id + 1) * 256 > this.table.length) {
+      const t = new Int32Array(this.table.length * 2).fill(UNKNOWN);
+      t.set(this.table);
+      this.table = t;
+    }
+    return id;
+  }
+}
