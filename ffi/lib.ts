@@ -77,6 +77,7 @@ export const symbols = {
   msg_token_logprobs: { parameters: [P, P, P, I, I, P], result: I },
   msg_top_logprobs: { parameters: [P, P, P, I, I, I, P], result: I },
   msg_apply_penalties: { parameters: [P, I, P, P, P, P, P, I, P], result: I },
+  msg_apply_token_mask: { parameters: [P, I, P, P, P, P, P, I, P], result: I },
 
   msg_comm_unique_id: { parameters: [P], result: I },
   msg_comm_init: { parameters: [P, I, I, P], result: I },

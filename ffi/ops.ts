@@ -254,6 +254,32 @@ export class Ops {
     );
   }
 
+  /** logit_bias then token masks on `n` rows of fp32 logits (msg_apply_token_mask). */
+  applyTokenMask(
+    logits: Tensor,
+    rows: Tensor,
+    masks: Tensor | null,
+    biasStarts: Tensor | null,
+    biasIds: Tensor | null,
+    biasValues: Tensor | null,
+    n: number,
+  ): void {
+    this.dev.check(
+      this.s.msg_apply_token_mask(
+        logits.ptr,
+        logits.shape[1],
+        rows.ptr,
+        masks?.ptr ?? null,
+        biasStarts?.ptr ?? null,
+        biasIds?.ptr ?? null,
+        biasValues?.ptr ?? null,
+        n,
+        this.stream,
+      ),
+      "token_mask",
+    );
+  }
+
   /** Sums the first n elements of buf over the ranks of `comm`, in place. */
   allReduce(buf: Tensor, n: number, comm: Handle): void {
     this.dev.check(

@@ -257,6 +257,16 @@ MSG_API int msg_apply_penalties(float* logits, int vocab, const int32_t* tokens,
                                 const int32_t* token_starts, const float* presence,
                                 const float* frequency, const float* repetition, int rows,
                                 void* stream);
+/** Structured outputs and logit_bias on fp32 logits [*, vocab], in place, before sampling,
+ *  for n rows (row i of the op is logits row rows[i]). First the bias: for k in
+ *  bias_starts[i] .. bias_starts[i+1], logits[rows[i], bias_ids[k]] += bias_values[k] (ids
+ *  outside the vocabulary are skipped; bias_starts NULL = no bias). Then the mask: masks is
+ *  [n, (vocab + 31) / 32] int32 words, bit v & 31 of word v >> 5 of row i clear =>
+ *  logits[rows[i], v] = -inf (masks NULL = no mask). */
+MSG_API int msg_apply_token_mask(float* logits, int vocab, const int32_t* rows,
+                                 const int32_t* masks, const int32_t* bias_starts,
+                                 const int32_t* bias_ids, const float* bias_values, int n,
+                                 void* stream);
 /** out[i] = log_softmax(logits[i, :])[targets[i]] for rows of fp32 logits. */
 MSG_API int msg_token_logprobs(float* out, const float* logits, const int32_t* targets,
                                int rows, int vocab, void* stream);
