@@ -36,6 +36,18 @@ function entry(k: number, decode: boolean): BatchEntry {
       ? Int32Array.from({ length: qLen }, (_, i) => i - 1)
       : null,
     topLogprobs: k % 5,
+    // Constrained entries: a key, the grammar on some (non-ASCII source), logit_bias.
+    grammar: k % 3 === 2
+      ? {
+        key: 900 + k,
+        spec: k % 6 === 2
+          ? { kind: "json_schema", source: `{"const":"é${k}"}`, stopIds: Int32Array.of(7, k) }
+          : null,
+      }
+      : null,
+    logitBias: k % 4 === 3
+      ? { ids: Int32Array.of(k, 3), values: Float32Array.of(100, -2.5) }
+      : null,
   };
 }
 
@@ -57,6 +69,7 @@ Deno.test("batch codec: a mixed batch round-trips exactly", () => {
   const batch: ForwardBatch = {
     id: 42,
     entries: Array.from({ length: 20 }, (_, k) => entry(k, k % 2 === 1)),
+    releasedGrammars: Int32Array.of(3, 1 << 30),
   };
   const copy = encodeBatch(batch).slice(); // as the ring would copy it
   assert.deepEqual(plain(decodeBatch(copy)), plain(batch));
@@ -100,7 +113,10 @@ Deno.test("batch codec: results round-trip, nulls included", () => {
 Deno.test("batch codec: encoding a 256-entry decode batch takes microseconds", () => {
   const batch: ForwardBatch = {
     id: 1,
-    entries: Array.from({ length: 256 }, (_, k) => ({ ...entry(k, true), penaltyTokens: null })),
+    entries: Array.from(
+      { length: 256 },
+      (_, k) => ({ ...entry(k, true), penaltyTokens: null, grammar: null, logitBias: null }),
+    ),
   };
   for (let i = 0; i < 200; i++) encodeBatch(batch); // warm up
   const n = 2000;

@@ -2,7 +2,8 @@
 /**
  * GPU worker: one per device (the CPU backend runs through the same worker). It loads
  * the native library, weights and KV pool, then serves forward batches from a ring in
- * order, pushing results to the other ring. While batch N runs on the device it waits on
+ * order, pushing results to the other ring. Grammar matchers of structured outputs live
+ * here (src/runtime/constraints.ts). While batch N runs on the device it waits on
  * "batch N+1 arrived or batch N done", whichever comes first (see serve()).
  *
  * Protocol: postMessage {type:"init", config, toWorker, fromWorker, fault}; answers
@@ -76,6 +77,9 @@ function serve(runner: ModelRunner, input: Ring, output: Ring, fault: Fault | nu
     const next = runner.launch(decodeBatch(msg));
     // N ran before N+1 on the stream; its slot is reused by N+2.
     if (pending) output.push(encodeResult(runner.finish(pending)));
+    // A constrained N+1 samples now: token N has advanced the matchers, and the device is
+    // still busy with N+1's forward pass while the masks are made.
+    if (next.deferred) runner.sampleDeferred(next);
     pending = next;
   }
 }

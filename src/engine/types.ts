@@ -33,6 +33,11 @@ export interface SamplingParams {
   /** Return the logprob of every prompt token (first one null), for `echo`; with
    *  topLogprobs, also the top alternatives at every prompt position. */
   promptLogprobs: boolean;
+  /** Structured output: the completion must match this regex, JSON Schema (as JSON text)
+   *  or be a JSON object; it ends (eos) only where the match is complete. Null = free. */
+  constraint?: { kind: "regex" | "json_schema" | "json_object"; source: string } | null;
+  /** OpenAI logit_bias: [token id, value in -100..100] added to the logits. */
+  logitBias?: [number, number][] | null;
 }
 
 /** Defaults a vLLM / SGLang user expects. */

@@ -65,6 +65,19 @@ export interface BatchEntry {
   logprobTargets: Int32Array | null;
   /** How many top logprobs to return for the sampled token (0 = none). */
   topLogprobs: number;
+  /** Sampled entries of a constrained request: its key in the worker's matchers, and the
+   *  grammar itself the first time the request samples (null afterwards). */
+  grammar?: { key: number; spec: WireGrammar | null } | null;
+  /** logit_bias of a sampled entry (token ids and values added to their logits). */
+  logitBias?: { ids: Int32Array; values: Float32Array } | null;
+}
+
+/** A grammar as it travels to the worker: kind, source (regex or schema JSON) and the stop
+ *  tokens the finished text may end with. */
+export interface WireGrammar {
+  kind: "regex" | "json_schema" | "json_object";
+  source: string;
+  stopIds: Int32Array;
 }
 
 /** A forward batch: entries are run together in one forward pass. */
@@ -72,6 +85,9 @@ export interface ForwardBatch {
   /** Increasing id, echoed in the result. */
   id: number;
   entries: BatchEntry[];
+  /** Keys of constrained requests that ended since the last batch (the worker drops their
+   *  matchers). */
+  releasedGrammars?: Int32Array | null;
 }
 
 /** The result of one forward batch. Arrays are indexed by entry (in batch order). */

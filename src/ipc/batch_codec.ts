@@ -8,14 +8,17 @@
  *    temperature f, topP f, topK, minP f, seedLo, seedHi, step,
  *    presence f, frequency f, repetition f]
  *   inputIds[qLen] (if FLAG_INPUT) newPages[nNewPages] penaltyTokens[nPenalty] (if
- *   FLAG_PENALTY) logprobTargets[qLen] (if FLAG_TARGETS)
+ *   FLAG_PENALTY) logprobTargets[qLen] (if FLAG_TARGETS) [key] (if FLAG_GRAMMAR)
+ *   [kind, nStop, nBytes] stopIds[nStop] source utf-8 bytes packed 4 a word (if FLAG_SPEC)
+ *   [nBias] biasIds[nBias] biasValues f[nBias] (if FLAG_BIAS)
+ * then [nReleased] releasedGrammars[nReleased].
  * Result record: [KIND_RESULT, id, n, seconds f] tokens[n] logprobs f[n] then per entry
  *   [k] topIds[k] topLogprobs f[k] [m] promptLogprobs f[m] [p] promptTopIds[p]
  *   promptTopLogprobs f[p] (k = 0 / m = -1 / p = 0: null)
  * Control record: [KIND_SHUTDOWN]
  */
 
-import type { BatchEntry, ForwardBatch, ForwardResult, RowSampling } from "./batch.ts";
+import type { BatchEntry, ForwardBatch, ForwardResult, RowSampling, WireGrammar } from "./batch.ts";
 
 /** First word of every record. */
 export const KIND_BATCH = 1;
@@ -26,6 +29,12 @@ const FLAG_INPUT = 1;
 const FLAG_SAMPLE = 2;
 const FLAG_PENALTY = 4;
 const FLAG_TARGETS = 8;
+const FLAG_GRAMMAR = 16;
+const FLAG_SPEC = 32;
+const FLAG_BIAS = 64;
+const GRAMMAR_KINDS = ["regex", "json_schema", "json_object"] as const;
+const utf8 = new TextEncoder();
+const utf8Decoder = new TextDecoder();
 /** Fixed words of one batch entry (before its arrays). */
 export const ENTRY_WORDS = 18;
 /** Words of a batch record before its entries. */
@@ -117,7 +126,9 @@ export function encodeBatch(batch: ForwardBatch): Int32Array {
     i[o + 1] = e.startPos;
     i[o + 2] = e.qLen;
     i[o + 3] = (e.inputIds ? FLAG_INPUT : 0) | (e.sample ? FLAG_SAMPLE : 0) |
-      (e.penaltyTokens ? FLAG_PENALTY : 0) | (e.logprobTargets ? FLAG_TARGETS : 0);
+      (e.penaltyTokens ? FLAG_PENALTY : 0) | (e.logprobTargets ? FLAG_TARGETS : 0) |
+      (e.grammar ? FLAG_GRAMMAR : 0) | (e.grammar?.spec ? FLAG_SPEC : 0) |
+      (e.logitBias ? FLAG_BIAS : 0);
     i[o + 4] = e.pageStart;
     i[o + 5] = e.newPages.length;
     i[o + 6] = e.topLogprobs;
@@ -151,8 +162,44 @@ export function encodeBatch(batch: ForwardBatch): Int32Array {
       p += e.qLen;
     }
     w.n = p;
+    if (e.grammar || e.logitBias) writeConstraint(w, e);
+  }
+  const rel = batch.releasedGrammars;
+  w.reserve(1 + (rel ? rel.length : 0));
+  w.i[w.n++] = rel ? rel.length : 0;
+  if (rel) {
+    w.i.set(rel, w.n);
+    w.n += rel.length;
   }
   return w.i.subarray(0, w.n);
+}
+
+/** Appends an entry's grammar key / spec and logit_bias (rare: only constrained requests). */
+function writeConstraint(w: Writer, e: BatchEntry): void {
+  if (e.grammar) {
+    const spec = e.grammar.spec;
+    const src = spec ? utf8.encode(spec.source) : null;
+    w.reserve(4 + (spec ? spec.stopIds.length + Math.ceil(src!.length / 4) : 0));
+    w.i[w.n++] = e.grammar.key;
+    if (spec) {
+      w.i[w.n++] = GRAMMAR_KINDS.indexOf(spec.kind);
+      w.i[w.n++] = spec.stopIds.length;
+      w.i[w.n++] = src!.length;
+      w.i.set(spec.stopIds, w.n);
+      w.n += spec.stopIds.length;
+      const words = Math.ceil(src!.length / 4);
+      new Uint8Array(w.i.buffer, w.n * 4, words * 4).fill(0).set(src!);
+      w.n += words;
+    }
+  }
+  if (e.logitBias) {
+    const b = e.logitBias;
+    w.reserve(1 + 2 * b.ids.length);
+    w.i[w.n++] = b.ids.length;
+    w.i.set(b.ids, w.n);
+    w.f.set(b.values, w.n + b.ids.length);
+    w.n += 2 * b.ids.length;
+  }
 }
 
 /** Decode a batch record. Arrays of the entries are views into `msg`. */
@@ -196,6 +243,29 @@ export function decodeBatch(msg: Int32Array): ForwardBatch {
       logprobTargets = msg.subarray(p, p + qLen);
       p += qLen;
     }
+    let grammar: BatchEntry["grammar"] = null;
+    if (flags & FLAG_GRAMMAR) {
+      const key = msg[p++];
+      let spec: WireGrammar | null = null;
+      if (flags & FLAG_SPEC) {
+        const kind = GRAMMAR_KINDS[msg[p]], nStop = msg[p + 1], nBytes = msg[p + 2];
+        p += 3;
+        const stopIds = msg.slice(p, p + nStop);
+        p += nStop;
+        const source = utf8Decoder.decode(
+          new Uint8Array(msg.buffer, msg.byteOffset + p * 4, nBytes),
+        );
+        p += Math.ceil(nBytes / 4);
+        spec = { kind, source, stopIds };
+      }
+      grammar = { key, spec };
+    }
+    let logitBias: BatchEntry["logitBias"] = null;
+    if (flags & FLAG_BIAS) {
+      const nb = msg[p++];
+      logitBias = { ids: msg.subarray(p, p + nb), values: f.subarray(p + nb, p + 2 * nb) };
+      p += 2 * nb;
+    }
     entries[k] = {
       row,
       startPos,
@@ -208,10 +278,14 @@ export function decodeBatch(msg: Int32Array): ForwardBatch {
       penaltyTokens,
       logprobTargets,
       topLogprobs: top,
+      grammar,
+      logitBias,
     };
     o = p;
   }
-  return { id: msg[1], entries };
+  const nRel = o < msg.length ? msg[o] : 0;
+  const releasedGrammars = nRel ? msg.slice(o + 1, o + 1 + nRel) : null;
+  return { id: msg[1], entries, releasedGrammars };
 }
 
 /** Encode a result. The returned view is valid until the next encodeResult call. */

@@ -31,6 +31,7 @@ import { type FilledBatch, fillStaging, padDecode, StagingLayout } from "./stagi
 import { MAX_TOP, promptTopK, type ResultBlock, ResultBuffers } from "./results.ts";
 import { loadWeights } from "./weights.ts";
 import { CudaGraphs } from "./cuda_graph.ts";
+import { Constraints } from "./constraints.ts";
 
 /** How to build a runner (a subset of the engine's flags). */
 export interface RunnerOptions {
@@ -101,6 +102,8 @@ interface Slot {
   u64: BigUint64Array;
   out: ResultBlock;
   event: Handle;
+  /** Host block of the batch's grammar masks and logit_bias (made on first use). */
+  cons: { ptr: Deno.PointerValue; i32: Int32Array; f32: Float32Array } | null;
 }
 
 /** Launched work of one batch, finished later. */
@@ -110,6 +113,9 @@ export interface Pending {
   slot: Slot;
   topK: number;
   start: number;
+  /** Constrained batch: the logits are computed but sampling waits for sampleDeferred()
+   *  (after the previous batch's tokens advanced the matchers). */
+  deferred: boolean;
 }
 
 export class ModelRunner {
@@ -139,6 +145,9 @@ export class ModelRunner {
   private graphs: CudaGraphs | null = null;
   /** Penalty tokens of batches whose tokens do not fit the staging block (grow-only). */
   private penaltyExtra: Tensor | null = null;
+  /** Matchers of constrained requests and the device copy of a batch's masks. */
+  readonly constraints: Constraints;
+  private consDev: Tensor | null = null;
   private shape: DecoderShape;
   private weights!: ModelWeights;
   private stream: Handle;
@@ -178,6 +187,7 @@ export class ModelRunner {
       loadSeconds: 0,
     };
     this.meta = this.L.deviceViews(dev.alloc(DType.I32, [this.L.words]));
+    this.constraints = new Constraints(opts.modelDir, cfg.vocabSize, opts.maxRows);
   }
 
   /** Loads weights, sizes the KV pool and captures graphs. */
@@ -290,6 +300,7 @@ export class ModelRunner {
         u64: new BigUint64Array(host.buf),
         out: this.out.hostBlock(),
         event: dev.createEvent(),
+        cons: null,
       });
     }
   }
@@ -404,18 +415,21 @@ export class ModelRunner {
     this.attn.prepareCapture(bs);
   }
 
-  /** Enqueues the device work of a batch. */
+  /** Enqueues the device work of a batch. A constrained batch stops before sampling
+   *  (`deferred`): call sampleDeferred() once the batch before it is finished. */
   launch(batch: ForwardBatch): Pending {
     const start = performance.now();
+    this.constraints.release(batch);
     const slot = this.nextSlot();
     const f = this.fill(batch, slot);
     let topK = 0;
     for (const i of f.sampleEntries) {
       topK = Math.max(topK, Math.min(batch.entries[i].topLogprobs, MAX_TOP));
     }
+    const deferred = f.numSample > 0 && Constraints.needed(batch);
     // Graphs (and the plain decode body) gather every input token on the device.
     const deviceDecode = f.isDecode && f.numDecodeInputs === f.batch && topK === 0 &&
-      !f.hasPenalties;
+      !f.hasPenalties && !deferred;
     const graphBs = deviceDecode ? this.graphs?.sizeFor(f.batch) ?? 0 : 0;
     if (graphBs) padDecode(this.L, slot.i32, slot.f32, f.batch, graphBs, this.dummyRow);
     this.upload(slot, f);
@@ -427,11 +441,78 @@ export class ModelRunner {
       this.attn.prepare(this.decodeMeta(f.batch, f.maxSeqLen));
       this.decodeBody(f.batch, f.maxSeqLen);
     } else {
-      this.generalBody(batch, f, topK);
+      this.generalBody(batch, f, topK, deferred);
     }
-    this.out.collect(batch, f, slot.out, topK, this.stream);
-    this.dev.record(slot.event, this.stream);
-    return { batch, filled: f, slot, topK, start };
+    const p: Pending = { batch, filled: f, slot, topK, start, deferred };
+    if (!deferred) this.seal(p);
+    return p;
+  }
+
+  /** Enqueues the copies of a batch's results and its completion event. */
+  private seal(p: Pending) {
+    this.out.collect(p.batch, p.filled, p.slot.out, p.topK, this.stream);
+    this.dev.record(p.slot.event, this.stream);
+  }
+
+  /** Sampling of a deferred batch: the masks of its constrained rows at the matchers'
+   *  current states and its logit_bias, applied to the logits left by launch(). */
+  sampleDeferred(p: Pending) {
+    const { ops, dev } = this;
+    const f = p.filled, S = f.numSample, L = this.constraints.L;
+    if (!p.slot.cons) {
+      const h = dev.hostAlloc(L.words * 4);
+      p.slot.cons = { ptr: h.ptr, i32: new Int32Array(h.buf), f32: new Float32Array(h.buf) };
+    }
+    if (!this.consDev) this.consDev = dev.alloc(DType.I32, [L.words]);
+    const c = p.slot.cons, d = this.consDev;
+    const fc = this.constraints.fill(p.batch, f.sampleEntries, c.i32, c.f32);
+    dev.uploadPtr(d, c.ptr, fc.words * 4, this.stream);
+    if (fc.numBias) {
+      for (const off of [L.biasIds, L.biasValues]) {
+        dev.uploadPtr(
+          d,
+          Deno.UnsafePointer.offset(c.ptr!, off * 4),
+          fc.numBias * 4,
+          this.stream,
+          off * 4,
+        );
+      }
+    }
+    const logits = this.logits.rows(0, S);
+    const v = (off: number, n: number, dt = DType.I32) => d.at(off, [n], dt);
+    if (fc.numBiased) {
+      ops.applyTokenMask(
+        logits,
+        v(L.biasRows, fc.numBiased),
+        null,
+        v(L.biasStarts, fc.numBiased + 1),
+        v(L.biasIds, fc.numBias),
+        v(L.biasValues, fc.numBias, DType.F32),
+        fc.numBiased,
+      );
+    }
+    if (fc.numMasked) {
+      ops.applyTokenMask(
+        logits,
+        v(L.maskRows, fc.numMasked),
+        v(L.masks, fc.numMasked * L.maskWords),
+        null,
+        null,
+        null,
+        fc.numMasked,
+      );
+    }
+    this.sampleRows(f, logits, p.topK);
+    p.deferred = false;
+    this.seal(p);
+  }
+
+  /** Top logprobs, the draw, and the sampled tokens into the device token table. */
+  private sampleRows(f: FilledBatch, logits: Tensor, topK: number) {
+    const { ops, meta } = this, S = f.numSample;
+    if (topK) ops.topLogprobs(this.out.topIds, this.out.topLps, logits, S, topK);
+    ops.sample(this.out.tokens, this.out.logprobs, logits, meta.params, S);
+    ops.scatterI32(this.tokenTable, meta.sampleRows, this.out.tokens, S);
   }
 
   /** Writes a batch into a slot's host block, within the buffers' bounds. */
@@ -491,20 +572,11 @@ export class ModelRunner {
     this.dev.free(val);
   }
 
-  /** Prefill / mixed batches: any mix of extend and decode entries. */
-  private generalBody(batch: ForwardBatch, f: FilledBatch, topK: number) {
+  /** Prefill / mixed batches: any mix of extend and decode entries. The logits of the
+   *  sampled rows are made last, so a deferred batch leaves them for sampleDeferred(). */
+  private generalBody(batch: ForwardBatch, f: FilledBatch, topK: number, deferred: boolean) {
     const { ops, meta } = this;
     const hidden = this.forwardAny(f);
-    const S = f.numSample;
-    if (S) {
-      ops.gatherRows(this.lastHidden, hidden, meta.lastIdx, S);
-      const logits = this.logits.rows(0, S);
-      this.lmHead(logits, this.lastHidden, S);
-      this.applyPenalties(f, logits);
-      if (topK) ops.topLogprobs(this.out.topIds, this.out.topLps, logits, S, topK);
-      ops.sample(this.out.tokens, this.out.logprobs, logits, meta.params, S);
-      ops.scatterI32(this.tokenTable, meta.sampleRows, this.out.tokens, S);
-    }
     // Prompt logprobs: logits of the asked rows, a chunk of maxB rows at a time.
     let t = 0;
     for (const e of batch.entries) {
@@ -534,6 +606,14 @@ export class ModelRunner {
         }
       }
       t += e.qLen;
+    }
+    const S = f.numSample;
+    if (S) {
+      ops.gatherRows(this.lastHidden, hidden, meta.lastIdx, S);
+      const logits = this.logits.rows(0, S);
+      this.lmHead(logits, this.lastHidden, S);
+      this.applyPenalties(f, logits);
+      if (!deferred) this.sampleRows(f, logits, topK);
     }
   }
 
@@ -575,9 +655,12 @@ export class ModelRunner {
 
   /** Waits for a launched batch and reads its result. */
   finish(p: Pending): ForwardResult {
+    if (p.deferred) throw new Error("finish() of a batch whose sampling is still deferred");
     this.dev.waitEvent(p.slot.event);
     const seconds = (performance.now() - p.start) / 1000;
-    return this.out.read(p.batch, p.filled, p.slot.out, p.topK, seconds);
+    const res = this.out.read(p.batch, p.filled, p.slot.out, p.topK, seconds);
+    if (p.filled.numSample) this.constraints.advance(p.batch, res.tokens);
+    return res;
   }
 
   /** Full fp32 logits of every new token of every entry (tests and fidelity checks;
@@ -607,6 +690,8 @@ export class ModelRunner {
 
   /** Runs a batch to completion (no overlap). */
   run(batch: ForwardBatch): ForwardResult {
-    return this.finish(this.launch(batch));
+    const p = this.launch(batch);
+    if (p.deferred) this.sampleDeferred(p);
+    return this.finish(p);
   }
 }

@@ -5,7 +5,8 @@
 
 import { BATCH_HEADER_WORDS, entryWords } from "../ipc/batch_codec.ts";
 import type { CacheHandle } from "../cache/prefix_cache.ts";
-import type { RowSampling } from "../ipc/batch.ts";
+import type { RowSampling, WireGrammar } from "../ipc/batch.ts";
+import { GrammarError, specToRegex } from "../grammar/grammar.ts";
 import type { SamplingParams, TokenEvent } from "../engine/types.ts";
 
 /** What the main thread sends for a new request (the seed already chosen). */
@@ -48,6 +49,20 @@ export function validateRequest(
   for (const t of promptIds) {
     if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) {
       return `token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`;
+    }
+  }
+  for (const [t, v] of params.logitBias ?? []) {
+    if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) {
+      return `logit_bias: token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`;
+    }
+    if (!(v >= -100 && v <= 100)) return `logit_bias: value ${v} is outside -100..100`;
+  }
+  if (params.constraint) {
+    try {
+      specToRegex(params.constraint);
+    } catch (e) {
+      if (e instanceof GrammarError) return e.message;
+      throw e;
     }
   }
   if (n + params.maxTokens > c.maxContextLen) {
@@ -102,6 +117,13 @@ export class Req {
   promptTopLogprobs: ({ ids: number[]; logprobs: number[] } | null)[] | null;
   promptLogprobsSent = false;
 
+  /** Constrained requests: the worker's matcher key (-1 = none), the grammar until it is
+   *  sent, and the logit_bias sent with every sampled entry. */
+  grammarKey = -1;
+  grammar: WireGrammar | null = null;
+  grammarSent = false;
+  logitBias: { ids: Int32Array; values: Float32Array } | null = null;
+
   // Event under construction for the current step.
   pendTokens: number[] = [];
   pendLogprobs: number[] = [];
@@ -124,6 +146,12 @@ export class Req {
       frequencyPenalty: p.frequencyPenalty,
       repetitionPenalty: p.repetitionPenalty,
     };
+    if (p.logitBias && p.logitBias.length) {
+      this.logitBias = {
+        ids: Int32Array.from(p.logitBias, (b) => b[0]),
+        values: Float32Array.from(p.logitBias, (b) => b[1]),
+      };
+    }
     this.promptLogprobs = p.promptLogprobs ? new Array(this.promptLen).fill(null) : null;
     this.promptTopLogprobs = p.promptLogprobs && p.topLogprobs > 0
       ? new Array(this.promptLen).fill(null)
@@ -139,6 +167,14 @@ export class Req {
   get hasPenalty(): boolean {
     const p = this.params;
     return p.presencePenalty !== 0 || p.frequencyPenalty !== 0 || p.repetitionPenalty !== 1;
+  }
+
+  /** The grammar fields of a sampled entry (the grammar itself only the first time). */
+  grammarEntry(): { key: number; spec: WireGrammar | null } | null {
+    if (this.grammarKey < 0) return null;
+    const spec = this.grammarSent ? null : this.grammar;
+    this.grammarSent = true;
+    return { key: this.grammarKey, spec };
   }
 
   /** The prompt prefill is fully scheduled: the request decodes from now on. */

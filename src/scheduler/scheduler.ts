@@ -87,6 +87,9 @@ export class Scheduler {
   #eos: Set<number>;
   #nextOrder = 0;
   #nextBatch = 1;
+  #nextGrammarKey = 1;
+  /** Keys of finished constrained requests, sent with the next batch. */
+  #released: number[] = [];
   #ratio = RATIO_INIT;
   /** Words still free in the record of the batch being built. */
   #recordLeft = Infinity;
@@ -122,6 +125,13 @@ export class Scheduler {
       return;
     }
     r.order = this.#nextOrder++;
+    const c = m.params.constraint;
+    if (c) {
+      const stops = new Set(m.params.stopTokenIds);
+      if (!m.params.ignoreEos) { for (const t of this.cfg.eosTokenIds) stops.add(t); }
+      r.grammarKey = this.#nextGrammarKey++;
+      r.grammar = { kind: c.kind, source: c.source, stopIds: Int32Array.from(stops) };
+    }
     this.#byId.set(r.id, r);
     this.waiting.push(r);
     this.stats.promptTokens += r.promptLen;
@@ -158,7 +168,12 @@ export class Scheduler {
     this.#schedulePrefills(entries, reqs);
     if (entries.length === 0) return null;
     this.#ratio = Math.max(RATIO_MIN, this.#ratio - RATIO_DECAY);
-    return { batch: { id: this.#nextBatch++, entries }, reqs };
+    const batch: ForwardBatch = { id: this.#nextBatch++, entries, releasedGrammars: null };
+    if (this.#released.length) {
+      batch.releasedGrammars = Int32Array.from(this.#released);
+      this.#released = [];
+    }
+    return { batch, reqs };
   }
 
   #canDecode(r: Req): boolean {
@@ -217,6 +232,8 @@ export class Scheduler {
         penaltyTokens: r.hasPenalty ? Int32Array.from(r.tokens.slice(r.promptLen)) : null,
         logprobTargets: null,
         topLogprobs: r.params.logprobs ? r.params.topLogprobs : 0,
+        grammar: r.grammarEntry(),
+        logitBias: r.logitBias,
       });
       reqs.push(r);
       r.sentPages = r.pages.length;
@@ -345,6 +362,8 @@ export class Scheduler {
       logprobTargets: targets,
       // With prompt logprobs, k alternatives at every prompt position too (echo + logprobs k).
       topLogprobs: (sample && r.params.logprobs) || targets ? r.params.topLogprobs : 0,
+      grammar: sample ? r.grammarEntry() : null,
+      logitBias: sample ? r.logitBias : null,
     });
     reqs.push(r);
     r.sentPages = r.pages.length;
@@ -480,6 +499,7 @@ export class Scheduler {
   #finish(r: Req, reason: FinishReason, stopToken?: number, error?: string): void {
     if (r.done) return;
     r.done = true;
+    if (r.grammarSent) this.#released.push(r.grammarKey);
     this.#release(r);
     let i = this.running.indexOf(r);
     if (i >= 0) this.running.splice(i, 1);
