@@ -18,6 +18,7 @@ import {
 import { type ChoiceChunk, chunksOf, collectChoices, sseChoices, startChoices } from "./choices.ts";
 import { ApiError, badParam } from "./errors.ts";
 import { checkTokenIds } from "./openai.ts";
+import { readConstraint } from "./structured.ts";
 import { sseData } from "./sse.ts";
 
 type Json = Record<string, unknown>;
@@ -110,6 +111,8 @@ export function parseGenerateRequest(body: Json, vocabSize: number): GenerateReq
       vocabSize,
     );
   }
+  const constraint = readConstraint(sp, "sampling_params.");
+  if (constraint) sampling.constraint = constraint;
   bool(sp, "skip_special_tokens"); // special tokens are always skipped in the text
   let stop: string[] = [];
   if (typeof sp.stop === "string") stop = [sp.stop];

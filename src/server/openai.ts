@@ -6,6 +6,7 @@
 
 import type { SamplingParams } from "../engine/types.ts";
 import { ApiError, badParam } from "./errors.ts";
+import { readStructured } from "./structured.ts";
 import type { ChatMessage } from "../text/tokenizer_port.ts";
 
 /** Fields shared by chat and text completions. */
@@ -246,6 +247,7 @@ function readCommon(body: Json, maxTokensMin: number, vocabSize: number): Common
     if (stop.length > 16) throw badParam("stop", "At most 16 stop sequences are allowed.");
     stop = stop.filter((x) => x.length > 0);
   }
+  readStructured(body, sampling, vocabSize);
   const user = f.string("user") ?? null;
   const returnTokensAsTokenIds = f.boolean("return_tokens_as_token_ids") ?? false;
   return {

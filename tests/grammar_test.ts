@@ -1,0 +1,151 @@
+/**
+ * src/grammar: regexes and JSON Schemas compiled to byte automata, token masks over the tiny
+ * Qwen3's real vocabulary (151k byte-level BPE tokens), and random walks that pick any
+ * allowed token: whatever the walk picks, the text must match in full when the stop token
+ * is taken (checked by JavaScript's RegExp and an independent schema validator).
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { ensureTestModel } from "./fixtures.ts";
+import { Dfa } from "../src/grammar/automaton.ts";
+import { parseRegex } from "../src/grammar/regex.ts";
+import {
+  GrammarCache,
+  GrammarError,
+  type GrammarSpec,
+  Matcher,
+  specToRegex,
+} from "../src/grammar/grammar.ts";
+import { vocabTrie } from "../src/grammar/vocab.ts";
+import { schemaProblem } from "./json_schema_check.ts";
+
+const enc = new TextEncoder(), dec = new TextDecoder();
+const fullMatch = (re: string, s: string) => new Dfa(parseRegex(re)).walk(0, enc.encode(s));
+const accepts = (re: string, s: string) => {
+  const d = new Dfa(parseRegex(re));
+  const st = d.walk(0, enc.encode(s));
+  return st >= 0 && d.isAccepting(st);
+};
+
+Deno.test("grammar: regex syntax matches like RegExp (full match)", () => {
+  const cases: [string, string[], string[]][] = [
+    ["(cat|dog)s? [0-9]{3}", ["cat 123", "dogs 000"], ["cat 12", "cow 123", "cats 1234"]],
+    ["[a-c]+x*", ["a", "abcxx", "cccc"], ["", "x", "ad"]],
+    ["\\d{2,3}-\\w+", ["12-a_b", "123-Z"], ["1-a", "1234-a", "12-"]],
+    ['[^"]{1,3}', ["ab", "é", "\u4e2d\u6587"], ["", 'a"', "abcd"]],
+    ["a.c", ["abc", "a\u00e9c"], ["ac", "a\nc"]],
+    ["(?:ab){2}|\\(x\\)", ["abab", "(x)"], ["ab", "x"]],
+    ["^h[eé]llo$", ["hello", "héllo"], ["hallo"]],
+  ];
+  for (const [re, yes, no] of cases) {
+    for (const s of yes) assert.ok(accepts(re, s), `${re} should match ${JSON.stringify(s)}`);
+    for (const s of no) assert.ok(!accepts(re, s), `${re} should not match ${JSON.stringify(s)}`);
+    for (const s of [...yes, ...no]) {
+      assert.equal(accepts(re, s), new RegExp(`^(?:${re})$`, "u").test(s), `${re} vs ${s}`);
+    }
+  }
+  assert.equal(fullMatch("abc", "abd"), -1);
+});
+
+Deno.test("grammar: bad regexes and schemas throw GrammarError naming the problem", () => {
+  const bad: GrammarSpec[] = [
+    { kind: "regex", source: "(ab" },
+    { kind: "regex", source: "a{3,1}" },
+    { kind: "regex", source: "*a" },
+    { kind: "json_schema", source: "{not json" },
+    { kind: "json_schema", source: '{"type":"wat"}' },
+    { kind: "json_schema", source: '{"$ref":"#/$defs/missing"}' },
+    { kind: "json_schema", source: '{"type":"object","properties":{"a":{}},"required":["b"]}' },
+  ];
+  for (const spec of bad) {
+    assert.throws(() => specToRegex(spec), GrammarError, spec.source);
+  }
+  assert.throws(() => specToRegex({ kind: "json_schema", source: '{"type":"wat"}' }), /wat/);
+});
+
+const SCHEMAS: Record<string, unknown> = {
+  person: {
+    type: "object",
+    properties: {
+      name: { type: "string", maxLength: 10 },
+      age: { type: "integer", minimum: 18, maximum: 120 },
+      email: { type: "string", pattern: "[a-z]{1,5}@[a-z]{1,5}\\.com" },
+      tags: { type: "array", items: { enum: ["a", "b", "c"] }, minItems: 1, maxItems: 3 },
+      address: {
+        type: "object",
+        properties: { city: { type: "string", maxLength: 8 }, zip: { type: "integer" } },
+        required: ["city"],
+        additionalProperties: false,
+      },
+      score: { type: "number" },
+      kind: { anyOf: [{ const: "x" }, { type: "boolean" }, { type: "null" }] },
+    },
+    required: ["name", "age", "tags"],
+    additionalProperties: false,
+  },
+  tree: {
+    $defs: {
+      node: {
+        type: "object",
+        properties: {
+          v: { type: "integer", minimum: -5, maximum: 5 },
+          kids: { type: "array", items: { $ref: "#/$defs/node" }, maxItems: 2 },
+        },
+        required: ["v"],
+        additionalProperties: false,
+      },
+    },
+    $ref: "#/$defs/node",
+  },
+};
+
+Deno.test("grammar: random token walks over the Qwen vocabulary end in valid text", async () => {
+  const dir = await ensureTestModel("tiny-qwen3");
+  const tj = JSON.parse(await Deno.readTextFile(join(dir, "tokenizer.json")));
+  const V = 151936, EOS = 151645;
+  const cache = new GrammarCache(vocabTrie(tj, V));
+  const specs: [GrammarSpec, (s: string) => string | null][] = [
+    ...Object.entries(SCHEMAS).map((
+      [name, schema],
+    ): [GrammarSpec, (s: string) => string | null] => [
+      { kind: "json_schema", source: JSON.stringify(schema) },
+      (s) => schemaProblem(JSON.parse(s), schema) ?? null,
+    ]),
+    [
+      { kind: "regex", source: "(yes|no), [0-9]{1,4}!" },
+      (s) => /^(yes|no), [0-9]{1,4}!$/.test(s) ? null : `regex mismatch ${s}`,
+    ],
+    [{ kind: "json_object", source: "" }, (s) => {
+      const v = JSON.parse(s);
+      return v && typeof v === "object" && !Array.isArray(v) ? null : "not an object";
+    }],
+  ];
+  const mask = new Int32Array(Math.ceil(V / 32));
+  let seed = 1;
+  const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+  for (const [spec, check] of specs) {
+    const g = cache.get(spec);
+    let completed = 0;
+    for (let walk = 0; walk < 6; walk++) {
+      const m = new Matcher(g, [EOS]);
+      let text = "", done = false;
+      for (let step = 0; step < 400 && !done; step++) {
+        m.fillMask(mask);
+        const allowed: number[] = [];
+        for (let t = 0; t < V; t++) if (mask[t >> 5] & (1 << (t & 31))) allowed.push(t);
+        assert.ok(allowed.length > 0, `no token allowed after ${JSON.stringify(text)}`);
+        // Prefer the stop token now and then, so walks of unbounded grammars end.
+        const t = allowed.includes(EOS) && rnd() < 0.3
+          ? EOS
+          : allowed[Math.floor(rnd() * allowed.length)];
+        if (t === EOS) done = true;
+        else text += dec.decode(g.trie.tokens[t]!, { stream: true });
+        m.accept(t);
+      }
+      if (!done) continue; // ran long: nothing to check (bounded grammars end well before)
+      completed++;
+      assert.equal(check(text), null, `${spec.kind} ${spec.source.slice(0, 40)}: ${text}`);
+    }
+    assert.ok(completed >= 3, `${spec.kind}: only ${completed} of 6 walks ended`);
+  }
+});
