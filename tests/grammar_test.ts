@@ -106,7 +106,7 @@ Deno.test("grammar: random token walks over the Qwen vocabulary end in valid tex
   const cache = new GrammarCache(vocabTrie(tj, V));
   const specs: [GrammarSpec, (s: string) => string | null][] = [
     ...Object.entries(SCHEMAS).map((
-      [name, schema],
+      [_name, schema],
     ): [GrammarSpec, (s: string) => string | null] => [
       { kind: "json_schema", source: JSON.stringify(schema) },
       (s) => schemaProblem(JSON.parse(s), schema) ?? null,
