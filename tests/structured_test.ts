@@ -1,0 +1,208 @@
+/**
+ * Structured outputs through the server and the official `openai` npm client, on the tiny
+ * random Qwen3 (CPU backend): only the constraint can make its output valid. For several
+ * seeds: json_schema output parses and validates (streamed and not, finish_reason "stop"),
+ * json_object gives an object, a regex (completions, SGLang's extra field) matches in full,
+ * logit_bias +100 forces its token, and bad grammars are 400s naming the field.
+ */
+import assert from "node:assert/strict";
+import OpenAI from "openai";
+import { post, startServerProcess } from "./server_harness.ts";
+import { schemaProblem } from "./json_schema_check.ts";
+
+const opts = { sanitizeOps: false, sanitizeResources: false };
+
+const SCHEMA = {
+  type: "object",
+  properties: {
+    name: { type: "string", maxLength: 8 },
+    age: { type: "integer", minimum: 0, maximum: 130 },
+    pets: { type: "array", items: { enum: ["cat", "dog"] }, maxItems: 2 },
+    home: {
+      type: "object",
+      properties: { zip: { type: "string", pattern: "[0-9]{5}" } },
+      required: ["zip"],
+      additionalProperties: false,
+    },
+  },
+  required: ["name", "age", "home"],
+  additionalProperties: false,
+};
+
+Deno.test(
+  "structured outputs: json_schema, json_object, regex, logit_bias, errors",
+  opts,
+  async (t) => {
+    const server = await startServerProcess();
+    const url = server.url;
+    const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "unused", maxRetries: 0 });
+    const messages = [{ role: "user" as const, content: "Describe a person." }];
+    const responseFormat = {
+      type: "json_schema" as const,
+      json_schema: { name: "person", schema: SCHEMA, strict: true },
+    };
+    try {
+      await t.step("json_schema, not streamed, many seeds", async () => {
+        const runs = await Promise.all(
+          [1, 2, 3, 4, 5, 6].map((seed) =>
+            client.chat.completions.create({
+              model: "tiny-qwen3",
+              messages,
+              seed,
+              temperature: 1,
+              max_tokens: 120,
+              response_format: responseFormat,
+            })
+          ),
+        );
+        for (const r of runs) {
+          const c = r.choices[0];
+          assert.equal(c.finish_reason, "stop", c.message.content ?? "");
+          const v = JSON.parse(c.message.content!);
+          assert.equal(schemaProblem(v, SCHEMA), null, c.message.content!);
+        }
+      });
+
+      await t.step("json_schema, streamed", async () => {
+        for (const seed of [7, 8, 9]) {
+          const stream = await client.chat.completions.create({
+            model: "tiny-qwen3",
+            messages,
+            seed,
+            max_tokens: 120,
+            response_format: responseFormat,
+            stream: true,
+          });
+          let text = "", finish: string | null = null;
+          for await (const chunk of stream) {
+            text += chunk.choices[0]?.delta?.content ?? "";
+            finish = chunk.choices[0]?.finish_reason ?? finish;
+          }
+          assert.equal(finish, "stop", text);
+          assert.equal(schemaProblem(JSON.parse(text), SCHEMA), null, text);
+        }
+      });
+
+      await t.step("json_object gives an object", async () => {
+        // Any object: strings and members are unbounded and the random model's logits are
+        // peaked, so alone it may run on; logit_bias +100 on closing tokens (", "}, }, }}:
+        // Qwen ids from tokenizer.json) makes it close where the grammar allows them (bias
+        // and mask compose: a biased token the grammar forbids stays out).
+        const runs = await Promise.all(
+          [1, 2, 3, 4, 5, 6].map((seed) =>
+            client.chat.completions.create({
+              model: "tiny-qwen3",
+              messages,
+              seed,
+              max_tokens: 200,
+              response_format: { type: "json_object" },
+              logit_bias: { "1": 100, "92": 100, "9207": 100, "3417": 100 },
+            })
+          ),
+        );
+        for (const r of runs) {
+          const c = r.choices[0];
+          assert.equal(c.finish_reason, "stop", c.message.content ?? "");
+          const v = JSON.parse(c.message.content!);
+          assert.ok(v !== null && typeof v === "object" && !Array.isArray(v), c.message.content!);
+        }
+      });
+
+      await t.step("regex on completions (SGLang's extra field) matches in full", async () => {
+        const re = "(red|green|blue) [0-9]{2,4}( items)?";
+        for (const seed of [1, 2, 3, 4, 5]) {
+          const r = await client.completions.create({
+            model: "tiny-qwen3",
+            prompt: "Colour:",
+            seed,
+            max_tokens: 30,
+            regex: re,
+          } as OpenAI.CompletionCreateParamsNonStreaming);
+          const c = r.choices[0];
+          assert.equal(c.finish_reason, "stop", c.text);
+          assert.match(c.text, new RegExp(`^(?:${re})$`));
+        }
+      });
+
+      await t.step("/generate takes sampling_params.regex", async () => {
+        const r = await post(url, "/generate", {
+          text: "x",
+          sampling_params: { max_new_tokens: 20, regex: "[A-Z]{3}-[0-9]{3}" },
+        });
+        assert.equal(r.status, 200);
+        assert.match(r.json.text as string, /^[A-Z]{3}-[0-9]{3}$/);
+      });
+
+      await t.step("logit_bias +100 forces its token; -100 bans it", async () => {
+        const r = await client.completions.create({
+          model: "tiny-qwen3",
+          prompt: "Hello",
+          max_tokens: 6,
+          temperature: 1,
+          seed: 3,
+          logit_bias: { "1234": 100 },
+          logprobs: 1,
+          return_tokens_as_token_ids: true,
+        } as OpenAI.CompletionCreateParamsNonStreaming);
+        const toks = r.choices[0].logprobs!.tokens!;
+        assert.deepEqual(toks, Array(6).fill("token_id:1234"));
+        const greedy = await client.completions.create({
+          model: "tiny-qwen3",
+          prompt: "Hello",
+          max_tokens: 1,
+          temperature: 0,
+          logprobs: 1,
+          return_tokens_as_token_ids: true,
+        } as OpenAI.CompletionCreateParamsNonStreaming);
+        const first = greedy.choices[0].logprobs!.tokens![0];
+        const id = first.split(":")[1];
+        const banned = await client.completions.create({
+          model: "tiny-qwen3",
+          prompt: "Hello",
+          max_tokens: 1,
+          temperature: 0,
+          logit_bias: { [id]: -100 },
+          logprobs: 1,
+          return_tokens_as_token_ids: true,
+        } as OpenAI.CompletionCreateParamsNonStreaming);
+        assert.notEqual(banned.choices[0].logprobs!.tokens![0], first);
+      });
+
+      await t.step("bad grammars and biases are 400s naming the field", async () => {
+        const cases: [Record<string, unknown>, string][] = [
+          [{
+            response_format: {
+              type: "json_schema",
+              json_schema: { name: "x", schema: { type: "wat" } },
+            },
+          }, "response_format.json_schema.schema"],
+          [{ response_format: { type: "xml" } }, "response_format.type"],
+          [{ regex: "(ab" }, "regex"],
+          [{ ebnf: "root ::= 'a'" }, "ebnf"],
+          [{ logit_bias: { "abc": 1 } }, "logit_bias"],
+          [{ logit_bias: { "5": 101 } }, "logit_bias"],
+        ];
+        for (const [extra, param] of cases) {
+          const r = await post(url, "/v1/chat/completions", { messages, max_tokens: 4, ...extra });
+          assert.equal(r.status, 400, JSON.stringify(extra));
+          const err = r.json.error as Record<string, unknown>;
+          assert.equal(err.param, param, JSON.stringify(err));
+        }
+        const g = await post(url, "/generate", {
+          text: "x",
+          sampling_params: { json_schema: "{" },
+        });
+        assert.equal(g.status, 400);
+        // Still serving.
+        const ok = await client.chat.completions.create({
+          model: "tiny-qwen3",
+          messages,
+          max_tokens: 2,
+        });
+        assert.equal(ok.choices.length, 1);
+      });
+    } finally {
+      await server.stop();
+    }
+  },
+);
