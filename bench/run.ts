@@ -10,6 +10,7 @@
  *   scheduler    the scheduler's CPU time per step at 256 running requests (no model)
  *   attention    attention kernels through the ABI vs PyTorch SDPA (GPU machine; python3 + torch)
  *   soak         valid, invalid, aborted and slow clients against the server for N minutes
+ *   structured   JSON-schema decoding vs free decoding at batch 1 and 64, mask costs
  *
  * Each writes a record to --out FILE (bench/results/*.json format) where it takes --out.
  */
@@ -23,6 +24,7 @@ const scripts: Record<string, string> = {
   scheduler: "scheduler_bench.ts",
   attention: "attention.ts",
   soak: "soak.ts",
+  structured: "structured.ts",
 };
 const [name, ...rest] = Deno.args;
 const script = scripts[name ?? ""];
