@@ -1,7 +1,9 @@
 /**
- * CUDA graphs of the decode step, one per padded batch size. A graph reads its inputs
+ * CUDA graphs of the decode step, per padded batch size. A graph reads its inputs
  * from the fixed device metadata block and writes sampled tokens to fixed buffers, so
- * replaying it needs one upload and one launch instead of hundreds of op calls.
+ * replaying it needs one upload and one launch instead of hundreds of op calls. The step is
+ * captured in parts (the forward pass to the logits, then sampling), replayed back to back;
+ * a constrained batch replays the first part, applies its grammar masks, then the second.
  */
 import type { Device, Handle } from "../../ffi/device.ts";
 
@@ -16,7 +18,7 @@ export function graphBatchSizes(max: number): number[] {
 
 export class CudaGraphs {
   readonly sizes: number[];
-  private graphs = new Map<number, Handle>();
+  private graphs = new Map<number, Handle[]>();
   /** Seconds spent capturing. */
   captureSeconds = 0;
 
@@ -24,10 +26,11 @@ export class CudaGraphs {
     this.sizes = graphBatchSizes(maxBs);
   }
 
-  /** Captures `body(bs)` for every size, after `prepare(bs)` wrote a dummy batch and one
-   *  eager run warmed the libraries up (cuBLASLt picks its algorithms outside capture). */
+  /** Captures each part `parts[i](bs)` for every size, after `prepare(bs)` wrote a dummy
+   *  batch and one eager run warmed the libraries up (cuBLASLt picks its algorithms outside
+   *  capture). */
   capture(
-    body: (bs: number) => void,
+    parts: ((bs: number) => void)[],
     prepare: (bs: number) => void,
     progress: (stage: string, done: number, total: number) => void,
   ): void {
@@ -36,9 +39,9 @@ export class CudaGraphs {
     order.forEach((bs, i) => {
       progress("CUDA graphs", i, order.length);
       prepare(bs);
-      body(bs);
+      for (const part of parts) part(bs);
       this.dev.sync(this.stream);
-      this.graphs.set(bs, this.dev.capture(this.stream, () => body(bs)));
+      this.graphs.set(bs, parts.map((part) => this.dev.capture(this.stream, () => part(bs))));
     });
     progress("CUDA graphs", order.length, order.length);
     this.captureSeconds = (performance.now() - t0) / 1000;
@@ -50,12 +53,14 @@ export class CudaGraphs {
     return 0;
   }
 
-  launch(bs: number): void {
-    this.dev.launchGraph(this.graphs.get(bs)!, this.stream);
+  /** Replays the parts of size `bs` from `from` up to (not including) `to`. */
+  launch(bs: number, from = 0, to = Infinity): void {
+    const g = this.graphs.get(bs)!;
+    for (let i = from; i < Math.min(to, g.length); i++) this.dev.launchGraph(g[i], this.stream);
   }
 
   destroy(): void {
-    for (const g of this.graphs.values()) this.dev.destroyGraph(g);
+    for (const gs of this.graphs.values()) for (const g of gs) this.dev.destroyGraph(g);
     this.graphs.clear();
   }
 }

@@ -116,6 +116,8 @@ export interface Pending {
   /** Constrained batch: the logits are computed but sampling waits for sampleDeferred()
    *  (after the previous batch's tokens advanced the matchers). */
   deferred: boolean;
+  /** Padded size of the decode graph it replays (0: none). */
+  graphBs: number;
 }
 
 export class ModelRunner {
@@ -253,7 +255,7 @@ export class ModelRunner {
     if (opts.backend === "cuda" && graphMax > 0) {
       r.graphs = new CudaGraphs(dev, r.stream, Math.min(graphMax, opts.maxRows));
       r.graphs.capture(
-        (bs) => r.decodeBody(bs, r.info.maxSeqLen),
+        [(bs) => r.decodeForward(bs, r.info.maxSeqLen), (bs) => r.decodeSample(bs)],
         (bs) => r.prepareDummyDecode(bs),
         progress,
       );
@@ -363,9 +365,9 @@ export class ModelRunner {
     return this.forwardMeta({ numTokens: bs, batch: bs, isDecode: true, maxQLen: 1, maxSeqLen });
   }
 
-  /** The whole decode step of `bs` rows on device-resident inputs (graph body; the
-   *  attention backend was prepared before). */
-  private decodeBody(bs: number, maxSeqLen: number) {
+  /** The decode step of `bs` rows on device-resident inputs up to the logits (first graph
+   *  part; the attention backend was prepared before). */
+  private decodeForward(bs: number, maxSeqLen: number) {
     const { ops, meta } = this;
     ops.gatherI32(meta.ids, this.tokenTable, meta.rows, bs);
     ops.computeSlots(
@@ -388,9 +390,13 @@ export class ModelRunner {
       this.decodeMeta(bs, maxSeqLen),
       this.tp,
     );
-    const logits = this.logits.rows(0, bs);
-    this.lmHead(logits, hidden, bs);
-    ops.sample(this.out.tokens, this.out.logprobs, logits, meta.params, bs);
+    this.lmHead(this.logits.rows(0, bs), hidden, bs);
+  }
+
+  /** Sampling of a decode step from its logits (second graph part). */
+  private decodeSample(bs: number) {
+    const { ops, meta } = this;
+    ops.sample(this.out.tokens, this.out.logprobs, this.logits.rows(0, bs), meta.params, bs);
     ops.scatterI32(this.tokenTable, meta.sampleRows, this.out.tokens, bs);
   }
 
@@ -429,21 +435,22 @@ export class ModelRunner {
     const deferred = f.numSample > 0 && Constraints.needed(batch);
     // Graphs (and the plain decode body) gather every input token on the device.
     const deviceDecode = f.isDecode && f.numDecodeInputs === f.batch && topK === 0 &&
-      !f.hasPenalties && !deferred;
+      !f.hasPenalties;
     const graphBs = deviceDecode ? this.graphs?.sizeFor(f.batch) ?? 0 : 0;
     if (graphBs) padDecode(this.L, slot.i32, slot.f32, f.batch, graphBs, this.dummyRow);
     this.upload(slot, f);
 
     if (graphBs) {
       this.attn.prepareReplay(graphBs);
-      this.graphs!.launch(graphBs);
+      this.graphs!.launch(graphBs, 0, deferred ? 1 : Infinity);
     } else if (deviceDecode) {
       this.attn.prepare(this.decodeMeta(f.batch, f.maxSeqLen));
-      this.decodeBody(f.batch, f.maxSeqLen);
+      this.decodeForward(f.batch, f.maxSeqLen);
+      if (!deferred) this.decodeSample(f.batch);
     } else {
       this.generalBody(batch, f, topK, deferred);
     }
-    const p: Pending = { batch, filled: f, slot, topK, start, deferred };
+    const p: Pending = { batch, filled: f, slot, topK, start, deferred, graphBs };
     if (!deferred) this.seal(p);
     return p;
   }
@@ -502,7 +509,8 @@ export class ModelRunner {
         fc.numMasked,
       );
     }
-    this.sampleRows(f, logits, p.topK);
+    if (p.graphBs) this.graphs!.launch(p.graphBs, 1);
+    else this.sampleRows(f, logits, p.topK);
     p.deferred = false;
     this.seal(p);
   }
