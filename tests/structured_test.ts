@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { post, startServerProcess } from "./server_harness.ts";
 import { schemaProblem } from "./json_schema_check.ts";
+import { parseToolCalls } from "../src/server/tools.ts";
 
 const opts = { sanitizeOps: false, sanitizeResources: false };
 
@@ -168,6 +169,123 @@ Deno.test(
         assert.notEqual(banned.choices[0].logprobs!.tokens![0], first);
       });
 
+      const WEATHER = {
+        type: "object",
+        properties: {
+          city: { type: "string", maxLength: 12 },
+          unit: { enum: ["c", "f"] },
+          days: { type: "integer", minimum: 1, maximum: 7 },
+        },
+        required: ["city", "unit"],
+        additionalProperties: false,
+      };
+      const TIME = {
+        type: "object",
+        properties: { zone: { type: "string", pattern: "UTC[+-][0-9]{1,2}" } },
+        required: ["zone"],
+        additionalProperties: false,
+      };
+      const tools = [
+        { type: "function" as const, function: { name: "get_weather", parameters: WEATHER } },
+        { type: "function" as const, function: { name: "get_time", parameters: TIME } },
+      ];
+      const schemaOf: Record<string, unknown> = { get_weather: WEATHER, get_time: TIME };
+      const checkCalls = (
+        calls: OpenAI.ChatCompletionMessageToolCall[] | undefined,
+        only?: string,
+      ) => {
+        assert.ok(calls && calls.length >= 1, "no tool calls");
+        for (const c of calls) {
+          assert.equal(c.type, "function");
+          assert.match(c.id, /^call_/);
+          const fn = (c as OpenAI.ChatCompletionMessageFunctionToolCall).function;
+          if (only) assert.equal(fn.name, only);
+          assert.equal(
+            schemaProblem(JSON.parse(fn.arguments), schemaOf[fn.name]),
+            null,
+            fn.arguments,
+          );
+        }
+        assert.equal(new Set(calls.map((c) => c.id)).size, calls.length);
+      };
+
+      await t.step("tool_choice required / named give valid tool_calls", async () => {
+        for (const seed of [1, 2, 3, 4]) {
+          const r = await client.chat.completions.create({
+            model: "tiny-qwen3",
+            messages: [{ role: "user", content: "Weather in Paris?" }],
+            seed,
+            max_tokens: 200,
+            tools,
+            tool_choice: seed % 2
+              ? "required"
+              : { type: "function", function: { name: "get_time" } },
+          });
+          const c = r.choices[0];
+          // The tools went into the template (Qwen's "# Tools" system block).
+          assert.ok(r.usage!.prompt_tokens > 100, `${r.usage!.prompt_tokens} prompt tokens`);
+          assert.equal(c.finish_reason, "tool_calls", JSON.stringify(c.message));
+          checkCalls(c.message.tool_calls, seed % 2 ? undefined : "get_time");
+        }
+      });
+
+      await t.step(
+        "tool calls streamed in OpenAI's delta shape; tool results accepted",
+        async () => {
+          const stream = await client.chat.completions.create({
+            model: "tiny-qwen3",
+            messages: [
+              { role: "user", content: "Weather?" },
+              {
+                role: "assistant",
+                content: null,
+                tool_calls: [{
+                  id: "call_1",
+                  type: "function",
+                  function: { name: "get_weather", arguments: '{"city":"Oslo","unit":"c"}' },
+                }],
+              },
+              { role: "tool", tool_call_id: "call_1", content: '{"temp": 3}' },
+            ],
+            seed: 5,
+            max_tokens: 200,
+            tools,
+            tool_choice: { type: "function", function: { name: "get_weather" } },
+            stream: true,
+          });
+          const acc: {
+            id: string;
+            type: "function";
+            function: { name: string; arguments: string };
+          }[] = [];
+          let finish: string | null = null;
+          for await (const chunk of stream) {
+            for (const d of chunk.choices[0]?.delta?.tool_calls ?? []) {
+              acc[d.index] ??= { id: "", type: "function", function: { name: "", arguments: "" } };
+              if (d.id) acc[d.index].id = d.id;
+              acc[d.index].function.name += d.function?.name ?? "";
+              acc[d.index].function.arguments += d.function?.arguments ?? "";
+            }
+            finish = chunk.choices[0]?.finish_reason ?? finish;
+          }
+          assert.equal(finish, "tool_calls");
+          checkCalls(acc, "get_weather");
+        },
+      );
+
+      await t.step("tool_choice none leaves the text alone", async () => {
+        const r = await client.chat.completions.create({
+          model: "tiny-qwen3",
+          messages,
+          seed: 1,
+          max_tokens: 8,
+          tools,
+          tool_choice: "none",
+        });
+        assert.equal(r.choices[0].message.tool_calls, undefined);
+        assert.equal(r.choices[0].finish_reason, "length");
+      });
+
       await t.step("bad grammars and biases are 400s naming the field", async () => {
         const cases: [Record<string, unknown>, string][] = [
           [{
@@ -206,3 +324,23 @@ Deno.test(
     }
   },
 );
+
+Deno.test("tool calls: the model's own markup is parsed (tool_choice auto)", () => {
+  const q = parseToolCalls(
+    'Let me check.\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>\n' +
+      '<tool_call>\n{"name": "g", "arguments": {}}\n</tool_call>',
+    "qwen",
+  );
+  assert.equal(q.content, "Let me check.");
+  assert.deepEqual(q.calls.map((c) => [c.function.name, c.function.arguments]), [
+    ["f", '{"a":1}'],
+    ["g", "{}"],
+  ]);
+  assert.notEqual(q.calls[0].id, q.calls[1].id);
+  const l = parseToolCalls('{"name": "f", "parameters": {"x": "y"}}', "llama3");
+  assert.deepEqual(l.calls.map((c) => c.function.arguments), ['{"x":"y"}']);
+  assert.equal(l.content, null);
+  const none = parseToolCalls("no calls <tool_call>not json</tool_call>", "qwen");
+  assert.equal(none.calls.length, 0);
+  assert.equal(none.content, "no calls <tool_call>not json</tool_call>");
+});

@@ -8,13 +8,15 @@
 import { DEAD, Dfa } from "./automaton.ts";
 import { ANY_DEPTH, anyObject, schemaToRegex } from "./json_schema.ts";
 import { GrammarError, parseRegex, type Rx } from "./regex.ts";
+import { type ToolCallsSource, toolCallsToRegex } from "./tool_calls.ts";
 import type { VocabTrie } from "./vocab.ts";
 
 export { GrammarError };
 
-/** What a request is constrained to. `source` is the regex, or the schema as JSON text. */
+/** What a request is constrained to. `source` is the regex, the schema as JSON text, or a
+ *  tool_calls.ts source as JSON text. */
 export interface GrammarSpec {
-  kind: "regex" | "json_schema" | "json_object";
+  kind: "regex" | "json_schema" | "json_object" | "tool_calls";
   source: string;
 }
 
@@ -34,6 +36,8 @@ export function specToRegex(spec: GrammarSpec): Rx {
       }
       return schemaToRegex(schema);
     }
+    case "tool_calls":
+      return toolCallsToRegex(JSON.parse(spec.source) as ToolCallsSource);
   }
 }
 

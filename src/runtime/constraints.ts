@@ -10,7 +10,7 @@
  * uploads the masks while the device still runs the forward pass (model_runner.ts).
  */
 import { join } from "node:path";
-import { CompiledGrammar, GrammarCache, Matcher } from "../grammar/grammar.ts";
+import { CompiledGrammar, GrammarCache, type GrammarSpec, Matcher } from "../grammar/grammar.ts";
 import { vocabTrie } from "../grammar/vocab.ts";
 import type { ForwardBatch } from "../ipc/batch.ts";
 
@@ -74,7 +74,7 @@ export class Constraints {
 
   /** The grammar of a spec (compiled once per source). */
   compile(
-    spec: { kind: "regex" | "json_schema" | "json_object"; source: string },
+    spec: GrammarSpec,
   ): CompiledGrammar {
     if (!this.cache) {
       const tj = JSON.parse(Deno.readTextFileSync(join(this.modelDir, "tokenizer.json")));

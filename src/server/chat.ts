@@ -13,6 +13,7 @@ import {
 import { ApiError } from "./errors.ts";
 import { type ChatLogprobEntry, chatLogprobs, logprobTokenizer, usageJson } from "./format.ts";
 import { parseChatRequest } from "./openai.ts";
+import { applyToolChoice, parseToolCalls, parseTools, toolFormat } from "./tools.ts";
 import { sseData } from "./sse.ts";
 import type { RequestUsage } from "../text/textgen.ts";
 import { choiceParams, chunksOf, collectChoices, sseChoices, startChoices } from "./choices.ts";
@@ -25,6 +26,11 @@ export async function chatCompletions(
 ): Promise<Response> {
   const arrival = performance.now();
   const req = parseChatRequest(body, ctx.engine.info.vocabSize);
+  const toolReq = parseTools(body);
+  // Tools on: in the template, maybe constrained, and the answer parsed for calls.
+  const toolsOn = toolReq !== null && toolReq.choice !== "none";
+  const format = toolFormat(toolsOn ? ctx.tokenizer.info().chat_template : null);
+  if (toolsOn) applyToolChoice(toolReq, format, req.sampling);
   const lpTok = logprobTokenizer(ctx.tokenizer, req.returnTokensAsTokenIds);
   const model = checkModel(ctx, req.model);
   let promptIds: number[];
@@ -32,7 +38,7 @@ export async function chatCompletions(
     promptIds = await ctx.tokenize.chatTemplate(
       req.messages,
       req.addGenerationPrompt,
-      req.templateKwargs,
+      toolsOn ? { ...req.templateKwargs, tools: toolReq.tools } : req.templateKwargs,
     );
   } catch (err) {
     throw new ApiError(
@@ -74,11 +80,28 @@ export async function chatCompletions(
         choices: [{ index, delta, logprobs, finish_reason: finish }],
         ...usage,
       });
+    // With tools on, a choice's text is held back until it ends and then sent as content
+    // and/or tool_calls deltas (the markup must be complete to parse).
+    const held = ids.map(() => "");
     const body = async function* (): AsyncGenerator<Uint8Array, void, undefined> {
       for (let i = 0; i < req.n; i++) {
         yield chunk(i, { role: "assistant", content: "" }, null, null);
       }
       for await (const { index, value } of chunksOf(choices)) {
+        if (toolsOn) {
+          held[index] += value.text;
+          if (!value.finish) continue;
+          const { content, calls } = parseToolCalls(held[index], format);
+          if (content) yield chunk(index, { content }, null, null);
+          if (calls.length) {
+            const deltas = calls.map((c, k) => ({ index: k, ...c }));
+            yield chunk(index, { tool_calls: deltas }, null, null);
+          }
+          finals.push({ prompt: 0, usage: value.finish.usage });
+          const reason = calls.length ? "tool_calls" : value.finish.reason;
+          yield chunk(index, {}, null, reason);
+          continue;
+        }
         const lps = wantLogprobs && value.logprobs.length > 0
           ? { content: chatLogprobs(lpTok, value.logprobs), refusal: null }
           : null;
@@ -112,12 +135,18 @@ export async function chatCompletions(
   });
   return Response.json({
     ...head("chat.completion"),
-    choices: ids.map((_, i) => ({
-      index: i,
-      message: { role: "assistant", content: texts[i], refusal: null },
-      logprobs: wantLogprobs ? { content: lps[i], refusal: null } : null,
-      finish_reason: reasons[i],
-    })),
+    choices: ids.map((_, i) => {
+      const parsed = toolsOn ? parseToolCalls(texts[i], format) : null;
+      const message = parsed?.calls.length
+        ? { role: "assistant", content: parsed.content, refusal: null, tool_calls: parsed.calls }
+        : { role: "assistant", content: texts[i], refusal: null };
+      return {
+        index: i,
+        message,
+        logprobs: wantLogprobs ? { content: lps[i], refusal: null } : null,
+        finish_reason: parsed?.calls.length ? "tool_calls" : reasons[i],
+      };
+    }),
     usage: usageJson(finals),
   });
 }

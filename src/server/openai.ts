@@ -7,6 +7,7 @@
 import type { SamplingParams } from "../engine/types.ts";
 import { ApiError, badParam } from "./errors.ts";
 import { readStructured } from "./structured.ts";
+import { withToolFields } from "./tools.ts";
 import type { ChatMessage } from "../text/tokenizer_port.ts";
 
 /** Fields shared by chat and text completions. */
@@ -309,14 +310,15 @@ export function parseChatRequest(body: Json, vocabSize: number): ChatRequest {
     }
     let role = (m as Json).role;
     if (role === "developer") role = "system";
-    if (role !== "system" && role !== "user" && role !== "assistant") {
+    if (role !== "system" && role !== "user" && role !== "assistant" && role !== "tool") {
       throw badParam(
         `${p}.role`,
         `Invalid value for '${p}.role': ${JSON.stringify(role) ?? "undefined"}. ` +
-          "Supported roles are 'system', 'developer', 'user' and 'assistant'.",
+          "Supported roles are 'system', 'developer', 'user', 'assistant' and 'tool'.",
       );
     }
-    return { role, content: messageContent((m as Json).content, `${p}.content`) };
+    const msg: ChatMessage = { role, content: messageContent((m as Json).content, `${p}.content`) };
+    return withToolFields(msg, m as Json, p);
   });
   // Chat logprobs: a boolean plus top_logprobs.
   const logprobs = f.boolean("logprobs") ?? false;

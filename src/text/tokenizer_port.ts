@@ -10,8 +10,12 @@ import type { TextDecoderStream } from "./textgen.ts";
 
 /** A chat message after validation: content flattened to text. */
 export interface ChatMessage {
-  role: "system" | "user" | "assistant";
+  role: "system" | "user" | "assistant" | "tool";
   content: string;
+  /** An assistant turn's tool calls (OpenAI's shape, arguments as a JSON string). */
+  tool_calls?: unknown[];
+  /** A tool result's call id. */
+  tool_call_id?: string;
 }
 
 /** The tokenizer operations the text layer, the server and the shell use. */
@@ -100,7 +104,17 @@ export function textTokenizer(tok: HfTokenizer): TextTokenizer {
     // The underlying decoder rejects an empty list.
     decode: (ids) => (ids.length === 0 ? "" : tok.decode(ids, { skipSpecialTokens: true })),
     chatTemplate(messages, addGenerationPrompt, kwargs) {
-      const msgs = messages.map((m) => ({ role: m.role, content: m.content }));
+      // Tool calls and tool results keep the fields the templates read; the arguments go
+      // in as objects (Qwen's template writes a string as is, an object as JSON).
+      const msgs = messages.map((m) => {
+        const out: Record<string, unknown> & { role: string; content: string } = {
+          role: m.role,
+          content: m.content,
+        };
+        if (m.tool_calls) out.tool_calls = m.tool_calls;
+        if (m.tool_call_id !== undefined) out.tool_call_id = m.tool_call_id;
+        return out;
+      });
       const text = tok.applyChatTemplate(msgs, { ...kwargs, addGenerationPrompt });
       // The template already holds BOS etc.; the post-processor must not add them again.
       return tok.encode(text, { addSpecialTokens: false });
