@@ -33,7 +33,7 @@ mkdir -p "$OUT"
 LOG="$OUT/e2e.log"
 RES="$OUT/results.json"
 export MINISGL_CUDA_ARCHS=${MINISGL_CUDA_ARCHS:-90a} NO_COLOR=1
-steps=${*:-build kernels broken-lib fidelity latency offline ttft serving ablations}
+steps=${*:-build kernels broken-lib fidelity latency offline ttft serving ablations structured}
 models=${MINISGL_MODELS:-/tmp/minisgl-models}
 mkdir -p "$models"
 has() { [[ " $steps " == *" $1 "* ]]; }
@@ -140,6 +140,11 @@ if has ablations; then
   say ablations
   make qwen3-0.6b && bench 300 ablations --model "$(m qwen3-0.6b)" --name qwen3-0.6b --out "$RES" \
     $(small --device cpu --requests 8 --input-min 16 --input-max 64 --output-min 4 --output-max 16 --prefix-len 128 --groups 2)
+fi
+if has structured; then
+  say structured
+  make qwen3-0.6b && bench 300 structured --model "$(m qwen3-0.6b)" --name qwen3-0.6b \
+    --out "$RES" $(small --device cpu --batches 1,4 --bs1-rounds 1 --max-tokens 200)
 fi
 say done
 grep -E "^\| " "$LOG" | tail -60

@@ -291,6 +291,11 @@ export function helpText(): string {
     const also = spec.aliases ? ` (also ${spec.aliases.map((a) => `--${a}`).join(", ")})` : "";
     lines.push(left.padEnd(42) + spec.help + also);
   }
+  lines.push(
+    "",
+    "structured outputs (per request, see README): response_format json_schema / json_object,",
+    "regex and json_schema (SGLang's fields; ebnf is refused), logit_bias, tools + tool_choice.",
+  );
   return lines.join("\n");
 }
 
