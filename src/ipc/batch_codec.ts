@@ -127,8 +127,7 @@ export function encodeBatch(batch: ForwardBatch): Int32Array {
     i[o + 2] = e.qLen;
     i[o + 3] = (e.inputIds ? FLAG_INPUT : 0) | (e.sample ? FLAG_SAMPLE : 0) |
       (e.penaltyTokens ? FLAG_PENALTY : 0) | (e.logprobTargets ? FLAG_TARGETS : 0) |
-      (e.grammar ? FLAG_GRAMMAR : 0) | (e.grammar?.spec ? FLAG_SPEC : 0) |
-      (e.logitBias ? FLAG_BIAS : 0);
+      (e.grammar || e.logitBias ? constraintFlags(e) : 0);
     i[o + 4] = e.pageStart;
     i[o + 5] = e.newPages.length;
     i[o + 6] = e.topLogprobs;
@@ -162,7 +161,7 @@ export function encodeBatch(batch: ForwardBatch): Int32Array {
       p += e.qLen;
     }
     w.n = p;
-    if (e.grammar || e.logitBias) writeConstraint(w, e);
+    if (i[o + 3] & (FLAG_GRAMMAR | FLAG_BIAS)) writeConstraint(w, e);
   }
   const rel = batch.releasedGrammars;
   w.reserve(1 + (rel ? rel.length : 0));
@@ -172,6 +171,11 @@ export function encodeBatch(batch: ForwardBatch): Int32Array {
     w.n += rel.length;
   }
   return w.i.subarray(0, w.n);
+}
+
+function constraintFlags(e: BatchEntry): number {
+  return (e.grammar ? FLAG_GRAMMAR : 0) | (e.grammar?.spec ? FLAG_SPEC : 0) |
+    (e.logitBias ? FLAG_BIAS : 0);
 }
 
 /** Appends an entry's grammar key / spec and logit_bias (rare: only constrained requests). */
