@@ -63,7 +63,8 @@ export function requestRecordWordsBound(
   maxBatchTokens: number,
 ): number {
   const pages = Math.ceil(maxContextLen / pageSize) + 1;
-  return BATCH_HEADER_WORDS + entryWords(maxBatchTokens, true, pages, maxContextLen, true);
+  // + 1: the count of released grammars after the entries.
+  return BATCH_HEADER_WORDS + 1 + entryWords(maxBatchTokens, true, pages, maxContextLen, true);
 }
 
 /** Words of the largest result record of a batch of up to maxRows entries and

@@ -29,9 +29,31 @@ export interface RequestLimits {
 
 /** Words of the largest batch record a request needs on its own: its whole page list, a
  *  penalty history of max_tokens and a prefill chunk of one token with its target. */
-export function soloRecordWords(promptLen: number, maxTokens: number, pageSize: number): number {
+export function soloRecordWords(
+  promptLen: number,
+  maxTokens: number,
+  pageSize: number,
+  constraint = 0,
+): number {
   const pages = Math.ceil((promptLen + maxTokens) / pageSize) + 1;
-  return BATCH_HEADER_WORDS + entryWords(1, true, pages, maxTokens, true);
+  return BATCH_HEADER_WORDS + 1 + entryWords(1, true, pages, maxTokens, true) + constraint;
+}
+
+const utf8 = new TextEncoder();
+
+/** Words the grammar (key, and the spec while unsent; `stopIds` stop tokens) and the
+ *  logit_bias of a sampled entry add to a batch record (batch_codec.ts). */
+export function constraintWords(
+  p: SamplingParams,
+  withSpec: boolean,
+  stopIds: number,
+): number {
+  let w = p.logitBias?.length ? 1 + 2 * p.logitBias.length : 0;
+  if (p.constraint) {
+    w += 1;
+    if (withSpec) w += 3 + stopIds + Math.ceil(utf8.encode(p.constraint.source).length / 4);
+  }
+  return w;
 }
 
 /** Why a request can never be served, or null. Shared by the engine (to reject at once)
@@ -70,9 +92,12 @@ export function validateRequest(
       `length ${c.maxContextLen} (the model's context, capped by the KV pool)`;
   }
   if (c.maxRecordWords !== undefined) {
-    const words = soloRecordWords(n, params.maxTokens, c.pageSize ?? 1);
+    // Stop ids of the grammar: at most the request's own plus a few eos ids.
+    const cw = constraintWords(params, true, params.stopTokenIds.length + 8);
+    const words = soloRecordWords(n, params.maxTokens, c.pageSize ?? 1, cw);
     if (words > c.maxRecordWords) {
-      return `prompt (${n} tokens) + max_tokens (${params.maxTokens}) need a batch record of ` +
+      const what = cw > 64 ? " + the grammar" : "";
+      return `prompt (${n} tokens) + max_tokens (${params.maxTokens})${what} need a batch record of ` +
         `${words * 4} bytes, over the limit of ${c.maxRecordWords * 4} bytes of this server`;
     }
   }
@@ -174,7 +199,21 @@ export class Req {
     if (this.grammarKey < 0) return null;
     const spec = this.grammarSent ? null : this.grammar;
     this.grammarSent = true;
+    this.#constraintWords = -1;
     return { key: this.grammarKey, spec };
+  }
+
+  #constraintWords = -1;
+  /** Words this request's grammar and logit_bias add to a sampled entry of the next batch. */
+  get constraintWords(): number {
+    if (this.#constraintWords < 0) {
+      this.#constraintWords = constraintWords(
+        this.params,
+        !this.grammarSent,
+        this.grammar?.stopIds.length ?? 0,
+      );
+    }
+    return this.#constraintWords;
   }
 
   /** The prompt prefill is fully scheduled: the request decodes from now on. */

@@ -163,15 +163,17 @@ export class Scheduler {
     }
     this.#aborts.clear();
     const entries: BatchEntry[] = [], reqs: Req[] = [];
-    this.#recordLeft = (this.cfg.maxRecordWords ?? Infinity) - BATCH_HEADER_WORDS;
+    // One word for the count of released grammars, sent after the entries.
+    this.#recordLeft = (this.cfg.maxRecordWords ?? Infinity) - BATCH_HEADER_WORDS - 1;
     this.#scheduleDecodes(entries, reqs);
     this.#schedulePrefills(entries, reqs);
     if (entries.length === 0) return null;
     this.#ratio = Math.max(RATIO_MIN, this.#ratio - RATIO_DECAY);
     const batch: ForwardBatch = { id: this.#nextBatch++, entries, releasedGrammars: null };
-    if (this.#released.length) {
-      batch.releasedGrammars = Int32Array.from(this.#released);
-      this.#released = [];
+    const k = Math.min(this.#released.length, Math.max(0, this.#recordLeft));
+    if (k > 0) {
+      batch.releasedGrammars = Int32Array.from(this.#released.slice(0, k));
+      this.#released = this.#released.slice(k);
     }
     return { batch, reqs };
   }
@@ -213,7 +215,8 @@ export class Scheduler {
     for (const r of dec) {
       const grow = r.kvLen >= r.pages.length * P ? 1 : 0;
       const penalty = r.hasPenalty ? r.outLen : 0;
-      const words = entryWords(1, false, r.pages.length - r.sentPages + grow, penalty, false);
+      const words = entryWords(1, false, r.pages.length - r.sentPages + grow, penalty, false) +
+        r.constraintWords;
       // Past the record limit: this decode waits for the next step.
       if (words > this.#recordLeft) continue;
       this.#recordLeft -= words;
@@ -322,7 +325,7 @@ export class Scheduler {
   #chunkFitting(r: Req, unsentPages: number): number {
     const targets = r.promptLogprobs !== null && !r.promptLogprobsSent;
     const penalty = r.hasPenalty ? r.outLen : 0;
-    const fixed = entryWords(0, false, unsentPages + 1, penalty, false);
+    const fixed = entryWords(0, false, unsentPages + 1, penalty, false) + r.constraintWords;
     return Math.max(0, Math.floor((this.#recordLeft - fixed) / (targets ? 3 : 2)));
   }
 
@@ -348,7 +351,7 @@ export class Scheduler {
       newPages.length,
       penaltyTokens?.length ?? 0,
       targets !== null,
-    );
+    ) + (sample ? r.constraintWords : 0);
     entries.push({
       row: r.row,
       startPos: start,
