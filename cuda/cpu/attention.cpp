@@ -293,9 +293,10 @@ int msg_attention_extend(void* out, const void* q, int q_row_stride, const void*
   if (batch == 0 || total_q == 0) return 0;
   MSG_REQUIRE(out && q && k_cache && v_cache && page_table && rows && seq_lens && q_starts,
               "%s: NULL pointer", fn);
-  MSG_REQUIRE(q_starts[0] == 0 && q_starts[batch] == total_q,
-              "%s: q_starts must run from 0 to total_q (%d), got %d..%d", fn, total_q,
-              q_starts[0], q_starts[batch]);
+  // q_starts[0] > 0: a sub-batch of a larger one (mixed batches), indexed from the same base.
+  MSG_REQUIRE(q_starts[0] >= 0 && q_starts[batch] - q_starts[0] == total_q,
+              "%s: q_starts must span total_q (%d) rows from 0 or more, got %d..%d", fn,
+              total_q, q_starts[0], q_starts[batch]);
   for (int b = 0; b < batch; b++) {
     if (int rc = check_request(fn, b, q_starts[b + 1] - q_starts[b], seq_lens[b], rows[b],
                                page_size, pt_stride))

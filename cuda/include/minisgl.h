@@ -175,7 +175,9 @@ MSG_API int msg_compute_slots(int32_t* slots, int32_t* positions, const int32_t*
  *  out: [total_q, hq, head_dim] contiguous.
  *  Request b has queries q_starts[b] .. q_starts[b+1]-1 which are the last q_len of its
  *  seq_lens[b] tokens; all its keys/values (the new ones included) are already in the
- *  cache, found through page_table row rows[b]. max_seq_len bounds seq_lens. */
+ *  cache, found through page_table row rows[b]. max_seq_len bounds seq_lens.
+ *  q_starts[0] may be above 0 (a sub-batch of a larger batch: q and out keep the larger
+ *  batch's base, total_q = q_starts[batch] - q_starts[0]). */
 MSG_API int msg_attention_extend(void* out, const void* q, int q_row_stride,
                                  const void* k_cache, const void* v_cache,
                                  const int32_t* page_table, int pt_stride,

@@ -20,6 +20,11 @@ export interface ForwardMeta {
   /** Every entry has exactly one new token (decode kernels and graphs apply). */
   isDecode: boolean;
   maxQLen: number;
+  /** Entries at the start / the end of the batch with one new token each (the scheduler
+   *  puts decodes first): a mixed batch sends them to the decode kernel, the rest to the
+   *  extend kernel. Ignored when isDecode. */
+  decodeHead: number;
+  decodeTail: number;
   /** Upper bound of seqLens (the captured maximum when replaying a graph). */
   maxSeqLen: number;
   inputIds: Tensor;
@@ -189,6 +194,61 @@ export function createAttention(
   return { attn: new HybridAttention(p, p), resolved };
 }
 
+/** How many entries lead and trail a batch with one new token each (qLens in batch order;
+ *  a batch of only such entries is all head). */
+export function oneTokenRuns(qLens: readonly number[]): { head: number; tail: number } {
+  let head = 0, tail = 0;
+  while (head < qLens.length && qLens[head] === 1) head++;
+  while (tail < qLens.length - head && qLens[qLens.length - 1 - tail] === 1) tail++;
+  return { head, tail };
+}
+
+/** One attention call over a contiguous range of a batch's entries and their tokens. */
+export interface AttentionSegment {
+  kernel: "decode" | "extend";
+  entry0: number;
+  entries: number;
+  token0: number;
+  tokens: number;
+}
+
+/** The calls of a batch: one decode call for a decode batch; for a mixed batch, the decode
+ *  kernel on the one-token entries at its head and tail (one query row each, instead of a
+ *  64-128-row extend tile mostly wasted) and the extend kernel on the entries between. */
+export function attentionSegments(
+  m: Pick<ForwardMeta, "numTokens" | "batch" | "isDecode" | "decodeHead" | "decodeTail">,
+): AttentionSegment[] {
+  if (m.isDecode) {
+    return [{ kernel: "decode", entry0: 0, entries: m.batch, token0: 0, tokens: m.numTokens }];
+  }
+  const head = m.decodeHead, tail = m.decodeTail, mid = m.batch - head - tail;
+  if (head < 0 || tail < 0 || mid <= 0 || m.numTokens - head - tail < mid) {
+    throw new Error(
+      `attention: bad mixed batch (${m.batch} entries, ${m.numTokens} tokens, ` +
+        `decode head ${head}, tail ${tail})`,
+    );
+  }
+  const out: AttentionSegment[] = [];
+  if (head) out.push({ kernel: "decode", entry0: 0, entries: head, token0: 0, tokens: head });
+  out.push({
+    kernel: "extend",
+    entry0: head,
+    entries: mid,
+    token0: head,
+    tokens: m.numTokens - head - tail,
+  });
+  if (tail) {
+    out.push({
+      kernel: "decode",
+      entry0: head + mid,
+      entries: tail,
+      token0: m.numTokens - tail,
+      tokens: tail,
+    });
+  }
+  return out;
+}
+
 /** The library's own kernels: an extend kernel (`extend`: wgmma "hopper" or "native") for
  *  prefill/mixed batches, split-K decode. They read seq_lens and the page table on the
  *  device, so there is no metadata to prepare. */
@@ -231,19 +291,11 @@ export class NativeAttention implements AttentionBackend {
       h.headDim,
       this.wDtype,
     );
-    const args = {
-      out,
-      q: qkv,
+    const base = {
       qRowStride: (h.hq + 2 * h.hkv) * h.headDim,
       kCache: k,
       vCache: v,
       pageTable: m.pageTable,
-      rows: m.rows,
-      seqLens: m.seqLens,
-      qStarts: m.qStarts,
-      batch: m.batch,
-      totalQ: m.numTokens,
-      maxQLen: m.maxQLen,
       maxSeqLen: m.maxSeqLen,
       hq: h.hq,
       hkv: h.hkv,
@@ -251,7 +303,36 @@ export class NativeAttention implements AttentionBackend {
       pageSize: m.pageSize,
       scale: 1 / Math.sqrt(h.headDim),
     };
-    if (m.isDecode) attentionDecode(this.ops, args);
-    else attentionExtend(this.ops, args, this.extend);
+    for (const s of attentionSegments(m)) {
+      const rows = m.rows.at(s.entry0, [s.entries]);
+      const seqLens = m.seqLens.at(s.entry0, [s.entries]);
+      if (s.kernel === "decode") {
+        // The decode kernel reads q row b for entry b: offset q and out to the range.
+        attentionDecode(this.ops, {
+          ...base,
+          out: out.rows(s.token0, s.tokens),
+          q: qkv.rows(s.token0, s.tokens),
+          rows,
+          seqLens,
+          qStarts: m.qStarts.at(s.entry0, [s.entries + 1]),
+          batch: s.entries,
+          totalQ: s.tokens,
+          maxQLen: 1,
+        });
+      } else {
+        // The extend kernel indexes q and out by the (absolute) q_starts values.
+        attentionExtend(this.ops, {
+          ...base,
+          out,
+          q: qkv,
+          rows,
+          seqLens,
+          qStarts: m.qStarts.at(s.entry0, [s.entries + 1]),
+          batch: s.entries,
+          totalQ: s.tokens,
+          maxQLen: m.maxQLen,
+        }, this.extend);
+      }
+    }
   }
 }

@@ -346,10 +346,19 @@ export class ModelRunner {
   }
 
   private forwardMeta(
-    f: { numTokens: number; batch: number; isDecode: boolean; maxQLen: number; maxSeqLen: number },
+    f: Pick<
+      FilledBatch,
+      "numTokens" | "batch" | "isDecode" | "maxQLen" | "maxSeqLen" | "decodeHead" | "decodeTail"
+    >,
   ): ForwardMeta {
     return {
-      ...f,
+      numTokens: f.numTokens,
+      batch: f.batch,
+      isDecode: f.isDecode,
+      maxQLen: f.maxQLen,
+      maxSeqLen: f.maxSeqLen,
+      decodeHead: f.decodeHead,
+      decodeTail: f.decodeTail,
       inputIds: this.meta.ids,
       positions: this.positions,
       slots: this.kvSlots,
@@ -362,7 +371,15 @@ export class ModelRunner {
   }
 
   private decodeMeta(bs: number, maxSeqLen: number): ForwardMeta {
-    return this.forwardMeta({ numTokens: bs, batch: bs, isDecode: true, maxQLen: 1, maxSeqLen });
+    return this.forwardMeta({
+      numTokens: bs,
+      batch: bs,
+      isDecode: true,
+      maxQLen: 1,
+      maxSeqLen,
+      decodeHead: bs,
+      decodeTail: 0,
+    });
   }
 
   /** The decode step of `bs` rows on device-resident inputs up to the logits (first graph

@@ -5,6 +5,7 @@
  */
 import { DType, Tensor } from "../../ffi/device.ts";
 import type { BatchEntry } from "../ipc/batch.ts";
+import { oneTokenRuns } from "./attention.ts";
 
 /** Words of one msg_sampling_params record. */
 export const PARAM_WORDS = 8;
@@ -105,6 +106,9 @@ export interface FilledBatch {
   maxQLen: number;
   maxSeqLen: number;
   isDecode: boolean;
+  /** One-token entries leading / trailing the batch (see ForwardMeta). */
+  decodeHead: number;
+  decodeTail: number;
   /** Entry index of each sampled row. */
   sampleEntries: number[];
   /** Some sampled row has penalties: the penalty sections are filled (and uploaded). */
@@ -187,6 +191,7 @@ export function fillStaging(
     t += e.qLen;
   }
   i32[L.qStarts + entries.length] = t;
+  const { head, tail } = oneTokenRuns(entries.map((e) => e.qLen));
   if (hasPenalties) i32[L.penStarts + s] = pen;
   return {
     numTokens: t,
@@ -198,6 +203,8 @@ export function fillStaging(
     maxQLen: maxQ,
     maxSeqLen: maxSeq,
     isDecode: maxQ === 1,
+    decodeHead: head,
+    decodeTail: tail,
     sampleEntries,
     hasPenalties,
     penaltyOverflow: pen > L.maxPenaltyTokens ? penaltyTokensOf(entries, sampleEntries, pen) : null,
