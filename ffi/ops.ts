@@ -358,9 +358,10 @@ export interface AttentionArgs {
   scale: number;
 }
 
-/** Which extend kernel of the ABI: "native" (msg_attention_extend, mma/WMMA, any GPU) or
- *  "hopper" (msg_attention_extend_hopper, wgmma on sm_90, the native one elsewhere). */
-export type ExtendKernel = "native" | "hopper";
+/** Which extend kernel of the ABI: "native" (msg_attention_extend, mma/WMMA, any GPU),
+ *  "hopper" (msg_attention_extend_hopper, fa3 v1: wgmma on sm_90, the native one elsewhere)
+ *  or "hopper2" (msg_attention_extend_hopper_v2, fa3 v2: softmax overlapping the PV wgmma). */
+export type ExtendKernel = "native" | "hopper" | "hopper2";
 
 /** Whether the device has CUDA and the Hopper (wgmma) extend kernel. */
 export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
@@ -373,6 +374,8 @@ export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
 export function attentionExtend(ops: Ops, a: AttentionArgs, kernel: ExtendKernel = "native"): void {
   const fn = kernel === "hopper"
     ? ops.dev.sym.msg_attention_extend_hopper
+    : kernel === "hopper2"
+    ? ops.dev.sym.msg_attention_extend_hopper_v2
     : ops.dev.sym.msg_attention_extend;
   ops.dev.check(
     fn(
@@ -398,7 +401,7 @@ export function attentionExtend(ops: Ops, a: AttentionArgs, kernel: ExtendKernel
       a.out.dtype,
       ops.stream,
     ),
-    kernel === "hopper" ? "attention_extend_hopper" : "attention_extend",
+    kernel === "native" ? "attention_extend" : `attention_extend_${kernel}`,
   );
 }
 
