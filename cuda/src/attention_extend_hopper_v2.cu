@@ -1,11 +1,12 @@
 // attention_extend_hopper_v2.cu — fa3 v2 (MINISGL_FA3_VARIANT=2): the v1 Hopper extend kernel
-// (attention_extend_hopper.cu: 128 query rows per block in two warpgroups, 64-key tiles,
-// ss-wgmma S = Q K^T, rs-wgmma O += P V, cp.async gathers from the pages) with the
-// FlashAttention-3 overlap inside each warpgroup: at step j it issues S(j) = Q K(j)^T and
-// O += P(j-1) V(j-1) back to back, then runs the softmax of S(j) while the PV wgmma is still
-// in the tensor pipe, and rescales O only after that wgmma has retired. K and V have their
-// own two-stage rings, loaded one step apart: step j loads K(j+1) and V(j), so each copy has
-// a whole step to land (K(j) and V(j-1) are the ones read at step j).
+// (attention_extend_hopper.cu: 64 query rows per warpgroup, 64-key tiles, ss-wgmma
+// S = Q K^T, rs-wgmma O += P V, cp.async gathers from the pages; here 3 warpgroups per block
+// at head_dim 128, see Shape) with the FlashAttention-3 overlap inside each warpgroup: at
+// step j it issues S(j) = Q K(j)^T and O += P(j-1) V(j-1) back to back, then runs the
+// softmax of S(j) while the PV wgmma is still in the tensor pipe, and rescales O only after
+// that wgmma has retired. K and V have their own two-stage rings, loaded one step apart:
+// step j loads K(j+1) and V(j), so each copy has a whole step to land (K(j) and V(j-1) are
+// the ones read at step j).
 #include "attention_hopper.cuh"
 
 extern "C" int msg_attention_extend_hopper(void* out, const void* q, int q_row_stride,
@@ -21,13 +22,23 @@ namespace {
 
 using namespace msg::hopper;
 
+/** Warpgroups (64 query rows each) of a block: hd64 fits 2 blocks of 2 per SM at 128
+ *  registers; hd128 needs ~147 registers, so 1 block per SM, of 3 (147 x 384 fits). */
+template <int D>
+struct Shape {
+  static const int wgs = D == 64 ? 2 : 3, rows = 64 * wgs, threads = 128 * wgs;
+  static const int blocks_per_sm = D == 64 ? 2 : 1;
+};
+
 template <typename T, int D>
-__global__ void __launch_bounds__(NT, D == 64 ? 2 : 1) extend_hopper_v2_kernel(
+__global__ void __launch_bounds__(Shape<D>::threads, Shape<D>::blocks_per_sm)
+    extend_hopper_v2_kernel(
     T* out, const T* q, int q_row_stride, const T* k_cache, const T* v_cache,
     const int32_t* page_table, int pt_stride, const int32_t* rows, const int32_t* seq_lens,
     const int32_t* q_starts, int hq, int hkv, int page_size, float scale) {
 #ifdef MSG_HAS_WGMMA
-  typedef Layout<D> L;
+  typedef Layout<D, Shape<D>::rows> L;
+  const int BQ = Shape<D>::rows, NT = Shape<D>::threads;
   const int CH = D / 8;  // 16-byte chunks per row
   extern __shared__ unsigned char smem_raw[];
   uint32_t base = (uint32_t)__cvta_generic_to_shared(smem_raw);
@@ -231,7 +242,7 @@ int launch(void* out, const void* q, int q_row_stride, const void* k_cache, cons
            const int32_t* page_table, int pt_stride, const int32_t* rows,
            const int32_t* seq_lens, const int32_t* q_starts, int batch, int max_q_len, int hq,
            int hkv, int page_size, float scale, cudaStream_t st) {
-  int smem = Layout<D>::total + 1024;  // + alignment slack
+  int smem = Layout<D, Shape<D>::rows>::total + 1024;  // + alignment slack
   auto kern = extend_hopper_v2_kernel<T, D>;
   static thread_local int configured_device = -1;
   int dev = 0;
@@ -240,8 +251,9 @@ int launch(void* out, const void* q, int q_row_stride, const void* k_cache, cons
     MSG_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured_device = dev;
   }
-  dim3 grid((max_q_len + BQ - 1) / BQ, hq, batch);
-  kern<<<grid, NT, smem, st>>>((T*)out, (const T*)q, q_row_stride, (const T*)k_cache,
+  const int rows_per_block = Shape<D>::rows;
+  dim3 grid((max_q_len + rows_per_block - 1) / rows_per_block, hq, batch);
+  kern<<<grid, Shape<D>::threads, smem, st>>>((T*)out, (const T*)q, q_row_stride, (const T*)k_cache,
                                (const T*)v_cache, page_table, pt_stride, rows, seq_lens,
                                q_starts, hq, hkv, page_size, scale);
   MSG_LAUNCHED("extend_hopper_v2_kernel");

@@ -15,12 +15,12 @@ namespace hopper {
 
 const int BQ = 128, BK = 64, NT = 256;
 
-/** Shared memory of one block: Q [D/64 blocks][128 rows][128 B], K and V [2 stages][D/64
+/** Shared memory of one block: Q [D/64 blocks][ROWS rows][128 B], K and V [2 stages][D/64
  *  blocks][64 rows][128 B], each 128-byte row of 8 16-byte chunks swizzled (chunk ^ row%8). */
-template <int D>
+template <int D, int ROWS = BQ>
 struct Layout {
   static const int q = 0;
-  static const int q_blk = BQ * 128;
+  static const int q_blk = ROWS * 128;
   static const int kv_blk = BK * 128;
   static const int kv_tile = (D / 64) * kv_blk;
   static const int k = q + (D / 64) * q_blk;
