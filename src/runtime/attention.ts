@@ -243,7 +243,7 @@ export function attentionSegments(
     return [{ kernel: "decode", entry0: 0, entries: m.batch, token0: 0, tokens: m.numTokens }];
   }
   const head = m.decodeHead, tail = m.decodeTail, mid = m.batch - head - tail;
-  if (head < 0 || tail < 0 || mid <= 0 || m.numTokens - head - tail < mid) {
+  if (head < 0 || tail < 0 || mid <= 0) {
     throw new Error(
       `attention: bad mixed batch (${m.batch} entries, ${m.numTokens} tokens, ` +
         `decode head ${head}, tail ${tail})`,
