@@ -10,9 +10,6 @@
  *   decode   bs1-ctx32k, bs64-ctx1k, bs64-ctx8k; bw_frac = K+V bytes / time over a
  *            device-to-device copy bandwidth (bytes read + written) measured in this run.
  *
- *            fa3 is timed in both variants (record field "variant": 1 or 2) unless
- *            MINISGL_FA3_VARIANT names one.
- *
  * Timing: CUDA events around `--iters` calls, median of `--repeats`, after a warm-up.
  *
  *   ttft     with --ttft-model DIR: time to first token (one prefill + sample through the
@@ -29,7 +26,6 @@ import { appendResult } from "./results.ts";
 import { loadModelConfig } from "../src/model/config.ts";
 import { ModelRunner, runnerOptions } from "../src/runtime/model_runner.ts";
 import { GREEDY } from "../src/ipc/batch.ts";
-import { FA3_VARIANTS, type Fa3Variant, fa3Variant } from "../src/runtime/attention.ts";
 
 const { values: a } = parseArgs({
   options: {
@@ -142,18 +138,11 @@ function setup(batch: number, qLen: number, seqLen: number, decode: boolean) {
   return { args, free: () => Object.values(t).forEach((x) => dev.free(x)) };
 }
 
-/** The extend entry points of the ABI, by the backend name that uses them and the fa3
- *  variant: both variants when MINISGL_FA3_VARIANT is unset, else the one it names. */
-const fa3Timed: Fa3Variant[] = Deno.env.get("MINISGL_FA3_VARIANT") ? [fa3Variant()] : [1, 2];
-const prefillKernels: { kernel: string; variant?: Fa3Variant; run: (x: AttentionArgs) => void }[] =
-  [
-    { kernel: "native", run: (x) => attentionExtend(ops, x, "native") },
-    ...fa3Timed.map((v) => ({
-      kernel: "fa3",
-      variant: v,
-      run: (x: AttentionArgs) => attentionExtend(ops, x, FA3_VARIANTS[v]),
-    })),
-  ];
+/** The extend entry points of the ABI, by the backend name that uses them. */
+const prefillKernels: { kernel: string; run: (x: AttentionArgs) => void }[] = [
+  { kernel: "native", run: (x) => attentionExtend(ops, x, "native") },
+  { kernel: "fa3", run: (x) => attentionExtend(ops, x, "hopper") },
+];
 
 const prefillShapes = [
   { model: "hd128-causal-8k", batch: 1, qLen: 8192 },
@@ -197,14 +186,13 @@ for (const s of doPrefill ? prefillShapes : []) {
   const { args, free } = setup(s.batch, s.qLen, s.qLen, false);
   const flops = 4 * HQ * HD * s.batch * (s.qLen * (s.qLen + 1) / 2);
   const p = peer[s.model] ?? { cudnn_tflops: null, flash_tflops: null };
-  for (const { kernel, variant, run } of prefillKernels) {
+  for (const { kernel, run } of prefillKernels) {
     const ms = timeMs(() => run(args));
     const tflops = flops / (ms / 1e3) / 1e12;
     records.push({
       name: "attn_prefill",
       model: s.model,
       kernel,
-      ...(variant ? { variant } : {}),
       page_size: PAGE,
       ms,
       tflops,

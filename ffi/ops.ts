@@ -359,9 +359,8 @@ export interface AttentionArgs {
 }
 
 /** Which extend kernel of the ABI: "native" (msg_attention_extend, mma/WMMA, any GPU),
- *  "hopper" (msg_attention_extend_hopper, fa3 v1: wgmma on sm_90, the native one elsewhere)
- *  or "hopper2" (msg_attention_extend_hopper_v2, fa3 v2: softmax overlapping the PV wgmma). */
-export type ExtendKernel = "native" | "hopper" | "hopper2";
+ *  or "hopper" (msg_attention_extend_hopper, fa3: wgmma on sm_90, the native one elsewhere). */
+export type ExtendKernel = "native" | "hopper";
 
 /** Whether the device has CUDA and the Hopper (wgmma) extend kernel. */
 export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
@@ -374,8 +373,6 @@ export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
 export function attentionExtend(ops: Ops, a: AttentionArgs, kernel: ExtendKernel = "native"): void {
   const fn = kernel === "hopper"
     ? ops.dev.sym.msg_attention_extend_hopper
-    : kernel === "hopper2"
-    ? ops.dev.sym.msg_attention_extend_hopper_v2
     : ops.dev.sym.msg_attention_extend;
   ops.dev.check(
     fn(

@@ -6,9 +6,7 @@ import {
   type AttentionBackend,
   attentionPageSize,
   createAttention,
-  FA3_VARIANTS,
   parseAttentionNames,
-  parseFa3Variant,
   resolveAttention,
 } from "../src/runtime/attention.ts";
 import { FlagError, parseFlags } from "../src/cli/flags.ts";
@@ -79,15 +77,4 @@ Deno.test("--attn: an unknown name is a flag error, before anything loads", () =
     (e: Error) =>
       e instanceof FlagError && /unknown attention backend "flashinfer"/.test(e.message),
   );
-});
-
-Deno.test("MINISGL_FA3_VARIANT: unset is v1, 1 and 2 pick the entry points, others fail", () => {
-  assert.equal(parseFa3Variant(undefined), 1);
-  assert.equal(parseFa3Variant(""), 1);
-  assert.equal(parseFa3Variant("1"), 1);
-  assert.equal(parseFa3Variant("2"), 2);
-  assert.deepEqual(FA3_VARIANTS, { 1: "hopper", 2: "hopper2" });
-  for (const bad of ["3", "v2", "0", " 2"]) {
-    assert.throws(() => parseFa3Variant(bad), /MINISGL_FA3_VARIANT must be 1 or 2/);
-  }
 });

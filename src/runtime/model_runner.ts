@@ -22,8 +22,6 @@ import type { ModelConfig } from "../model/config.ts";
 import { allocKvPool } from "./kv_pool.ts";
 import {
   createAttention,
-  FA3_VARIANTS,
-  fa3Variant,
   type ForwardMeta,
   type HybridAttention,
   NativeAttention,
@@ -203,7 +201,6 @@ export class ModelRunner {
   ): Promise<ModelRunner> {
     const t0 = performance.now();
     parseAttentionNames(opts.attn); // fail before loading anything
-    fa3Variant();
     const dev = new Device(opts.backend, opts.deviceIndex);
     if (opts.backend === "cpu" && opts.cpuThreads > 0) {
       dev.check(dev.sym.msg_set_num_threads(opts.cpuThreads), "threads");
@@ -332,11 +329,11 @@ export class ModelRunner {
           pool.kv,
           pool.cosSin,
           this.wDtype,
-          k === "fa3" ? FA3_VARIANTS[fa3Variant()] : "native",
+          k === "fa3" ? "hopper" : "native",
         ),
     );
     this.attn = attn;
-    console.error(resolved.log + (resolved.prefill === "fa3" ? ` (fa3 v${fa3Variant()})` : ""));
+    console.error(resolved.log);
     this.info.numPages = pool.numPages;
     this.info.maxSeqLen = pool.maxSeqLen;
     progress("KV pool", 1, 1);

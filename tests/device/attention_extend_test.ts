@@ -1,8 +1,7 @@
 /**
- * Paged extend attention against the CPU twin on random inputs, for the three extend entry
- * points of the ABI: msg_attention_extend (mma/WMMA, any GPU), msg_attention_extend_hopper
- * (fa3 v1, wgmma on sm_90; the first one elsewhere) and msg_attention_extend_hopper_v2 (fa3
- * v2, MINISGL_FA3_VARIANT=2). Page sizes 1, 16, 64, 256; GQA 1, 4, 8 (and
+ * Paged extend attention against the CPU twin on random inputs, for the two extend entry
+ * points of the ABI: msg_attention_extend (mma/WMMA, any GPU) and msg_attention_extend_hopper
+ * (fa3, wgmma on sm_90; the first one elsewhere). Page sizes 1, 16, 64, 256; GQA 1, 4, 8 (and
  * Qwen3's 2); head_dim 64, 128 and 256 (the Hopper entry's fallback); ragged batches whose
  * requests have no prefix, a prefix ending inside a page, or a prefix of many pages; bf16
  * and f16. GPU outputs are poisoned (NaN) before every run.
@@ -64,16 +63,9 @@ function makeInputs(c: Case) {
   };
 }
 
-type Entry =
-  | "msg_attention_extend"
-  | "msg_attention_extend_hopper"
-  | "msg_attention_extend_hopper_v2";
-/** The CUDA entry points under test: the mma/WMMA kernel and both fa3 variants. */
-const ENTRIES: Entry[] = [
-  "msg_attention_extend",
-  "msg_attention_extend_hopper",
-  "msg_attention_extend_hopper_v2",
-];
+type Entry = "msg_attention_extend" | "msg_attention_extend_hopper";
+/** The CUDA entry points under test: the mma/WMMA kernel and fa3. */
+const ENTRIES: Entry[] = ["msg_attention_extend", "msg_attention_extend_hopper"];
 
 function runCase(lib: NativeLib, fn: Entry, c: Case, inp: ReturnType<typeof makeInputs>) {
   const n = inp.totalQ * c.hq * c.hd;
