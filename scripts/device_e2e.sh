@@ -36,12 +36,11 @@ export MINISGL_CUDA_ARCHS=${MINISGL_CUDA_ARCHS:-90a} NO_COLOR=1
 steps=${*:-build kernels broken-lib fidelity latency offline ttft serving ablations structured}
 models=${MINISGL_MODELS:-/tmp/minisgl-models}
 mkdir -p "$models"
-has() { [[ " $steps " == *" $1 "* ]]; }
 tiny_offline="--device cpu --requests 6 --input-min 10 --input-max 64 --output-min 4 --output-max 16 --hf-requests 2"
 tiny_serving="--num-prompts 8 --input-min 20 --input-max 60 --output-len 8 --concurrency 4"
-say() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
 # make PRESET: the seeded random-weight model folder (made once per machine).
 SMOKE=${E2E_SMOKE:-0}
+source scripts/device_common.sh
 preset() {
   if [ "$SMOKE" != 1 ]; then echo "$1"; elif [[ $1 == qwen* ]]; then echo tiny-qwen3; else echo tiny-llama; fi
 }
@@ -51,19 +50,6 @@ make() {
   [ -f "$models/$p/config.json" ] || deno task make-model --preset "$p" --out "$models/$p" >>"$LOG" 2>&1
 }
 m() { echo "$models/$(preset "$1")"; }
-# small FLAGS...: FLAGS in a smoke run (they come last and win), nothing otherwise.
-small() { if [ "$SMOKE" = 1 ]; then echo "$@"; fi; }
-# run SECONDS CMD...: one bounded command, its output appended to the log (tail shown).
-run() {
-  local limit=$1
-  shift
-  local t0=$SECONDS
-  timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
-  local rc=$?
-  say "rc=$rc in $((SECONDS - t0)) s: $*"
-  [ $rc -eq 124 ] && say "TIMED OUT after $limit s"
-  return $rc
-}
 bench() { run "$1" deno run -A bench/run.ts "${@:2}"; }
 
 if has build; then

@@ -27,8 +27,7 @@ steps=${*:-build kernels fidelity decode8b decode70b offline nccl-only}
 models=${MINISGL_MODELS:-/tmp/minisgl-models}
 mkdir -p "$models"
 SMOKE=${TP_SMOKE:-0}
-has() { [[ " $steps " == *" $1 "* ]]; }
-say() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
+source scripts/device_common.sh
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 card="${card:-cpu} x2"
 preset() { if [ "$SMOKE" = 1 ]; then echo tiny-llama; else echo "$1"; fi; }
@@ -37,17 +36,6 @@ make() {
   p=$(preset "$1")
   [ -f "$models/$p/config.json" ] || deno task make-model --preset "$p" --out "$models/$p" >>"$LOG" 2>&1
   echo "$models/$p"
-}
-small() { if [ "$SMOKE" = 1 ]; then echo "$@"; fi; }
-run() {
-  local limit=$1
-  shift
-  local t0=$SECONDS
-  timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
-  local rc=$?
-  say "rc=$rc in $((SECONDS - t0)) s: $*"
-  [ $rc -eq 124 ] && say "TIMED OUT after $limit s"
-  return $rc
 }
 tp() { run "$1" deno run -A bench/tp.ts "${@:2}" --card "$card" --out "$RES" $(small --device cpu); }
 
