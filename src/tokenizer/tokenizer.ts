@@ -8,6 +8,7 @@ import { Tokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
 import { join } from "node:path";
 import { ModelError } from "../model/config.ts";
+import { installFastBpe } from "./fast_bpe.ts";
 
 /** One chat message (extra fields such as `reasoning_content` or `tool_calls` pass through). */
 export interface ChatMessage {
@@ -54,6 +55,7 @@ export class HfTokenizer {
     private readonly source = "tokenizer.json",
   ) {
     this.tok = new Tokenizer(tokenizerJson, config);
+    installFastBpe((this.tok as unknown as { model: unknown }).model);
     this.bosToken = tokenString(config.bos_token);
     this.eosToken = tokenString(config.eos_token);
     this.padToken = tokenString(config.pad_token);
