@@ -11,6 +11,7 @@
  *   attention    attention kernels through the ABI vs PyTorch SDPA (GPU machine; python3 + torch)
  *   soak         valid, invalid, aborted and slow clients against the server for N minutes
  *   structured   JSON-schema decoding vs free decoding at batch 1 and 64, mask costs
+ *   tokenize     chat template + encoding of random prompts, vs the library's BPE loop (CPU)
  *
  * Each writes a record to --out FILE (bench/results/*.json format) where it takes --out.
  */
@@ -25,6 +26,7 @@ const scripts: Record<string, string> = {
   attention: "attention.ts",
   soak: "soak.ts",
   structured: "structured.ts",
+  tokenize: "tokenize.ts",
 };
 const [name, ...rest] = Deno.args;
 const script = scripts[name ?? ""];
