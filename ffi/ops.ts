@@ -359,8 +359,9 @@ export interface AttentionArgs {
 }
 
 /** Which extend kernel of the ABI: "native" (msg_attention_extend, mma/WMMA, any GPU),
- *  or "hopper" (msg_attention_extend_hopper, fa3: wgmma on sm_90, the native one elsewhere). */
-export type ExtendKernel = "native" | "hopper";
+ *  "hopper" (msg_attention_extend_hopper, fa3 v1: wgmma on sm_90, the native one elsewhere)
+ *  or "hopper3" (msg_attention_extend_hopper_v3, fa3 v3: warp-specialised, ping-pong). */
+export type ExtendKernel = "native" | "hopper" | "hopper3";
 
 /** Whether the device has CUDA and the Hopper (wgmma) extend kernel. */
 export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
@@ -373,6 +374,8 @@ export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
 export function attentionExtend(ops: Ops, a: AttentionArgs, kernel: ExtendKernel = "native"): void {
   const fn = kernel === "hopper"
     ? ops.dev.sym.msg_attention_extend_hopper
+    : kernel === "hopper3"
+    ? ops.dev.sym.msg_attention_extend_hopper_v3
     : ops.dev.sym.msg_attention_extend;
   ops.dev.check(
     fn(

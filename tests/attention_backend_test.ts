@@ -6,7 +6,9 @@ import {
   type AttentionBackend,
   attentionPageSize,
   createAttention,
+  FA3_VARIANTS,
   parseAttentionNames,
+  parseFa3Variant,
   resolveAttention,
 } from "../src/runtime/attention.ts";
 import { FlagError, parseFlags } from "../src/cli/flags.ts";
@@ -77,4 +79,15 @@ Deno.test("--attn: an unknown name is a flag error, before anything loads", () =
     (e: Error) =>
       e instanceof FlagError && /unknown attention backend "flashinfer"/.test(e.message),
   );
+});
+
+Deno.test("MINISGL_FA3_VARIANT: unset is v1, 1 and 3 pick the entry points, others fail", () => {
+  assert.equal(parseFa3Variant(undefined), 1);
+  assert.equal(parseFa3Variant(""), 1);
+  assert.equal(parseFa3Variant("1"), 1);
+  assert.equal(parseFa3Variant("3"), 3);
+  assert.deepEqual(FA3_VARIANTS, { 1: "hopper", 3: "hopper3" });
+  for (const bad of ["2", "v3", "0", " 3"]) {
+    assert.throws(() => parseFa3Variant(bad), /MINISGL_FA3_VARIANT must be 1 or 3/);
+  }
 });

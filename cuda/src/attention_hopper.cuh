@@ -63,6 +63,12 @@ __device__ __forceinline__ void mma_qk(float* s, uint64_t da, uint64_t db, int a
   if constexpr (std::is_same<T, __nv_bfloat16>::value) msg::wgmma::wgmma_ss_n64_bf16(s, da, db, acc);
   else msg::wgmma::wgmma_ss_n64_f16(s, da, db, acc);
 }
+/** S (64 x 128) = Q K^T for one k16 step, both operands in shared memory (fa3 v3's tiles). */
+template <typename T>
+__device__ __forceinline__ void mma_qk_n128(float* s, uint64_t da, uint64_t db, int acc) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) msg::wgmma::wgmma_ss_n128_bf16(s, da, db, acc);
+  else msg::wgmma::wgmma_ss_n128_f16(s, da, db, acc);
+}
 template <typename T, int D>
 __device__ __forceinline__ void mma_pv(float* o, const uint32_t* a, uint64_t db) {
   if constexpr (std::is_same<T, __nv_bfloat16>::value) {

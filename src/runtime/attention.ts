@@ -181,6 +181,28 @@ export function resolveAttention(spec: string, dev: AttentionDevice): ResolvedAt
   };
 }
 
+/** Variants of the fa3 kernel: 1 (v1, the default: one warpgroup does everything) and 3
+ *  (v3: a producer warpgroup, 128-key tiles, ping-pong consumers), and the ABI entry point
+ *  of each. (v2 was measured slower than v1 and deleted.) */
+export const FA3_VARIANTS = { 1: "hopper", 3: "hopper3" } as const satisfies Record<
+  number,
+  ExtendKernel
+>;
+export type Fa3Variant = keyof typeof FA3_VARIANTS;
+
+/** The fa3 variant `MINISGL_FA3_VARIANT` names (unset or empty: 1); throws on other values. */
+export function parseFa3Variant(value: string | undefined): Fa3Variant {
+  if (value === undefined || value === "") return 1;
+  if (value === "1" || value === "3") return Number(value) as Fa3Variant;
+  throw new Error(`MINISGL_FA3_VARIANT must be 1 or 3, got "${value}"`);
+}
+
+let fa3VariantOnce: Fa3Variant | null = null;
+/** The fa3 variant of this process: MINISGL_FA3_VARIANT, read once. */
+export function fa3Variant(): Fa3Variant {
+  return fa3VariantOnce ??= parseFa3Variant(Deno.env.get("MINISGL_FA3_VARIANT"));
+}
+
 /** The hybrid backend of `--attn` on `dev`; `make` builds the backend of a prefill kernel.
  *  Decode batches run through the same backend: every name's decode is the one decode
  *  kernel of the device. */

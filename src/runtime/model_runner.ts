@@ -22,6 +22,8 @@ import type { ModelConfig } from "../model/config.ts";
 import { allocKvPool } from "./kv_pool.ts";
 import {
   createAttention,
+  FA3_VARIANTS,
+  fa3Variant,
   type ForwardMeta,
   type HybridAttention,
   NativeAttention,
@@ -201,6 +203,7 @@ export class ModelRunner {
   ): Promise<ModelRunner> {
     const t0 = performance.now();
     parseAttentionNames(opts.attn); // fail before loading anything
+    fa3Variant();
     const dev = new Device(opts.backend, opts.deviceIndex);
     if (opts.backend === "cpu" && opts.cpuThreads > 0) {
       dev.check(dev.sym.msg_set_num_threads(opts.cpuThreads), "threads");
@@ -329,11 +332,11 @@ export class ModelRunner {
           pool.kv,
           pool.cosSin,
           this.wDtype,
-          k === "fa3" ? "hopper" : "native",
+          k === "fa3" ? FA3_VARIANTS[fa3Variant()] : "native",
         ),
     );
     this.attn = attn;
-    console.error(resolved.log);
+    console.error(resolved.log + (resolved.prefill === "fa3" ? ` (fa3 v${fa3Variant()})` : ""));
     this.info.numPages = pool.numPages;
     this.info.maxSeqLen = pool.maxSeqLen;
     progress("KV pool", 1, 1);

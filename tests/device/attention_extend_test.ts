@@ -1,10 +1,14 @@
 /**
- * Paged extend attention against the CPU twin on random inputs, for the two extend entry
- * points of the ABI: msg_attention_extend (mma/WMMA, any GPU) and msg_attention_extend_hopper
- * (fa3, wgmma on sm_90; the first one elsewhere). Page sizes 1, 16, 64, 256; GQA 1, 4, 8 (and
- * Qwen3's 2); head_dim 64, 128 and 256 (the Hopper entry's fallback); ragged batches whose
- * requests have no prefix, a prefix ending inside a page, or a prefix of many pages; bf16
- * and f16. GPU outputs are poisoned (NaN) before every run.
+ * Paged extend attention against the CPU twin on random inputs, for the three extend entry
+ * points of the ABI: msg_attention_extend (mma/WMMA, any GPU), msg_attention_extend_hopper
+ * (fa3 v1, wgmma on sm_90; the first one elsewhere) and msg_attention_extend_hopper_v3 (fa3
+ * v3, warp-specialised; MINISGL_FA3_VARIANT=3 in the server). Page sizes 1, 7, 16, 64, 256;
+ * GQA 1, 2, 4, 7, 8; head_dim 64, 128 and 256 (the Hopper entries' fallback); ragged batches
+ * whose requests have no prefix, a prefix ending inside a page, or a prefix of many pages;
+ * bf16 and f16. For v3 also: key tiles that wrap its K/V ring several times (2 slots at
+ * hd128, 4 at hd64), partial last tiles, blocks whose second consumer has only padding rows,
+ * and prefixes that leave the first consumer a fully masked last tile. GPU outputs are
+ * poisoned (NaN) before every run.
  *
  * Skipped unless the CUDA library loads and sees a device. MINISGL_KERNELS_SELF=1 runs the
  * comparison with the CPU library on both sides (checks this harness without a GPU).
@@ -63,9 +67,16 @@ function makeInputs(c: Case) {
   };
 }
 
-type Entry = "msg_attention_extend" | "msg_attention_extend_hopper";
-/** The CUDA entry points under test: the mma/WMMA kernel and fa3. */
-const ENTRIES: Entry[] = ["msg_attention_extend", "msg_attention_extend_hopper"];
+type Entry =
+  | "msg_attention_extend"
+  | "msg_attention_extend_hopper"
+  | "msg_attention_extend_hopper_v3";
+/** The CUDA entry points under test: the mma/WMMA kernel and both fa3 variants. */
+const ENTRIES: Entry[] = [
+  "msg_attention_extend",
+  "msg_attention_extend_hopper",
+  "msg_attention_extend_hopper_v3",
+];
 
 function runCase(lib: NativeLib, fn: Entry, c: Case, inp: ReturnType<typeof makeInputs>) {
   const n = inp.totalQ * c.hq * c.hd;
@@ -137,6 +148,15 @@ function cases(): Case[] {
   out.push({ hd: 128, ps: 16, hq: 16, hkv: 8, reqs: [[0, 1100], [200, 513]], dtype: BF16 });
   out.push({ hd: 256, ps: 16, hq: 8, hkv: 2, reqs: [[0, 150], [20, 33]], dtype: BF16 });
   out.push({ hd: 128, ps: 7, hq: 14, hkv: 2, reqs: [[3, 90], [0, 200]], dtype: F16 });
+  // fa3 v3's ring and consumer split: 1,300 keys are 11 tiles of 128 (wraps the 2-slot ring
+  // 5 times, the 4-slot one twice) ending in a partial tile; prefix 64 puts every block's
+  // 128-row diagonal across a tile boundary, so the first consumer's last tile is all
+  // masked; 40 and 1 new tokens leave the second consumer only padding rows.
+  const ring: [number, number][] = [[0, 1300], [64, 300], [500, 40], [7, 1], [64, 129]];
+  for (const ps of [1, 7, 16, 64, 256]) {
+    out.push({ hd: 128, ps, hq: 8, hkv: 1, reqs: ring, dtype: BF16 }); // 8:1
+    out.push({ hd: 64, ps, hq: 4, hkv: 4, reqs: ring, dtype: F16 }); // MHA
+  }
   return out;
 }
 
