@@ -10,6 +10,9 @@
  *   decode   bs1-ctx32k, bs64-ctx1k, bs64-ctx8k; bw_frac = K+V bytes / time over a
  *            device-to-device copy bandwidth (bytes read + written) measured in this run.
  *
+ *            fa3 is timed in both variants (record field "variant": 1 or 3) unless
+ *            MINISGL_FA3_VARIANT names one.
+ *
  * Timing: CUDA events around `--iters` calls, median of `--repeats`, after a warm-up.
  *
  *   ttft     with --ttft-model DIR: time to first token (one prefill + sample through the
@@ -26,6 +29,7 @@ import { appendResult } from "./results.ts";
 import { loadModelConfig } from "../src/model/config.ts";
 import { ModelRunner, runnerOptions } from "../src/runtime/model_runner.ts";
 import { GREEDY } from "../src/ipc/batch.ts";
+import { FA3_VARIANTS, type Fa3Variant, fa3Variant } from "../src/runtime/attention.ts";
 
 const { values: a } = parseArgs({
   options: {
@@ -138,11 +142,18 @@ function setup(batch: number, qLen: number, seqLen: number, decode: boolean) {
   return { args, free: () => Object.values(t).forEach((x) => dev.free(x)) };
 }
 
-/** The extend entry points of the ABI, by the backend name that uses them. */
-const prefillKernels: { kernel: string; run: (x: AttentionArgs) => void }[] = [
-  { kernel: "native", run: (x) => attentionExtend(ops, x, "native") },
-  { kernel: "fa3", run: (x) => attentionExtend(ops, x, "hopper") },
-];
+/** The extend entry points of the ABI, by the backend name that uses them and the fa3
+ *  variant: both variants when MINISGL_FA3_VARIANT is unset, else the one it names. */
+const fa3Timed: Fa3Variant[] = Deno.env.get("MINISGL_FA3_VARIANT") ? [fa3Variant()] : [1, 3];
+const prefillKernels: { kernel: string; variant?: Fa3Variant; run: (x: AttentionArgs) => void }[] =
+  [
+    { kernel: "native", run: (x) => attentionExtend(ops, x, "native") },
+    ...fa3Timed.map((v) => ({
+      kernel: "fa3",
+      variant: v,
+      run: (x: AttentionArgs) => attentionExtend(ops, x, FA3_VARIANTS[v]),
+    })),
+  ];
 
 const prefillShapes = [
   { model: "hd128-causal-8k", batch: 1, qLen: 8192 },
@@ -186,13 +197,14 @@ for (const s of doPrefill ? prefillShapes : []) {
   const { args, free } = setup(s.batch, s.qLen, s.qLen, false);
   const flops = 4 * HQ * HD * s.batch * (s.qLen * (s.qLen + 1) / 2);
   const p = peer[s.model] ?? { cudnn_tflops: null, flash_tflops: null };
-  for (const { kernel, run } of prefillKernels) {
+  for (const { kernel, variant, run } of prefillKernels) {
     const ms = timeMs(() => run(args));
     const tflops = flops / (ms / 1e3) / 1e12;
     records.push({
       name: "attn_prefill",
       model: s.model,
       kernel,
+      ...(variant ? { variant } : {}),
       page_size: PAGE,
       ms,
       tflops,
@@ -269,6 +281,7 @@ async function ttft(dir: string, lens: number[]) {
         name: "attn_ttft",
         model: `${a["ttft-name"]}-${len}`,
         kernel: attn,
+        ...(attn === "fa3" ? { variant: fa3Variant() } : {}),
         page_size: PAGE,
         ttft_s: t[1],
       });
@@ -292,6 +305,7 @@ for (const r of records) {
       (r.vs_cudnn as number | null)?.toFixed(3) ?? "-"
     }`
     : `${(r.kv_gbs as number).toFixed(0)} GB/s, bw_frac ${(r.bw_frac as number).toFixed(3)}`;
-  console.log(`${r.name} ${r.model} ${r.kernel}: ${(r.ms as number).toFixed(3)} ms, ${fig}`);
+  const kernel = `${r.kernel}${r.variant ? ` v${r.variant}` : ""}`;
+  console.log(`${r.name} ${r.model} ${kernel}: ${(r.ms as number).toFixed(3)} ms, ${fig}`);
 }
 if (a.out) { for (const r of records) await appendResult(a.out, card, r); }

@@ -35,9 +35,12 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 __device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
-/** Blocks until the phase of parity `parity` of `bar` has completed (acquire semantics). */
+/** Blocks until the phase of parity `parity` of `bar` has completed (acquire semantics).
+ *  A wait that never ends (a protocol bug: a missing arrival) traps after 2^24 tries (well
+ *  over 0.1 s; a correct wait here lasts microseconds), so the launch fails with an error
+ *  instead of hanging the process. */
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
+  uint32_t done = 0, tries = 0;
   do {
     asm volatile(
         "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
@@ -45,6 +48,7 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
         : "=r"(done)
         : "r"(bar), "r"(parity)
         : "memory");
+    if (++tries == (1u << 24)) __trap();
   } while (!done);
 }
 
