@@ -10,7 +10,7 @@
  *   decode   bs1-ctx32k, bs64-ctx1k, bs64-ctx8k; bw_frac = K+V bytes / time over a
  *            device-to-device copy bandwidth (bytes read + written) measured in this run.
  *
- *            fa3 is timed in both variants (record field "variant": 1 or 3) unless
+ *            fa3 is timed in every variant (record field "variant": 1, 3 or 4) unless
  *            MINISGL_FA3_VARIANT names one.
  *
  * Timing: CUDA events around `--iters` calls, median of `--repeats`, after a warm-up.
@@ -143,8 +143,8 @@ function setup(batch: number, qLen: number, seqLen: number, decode: boolean) {
 }
 
 /** The extend entry points of the ABI, by the backend name that uses them and the fa3
- *  variant: both variants when MINISGL_FA3_VARIANT is unset, else the one it names. */
-const fa3Timed: Fa3Variant[] = Deno.env.get("MINISGL_FA3_VARIANT") ? [fa3Variant()] : [1, 3];
+ *  variant: every variant when MINISGL_FA3_VARIANT is unset, else the one it names. */
+const fa3Timed: Fa3Variant[] = Deno.env.get("MINISGL_FA3_VARIANT") ? [fa3Variant()] : [1, 3, 4];
 const prefillKernels: { kernel: string; variant?: Fa3Variant; run: (x: AttentionArgs) => void }[] =
   [
     { kernel: "native", run: (x) => attentionExtend(ops, x, "native") },

@@ -1,5 +1,5 @@
-// attention_extend_hopper_v3.cu — fa3 v3: causal extend attention over the paged KV cache on
-// Hopper (sm_90a), warp-specialised as FlashAttention-3 is.
+// attention_extend_hopper_v3.cu — fa3 v3 and v4: causal extend attention over the paged KV
+// cache on Hopper (sm_90a), warp-specialised as FlashAttention-3 is. v4 is v3 with OVERLAP.
 //
 // A block owns 128 query rows of one head and runs three warpgroups:
 //   producer (warpgroup 0, setmaxnreg 40): gathers K and V tiles of 128 keys from the pages
@@ -12,6 +12,9 @@
 // Ping-pong: two named barriers pass a token between the consumers so that one issues its
 // GEMMs (P V of tile j-1, then S of tile j) while the other runs its softmax; the token is
 // taken before P V and handed over right after S is issued.
+// OVERLAP (v4, FA3's intra-warpgroup overlap): a consumer issues S(j) and P V(j-1) together,
+// waits for S(j) alone and runs its softmax while its own P V(j-1) is still in the tensor
+// pipe (the producer then fills K one tile ahead of V, the order they are read in).
 // Both consumers run every key tile of the block (their causal limits differ by at most one
 // tile, and that tile is masked), so the barrier counts match and no wgmma sits on a
 // warpgroup-divergent path. Heavy (late) q tiles are launched first.
@@ -74,7 +77,7 @@ struct V3 {
   static_assert((kv_blk >> 4) < (1 << 14), "V descriptor LBO");
 };
 
-template <typename T, int D>
+template <typename T, int D, bool OVERLAP>
 __global__ void __launch_bounds__(384, 1) extend_hopper_v3_kernel(
     T* out, const T* q, int q_row_stride, const T* k_cache, const T* v_cache,
     const int32_t* page_table, int pt_stride, const int32_t* rows, const int32_t* seq_lens,
@@ -82,14 +85,17 @@ __global__ void __launch_bounds__(384, 1) extend_hopper_v3_kernel(
 #ifdef MSG_HAS_WGMMA
   typedef V3<D> L;
   const int BK = L::BK, STAGES = L::STAGES, CH = D / 8;  // CH: 16-byte chunks per row
+  static_assert((STAGES & (STAGES - 1)) == 0, "ring slots: a power of two");
   extern __shared__ unsigned char smem_raw[];
   // Swizzled tiles must start on 1024-byte boundaries (the swizzle reads address bits 7-9).
   uint32_t base = (uint32_t)__cvta_generic_to_shared(smem_raw);
   base = (base + 1023) & ~1023u;
-  auto full_k = [&](int s) { return base + L::bars + 8 * s; };
-  auto full_v = [&](int s) { return base + L::bars + 8 * (STAGES + s); };
-  auto empty_k = [&](int s) { return base + L::bars + 8 * (2 * STAGES + s); };
-  auto empty_v = [&](int s) { return base + L::bars + 8 * (3 * STAGES + s); };
+  // Key tile j lives in ring slot j % STAGES; it is that slot's (j / STAGES)-th fill.
+  auto full_k = [&](int j) { return base + L::bars + 8 * (j % STAGES); };
+  auto full_v = [&](int j) { return base + L::bars + 8 * (STAGES + j % STAGES); };
+  auto empty_k = [&](int j) { return base + L::bars + 8 * (2 * STAGES + j % STAGES); };
+  auto empty_v = [&](int j) { return base + L::bars + 8 * (3 * STAGES + j % STAGES); };
+  auto fill_parity = [&](int j) { return (uint32_t)(j / STAGES) & 1; };
 
   int b = blockIdx.z, h = blockIdx.y, tile = gridDim.x - 1 - blockIdx.x;
   int qs = q_starts[b], q_len = q_starts[b + 1] - qs;
@@ -117,6 +123,8 @@ __global__ void __launch_bounds__(384, 1) extend_hopper_v3_kernel(
     // ---- Producer: K/V gather. Thread t copies chunk c = t % CH of rows r0 + RSTEP*i; each
     // lane first resolves the cache slot of one of its warp's 32 rows, then the slots are
     // passed around with shuffles (one page-table read and division per lane per tile).
+    // Tiles are filled in the order the consumers read them: K(j), V(j) without OVERLAP;
+    // K(j), V(j-1) with it.
     msg::ws::regs_dec<L::PRODUCER_REGS>();
     const int RSTEP = L::RSTEP, G = L::G, PER = L::PER;
     int lane = tid & 31, warp = tid >> 5;
@@ -124,40 +132,38 @@ __global__ void __launch_bounds__(384, 1) extend_hopper_v3_kernel(
     int my_row = G * warp + lane % G + RSTEP * (lane / G);  // the row whose slot lane resolves
     const int32_t* pt = page_table + (size_t)rows[b] * pt_stride;
     int kvh = h / (hq / hkv);
-    auto slot_of = [&](int kt) {
-      int j = kt * BK + my_row;
-      return j < seq ? pt[j / page_size] * page_size + j % page_size : 0;
+    auto slot_of = [&](int j) {
+      int key = j * BK + my_row;
+      return key < seq ? pt[key / page_size] * page_size + key % page_size : 0;
     };
-    int slot_next = slot_of(0);
-    int stage = 0, use = 0;  // ring slot and how often it was filled before
-    for (int kt = 0; kt < n_tiles; kt++) {
-      int slot = slot_next;
-      if (kt + 1 < n_tiles) slot_next = slot_of(kt + 1);
-      uint32_t dst = swz(r0, c, L::kv_blk) + stage * L::kv_tile;
-      if (use > 0) msg::ws::mbar_wait(empty_k(stage), (use - 1) & 1);
+    // One tile of K or V: wait until both consumers released the slot's previous fill, copy
+    // (zeros past seq), and arrive on the full barrier once this thread's copies landed.
+    auto load = [&](int j, int slot, bool is_v) {
+      if (j >= STAGES) msg::ws::mbar_wait(is_v ? empty_v(j) : empty_k(j), fill_parity(j) ^ 1);
+      uint32_t dst = base + (is_v ? L::v : L::k) + (j % STAGES) * L::kv_tile +
+                     swz(r0, c, L::kv_blk);
+      const T* src = is_v ? v_cache : k_cache;
 #pragma unroll
       for (int i = 0; i < PER; i++) {
         int sl = __shfl_sync(0xffffffff, slot, G * i + lane / CH);
-        bool ok = kt * BK + r0 + RSTEP * i < seq;
+        bool ok = j * BK + r0 + RSTEP * i < seq;
         size_t off = ((size_t)sl * hkv + kvh) * D + c * 8;
         // Row r0 + RSTEP*i: RSTEP rows further down is RSTEP * 128 bytes, same swizzle phase.
-        cp_async16(base + L::k + dst + i * RSTEP * 128, k_cache + off, ok);
+        cp_async16(dst + i * RSTEP * 128, src + off, ok);
       }
-      msg::ws::mbar_arrive_cp_async(full_k(stage));
-      if (use > 0) msg::ws::mbar_wait(empty_v(stage), (use - 1) & 1);
-#pragma unroll
-      for (int i = 0; i < PER; i++) {
-        int sl = __shfl_sync(0xffffffff, slot, G * i + lane / CH);
-        bool ok = kt * BK + r0 + RSTEP * i < seq;
-        size_t off = ((size_t)sl * hkv + kvh) * D + c * 8;
-        cp_async16(base + L::v + dst + i * RSTEP * 128, v_cache + off, ok);
-      }
-      msg::ws::mbar_arrive_cp_async(full_v(stage));
-      if (++stage == STAGES) {
-        stage = 0;
-        use++;
-      }
+      msg::ws::mbar_arrive_cp_async(is_v ? full_v(j) : full_k(j));
+    };
+    // slot_prev/cur/next: the cache slot of tile j-1, j, j+1 (read one tile ahead).
+    int slot_prev = 0, slot_cur = 0, slot_next = slot_of(0);
+    for (int j = 0; j < n_tiles; j++) {
+      slot_prev = slot_cur;
+      slot_cur = slot_next;
+      if (j + 1 < n_tiles) slot_next = slot_of(j + 1);
+      load(j, slot_cur, false);
+      if (!OVERLAP) load(j, slot_cur, true);
+      else if (j > 0) load(j - 1, slot_prev, true);
     }
+    if (OVERLAP) load(n_tiles - 1, slot_cur, true);
     asm volatile("cp.async.wait_all;\n" ::: "memory");  // leave no copy in flight
     return;
   }
@@ -187,30 +193,40 @@ __global__ void __launch_bounds__(384, 1) extend_hopper_v3_kernel(
   for (int i = 0; i < D / 2; i++) o[i] = 0.f;
   float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
   int my_token = L::BAR_TOKEN + cw, other_token = L::BAR_TOKEN + 1 - cw;
-  // Consumer 0 holds the token first; consumer 1 waits for consumer 0's first S.
-  if (cw == 1) msg::ws::named_sync(my_token, 256);
 
-  int stage = 0;
-  uint32_t phase = 0;
-  for (int kt = 0; kt < n_tiles; kt++) {
-    float s[64];
-    msg::ws::mbar_wait(full_k(stage), phase);
+  // Waits for tile j's K (or V) and makes it visible to wgmma.
+  auto wait_full = [&](uint32_t bar, int j) {
+    msg::ws::mbar_wait(bar, fill_parity(j));
     msg::ws::fence_proxy_async();
-    msg::wgmma::fence();
+  };
+  // Releases a slot: one arrival per warp, after this warpgroup's wgmmas on it completed.
+  auto release = [&](uint32_t bar) {
+    if (lane == 0) msg::ws::mbar_arrive(bar);
+  };
+  // S = Q K(j)^T (issue only; the caller fences before and commits after).
+  auto issue_s = [&](float* s, int j) {
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
       uint32_t qa = base + L::q + (kk >> 2) * L::q_blk + cw * 64 * 128 + (kk & 3) * 32;
-      uint32_t ka = base + L::k + stage * L::kv_tile + (kk >> 2) * L::kv_blk + (kk & 3) * 32;
+      uint32_t ka = base + L::k + (j % STAGES) * L::kv_tile + (kk >> 2) * L::kv_blk + (kk & 3) * 32;
       mma_qk_n128<T>(s, msg::wgmma::desc_sw128(qa, 16, 1024),
                      msg::wgmma::desc_sw128(ka, 16, 1024), kk > 0);
     }
-    msg::wgmma::commit();
-    msg::ws::named_arrive(other_token, 256);  // the other consumer may issue its GEMMs
-    msg::wgmma::wait<0>();
-    if (lane == 0) msg::ws::mbar_arrive(empty_k(stage));
-
+  };
+  // O += P V(j) (issue only). V [key][dim], MN-major: 8-key groups 1024 B apart (SBO), 64-dim
+  // blocks kv_blk apart (LBO); 16 keys per step.
+  auto issue_pv = [&](uint32_t (*p)[4], int j) {
+#pragma unroll
+    for (int ks = 0; ks < 8; ks++) {
+      uint32_t va = base + L::v + (j % STAGES) * L::kv_tile + ks * 16 * 128;
+      mma_pv<T, D>(o, p[ks], msg::wgmma::desc_sw128(va, L::kv_blk, 1024));
+    }
+  };
+  // Online softmax of S(j) in place (s becomes exp2 of the scaled scores); updates the row
+  // maxima and sums, returns the factors that rescale O.
+  auto softmax = [&](float* s, int j, float& alpha_a, float& alpha_b) {
     // Mask only tiles that cross this warpgroup's diagonal or the end of the sequence.
-    int k0 = kt * BK;
+    int k0 = j * BK;
     if (k0 + BK - 1 > prefix + wg_q0 || k0 + BK > seq) {
 #pragma unroll
       for (int i = 0; i < 64; i++) {
@@ -233,7 +249,8 @@ __global__ void __launch_bounds__(384, 1) extend_hopper_v3_kernel(
     float mn_a = fmaxf(m_a, mx_a * sl2), mn_b = fmaxf(m_b, mx_b * sl2);
     // A row with no key yet (all masked so far) keeps max -inf: use 0 as the base.
     float base_a = mn_a == -INFINITY ? 0.f : mn_a, base_b = mn_b == -INFINITY ? 0.f : mn_b;
-    float alpha_a = exp2f(m_a - base_a), alpha_b = exp2f(m_b - base_b);
+    alpha_a = exp2f(m_a - base_a);
+    alpha_b = exp2f(m_b - base_b);
     m_a = mn_a;
     m_b = mn_b;
     float sum_a = 0.f, sum_b = 0.f;
@@ -248,6 +265,8 @@ __global__ void __launch_bounds__(384, 1) extend_hopper_v3_kernel(
     }
     l_a = l_a * alpha_a + sum_a;
     l_b = l_b * alpha_b + sum_b;
+  };
+  auto rescale_o = [&](float alpha_a, float alpha_b) {
 #pragma unroll
     for (int i = 0; i < D / 2; i += 4) {
       o[i] *= alpha_a;
@@ -255,8 +274,9 @@ __global__ void __launch_bounds__(384, 1) extend_hopper_v3_kernel(
       o[i + 2] *= alpha_b;
       o[i + 3] *= alpha_b;
     }
-    // P as the A fragments of eight k16 steps: keys 16ks.. are accumulator groups 2ks, 2ks+1.
-    uint32_t p[8][4];
+  };
+  // P as the A fragments of eight k16 steps: keys 16ks.. are accumulator groups 2ks, 2ks+1.
+  auto pack_p = [&](const float* s, uint32_t (*p)[4]) {
 #pragma unroll
     for (int ks = 0; ks < 8; ks++) {
       p[ks][0] = pack2<T>(s[8 * ks + 0], s[8 * ks + 1]);
@@ -264,29 +284,78 @@ __global__ void __launch_bounds__(384, 1) extend_hopper_v3_kernel(
       p[ks][2] = pack2<T>(s[8 * ks + 4], s[8 * ks + 5]);
       p[ks][3] = pack2<T>(s[8 * ks + 6], s[8 * ks + 7]);
     }
+  };
 
-    msg::ws::mbar_wait(full_v(stage), phase);
-    msg::ws::fence_proxy_async();
-    msg::ws::named_sync(my_token, 256);  // take the token: P V now, then the next S
-    msg::wgmma::fence();
-#pragma unroll
-    for (int ks = 0; ks < 8; ks++) {
-      // V [key][dim], MN-major: 8-key groups 1024 B apart (SBO), 64-dim blocks kv_blk apart
-      // (LBO); 16 keys per step.
-      uint32_t va = base + L::v + stage * L::kv_tile + ks * 16 * 128;
-      mma_pv<T, D>(o, p[ks], msg::wgmma::desc_sw128(va, L::kv_blk, 1024));
+  // Token protocol (both schedules): consumer 0 holds it first, consumer 1 waits for
+  // consumer 0's first S. A consumer takes it (named_sync on its own barrier) before each
+  // P V and hands it over (named_arrive on the other's) right after issuing each S; consumer
+  // 0 hands it over once more at the end. Per barrier: n_tiles (consumer 0's) or n_tiles + 1
+  // (consumer 1's) syncs, matched by as many arrivals from the other consumer.
+  float s[64];
+  uint32_t p[8][4];
+  float alpha_a, alpha_b;
+  if (cw == 1) msg::ws::named_sync(my_token, 256);
+  if constexpr (!OVERLAP) {
+    // Per tile: S(j) -> hand over -> softmax(j) -> take -> P V(j) (waited).
+    for (int j = 0; j < n_tiles; j++) {
+      wait_full(full_k(j), j);
+      msg::wgmma::fence();
+      issue_s(s, j);
+      msg::wgmma::commit();
+      msg::ws::named_arrive(other_token, 256);
+      msg::wgmma::wait<0>();
+      release(empty_k(j));
+      softmax(s, j, alpha_a, alpha_b);
+      rescale_o(alpha_a, alpha_b);
+      pack_p(s, p);
+      wait_full(full_v(j), j);
+      msg::ws::named_sync(my_token, 256);
+      msg::wgmma::fence();
+      issue_pv(p, j);
+      msg::wgmma::commit();
+      msg::wgmma::wait<0>();
+      release(empty_v(j));
     }
+  } else {
+    // FA3's intra-warpgroup overlap: step j issues S(j) and P V(j-1) back to back, waits for
+    // S(j) alone and runs its softmax while P V(j-1) is in the tensor pipe; O is rescaled
+    // once P V(j-1) has completed.
+    wait_full(full_k(0), 0);
+    msg::wgmma::fence();
+    issue_s(s, 0);
+    msg::wgmma::commit();
+    msg::ws::named_arrive(other_token, 256);
+    msg::wgmma::wait<0>();
+    release(empty_k(0));
+    softmax(s, 0, alpha_a, alpha_b);
+    pack_p(s, p);  // O is still zero: no rescale
+    for (int j = 1; j < n_tiles; j++) {
+      wait_full(full_k(j), j);
+      wait_full(full_v(j - 1), j - 1);
+      msg::ws::named_sync(my_token, 256);
+      msg::wgmma::fence();
+      issue_s(s, j);
+      msg::wgmma::commit();
+      issue_pv(p, j - 1);
+      msg::wgmma::commit();
+      msg::ws::named_arrive(other_token, 256);
+      msg::wgmma::wait<1>();  // S(j) done; P V(j-1) may still run
+      release(empty_k(j));
+      softmax(s, j, alpha_a, alpha_b);
+      msg::wgmma::wait<0>();
+      release(empty_v(j - 1));
+      rescale_o(alpha_a, alpha_b);
+      pack_p(s, p);
+    }
+    wait_full(full_v(n_tiles - 1), n_tiles - 1);
+    msg::ws::named_sync(my_token, 256);
+    msg::wgmma::fence();
+    issue_pv(p, n_tiles - 1);
     msg::wgmma::commit();
     msg::wgmma::wait<0>();
-    if (lane == 0) msg::ws::mbar_arrive(empty_v(stage));
-    if (++stage == STAGES) {
-      stage = 0;
-      phase ^= 1;
-    }
+    release(empty_v(n_tiles - 1));
   }
-  // Consumer 1 waits once more than consumer 0 arrives in the loop (its first S): the last
-  // hand-over.
-  if (cw == 0) msg::ws::named_arrive(other_token, 256);
+  if (cw == 0) msg::ws::named_arrive(other_token, 256);  // the last hand-over
 
   // Row sums are per-thread partials over its columns: reduce across the quad.
 #pragma unroll
@@ -311,14 +380,14 @@ __global__ void __launch_bounds__(384, 1) extend_hopper_v3_kernel(
 #endif
 }
 
-template <typename T, int D>
+template <typename T, int D, bool OVERLAP>
 int launch(void* out, const void* q, int q_row_stride, const void* k_cache, const void* v_cache,
            const int32_t* page_table, int pt_stride, const int32_t* rows,
            const int32_t* seq_lens, const int32_t* q_starts, int batch, int max_q_len, int hq,
            int hkv, int page_size, float scale, cudaStream_t st) {
   typedef V3<D> L;
   int smem = L::total + 1024;  // + alignment slack
-  auto kern = extend_hopper_v3_kernel<T, D>;
+  auto kern = extend_hopper_v3_kernel<T, D, OVERLAP>;
   static thread_local int configured_device = -1;
   int dev = 0;
   MSG_CUDA(cudaGetDevice(&dev));
@@ -334,16 +403,14 @@ int launch(void* out, const void* q, int q_row_stride, const void* k_cache, cons
   return 0;
 }
 
-}  // namespace
-
-extern "C" int msg_attention_extend_hopper_v3(void* out, const void* q, int q_row_stride,
-                                              const void* k_cache, const void* v_cache,
-                                              const int32_t* page_table, int pt_stride,
-                                              const int32_t* rows, const int32_t* seq_lens,
-                                              const int32_t* q_starts, int batch, int total_q,
-                                              int max_q_len, int max_seq_len, int hq, int hkv,
-                                              int head_dim, int page_size, float scale,
-                                              int dtype, void* stream) {
+/** Both v3 entry points: checks, the v1 fallback, dispatch on dtype and head_dim. */
+template <bool OVERLAP>
+int extend_v3(const char* name, void* out, const void* q, int q_row_stride,
+              const void* k_cache, const void* v_cache, const int32_t* page_table,
+              int pt_stride, const int32_t* rows, const int32_t* seq_lens,
+              const int32_t* q_starts, int batch, int total_q, int max_q_len, int max_seq_len,
+              int hq, int hkv, int head_dim, int page_size, float scale, int dtype,
+              void* stream) {
   bool takes = hopper_device() && (head_dim == 64 || head_dim == 128) &&
                (dtype == MSG_BF16 || dtype == MSG_F16);
   if (!takes) {
@@ -354,18 +421,40 @@ extern "C" int msg_attention_extend_hopper_v3(void* out, const void* q, int q_ro
   }
   MSG_REQUIRE(batch >= 0 && batch <= 65535 && hq > 0 && hkv > 0 && hq % hkv == 0 &&
                   page_size > 0 && max_q_len >= 0,
-              "msg_attention_extend_hopper_v3: bad sizes batch=%d hq=%d hkv=%d page_size=%d",
-              batch, hq, hkv, page_size);
+              "%s: bad sizes batch=%d hq=%d hkv=%d page_size=%d", name, batch, hq, hkv,
+              page_size);
   MSG_REQUIRE(q_row_stride % 8 == 0 && msg::aligned16_ptr(q) && msg::aligned16_ptr(k_cache) &&
                   msg::aligned16_ptr(v_cache),
-              "msg_attention_extend_hopper_v3: q rows and caches must be 16-byte aligned");
+              "%s: q rows and caches must be 16-byte aligned", name);
   if (batch == 0 || max_q_len == 0) return 0;
   cudaStream_t st = msg::as_stream(stream);
 #define MSG_HOPPER_ARGS out, q, q_row_stride, k_cache, v_cache, page_table, pt_stride, rows, \
                         seq_lens, q_starts, batch, max_q_len, hq, hkv, page_size, scale, st
   return MSG_DISPATCH_HALF(dtype, T,
-    if (head_dim == 64) return launch<T, 64>(MSG_HOPPER_ARGS);
-    return launch<T, 128>(MSG_HOPPER_ARGS);
+    if (head_dim == 64) return launch<T, 64, OVERLAP>(MSG_HOPPER_ARGS);
+    return launch<T, 128, OVERLAP>(MSG_HOPPER_ARGS);
   );
 #undef MSG_HOPPER_ARGS
 }
+
+}  // namespace
+
+#define MSG_V3_PARAMS                                                                        \
+  void *out, const void *q, int q_row_stride, const void *k_cache, const void *v_cache,     \
+      const int32_t *page_table, int pt_stride, const int32_t *rows, const int32_t *seq_lens, \
+      const int32_t *q_starts, int batch, int total_q, int max_q_len, int max_seq_len, int hq, \
+      int hkv, int head_dim, int page_size, float scale, int dtype, void *stream
+#define MSG_V3_ARGS                                                                          \
+  out, q, q_row_stride, k_cache, v_cache, page_table, pt_stride, rows, seq_lens, q_starts,  \
+      batch, total_q, max_q_len, max_seq_len, hq, hkv, head_dim, page_size, scale, dtype,   \
+      stream
+
+extern "C" int msg_attention_extend_hopper_v3(MSG_V3_PARAMS) {
+  return extend_v3<false>("msg_attention_extend_hopper_v3", MSG_V3_ARGS);
+}
+
+extern "C" int msg_attention_extend_hopper_v4(MSG_V3_PARAMS) {
+  return extend_v3<true>("msg_attention_extend_hopper_v4", MSG_V3_ARGS);
+}
+#undef MSG_V3_PARAMS
+#undef MSG_V3_ARGS

@@ -1,11 +1,11 @@
 /**
- * Paged extend attention against the CPU twin on random inputs, for the three extend entry
- * points of the ABI: msg_attention_extend (mma/WMMA, any GPU), msg_attention_extend_hopper
- * (fa3 v1, wgmma on sm_90; the first one elsewhere) and msg_attention_extend_hopper_v3 (fa3
- * v3, warp-specialised; MINISGL_FA3_VARIANT=3 in the server). Page sizes 1, 7, 16, 64, 256;
+ * Paged extend attention against the CPU twin on random inputs, for the extend entry points
+ * of the ABI: msg_attention_extend (mma/WMMA, any GPU), msg_attention_extend_hopper (fa3 v1,
+ * wgmma on sm_90; the first one elsewhere), msg_attention_extend_hopper_v3 and _v4 (fa3 v3
+ * and v4, warp-specialised; MINISGL_FA3_VARIANT=3 or 4 in the server). Page sizes 1, 7, 16, 64, 256;
  * GQA 1, 2, 4, 7, 8; head_dim 64, 128 and 256 (the Hopper entries' fallback); ragged batches
  * whose requests have no prefix, a prefix ending inside a page, or a prefix of many pages;
- * bf16 and f16. For v3 also: key tiles that wrap its K/V ring several times (2 slots at
+ * bf16 and f16. For v3/v4 also: key tiles that wrap its K/V ring several times (2 slots at
  * hd128, 4 at hd64), partial last tiles, blocks whose second consumer has only padding rows,
  * and prefixes that leave the first consumer a fully masked last tile. GPU outputs are
  * poisoned (NaN) before every run.
@@ -70,12 +70,14 @@ function makeInputs(c: Case) {
 type Entry =
   | "msg_attention_extend"
   | "msg_attention_extend_hopper"
-  | "msg_attention_extend_hopper_v3";
-/** The CUDA entry points under test: the mma/WMMA kernel and both fa3 variants. */
+  | "msg_attention_extend_hopper_v3"
+  | "msg_attention_extend_hopper_v4";
+/** The CUDA entry points under test: the mma/WMMA kernel and the fa3 variants. */
 const ENTRIES: Entry[] = [
   "msg_attention_extend",
   "msg_attention_extend_hopper",
   "msg_attention_extend_hopper_v3",
+  "msg_attention_extend_hopper_v4",
 ];
 
 function runCase(lib: NativeLib, fn: Entry, c: Case, inp: ReturnType<typeof makeInputs>) {
