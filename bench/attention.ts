@@ -10,8 +10,8 @@
  *   decode   bs1-ctx32k, bs64-ctx1k, bs64-ctx8k; bw_frac = K+V bytes / time over a
  *            device-to-device copy bandwidth (bytes read + written) measured in this run.
  *
- *            fa3 is timed in every variant (record field "variant": 1, 3 or 4) unless
- *            MINISGL_FA3_VARIANT names one.
+ *            fa3 is timed in the variants --fa3 lists (record field "variant"; default: the
+ *            one MINISGL_FA3_VARIANT names, else 1, 3 and 4).
  *
  * Timing: CUDA events around `--iters` calls, median of `--repeats`, after a warm-up.
  *
@@ -20,7 +20,8 @@
  *            under --attn fa2 and fa3.
  *
  *   deno run -A bench/attention.ts [--page 1] [--repeats 9] [--only prefill|decode]
- *     [--no-peer] [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768] [--out FILE]
+ *     [--no-peer] [--fa3 1,3,4] [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768]
+ *     [--out FILE]
  */
 import { parseArgs } from "node:util";
 import { Device, DType, type Handle, type Tensor } from "../ffi/device.ts";
@@ -29,7 +30,12 @@ import { appendResult } from "./results.ts";
 import { loadModelConfig } from "../src/model/config.ts";
 import { ModelRunner, runnerOptions } from "../src/runtime/model_runner.ts";
 import { GREEDY } from "../src/ipc/batch.ts";
-import { FA3_VARIANTS, type Fa3Variant, fa3Variant } from "../src/runtime/attention.ts";
+import {
+  FA3_VARIANTS,
+  type Fa3Variant,
+  fa3Variant,
+  parseFa3Variant,
+} from "../src/runtime/attention.ts";
 
 const { values: a } = parseArgs({
   options: {
@@ -42,6 +48,7 @@ const { values: a } = parseArgs({
     "ttft-name": { type: "string", default: "model" },
     "ttft-lens": { type: "string", default: "8192,32768" },
     out: { type: "string" },
+    fa3: { type: "string" },
   },
   strict: true,
 });
@@ -143,8 +150,12 @@ function setup(batch: number, qLen: number, seqLen: number, decode: boolean) {
 }
 
 /** The extend entry points of the ABI, by the backend name that uses them and the fa3
- *  variant: every variant when MINISGL_FA3_VARIANT is unset, else the one it names. */
-const fa3Timed: Fa3Variant[] = Deno.env.get("MINISGL_FA3_VARIANT") ? [fa3Variant()] : [1, 3, 4];
+ *  variant: those --fa3 lists, else the one MINISGL_FA3_VARIANT names, else every variant. */
+const fa3Timed: Fa3Variant[] = a.fa3
+  ? a.fa3.split(",").map(parseFa3Variant)
+  : Deno.env.get("MINISGL_FA3_VARIANT")
+  ? [fa3Variant()]
+  : [1, 3, 4];
 const prefillKernels: { kernel: string; variant?: Fa3Variant; run: (x: AttentionArgs) => void }[] =
   [
     { kernel: "native", run: (x) => attentionExtend(ops, x, "native") },

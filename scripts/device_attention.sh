@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU machine's attention run: build, the extend kernels against the CPU twin (one test per
+# entry point: native, fa3 v1, v3, v4; then mixed batches), then bench/attention.ts timing
+# native and every fa3 variant that passed beside PyTorch SDPA in one run. Records go to
+# $OUT/attention.json, the log to $OUT/attention.log.
+#
+#   source .device/env.sh && bash scripts/device_attention.sh [STEP...]
+#
+# Steps (default: all, in this order; estimated wall time on one H200 in brackets):
+#   build   CUDA library for sm_90a only ($MINISGL_CUDA_ARCHS) + CPU library   [~2 min]
+#   test    tests/device/attention_extend_test.ts and attention_mixed_test.ts  [~1 min]
+#   bench   deno task bench attention: native and fa3 v1, v3, v4 in one run (v3/v4 only when
+#           their test passed in the test step; v1 alone when it did not run)  [~2 min]
+# A variant whose kernel hangs is bounded by the timeouts below (an mbarrier wait gives up by
+# itself; a named-barrier deadlock does not): its test then fails and the bench skips it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+LOG="$OUT/attention.log"
+export MINISGL_CUDA_ARCHS=${MINISGL_CUDA_ARCHS:-90a} NO_COLOR=1
+steps=${*:-build test bench}
+SMOKE=0
+source scripts/device_common.sh
+
+if has build; then
+  say build
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOG"
+  run 300 deno task build
+  tail -3 "$LOG"
+fi
+variants="1"
+if has test; then
+  say test
+  MINISGL_REQUIRE_CUDA=1 run 300 deno test -A tests/device/attention_extend_test.ts
+  MINISGL_REQUIRE_CUDA=1 run 240 deno test -A tests/device/attention_mixed_test.ts
+  grep -E "^attention .*(ok|FAILED)|cases failed|relative L2" "$LOG" | tail -20
+  for v in 3 4; do
+    if grep -qE "msg_attention_extend_hopper_v$v = CPU .* ok" "$LOG"; then variants="$variants $v"; fi
+  done
+fi
+if has bench; then
+  say "bench (fa3 variants: $variants)"
+  run 420 deno task bench attention --fa3 "${variants// /,}" --out "$OUT/attention.json"
+  grep -E "^attn_" "$LOG" | tail -20
+fi
