@@ -11,7 +11,9 @@
  *            device-to-device copy bandwidth (bytes read + written) measured in this run.
  *
  *            fa3 is timed in the variants --fa3 lists (record field "variant"; default: the
- *            one MINISGL_FA3_VARIANT names, else 1, 3 and 4).
+ *            one MINISGL_FA3_VARIANT names, else 1, 3 and 4). The decode kernel is timed at
+ *            each --decode-splits value (MSG_DECODE_SPLITS, record field "splits"; 0 = the
+ *            launcher's own choice, the default).
  *
  * Timing: CUDA events around `--iters` calls, median of `--repeats`, after a warm-up.
  *
@@ -20,7 +22,7 @@
  *            under --attn fa2 and fa3.
  *
  *   deno run -A bench/attention.ts [--page 1] [--repeats 9] [--only prefill|decode]
- *     [--no-peer] [--fa3 1,3,4] [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768]
+ *     [--no-peer] [--fa3 1,3,4] [--decode-splits 0,16,32,64] [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768]
  *     [--out FILE]
  */
 import { parseArgs } from "node:util";
@@ -49,6 +51,7 @@ const { values: a } = parseArgs({
     "ttft-lens": { type: "string", default: "8192,32768" },
     out: { type: "string" },
     fa3: { type: "string" },
+    "decode-splits": { type: "string", default: "0" },
   },
   strict: true,
 });
@@ -227,21 +230,28 @@ for (const s of doPrefill ? prefillShapes : []) {
   free();
 }
 const bw = copyBandwidth();
+// The library reads MSG_DECODE_SPLITS at every launch.
+const splitCounts = a["decode-splits"].split(",").map(Number);
 for (const s of doDecode ? decodeShapes : []) {
   const { args, free } = setup(s.batch, 1, s.ctx, true);
   const bytes = 2 * s.batch * s.ctx * HKV * HD * 2;
-  const ms = timeMs(() => attentionDecode(ops, args));
-  const gbs = bytes / (ms / 1e3) / 1e9;
-  records.push({
-    name: "attn_decode",
-    model: s.model,
-    kernel: "flashdecode",
-    page_size: PAGE,
-    ms,
-    kv_gbs: gbs,
-    copy_bandwidth_gbs: bw / 1e9,
-    bw_frac: gbs / (bw / 1e9),
-  });
+  for (const splits of splitCounts) {
+    Deno.env.set("MSG_DECODE_SPLITS", String(splits));
+    const ms = timeMs(() => attentionDecode(ops, args));
+    const gbs = bytes / (ms / 1e3) / 1e9;
+    records.push({
+      name: "attn_decode",
+      model: s.model,
+      kernel: "flashdecode",
+      splits: splits > 0 ? splits : "auto",
+      page_size: PAGE,
+      ms,
+      kv_gbs: gbs,
+      copy_bandwidth_gbs: bw / 1e9,
+      bw_frac: gbs / (bw / 1e9),
+    });
+  }
+  Deno.env.delete("MSG_DECODE_SPLITS");
   free();
 }
 

@@ -10,7 +10,8 @@
 #   build   CUDA library for sm_90a only ($MINISGL_CUDA_ARCHS) + CPU library   [~2 min]
 #   test    tests/device/attention_extend_test.ts and attention_mixed_test.ts  [~1 min]
 #   bench   deno task bench attention: native and fa3 v1, v3, v4 in one run (v3/v4 only when
-#           their test passed in the test step; v1 alone when it did not run)  [~2 min]
+#           their test passed in the test step; v1 alone when it did not run), and the decode
+#           kernel at its own split count and at 8..64 splits  [~2 min]
 # A variant whose kernel hangs is bounded by the timeouts below (an mbarrier wait gives up by
 # itself; a named-barrier deadlock does not): its test then fails and the bench skips it.
 set -uo pipefail
@@ -41,6 +42,7 @@ if has test; then
 fi
 if has bench; then
   say "bench (fa3 variants: $variants)"
-  run 420 deno task bench attention --fa3 "${variants// /,}" --out "$OUT/attention.json"
+  run 420 deno task bench attention --fa3 "${variants// /,}" --decode-splits 0,8,16,32,64 \
+    --out "$OUT/attention.json"
   grep -E "^attn_" "$LOG" | tail -20
 fi
