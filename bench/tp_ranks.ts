@@ -13,9 +13,13 @@ export interface RankOut {
   continuation: number[];
 }
 
-/** Runs `size` ranks as Workers; resolves with every rank's output. */
-export function runRanks(job: Omit<RankJob, "rank" | "size" | "id" | "deviceIndex">, size: number) {
-  const id = size > 1 ? makeUniqueId(job.backend) : null;
+/** Runs `size` ranks as Workers; resolves with every rank's output. `id`: the
+ *  communicator's id (default: a fresh one, shared memory on the CPU). */
+export function runRanks(
+  job: Omit<RankJob, "rank" | "size" | "id" | "deviceIndex">,
+  size: number,
+  id = size > 1 ? makeUniqueId(job.backend) : null,
+) {
   return Promise.all(
     Array.from({ length: size }, (_, rank) =>
       new Promise<RankOut>((resolve, reject) => {

@@ -20,6 +20,16 @@ export function makeUniqueId(backend: Backend): Uint8Array {
   return id;
 }
 
+/** A CPU communicator id whose ranks meet over TCP (ranks on several hosts): rank 0 listens
+ *  at host:port, the others connect there (the id layout of cuda/include/minisgl.h). */
+export function tcpUniqueId(host: string, port: number): Uint8Array {
+  const id = makeUniqueId("cpu");
+  const addr = new TextEncoder().encode(`tcp:${host.includes(":") ? `[${host}]` : host}:${port}`);
+  if (addr.length > UNIQUE_ID_BYTES - 17) throw new Error(`host name too long: ${host}`);
+  id.set(addr, 16);
+  return id;
+}
+
 /** This rank's communicator; `destroy` it when done. */
 export class Communicator {
   private constructor(

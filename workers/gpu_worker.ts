@@ -126,7 +126,8 @@ self.onmessage = async (ev: MessageEvent<InitMessage>) => {
         dummyWeightSeed: c.dummyWeightSeed,
       },
       (stage, done, total) => self.postMessage({ type: "progress", stage, done, total }),
-      exchangePeers,
+      // Peer memory cannot reach the ranks of another host.
+      c.nnodes > 1 ? null : exchangePeers,
     );
   } catch (e) {
     self.postMessage({ type: "error", message: (e as Error).message });

@@ -7,6 +7,7 @@
 // slots in rank order, all meet again (so no slot is overwritten while being read). The sum
 // runs in fp32 in rank order 0..n-1 and rounds once, so every rank gets bit-identical
 // results. Rank 0 unlinks the name once all have joined; the mapping lives on.
+// An id that carries a hub address (ranks on several hosts) selects comm_tcp.cpp instead.
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -17,6 +18,7 @@
 #include <random>
 #include <string>
 
+#include "comm_tcp.h"
 #include "common.h"
 
 using namespace msg;
@@ -38,6 +40,7 @@ struct Comm {
   uint8_t* slots = nullptr;  // nranks * kSlotBytes
   size_t map_bytes = 0;
   std::vector<float> acc;
+  TcpComm* tcp = nullptr;  // set when the ranks span hosts
 
   uint8_t* slot(int r) const { return slots + (size_t)r * kSlotBytes; }
 };
@@ -89,8 +92,10 @@ extern "C" {
 int msg_comm_unique_id(uint8_t* id128) {
   MSG_REQUIRE(id128, "msg_comm_unique_id: id is NULL");
   MSG_TRY
+  // 16 random bytes name the segment; the rest stays zero (no hub address, see minisgl.h).
+  std::memset(id128, 0, 128);
   std::random_device rd;
-  for (int i = 0; i < 128; i += 4) {
+  for (int i = 0; i < 16; i += 4) {
     uint32_t r = rd();
     std::memcpy(id128 + i, &r, 4);
   }
@@ -107,7 +112,13 @@ int msg_comm_init(void** comm, int nranks, int rank, const uint8_t* id128) {
   Comm* c = new Comm();
   c->nranks = nranks;
   c->rank = rank;
-  if (nranks > 1) {
+  std::string host, port;
+  if (nranks > 1 && tcp_hub_address(id128, &host, &port)) {
+    if (int rc = tcp_comm_open(&c->tcp, nranks, rank, id128, host, port)) {
+      delete c;
+      return rc;
+    }
+  } else if (nranks > 1) {
     std::string name = shm_name(id128);
     int fd = shm_open(name.c_str(), O_CREAT | O_RDWR, 0600);
     if (fd < 0) {
@@ -145,6 +156,7 @@ int msg_comm_destroy(void* comm) {
   Comm* c = (Comm*)comm;
   if (!c) return 0;
   if (c->hdr) munmap(c->hdr, c->map_bytes);
+  tcp_comm_close(c->tcp);
   delete c;
   return 0;
 }
@@ -157,6 +169,7 @@ int msg_all_reduce(void* buf, uint64_t n, int dtype, void* comm, void*) {
   MSG_REQUIRE(buf || n == 0, "msg_all_reduce: buf is NULL");
   if (c->nranks == 1 || n == 0) return 0;
   MSG_TRY
+  if (c->tcp) return tcp_all_reduce(c->tcp, buf, n, dtype);
   const size_t esz = (size_t)dtype_size(dtype);
   const uint64_t chunk = kSlotBytes / esz;
   uint8_t* bytes = (uint8_t*)buf;
@@ -202,6 +215,7 @@ int msg_all_gather_cols(void* dst, int dst_cols, const void* src, void*, int row
   if (rows == 0) return 0;
   MSG_REQUIRE(dst && src, "msg_all_gather_cols: NULL pointer");
   MSG_TRY
+  if (c->tcp) return tcp_all_gather_cols(c->tcp, dst, dst_cols, src, rows, cols, dtype);
   const size_t row_bytes = (size_t)cols * esz;
   const int per_chunk = (int)(kSlotBytes / row_bytes);
   for (int at = 0; at < rows; at += per_chunk) {

@@ -304,8 +304,11 @@ MSG_API int msg_top_logprobs(int32_t* out_ids, float* out_logprobs, const float*
 /* Tensor parallelism: every rank of a communicator calls the same collectives in the same
  * order. The CPU backend joins ranks of one host (threads or processes) through a shared
  * memory segment named from the unique id; its sum runs in rank order, so every rank gets
- * bit-identical results. The CUDA backend uses NCCL, and for small messages a one-shot
- * all-reduce over peer memory (msg_ipc_*). */
+ * bit-identical results. Ranks on several hosts (--nnodes > 1) meet over TCP instead: a
+ * CPU id whose bytes 16.. hold "tcp:HOST:PORT\0" makes rank 0 listen there and the others
+ * connect, and every collective goes through rank 0 with the same sum in rank order. The
+ * CUDA backend uses NCCL (its id names NCCL's bootstrap socket, which spans hosts), and for
+ * small messages a one-shot all-reduce over peer memory (msg_ipc_*). */
 
 /** Unique id for a communicator (128 bytes), made once and handed to every rank. */
 MSG_API int msg_comm_unique_id(uint8_t* id128);

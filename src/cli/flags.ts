@@ -6,6 +6,7 @@
 import { parseArgs } from "node:util";
 import { DEFAULTS } from "../core/defaults.ts";
 import { parseAttentionNames } from "../runtime/attention.ts";
+import { parseHostPort } from "../ipc/node_link.ts";
 
 /** A bad command line; the message is one line. */
 export class FlagError extends Error {
@@ -35,6 +36,11 @@ export interface CliOptions {
   port: number;
   device: "cpu" | "cuda" | "auto";
   tp: number;
+  /** Hosts the tensor-parallel ranks span, this host's place among them, and node 0's
+   *  rendezvous address (null with one node). */
+  nnodes: number;
+  nodeRank: number;
+  distInitAddr: string | null;
   /** Fill weights from a seed on the device (config.json alone, no safetensors). */
   dummyWeight: boolean;
   pageSize: number;
@@ -137,6 +143,21 @@ const FLAGS: Record<string, FlagSpec> = {
     value: "N",
     help: `tensor-parallel GPUs (default ${DEFAULTS.tpSize})`,
     aliases: ["tp-size", "tensor-parallel-size"],
+  },
+  "nnodes": {
+    type: "string",
+    value: "N",
+    help: "hosts the --tp ranks span, tp / nnodes on each (default 1)",
+  },
+  "node-rank": {
+    type: "string",
+    value: "K",
+    help: "this host's place, 0 .. nnodes - 1; node 0 serves HTTP, the others only compute",
+  },
+  "dist-init-addr": {
+    type: "string",
+    value: "HOST:PORT",
+    help: "node 0's address, where the nodes meet (needed with --nnodes > 1)",
   },
   "dummy-weight": {
     type: "boolean",
@@ -328,6 +349,25 @@ function powerOfTwo(n: number): number {
   return n;
 }
 
+/** --nnodes, --node-rank and --dist-init-addr, checked against --tp. */
+function nodeFlags(tp: number, nnodes: number, nodeRank: number, addr: string | null) {
+  if (tp % nnodes !== 0) {
+    throw new FlagError(
+      `--tp ${tp} does not divide over --nnodes ${nnodes} (tp / nnodes ranks a node)`,
+    );
+  }
+  if (nodeRank >= nnodes) {
+    throw new FlagError(`--node-rank ${nodeRank} must be below --nnodes ${nnodes}`);
+  }
+  if (nnodes > 1 && addr === null) {
+    throw new FlagError(`--nnodes ${nnodes} needs --dist-init-addr HOST:PORT (node 0's address)`);
+  }
+  if (addr !== null && parseHostPort(addr) === null) {
+    throw new FlagError(`--dist-init-addr must be HOST:PORT, got '${addr}'`);
+  }
+  return { nnodes, nodeRank, distInitAddr: nnodes > 1 ? addr : null };
+}
+
 /** Parses and validates argv. Throws FlagError. */
 export function parseFlags(argv: string[]): CliOptions {
   const options: Record<string, { type: "string" | "boolean"; short?: string }> = {};
@@ -405,6 +445,7 @@ export function parseFlags(argv: string[]): CliOptions {
     return v;
   };
   const numPagesRaw = str("num-pages");
+  const tp = int("tp", DEFAULTS.tpSize, 1, 64);
   const graphRaw = str("cuda-graph-max-bs");
   return {
     help: values.help === true,
@@ -412,7 +453,13 @@ export function parseFlags(argv: string[]): CliOptions {
     host: nonEmpty("host") ?? DEFAULTS.host,
     port: int("port", DEFAULTS.port, 0, 65535),
     device: choice("device", DEFAULTS.device, ["cpu", "cuda", "auto"] as const),
-    tp: int("tp", DEFAULTS.tpSize, 1, 64),
+    tp,
+    ...nodeFlags(
+      tp,
+      int("nnodes", 1, 1, 64),
+      int("node-rank", 0, 0, 63),
+      nonEmpty("dist-init-addr"),
+    ),
     dummyWeight: values["dummy-weight"] === true ||
       choice("load-format", "auto", ["auto", "safetensors", "dummy"] as const) === "dummy",
     pageSize: powerOfTwo(int("page-size", DEFAULTS.pageSize, 1, 256)),

@@ -6,6 +6,7 @@
 
 import { defaultEngineConfig, type EngineConfig } from "../engine/config.ts";
 import { startEngine } from "../engine/engine.ts";
+import { runWorkerNode } from "../engine/worker_node.ts";
 import type { Engine, SamplingParams } from "../engine/types.ts";
 import { type GenerationDefaults, loadModelConfig } from "../model/config.ts";
 import { ServerMetrics } from "../server/metrics.ts";
@@ -66,6 +67,9 @@ export function engineConfig(
     ...c,
     device,
     tpSize: o.tp,
+    nnodes: o.nnodes,
+    nodeRank: o.nodeRank,
+    distInitAddr: o.distInitAddr,
     dummyWeightSeed: o.dummyWeight ? 0 : null,
     pageSize: attentionPageSize(o.attn ?? c.attn, o.pageSize),
     numPages: o.numPages,
@@ -129,12 +133,16 @@ export async function main(argv: string[]): Promise<number> {
       );
     }
     const device = resolveDevice(opts.device, built.cuda);
-    if (device === "cuda" && opts.tp > cudaDeviceCount()) {
-      throw new Error(`--tp ${opts.tp}: only ${cudaDeviceCount()} GPU(s) present`);
+    const localRanks = opts.tp / opts.nnodes;
+    if (device === "cuda" && localRanks > cudaDeviceCount()) {
+      const per = opts.nnodes > 1 ? ` (${localRanks} on each of --nnodes ${opts.nnodes})` : "";
+      throw new Error(`--tp ${opts.tp}${per}: only ${cudaDeviceCount()} GPU(s) present`);
     }
     const config = engineConfig(opts, modelDir, device);
     log(`loading ${modelDir} (${modelConfig.arch}) on ${device}`);
-    engine = await startEngine(config, progressPrinter(log));
+    // Nodes other than node 0 serve no HTTP: they run their ranks for node 0's scheduler.
+    if (config.nodeRank > 0) return await runWorkerNode(config, log, progressPrinter(log));
+    engine = await startEngine(config, progressPrinter(log), log);
     const names = opts.servedModelName !== null
       ? [opts.servedModelName, engine.info.modelName]
       : [engine.info.modelName, modelDir];
@@ -227,6 +235,8 @@ function sglangServerArgs(
     host: o.host,
     port: o.port,
     tp_size: c.tpSize,
+    nnodes: c.nnodes,
+    dist_init_addr: c.distInitAddr,
     page_size: c.pageSize,
     mem_fraction_static: c.memFraction,
     max_running_requests: c.maxRunningRequests,

@@ -36,6 +36,8 @@ export interface GpuWorkerConfig {
   dummyWeightSeed: number | null;
   /** The communicator's unique id, made once for all ranks (null when tpSize is 1). */
   commId: Uint8Array | null;
+  /** Hosts the ranks span (--nnodes); each runs tpSize / nnodes of them. */
+  nnodes: number;
 }
 
 /** Everything the engine is started with: the worker settings plus the scheduler's. */
@@ -51,6 +53,15 @@ export interface EngineConfig extends Omit<GpuWorkerConfig, "tpRank" | "commId">
   /** Seed policy for requests without params.seed: null = a fresh random seed each;
    *  a number = seeds drawn from a generator seeded with it (reproducible runs). */
   randomSeed: number | null;
+  /** This host's place among nnodes (0 runs the scheduler; see src/engine/nodes.ts). */
+  nodeRank: number;
+  /** Node 0's rendezvous address (HOST:PORT) when nnodes > 1, else null. */
+  distInitAddr: string | null;
+}
+
+/** Tensor-parallel ranks on each node. */
+export function ranksPerNode(c: Pick<EngineConfig, "tpSize" | "nnodes">): number {
+  return c.tpSize / c.nnodes;
 }
 
 /** The engine configuration of the defaults table (src/core/defaults.ts), on CUDA. */
@@ -75,10 +86,13 @@ export function defaultEngineConfig(modelDir: string): EngineConfig {
     disableOverlapSchedule: false,
     contextLength: null,
     randomSeed: null,
+    nnodes: 1,
+    nodeRank: 0,
+    distInitAddr: null,
   };
 }
 
-/** The GpuWorkerConfig of rank `rank` (device = deviceIndex + rank). */
+/** The GpuWorkerConfig of (global) rank `rank`: device = deviceIndex + its rank on its node. */
 export function workerConfig(
   c: EngineConfig,
   rank: number,
@@ -87,7 +101,7 @@ export function workerConfig(
   return {
     modelDir: c.modelDir,
     device: c.device,
-    deviceIndex: c.device === "cuda" ? c.deviceIndex + rank : 0,
+    deviceIndex: c.device === "cuda" ? c.deviceIndex + rank % ranksPerNode(c) : 0,
     tpRank: rank,
     tpSize: c.tpSize,
     pageSize: c.pageSize,
@@ -101,5 +115,6 @@ export function workerConfig(
     cpuThreads: c.cpuThreads,
     dummyWeightSeed: c.dummyWeightSeed,
     commId,
+    nnodes: c.nnodes,
   };
 }

@@ -12,7 +12,8 @@ import { requestRecordWordsBound, resultRecordWordsBound } from "../ipc/batch_co
 import type { WorkerInfo } from "../ipc/batch.ts";
 import type { SchedulerConfig } from "../scheduler/scheduler.ts";
 import { type SubmitMessage, validateRequest } from "../scheduler/request.ts";
-import { type EngineConfig, workerConfig } from "./config.ts";
+import { type EngineConfig, ranksPerNode, workerConfig } from "./config.ts";
+import { acceptNodes, RemoteNodes } from "./nodes.ts";
 import { EventStream } from "./stream.ts";
 import { type Fault, faultFromEnv } from "./fault.ts";
 import type { Engine, EngineInfo, EngineMetrics, EngineRequest, TokenEvent } from "./types.ts";
@@ -84,12 +85,13 @@ export function ringSizes(
   };
 }
 
-/** Start one GPU worker and wait until it is ready. */
-function startGpuWorker(
+/** Start one GPU worker (tensor-parallel rank `rank`) and wait until it is ready. `peers`:
+ *  the broker of the one-shot all-reduce, null when the ranks span hosts. */
+export function startGpuWorker(
   config: EngineConfig,
   rank: number,
   commId: Uint8Array | null,
-  peers: PeerBroker,
+  peers: PeerBroker | null,
   rings: { toWorker: number; fromWorker: number },
   fault: Fault | null,
   onProgress?: (p: EngineProgress) => void,
@@ -102,7 +104,7 @@ function startGpuWorker(
     worker.onmessage = (ev: MessageEvent) => {
       const m = ev.data;
       if (m.type === "progress") onProgress?.({ rank, ...m });
-      else if (m.type === "peer") peers.add(rank, m.info, worker);
+      else if (m.type === "peer") peers?.add(rank, m.info, worker);
       else if (m.type === "ready") resolve({ worker, info: m.info, to, from });
       else if (m.type === "error") {
         worker.terminate();
@@ -124,30 +126,60 @@ function startGpuWorker(
   });
 }
 
-/** Start the engine: GPU workers (one per tensor-parallel rank), then the scheduler. */
+/** Start the engine: GPU workers (one per tensor-parallel rank of this node), then the
+ *  scheduler. With nnodes > 1 this is node 0: it first waits for the other nodes
+ *  (src/engine/nodes.ts), whose ranks get the batches through relays. */
 export async function startEngine(
   config: EngineConfig,
   onProgress?: (p: EngineProgress) => void,
+  log: (line: string) => void = () => {},
 ): Promise<Engine> {
   const model = await loadModelConfig(config.modelDir);
   const tpErr = tpError(model, config.tpSize);
   if (tpErr) throw new Error(tpErr);
-  // One communicator id for the group, made here; every rank joins with it.
-  const commId = config.tpSize > 1 ? makeUniqueId(config.device) : null;
-  const peers = new PeerBroker(config.tpSize);
   const rings = ringSizes(config, model.maxPositionEmbeddings);
+  // One communicator id for the group, made here; every rank joins with it.
+  let commId: Uint8Array | null = null;
+  let nodes: RemoteNodes | null = null;
+  if (config.nnodes > 1) {
+    const joined = await acceptNodes(config, log);
+    commId = joined.commId;
+    nodes = new RemoteNodes(joined.links, rings.toWorker);
+  } else if (config.tpSize > 1) commId = makeUniqueId(config.device);
+  const local = ranksPerNode(config);
+  const peers = config.nnodes > 1 ? null : new PeerBroker(local);
   const fault = faultFromEnv();
-  const settled = await Promise.allSettled(
-    Array.from(
-      { length: config.tpSize },
-      (_, r) => startGpuWorker(config, r, commId, peers, rings, fault, onProgress),
-    ),
-  );
+  const remoteInfos = nodes?.ready() ?? Promise.resolve([]);
+  // A node that fails while the local ranks wait for it to join ends the start at once.
+  const remoteFailed = remoteInfos.then(() => new Promise<never>(() => {}));
+  let settled;
+  try {
+    settled = await Promise.race([
+      Promise.allSettled(
+        Array.from(
+          { length: local },
+          (_, r) => startGpuWorker(config, r, commId, peers, rings, fault, onProgress),
+        ),
+      ),
+      remoteFailed,
+    ]);
+  } catch (e) {
+    nodes?.close();
+    throw e;
+  }
   const failed = settled.find((s) => s.status === "rejected") as PromiseRejectedResult | undefined;
   const gpus = settled.flatMap((s) => s.status === "fulfilled" ? [s.value] : []);
   if (failed) {
     for (const g of gpus) g.worker.terminate();
+    nodes?.close();
     throw failed.reason;
+  }
+  let infos;
+  try {
+    infos = [...gpus.map((g) => g.info), ...await remoteInfos];
+  } catch (e) {
+    for (const g of gpus) g.worker.terminate();
+    throw e;
   }
   const w = gpus[0].info;
   const maxContextLen = Math.min(
@@ -158,7 +190,8 @@ export async function startEngine(
   );
   const schedConfig: SchedulerConfig = {
     pageSize: w.pageSize,
-    numPages: w.numPages,
+    // Every rank sized its own pool: the scheduler hands out pages that all of them hold.
+    numPages: Math.min(...infos.map((i) => i.numPages)),
     maxRows: Math.min(w.maxRows, config.maxRunningRequests),
     maxPrefillLength: Math.max(1, Math.min(config.maxPrefillLength, w.maxBatchTokens)),
     maxBatchTokens: w.maxBatchTokens,
@@ -176,13 +209,13 @@ export async function startEngine(
     maxContextLen,
     vocabSize: w.vocabSize,
     eosTokenIds: model.eosTokenIds,
-    numPages: w.numPages,
+    numPages: schedConfig.numPages,
     pageSize: w.pageSize,
   };
   const scheduler = new Worker(new URL("../../workers/scheduler_worker.ts", import.meta.url), {
     type: "module",
   });
-  const engine = new EngineImpl(info, config, schedConfig, scheduler, gpus, fault);
+  const engine = new EngineImpl(info, config, schedConfig, scheduler, gpus, fault, nodes);
   await engine.ready;
   return engine;
 }
@@ -213,6 +246,7 @@ class EngineImpl implements Engine {
     readonly scheduler: Worker,
     readonly gpus: { worker: Worker; to: SharedArrayBuffer; from: SharedArrayBuffer }[],
     fault: Fault | null,
+    readonly nodes: RemoteNodes | null = null,
   ) {
     this.#seed = seedSource(config.randomSeed);
     let onReady!: () => void, onStopped!: () => void;
@@ -256,11 +290,13 @@ class EngineImpl implements Engine {
         this.#fail(`GPU worker ${rank}: ${e.message}`);
       };
     }
+    nodes?.onLost((reason) => this.#fail(reason));
     scheduler.postMessage({
       type: "init",
       config: schedConfig,
       overlap: !config.disableOverlapSchedule,
-      toWorkers: gpus.map((g) => g.to),
+      // Other nodes' ranks get every batch through their relays; only local results are read.
+      toWorkers: [...gpus.map((g) => g.to), ...nodes?.rings ?? []],
       fromWorkers: gpus.map((g) => g.from),
       fault,
     });
@@ -281,6 +317,7 @@ class EngineImpl implements Engine {
       new Ring(g.to).close();
       new Ring(g.from).close();
     }
+    this.nodes?.close();
     this.#endStreams(message);
     for (const w of this.#metricsWaiters.values()) w.reject(new Error(message));
     this.#metricsWaiters.clear();
@@ -397,6 +434,8 @@ class EngineImpl implements Engine {
     }
     // Streams the scheduler could not finish (a dead worker) end here.
     this.#endStreams(this.#fatal ?? "the engine shut down");
+    // The shutdown record reaches the other nodes' workers, then their links close.
+    this.nodes?.close();
     // The GPU workers exit on the shutdown record; give them a moment to free memory.
     await new Promise((r) => setTimeout(r, 50));
     for (const g of this.gpus) g.worker.terminate();
