@@ -13,7 +13,8 @@
 #   decode70b llama-3-70b (--dummy-weight): decode tok/s at batch 1, TP=2          [~2 min]
 #   offline   llama-3-70b (--dummy-weight): 128 offline requests at TP=2           [~4 min]
 #   nccl-only decode8b again with MINISGL_PEER_ALL_REDUCE=0 (NCCL for every size)  [~2 min]
-# Not here: the two-process socket run (--nnodes): multi-node serving is not built yet.
+#   sockets   llama-3-8b: --tp 2 --nnodes 2 as two processes, one GPU each, NCCL on
+#             sockets (bench/tp_nodes.ts), vs one process --tp 2: equal logprobs? [~3 min]
 # TP_SMOKE=1 runs the same command lines on the CPU backend with tiny models (how the
 # script is tested without GPUs).
 set -uo pipefail
@@ -23,7 +24,7 @@ mkdir -p "$OUT"
 LOG="$OUT/tp.log"
 RES="$OUT/results.json"
 export MINISGL_CUDA_ARCHS=${MINISGL_CUDA_ARCHS:-90a} NO_COLOR=1
-steps=${*:-build kernels fidelity decode8b decode70b offline nccl-only}
+steps=${*:-build kernels fidelity decode8b decode70b offline nccl-only sockets}
 models=${MINISGL_MODELS:-/tmp/minisgl-models}
 mkdir -p "$models"
 SMOKE=${TP_SMOKE:-0}
@@ -69,5 +70,10 @@ if has nccl-only; then
   say "nccl-only (MINISGL_PEER_ALL_REDUCE=0)"
   MINISGL_PEER_ALL_REDUCE=0 tp 300 decode --model "$(make llama-3-8b)" --name llama-3-8b-nccl-only \
     $(small --tokens 16)
+fi
+if has sockets; then
+  say "sockets (two processes, NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1)"
+  run 420 deno run -A bench/tp_nodes.ts --model "$(make llama-3-8b)" --name llama-3-8b \
+    --card "$card" --out "$RES" $(small --device cpu --tokens 8)
 fi
 grep -h '^{' "$LOG" | tail -20
