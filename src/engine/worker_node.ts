@@ -10,7 +10,7 @@ import { loadModelConfig } from "../model/config.ts";
 import { tpError } from "../model/tp.ts";
 import { Ring } from "../ipc/ring.ts";
 import { KIND_SHUTDOWN, recordKind } from "../ipc/batch_codec.ts";
-import type { NodeLink } from "../ipc/node_link.ts";
+import type { Frame, NodeLink } from "../ipc/node_link.ts";
 import { type EngineConfig, ranksPerNode } from "./config.ts";
 import { type EngineProgress, ringSizes, startGpuWorker } from "./engine.ts";
 import { joinNodes } from "./nodes.ts";
@@ -30,12 +30,23 @@ export async function runWorkerNode(
   const { link, commId } = await joinNodes(config);
   const local = ranksPerNode(config), first = config.nodeRank * local;
   const rings = ringSizes(config, model.maxPositionEmbeddings);
-  const settled = await Promise.allSettled(
-    Array.from(
-      { length: local },
-      (_, i) => startGpuWorker(config, first + i, commId, null, rings, null, onProgress),
+  // Node 0 sends nothing until this node is ready; its link ending first means node 0 went
+  // away, and the local ranks would wait for it in the communicator until they time out.
+  const firstFrame = link.next().catch(() => null);
+  const gone = firstFrame.then((f) => f === null ? "gone" as const : new Promise<never>(() => {}));
+  const settled = await Promise.race([
+    Promise.allSettled(
+      Array.from(
+        { length: local },
+        (_, i) => startGpuWorker(config, first + i, commId, null, rings, null, onProgress),
+      ),
     ),
-  );
+    gone,
+  ]);
+  if (settled === "gone") {
+    log(`error: node 0 went away while ${tag} started; it exits`);
+    return 1;
+  }
   const gpus = settled.flatMap((s) => s.status === "fulfilled" ? [s.value] : []);
   const failed = settled.find((s) => s.status === "rejected") as PromiseRejectedResult | undefined;
   if (failed) {
@@ -59,7 +70,7 @@ export async function runWorkerNode(
   const drains = from.map(async (r) => {
     while (await r.popAsync() !== null) { /* node 0 keeps rank 0's results */ }
   });
-  const shutdown = await relay(link, to);
+  const shutdown = await relay(link, to, firstFrame);
   for (const r of [...to, ...from]) r.close();
   await Promise.all(drains);
   // The workers exit on the shutdown record; give them a moment to free memory.
@@ -71,12 +82,12 @@ export async function runWorkerNode(
   return shutdown && !failure ? 0 : 1;
 }
 
-/** Copies records from the link into every local ring until the link ends; true when
- *  node 0's shutdown record came through. */
-async function relay(link: NodeLink, to: Ring[]): Promise<boolean> {
+/** Copies records from the link (starting with `first`, already asked for) into every local
+ *  ring until the link ends; true when node 0's shutdown record came through. */
+async function relay(link: NodeLink, to: Ring[], first: Promise<Frame | null>): Promise<boolean> {
   let shutdown = false;
   try {
-    for (let f = await link.next(); f !== null; f = await link.next()) {
+    for (let f = await first; f !== null; f = await link.next()) {
       if (f.kind !== "record") continue;
       for (const r of to) await r.pushAsync(f.words);
       if (recordKind(f.words) === KIND_SHUTDOWN) shutdown = true;
