@@ -4,27 +4,22 @@
  * turns the scheduler's per-step event messages into one async stream per request.
  */
 
-import { makeUniqueId, type PeerBufferInfo } from "../../ffi/comm.ts";
+import { makeUniqueId } from "../../ffi/comm.ts";
 import { loadModelConfig } from "../model/config.ts";
 import { tpError } from "../model/tp.ts";
-import { createRingBuffer, Ring, ringBytesFor } from "../ipc/ring.ts";
-import { requestRecordWordsBound, resultRecordWordsBound } from "../ipc/batch_codec.ts";
+import { Ring } from "../ipc/ring.ts";
 import type { WorkerInfo } from "../ipc/batch.ts";
 import type { SchedulerConfig } from "../scheduler/scheduler.ts";
 import { type SubmitMessage, validateRequest } from "../scheduler/request.ts";
-import { type EngineConfig, ranksPerNode, workerConfig } from "./config.ts";
+import type { EngineConfig } from "./config.ts";
+import { type EngineProgress, type GpuWorker, ringSizes, startNodeWorkers } from "./gpu_workers.ts";
 import { acceptNodes, RemoteNodes } from "./nodes.ts";
 import { EventStream } from "./stream.ts";
 import { type Fault, faultFromEnv } from "./fault.ts";
 import type { Engine, EngineInfo, EngineMetrics, EngineRequest, TokenEvent } from "./types.ts";
 
-/** Start-up progress of one GPU worker (loading weights, sizing the pool, graphs). */
-export interface EngineProgress {
-  rank: number;
-  stage: string;
-  done: number;
-  total: number;
-}
+export type { EngineProgress } from "./gpu_workers.ts";
+export { ringSizes } from "./gpu_workers.ts";
 
 /** Seeds of requests without one: random, or reproducible from config.randomSeed. */
 function seedSource(base: number | null): () => bigint {
@@ -42,89 +37,12 @@ function seedSource(base: number | null): () => bigint {
   };
 }
 
-/** Peer buffers of the one-shot all-reduce: each rank sends its own; once all have, each
- *  rank gets the whole list (rank order). */
-class PeerBroker {
-  #infos: (PeerBufferInfo | undefined)[];
-  #workers: Worker[] = [];
-  constructor(private size: number) {
-    this.#infos = new Array(size);
-  }
-  add(rank: number, info: PeerBufferInfo, worker: Worker) {
-    this.#infos[rank] = info;
-    this.#workers[rank] = worker;
-    if (this.#infos.filter((i) => i).length < this.size) return;
-    for (const w of this.#workers) w.postMessage({ type: "peers", infos: this.#infos });
-  }
-}
-
 /** How long metrics() waits for the scheduler's answer. */
 const METRICS_TIMEOUT_MS = 10_000;
 /** The scheduler answers a ping every HEARTBEAT_MS; silent for SCHEDULER_SILENCE_MS (a hung
  *  or vanished worker), the engine is declared dead so that no stream waits forever. */
 const HEARTBEAT_MS = 1_000;
 const SCHEDULER_SILENCE_MS = 30_000;
-
-/** Largest ring the engine makes: a model whose whole context needs a larger batch record
- *  gets requests past that length rejected at submit instead. */
-const MAX_RING_BYTES = 64 << 20;
-
-/** Ring sizes from the configuration, so that any one request the model's context allows
- *  fits a batch record (the scheduler packs batches up to the limit) and any batch's
- *  result fits a result record. */
-export function ringSizes(
-  config: EngineConfig,
-  maxPositionEmbeddings: number,
-): { toWorker: number; fromWorker: number } {
-  const maxBatchTokens = config.maxPrefillLength + config.maxRunningRequests;
-  const batch = requestRecordWordsBound(maxPositionEmbeddings, config.pageSize, maxBatchTokens);
-  const result = resultRecordWordsBound(config.maxRunningRequests, maxBatchTokens);
-  return {
-    toWorker: Math.min(MAX_RING_BYTES, ringBytesFor(batch)),
-    fromWorker: ringBytesFor(result),
-  };
-}
-
-/** Start one GPU worker (tensor-parallel rank `rank`) and wait until it is ready. `peers`:
- *  the broker of the one-shot all-reduce, null when the ranks span hosts. */
-export function startGpuWorker(
-  config: EngineConfig,
-  rank: number,
-  commId: Uint8Array | null,
-  peers: PeerBroker | null,
-  rings: { toWorker: number; fromWorker: number },
-  fault: Fault | null,
-  onProgress?: (p: EngineProgress) => void,
-): Promise<{ worker: Worker; info: WorkerInfo; to: SharedArrayBuffer; from: SharedArrayBuffer }> {
-  const worker = new Worker(new URL("../../workers/gpu_worker.ts", import.meta.url), {
-    type: "module",
-  });
-  const to = createRingBuffer(rings.toWorker), from = createRingBuffer(rings.fromWorker);
-  return new Promise((resolve, reject) => {
-    worker.onmessage = (ev: MessageEvent) => {
-      const m = ev.data;
-      if (m.type === "progress") onProgress?.({ rank, ...m });
-      else if (m.type === "peer") peers?.add(rank, m.info, worker);
-      else if (m.type === "ready") resolve({ worker, info: m.info, to, from });
-      else if (m.type === "error") {
-        worker.terminate();
-        reject(new Error(`GPU worker ${rank}: ${m.message}`));
-      }
-    };
-    worker.onerror = (e: ErrorEvent) => {
-      e.preventDefault();
-      worker.terminate();
-      reject(new Error(`GPU worker ${rank}: ${e.message}`));
-    };
-    worker.postMessage({
-      type: "init",
-      config: workerConfig(config, rank, commId),
-      toWorker: to,
-      fromWorker: from,
-      fault: rank === 0 ? fault : null,
-    });
-  });
-}
 
 /** Start the engine: GPU workers (one per tensor-parallel rank of this node), then the
  *  scheduler. With nnodes > 1 this is node 0: it first waits for the other nodes
@@ -146,39 +64,16 @@ export async function startEngine(
     commId = joined.commId;
     nodes = new RemoteNodes(joined.links, rings.toWorker);
   } else if (config.tpSize > 1) commId = makeUniqueId(config.device);
-  const local = ranksPerNode(config);
-  const peers = config.nnodes > 1 ? null : new PeerBroker(local);
   const fault = faultFromEnv();
   const remoteInfos = nodes?.ready() ?? Promise.resolve([]);
-  // A node that fails while the local ranks wait for it to join ends the start at once.
-  const remoteFailed = remoteInfos.then(() => new Promise<never>(() => {}));
-  let settled;
+  let gpus: GpuWorker[] = [], infos: WorkerInfo[];
   try {
-    settled = await Promise.race([
-      Promise.allSettled(
-        Array.from(
-          { length: local },
-          (_, r) => startGpuWorker(config, r, commId, peers, rings, fault, onProgress),
-        ),
-      ),
-      remoteFailed,
-    ]);
-  } catch (e) {
-    nodes?.close();
-    throw e;
-  }
-  const failed = settled.find((s) => s.status === "rejected") as PromiseRejectedResult | undefined;
-  const gpus = settled.flatMap((s) => s.status === "fulfilled" ? [s.value] : []);
-  if (failed) {
-    for (const g of gpus) g.worker.terminate();
-    nodes?.close();
-    throw failed.reason;
-  }
-  let infos;
-  try {
+    const remoteFailed = remoteInfos.then(() => new Promise<never>(() => {}));
+    gpus = await startNodeWorkers(config, 0, commId, rings, fault, onProgress, remoteFailed);
     infos = [...gpus.map((g) => g.info), ...await remoteInfos];
   } catch (e) {
     for (const g of gpus) g.worker.terminate();
+    nodes?.close();
     throw e;
   }
   const w = gpus[0].info;

@@ -12,7 +12,7 @@ import { Ring } from "../ipc/ring.ts";
 import { KIND_SHUTDOWN, recordKind } from "../ipc/batch_codec.ts";
 import type { Frame, NodeLink } from "../ipc/node_link.ts";
 import { type EngineConfig, ranksPerNode } from "./config.ts";
-import { type EngineProgress, ringSizes, startGpuWorker } from "./engine.ts";
+import { type EngineProgress, type GpuWorker, ringSizes, startNodeWorkers } from "./gpu_workers.ts";
 import { joinNodes } from "./nodes.ts";
 
 /** Runs this node until node 0 ends the run; resolves with the exit code (0 after node 0's
@@ -33,28 +33,19 @@ export async function runWorkerNode(
   // Node 0 sends nothing until this node is ready; its link ending first means node 0 went
   // away, and the local ranks would wait for it in the communicator until they time out.
   const firstFrame = link.next().catch(() => null);
-  const gone = firstFrame.then((f) => f === null ? "gone" as const : new Promise<never>(() => {}));
-  const settled = await Promise.race([
-    Promise.allSettled(
-      Array.from(
-        { length: local },
-        (_, i) => startGpuWorker(config, first + i, commId, null, rings, null, onProgress),
-      ),
-    ),
-    gone,
-  ]);
-  if (settled === "gone") {
-    log(`error: node 0 went away while ${tag} started; it exits`);
-    return 1;
-  }
-  const gpus = settled.flatMap((s) => s.status === "fulfilled" ? [s.value] : []);
-  const failed = settled.find((s) => s.status === "rejected") as PromiseRejectedResult | undefined;
-  if (failed) {
-    const message = (failed.reason as Error).message;
-    await link.sendJson({ type: "failed", message }).catch(() => {});
+  const gone = new Error(`node 0 went away while ${tag} started`);
+  let gpus: GpuWorker[];
+  try {
+    const abandon = firstFrame.then((f) =>
+      f === null ? Promise.reject(gone) : new Promise<never>(() => {})
+    );
+    gpus = await startNodeWorkers(config, first, commId, rings, null, onProgress, abandon);
+  } catch (e) {
+    if (e !== gone) {
+      await link.sendJson({ type: "failed", message: (e as Error).message }).catch(() => {});
+    }
     link.close();
-    for (const g of gpus) g.worker.terminate();
-    throw failed.reason;
+    throw e;
   }
   await link.sendJson({ type: "ready", infos: gpus.map((g) => g.info) });
   log(`${tag}: ranks ${first}..${first + local - 1} ready, serving node 0`);
