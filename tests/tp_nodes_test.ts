@@ -11,6 +11,7 @@ import { type ServerProcess, startServerProcess, tinyMainArgs } from "./server_h
 import { FlagError, parseFlags } from "../src/cli/flags.ts";
 import { runRanks } from "../bench/tp_ranks.ts";
 import { tcpUniqueId } from "../ffi/comm.ts";
+import { NodeLink } from "../src/ipc/node_link.ts";
 
 function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -145,6 +146,40 @@ Deno.test("--nnodes 2: node 1 exits when node 0 goes away", async () => {
   assert.ok(end !== null, "node 1 still runs 20 s after node 0 died");
   assert.equal(end.code, 1);
   assert.match(end.err, /error: node 0 went away; node 1 of 2 exits/);
+});
+
+Deno.test("--nnodes 2: node 1 exits when node 0 goes away while its ranks join", async () => {
+  // A node 0 that welcomes node 1 with a communicator whose hub never opens, then leaves:
+  // node 1's rank keeps trying to reach the hub; node 1 itself must not wait for it.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const addr = `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`;
+  const node1 = startNode(
+    await tinyMainArgs([
+      "--tp",
+      "2",
+      "--nnodes",
+      "2",
+      "--node-rank",
+      "1",
+      "--dist-init-addr",
+      addr,
+    ]),
+  );
+  const link = new NodeLink(await listener.accept());
+  listener.close();
+  const hello = await link.next();
+  assert.equal(hello?.kind === "json" && (hello.value as { type: string }).type, "hello");
+  await link.sendJson({
+    type: "welcome",
+    commId: Array.from(tcpUniqueId("127.0.0.1", freePort())),
+  });
+  await new Promise((r) => setTimeout(r, 1000)); // its rank is now joining
+  link.close();
+  const end = await node1.exit(20_000);
+  if (end === null) node1.child.kill("SIGKILL");
+  assert.ok(end !== null, "node 1 still runs 20 s after node 0 left");
+  assert.equal(end.code, 1);
+  assert.match(end.err, /error: node 0 went away while node 1 of 2 started/);
 });
 
 Deno.test("--nnodes 2: a node whose settings differ is refused, both exit 1 with one line", async () => {
