@@ -202,7 +202,7 @@ Deno.test("--nnodes 2: a node whose settings differ is refused, both exit 1 with
   }
 });
 
-Deno.test("TCP communicator: ranks give the shared-memory communicator's bits", async () => {
+Deno.test("TCP communicator: 2 and 4 ranks give the shared-memory communicator's bits", async () => {
   const dir = await ensureTestModel("tiny-llama");
   const job = {
     dir,
@@ -212,8 +212,6 @@ Deno.test("TCP communicator: ranks give the shared-memory communicator's bits", 
     backend: "cpu" as const,
     forced: null,
   };
-  const shm = await runRanks(job, 2);
-  const tcp = await runRanks(job, 2, tcpUniqueId("127.0.0.1", freePort()));
   // Index of the first element whose bits differ, -1 when none (assert's diff of two large
   // arrays would take minutes to print).
   const firstDiff = (a: Float32Array, b: Float32Array) => {
@@ -222,12 +220,18 @@ Deno.test("TCP communicator: ranks give the shared-memory communicator's bits", 
     const y = new Uint32Array(b.buffer, b.byteOffset, b.length);
     return x.findIndex((v, i) => v !== y[i]);
   };
-  for (const [r, out] of tcp.entries()) {
-    out.logits.forEach((l, i) =>
-      assert.equal(firstDiff(l, shm[r].logits[i]), -1, `rank ${r} prompt ${i}`)
-    );
-    assert.equal(firstDiff(out.decodeLogits, shm[r].decodeLogits), -1, `rank ${r} decode`);
-    assert.deepEqual([out.tokens, out.continuation], [shm[r].tokens, shm[r].continuation]);
+  // 4 ranks: three additions in a row, whose order changes the bits (KV heads replicated).
+  for (const size of [2, 4]) {
+    const shm = await runRanks(job, size);
+    const tcp = await runRanks(job, size, tcpUniqueId("127.0.0.1", freePort()));
+    for (const [r, out] of tcp.entries()) {
+      const what = `${size} ranks, rank ${r}`;
+      out.logits.forEach((l, i) =>
+        assert.equal(firstDiff(l, shm[r].logits[i]), -1, `${what} prompt ${i}`)
+      );
+      assert.equal(firstDiff(out.decodeLogits, shm[r].decodeLogits), -1, `${what} decode`);
+      assert.deepEqual([out.tokens, out.continuation], [shm[r].tokens, shm[r].continuation]);
+    }
   }
 });
 
