@@ -187,7 +187,7 @@ export class RemoteNodes {
   #ready: Promise<WorkerInfo[]>;
 
   /** `ringBytes`: the size of the local workers' batch rings (records fit the same). */
-  constructor(private links: NodeLink[], ringBytes: number) {
+  constructor(links: NodeLink[], ringBytes: number) {
     this.rings = links.map(() => createRingBuffer(ringBytes));
     this.#ready = Promise.all(links.map((l, i) => this.#watch(l, i + 1)))
       .then((all) => all.flat());
