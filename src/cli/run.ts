@@ -141,7 +141,12 @@ export async function main(argv: string[]): Promise<number> {
     const config = engineConfig(opts, modelDir, device);
     log(`loading ${modelDir} (${modelConfig.arch}) on ${device}`);
     // Nodes other than node 0 serve no HTTP: they run their ranks for node 0's scheduler.
-    if (config.nodeRank > 0) return await runWorkerNode(config, log, progressPrinter(log));
+    if (config.nodeRank > 0) {
+      if (opts.shell) {
+        log(`note: --shell is for node 0; node ${config.nodeRank} serves its ranks only`);
+      }
+      return await runWorkerNode(config, log, progressPrinter(log));
+    }
     engine = await startEngine(config, progressPrinter(log), log);
     const names = opts.servedModelName !== null
       ? [opts.servedModelName, engine.info.modelName]
