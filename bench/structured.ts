@@ -27,6 +27,7 @@ import { loadTokenizer } from "../src/tokenizer/tokenizer.ts";
 import { GrammarCache, Matcher } from "../src/grammar/grammar.ts";
 import { vocabTrie } from "../src/grammar/vocab.ts";
 import { appendResult } from "./results.ts";
+import { PERSON_SCHEMA } from "./person_schema.ts";
 import { ENGINE_FLAGS, engineOverrides, markdownTable } from "./common.ts";
 
 const { values: a } = parseArgs({
@@ -43,42 +44,6 @@ const { values: a } = parseArgs({
 });
 if (!a.model) throw new Error("--model is required");
 
-/** A nested schema: objects in objects, an array of objects, bounded strings, ranges. */
-const PERSON_SCHEMA = {
-  type: "object",
-  properties: {
-    name: { type: "string", maxLength: 40 },
-    age: { type: "integer", minimum: 0, maximum: 120 },
-    email: { type: "string", pattern: "[a-z0-9.]{1,20}@[a-z0-9]{1,15}\\.(com|org|net)" },
-    address: {
-      type: "object",
-      properties: {
-        street: { type: "string", maxLength: 60 },
-        city: { type: "string", maxLength: 40 },
-        zip: { type: "string", pattern: "[0-9]{5}" },
-      },
-      required: ["street", "city", "zip"],
-      additionalProperties: false,
-    },
-    friends: {
-      type: "array",
-      maxItems: 4,
-      items: {
-        type: "object",
-        properties: {
-          name: { type: "string", maxLength: 40 },
-          since: { type: "integer", minimum: 1900, maximum: 2030 },
-        },
-        required: ["name", "since"],
-        additionalProperties: false,
-      },
-    },
-    tags: { type: "array", items: { type: "string", maxLength: 20 }, maxItems: 6 },
-    active: { type: "boolean" },
-  },
-  required: ["name", "age", "email", "address", "friends", "tags", "active"],
-  additionalProperties: false,
-};
 const constraint = { kind: "json_schema" as const, source: JSON.stringify(PERSON_SCHEMA) };
 
 const tokenizer = await loadTokenizer(a.model);
@@ -190,7 +155,7 @@ for (const B of batches) {
     finished_stop: stopped / n,
     valid_json: valid / n,
     temperature: 0.7,
-    schema: "PERSON_SCHEMA (bench/structured.ts)",
+    schema: "PERSON_SCHEMA (bench/person_schema.ts)",
   });
 }
 await engine.shutdown();

@@ -18,6 +18,7 @@ import {
 } from "../src/grammar/grammar.ts";
 import { vocabTrie } from "../src/grammar/vocab.ts";
 import { schemaProblem } from "./json_schema_check.ts";
+import { bundledTokenizerFiles } from "../src/model/presets.ts";
 
 const enc = new TextEncoder(), dec = new TextDecoder();
 const fullMatch = (re: string, s: string) => new Dfa(parseRegex(re)).walk(0, enc.encode(s));
@@ -147,5 +148,43 @@ Deno.test("grammar: random token walks over the Qwen vocabulary end in valid tex
       assert.equal(check(text), null, `${spec.kind} ${spec.source.slice(0, 40)}: ${text}`);
     }
     assert.ok(completed >= 3, `${spec.kind}: only ${completed} of 6 walks ended`);
+  }
+});
+
+Deno.test("grammar: string-chain masks equal a token-by-token check of every state", async () => {
+  const { tokenizer: tj } = await bundledTokenizerFiles("qwen3");
+  const V = 151936;
+  const trie = vocabTrie(tj, V);
+  const specs: GrammarSpec[] = [
+    { kind: "json_schema", source: JSON.stringify(SCHEMAS.person) },
+    { kind: "regex", source: '"(x|[^"\\\\]){0,40}", [a-z]{2,30}' },
+    { kind: "json_object", source: "" },
+  ];
+  for (const spec of specs) {
+    const g = new GrammarCache(trie).get(spec);
+    // Breadth-first over the automaton: string chains and their neighbours come early.
+    const seen = new Set([0]), queue = [0];
+    let checked = 0;
+    while (queue.length && checked < 60) {
+      const s = queue.shift()!;
+      const mask = g.maskOf(s);
+      for (let t = 0; t < V; t++) {
+        const b = trie.tokens[t];
+        const want = b !== null && b.length > 0 && g.dfa.walk(s, b) >= 0;
+        const got = (mask[t >> 5] & (1 << (t & 31))) !== 0;
+        if (want !== got) {
+          assert.fail(`${spec.kind} state ${s}: token ${t} ${JSON.stringify(dec.decode(b!))}`);
+        }
+      }
+      checked++;
+      for (const r of g.dfa.classReps) {
+        const n = g.dfa.step(s, r);
+        if (n >= 0 && !seen.has(n)) (seen.add(n), queue.push(n));
+      }
+    }
+    assert.ok(
+      g.builds.chain > 10 && g.builds.full > 3,
+      `${spec.kind}: ${JSON.stringify(g.builds)}`,
+    );
   }
 });

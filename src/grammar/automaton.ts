@@ -71,17 +71,35 @@ export class Dfa {
   private nfa = new Nfa();
   private final: number;
   private sets: Int32Array[] = [];
-  private ids = new Map<string, number>();
+  /** DFA states by a hash of their NFA set. */
+  private ids = new Map<number, number[]>();
   private table = new Int32Array(256 * 64).fill(UNKNOWN);
   private accepting: number[] = [];
   private mark: Uint32Array;
   private stamp = 0;
+  /** One byte of each class of bytes the grammar never tells apart (same transitions from
+   *  every NFA state, so from every DFA state). */
+  readonly classReps: Uint8Array;
+  /** The byte after the last of each class, and each byte's class. */
+  private classEnd: Uint16Array;
+  private classOf: Uint8Array;
 
   constructor(ast: Rx) {
     const start = this.nfa.add();
     this.final = this.nfa.build(ast, start);
     this.mark = new Uint32Array(this.nfa.eps.length);
     this.intern([start]);
+    const cut = new Uint8Array(257);
+    cut[0] = 1;
+    for (const t of this.nfa.trans) {
+      for (let k = 0; k < t.length; k += 3) cut[t[k]] = cut[t[k + 1] + 1] = 1;
+    }
+    const reps: number[] = [];
+    for (let b = 0; b < 256; b++) if (cut[b]) reps.push(b);
+    this.classReps = Uint8Array.from(reps);
+    this.classEnd = Uint16Array.from(reps, (_, c) => c + 1 < reps.length ? reps[c + 1] : 256);
+    this.classOf = new Uint8Array(256);
+    for (let c = 0; c < reps.length; c++) this.classOf.fill(c, reps[c], this.classEnd[c]);
   }
 
   /** DFA states built so far. */
@@ -111,6 +129,7 @@ export class Dfa {
     return s;
   }
 
+  /** The entry of (s, b), filled in for every byte of b's class at once. */
   private compute(s: number, b: number): number {
     const next: number[] = [];
     for (const q of this.sets[s]) {
@@ -118,7 +137,8 @@ export class Dfa {
       for (let k = 0; k < t.length; k += 3) if (b >= t[k] && b <= t[k + 1]) next.push(t[k + 2]);
     }
     const id = next.length ? this.intern(next) : DEAD;
-    this.table[s * 256 + b] = id;
+    const c = this.classOf[b];
+    this.table.fill(id, s * 256 + this.classReps[c], s * 256 + this.classEnd[c]);
     return id;
   }
 
@@ -135,17 +155,21 @@ export class Dfa {
       if (this.nfa.trans[q].length || q === this.final) out.push(q);
       for (const e of this.nfa.eps[q]) stack.push(e);
     }
-    out.sort((a, b) => a - b);
-    const key = out.join(",");
-    const known = this.ids.get(key);
-    if (known !== undefined) return known;
     if (out.length === 0) return DEAD;
+    if (out.length > 1) out.sort((a, b) => a - b);
+    let h = out.length;
+    for (const q of out) h = Math.imul(h ^ q, 0x9e3779b1) ^ (h >>> 15);
+    const bucket = this.ids.get(h);
+    if (bucket !== undefined) {
+      for (const known of bucket) if (sameSet(this.sets[known], out)) return known;
+    }
     const id = this.sets.length;
     if (id >= MAX_DFA_STATES) {
       throw new GrammarError(`grammar needs more than ${MAX_DFA_STATES} automaton states`);
     }
     this.sets.push(Int32Array.from(out));
-    this.ids.set(key, id);
+    if (bucket) bucket.push(id);
+    else this.ids.set(h, [id]);
     this.accepting.push(out.includes(this.final) ? 1 : 0);
     if ((id + 1) * 256 > this.table.length) {
       const t = new Int32Array(this.table.length * 2).fill(UNKNOWN);
@@ -154,4 +178,10 @@ export class Dfa {
     }
     return id;
   }
+}
+
+function sameSet(a: Int32Array, b: number[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

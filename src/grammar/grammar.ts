@@ -9,6 +9,7 @@ import { DEAD, Dfa } from "./automaton.ts";
 import { ANY_DEPTH, anyObject, schemaToRegex } from "./json_schema.ts";
 import { GrammarError, parseRegex, type Rx } from "./regex.ts";
 import { type ToolCallsSource, toolCallsToRegex } from "./tool_calls.ts";
+import { StringRuns } from "./string_runs.ts";
 import type { VocabTrie } from "./vocab.ts";
 
 export { GrammarError };
@@ -41,17 +42,33 @@ export function specToRegex(spec: GrammarSpec): Rx {
   }
 }
 
-/** A compiled grammar for one vocabulary: its DFA and the token mask of each state seen. */
+/**
+ * A compiled grammar for one vocabulary: its DFA and the token mask of each state seen,
+ * built on the state's first visit. A state inside a string (a chain of "k characters
+ * left" states, or an unbounded string) takes the string_runs.ts shortcut: a precomputed
+ * bitset of the tokens made only of string characters, plus a walk of the few subtrees
+ * that leave the string. Any other state walks the whole trie once, skipping subtrees the
+ * automaton rejects (cheap for structural states, where nearly everything is rejected at
+ * the first byte).
+ */
 export class CompiledGrammar {
   readonly dfa: Dfa;
   private masks = new Map<number, Int32Array>();
   /** Seconds spent building masks (for the benchmark's per-token mask time). */
   maskSeconds = 0;
+  /** Masks built as string chains and by walking the whole trie. */
+  readonly builds = { chain: 0, full: 0 };
   readonly words: number;
+  private stateAt: Int32Array;
+  private runs: StringRuns;
+  /** string_runs.ts chains by state (null: not a string state). */
+  private chains = new Map<number, number[] | null>();
 
   constructor(readonly spec: GrammarSpec, readonly trie: VocabTrie) {
     this.dfa = new Dfa(specToRegex(spec));
     this.words = Math.ceil(trie.vocabSize / 32);
+    this.stateAt = new Int32Array(trie.maxDepth + 1);
+    this.runs = stringRuns(trie);
   }
 
   /** Bit t set: token t keeps the text inside the grammar from `state`. */
@@ -59,13 +76,47 @@ export class CompiledGrammar {
     let m = this.masks.get(state);
     if (m) return m;
     const t0 = performance.now();
-    m = new Int32Array(this.words);
+    const chain = this.runs.chainOf(this.dfa, state, this.chains);
+    if (chain) {
+      this.builds.chain++;
+      m = this.chainMask(chain);
+    } else {
+      this.builds.full++;
+      m = new Int32Array(this.words);
+      this.walk(state, m, 0, this.trie.size);
+    }
+    this.masks.set(state, m);
+    this.maskSeconds += (performance.now() - t0) / 1000;
+    return m;
+  }
+
+  /** The mask of a string chain state (string_runs.ts): the pure tokens it has room for,
+   *  and the exits' subtrees walked from the chain state their run leads to. */
+  private chainMask(chain: number[]): Int32Array {
+    const room = chain.length - 1;
+    const m = this.runs.pureUpTo(room).slice();
+    const { exits, exitChars, exitPartial } = this.runs;
+    const end = this.trie.end;
+    for (let i = 0; i < exits.length; i++) {
+      const c = exitChars[i], p = exitPartial[i];
+      if (c > room || (p !== 0 && c >= room)) continue; // no room for the run before it
+      let s = chain[c];
+      for (let k = 0, n = p >>> 24; k < n && s !== DEAD; k++) {
+        s = this.dfa.step(s, (p >>> (8 * k)) & 0xff);
+      }
+      if (s !== DEAD) this.walk(s, m, exits[i], end[exits[i]]);
+    }
+    return m;
+  }
+
+  /** Sets in `m` the tokens of the subtrees of trie nodes [from, to) (siblings, in
+   *  preorder; their parent in `state`) that the automaton accepts. */
+  private walk(state: number, m: Int32Array, from: number, to: number) {
     const { byte, depth, end, tokStart, ids } = this.trie;
     const dfa = this.dfa;
-    const stateAt = new Int32Array(this.trie.maxDepth + 1);
-    stateAt[0] = state;
-    const N = byte.length;
-    for (let n = 0; n < N;) {
+    const stateAt = this.stateAt;
+    stateAt[depth[from] - 1] = state;
+    for (let n = from; n < to;) {
       const d = depth[n];
       const s = dfa.step(stateAt[d - 1], byte[n]);
       if (s === DEAD) {
@@ -79,15 +130,20 @@ export class CompiledGrammar {
       }
       n++;
     }
-    this.masks.set(state, m);
-    this.maskSeconds += (performance.now() - t0) / 1000;
-    return m;
   }
 
   /** Masks built so far. */
   get cachedMasks(): number {
     return this.masks.size;
   }
+}
+
+const runsOf = new WeakMap<VocabTrie, StringRuns>();
+/** The string-run view of a trie, built once per trie. */
+export function stringRuns(trie: VocabTrie): StringRuns {
+  let r = runsOf.get(trie);
+  if (!r) runsOf.set(trie, r = new StringRuns(trie));
+  return r;
 }
 
 /** Compiled grammars by spec, per trie (a worker serves one tokenizer). */
