@@ -71,6 +71,8 @@ export class Dfa {
   private nfa = new Nfa();
   private final: number;
   private sets: Int32Array[] = [];
+  /** DFA states by a hash of the seeds that made them (flat [seeds, id] pairs). */
+  private bySeeds = new Map<number, (number[] | number)[]>();
   /** DFA states by a hash of their NFA set. */
   private ids = new Map<number, number[]>();
   private table = new Int32Array(256 * 64).fill(UNKNOWN);
@@ -136,9 +138,30 @@ export class Dfa {
       const t = this.nfa.trans[q];
       for (let k = 0; k < t.length; k += 3) if (b >= t[k] && b <= t[k + 1]) next.push(t[k + 2]);
     }
-    const id = next.length ? this.intern(next) : DEAD;
+    const id = next.length ? this.internSeeds(next) : DEAD;
     const c = this.classOf[b];
     this.table.fill(id, s * 256 + this.classReps[c], s * 256 + this.classEnd[c]);
+    return id;
+  }
+
+  /** intern() through a cache keyed by the seeds themselves: the byte classes of one state
+   *  often reach the same NFA states (every character inside a string), and hashing a few
+   *  seeds is cheaper than closing them again. */
+  private internSeeds(seeds: number[]): number {
+    let h = seeds.length;
+    for (const q of seeds) h = Math.imul(h ^ q, 0x9e3779b1) ^ (h >>> 15);
+    const bucket = this.bySeeds.get(h);
+    if (bucket) {
+      for (let i = 0; i < bucket.length; i += 2) {
+        const known = bucket[i] as number[];
+        if (known.length === seeds.length && known.every((q, k) => q === seeds[k])) {
+          return bucket[i + 1] as number;
+        }
+      }
+    }
+    const id = this.intern(seeds);
+    if (bucket) bucket.push(seeds, id);
+    else this.bySeeds.set(h, [seeds, id]);
     return id;
   }
 

@@ -42,6 +42,10 @@ export function specToRegex(spec: GrammarSpec): Rx {
   }
 }
 
+/** Masks per allocation: typed arrays of 19 KB each cost more to allocate (and collect) than
+ *  to fill. */
+const MASKS_PER_SLAB = 32;
+
 /**
  * A compiled grammar for one vocabulary: its DFA and the token mask of each state seen,
  * built on the state's first visit. A state inside a string (a chain of "k characters
@@ -56,11 +60,13 @@ export class CompiledGrammar {
   private masks = new Map<number, Int32Array>();
   /** Seconds spent building masks (for the benchmark's per-token mask time). */
   maskSeconds = 0;
-  /** Masks built as string chains and by walking the whole trie. */
-  readonly builds = { chain: 0, full: 0 };
+  /** Masks built as string chains and by walking the whole trie, and their seconds. */
+  readonly builds = { chain: 0, full: 0, chainSeconds: 0, fullSeconds: 0 };
   readonly words: number;
   private stateAt: Int32Array;
   private runs: StringRuns;
+  private slab = new Int32Array(0);
+  private slabUsed = MASKS_PER_SLAB;
   /** string_runs.ts chains by state (null: not a string state). */
   private chains = new Map<number, number[] | null>();
 
@@ -78,15 +84,17 @@ export class CompiledGrammar {
     const t0 = performance.now();
     const chain = this.runs.chainOf(this.dfa, state, this.chains);
     if (chain) {
-      this.builds.chain++;
       m = this.chainMask(chain);
     } else {
-      this.builds.full++;
-      m = new Int32Array(this.words);
+      m = this.alloc();
       this.walk(state, m, 0, this.trie.size);
     }
     this.masks.set(state, m);
-    this.maskSeconds += (performance.now() - t0) / 1000;
+    const dt = (performance.now() - t0) / 1000;
+    this.maskSeconds += dt;
+    const b = this.builds;
+    if (chain) (b.chain++, b.chainSeconds += dt);
+    else (b.full++, b.fullSeconds += dt);
     return m;
   }
 
@@ -94,19 +102,33 @@ export class CompiledGrammar {
    *  and the exits' subtrees walked from the chain state their run leads to. */
   private chainMask(chain: number[]): Int32Array {
     const room = chain.length - 1;
-    const m = this.runs.pureUpTo(room).slice();
+    const m = this.alloc();
+    m.set(this.runs.pureUpTo(room));
     const { exits, exitChars, exitPartial } = this.runs;
-    const end = this.trie.end;
+    const { byte, end } = this.trie;
+    const dfa = this.dfa;
     for (let i = 0; i < exits.length; i++) {
       const c = exitChars[i], p = exitPartial[i];
       if (c > room || (p !== 0 && c >= room)) continue; // no room for the run before it
       let s = chain[c];
       for (let k = 0, n = p >>> 24; k < n && s !== DEAD; k++) {
-        s = this.dfa.step(s, (p >>> (8 * k)) & 0xff);
+        s = dfa.step(s, (p >>> (8 * k)) & 0xff);
       }
-      if (s !== DEAD) this.walk(s, m, exits[i], end[exits[i]]);
+      // Most exits (a control byte, a stray quote) die at their first byte: test it here.
+      const e = exits[i];
+      if (s !== DEAD && dfa.step(s, byte[e]) !== DEAD) this.walk(s, m, e, end[e]);
     }
     return m;
+  }
+
+  /** A zeroed mask, cut from a slab (one allocation per MASKS_PER_SLAB masks). */
+  private alloc(): Int32Array {
+    if (this.slabUsed === MASKS_PER_SLAB) {
+      this.slab = new Int32Array(this.words * MASKS_PER_SLAB);
+      this.slabUsed = 0;
+    }
+    const at = this.words * this.slabUsed++;
+    return this.slab.subarray(at, at + this.words);
   }
 
   /** Sets in `m` the tokens of the subtrees of trie nodes [from, to) (siblings, in

@@ -111,25 +111,32 @@ export class StringRuns {
     const known = memo.get(s);
     if (known !== undefined) return known;
     const chain = [s];
+    let out: number[] | null = null;
     for (let i = 0; i < this.maxChars; i++) {
       const next = uniformNext(dfa, chain[i]);
       if (next === null) break;
       if (next === DEAD) {
-        memo.set(s, chain);
-        return chain;
+        out = chain;
+        break;
       }
       // A chain from a state seen before (the string one character on): reuse its tail.
       const tail = memo.get(next);
       if (tail) {
-        const out = chain.concat(tail).slice(0, this.maxChars + 1);
-        memo.set(s, out);
-        return out;
+        out = chain.concat(tail).slice(0, this.maxChars + 1);
+        break;
       }
       chain.push(next);
     }
     // Past the longest pure token the room makes no difference: as good as unbounded.
-    const out = chain.length > this.maxChars ? chain : null;
-    memo.set(s, out);
+    if (!out && chain.length > this.maxChars) out = chain;
+    if (!out) {
+      memo.set(s, null);
+      return null;
+    }
+    // Every state along the chain is the head of its tail: remember them all.
+    for (let i = out.length - 1; i >= 0; i--) {
+      if (!memo.has(out[i])) memo.set(out[i], i === 0 ? out : out.slice(i));
+    }
     return out;
   }
 }
