@@ -19,6 +19,7 @@ import {
 import { vocabTrie } from "../src/grammar/vocab.ts";
 import { schemaProblem } from "./json_schema_check.ts";
 import { bundledTokenizerFiles } from "../src/model/presets.ts";
+import { ARITH_EBNF, isArith, isList, LIST_EBNF } from "./ebnf_check.ts";
 
 const enc = new TextEncoder(), dec = new TextDecoder();
 const fullMatch = (re: string, s: string) => new Dfa(parseRegex(re)).walk(0, enc.encode(s));
@@ -57,11 +58,48 @@ Deno.test("grammar: bad regexes and schemas throw GrammarError naming the proble
     { kind: "json_schema", source: '{"type":"wat"}' },
     { kind: "json_schema", source: '{"$ref":"#/$defs/missing"}' },
     { kind: "json_schema", source: '{"type":"object","properties":{"a":{}},"required":["b"]}' },
+    { kind: "ebnf", source: "root ::= x" },
+    { kind: "ebnf", source: "root ::= 'a" },
+    { kind: "ebnf", source: "start ::= 'a'" },
+    { kind: "ebnf", source: "root ::= 'a' root" },
+    { kind: "ebnf", source: "root ::= ('a' | 'b'" },
+    { kind: "ebnf", source: "root ::= [b-a]" },
+    { kind: "ebnf", source: "root ::= 'a'\nroot ::= 'b'" },
   ];
   for (const spec of bad) {
     assert.throws(() => specToRegex(spec), GrammarError, spec.source);
   }
   assert.throws(() => specToRegex({ kind: "json_schema", source: '{"type":"wat"}' }), /wat/);
+  assert.throws(
+    () => specToRegex({ kind: "ebnf", source: 'root ::= "a" b\nc ::= "c"' }),
+    /undefined rule b at line 1, column 14/,
+  );
+  assert.throws(() => specToRegex({ kind: "ebnf", source: "root ::= root" }), /finite/);
+});
+
+Deno.test("grammar: ebnf syntax (literals, classes, groups, repeats, recursion)", () => {
+  const accepts = (g: string, s: string) => {
+    const d = new Dfa(specToRegex({ kind: "ebnf", source: g }));
+    const st = d.walk(0, enc.encode(s));
+    return st >= 0 && d.isAccepting(st);
+  };
+  const cases: [string, string[], string[]][] = [
+    [
+      `root ::= greet ", " name "!"?  # comment\n greet ::= "hi" | 'hello'\nname ::= [A-Z] [a-z]*`,
+      ["hi, Bo", "hello, Ann!"],
+      ["hi, bo", "hey, Bo", "hi,Bo"],
+    ],
+    ['root ::= ("ab" | [0-9]+){2,3} "\\n\\x41\\u00e9"', ["ab12\nAé", "abab1\nAé"], ["ab\nAé"]],
+    [`root ::= . "." [^a-z"]`, ["é.Q", "x.\u4e2d"], ["x.a", 'x."', "xy.Q"]],
+    [ARITH_EBNF, ["1+2*3", "(1+(2*3))-4", "((7))"], ["1+", "12a", "1+2+3+4+5", "((((1))))"]],
+  ];
+  for (const [g, yes, no] of cases) {
+    for (const s of yes) assert.ok(accepts(g, s), `${g} should match ${JSON.stringify(s)}`);
+    for (const s of no) assert.ok(!accepts(g, s), `${g} should not match ${JSON.stringify(s)}`);
+  }
+  for (const s of ["1+2*3", "(1+(2*3))-4", "((7))", "1+", "12a", "1+2+3+4+5"]) {
+    assert.equal(accepts(ARITH_EBNF, s), isArith(s), s);
+  }
 });
 
 const SCHEMAS: Record<string, unknown> = {
@@ -120,6 +158,8 @@ Deno.test("grammar: random token walks over the Qwen vocabulary end in valid tex
       const v = JSON.parse(s);
       return v && typeof v === "object" && !Array.isArray(v) ? null : "not an object";
     }],
+    [{ kind: "ebnf", source: ARITH_EBNF }, (s) => isArith(s) ? null : `not arithmetic: ${s}`],
+    [{ kind: "ebnf", source: LIST_EBNF }, (s) => isList(s) ? null : `not a list: ${s}`],
   ];
   const mask = new Int32Array(Math.ceil(V / 32));
   let seed = 1;

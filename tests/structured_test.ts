@@ -3,6 +3,7 @@
  * random Qwen3 (CPU backend): only the constraint can make its output valid. For several
  * seeds: json_schema output parses and validates (streamed and not, finish_reason "stop"),
  * json_object gives an object, a regex (completions, SGLang's extra field) matches in full,
+ * an EBNF grammar (recursive) parses on chat, completions and /generate,
  * logit_bias +100 forces its token, and bad grammars are 400s naming the field.
  */
 import assert from "node:assert/strict";
@@ -10,6 +11,7 @@ import OpenAI from "openai";
 import { post, startServerProcess } from "./server_harness.ts";
 import { schemaProblem } from "./json_schema_check.ts";
 import { parseToolCalls } from "../src/server/tools.ts";
+import { ARITH_EBNF, isArith, isList, LIST_EBNF } from "./ebnf_check.ts";
 
 const opts = { sanitizeOps: false, sanitizeResources: false };
 
@@ -132,6 +134,49 @@ Deno.test(
         });
         assert.equal(r.status, 200);
         assert.match(r.json.text as string, /^[A-Z]{3}-[0-9]{3}$/);
+      });
+
+      await t.step("ebnf (SGLang's extra field) on chat, completions, /generate", async () => {
+        // Recursive (parentheses nest through factor): the output must parse under it.
+        const chats = await Promise.all(
+          [1, 2, 3, 4, 5, 6].map((seed) =>
+            client.chat.completions.create({
+              model: "tiny-qwen3",
+              messages,
+              seed,
+              max_tokens: 120,
+              ebnf: ARITH_EBNF,
+            } as OpenAI.ChatCompletionCreateParamsNonStreaming)
+          ),
+        );
+        for (const r of chats) {
+          const c = r.choices[0];
+          assert.equal(c.finish_reason, "stop", c.message.content ?? "");
+          assert.ok(isArith(c.message.content!), c.message.content!);
+        }
+        for (const seed of [7, 8, 9]) {
+          const r = await client.completions.create({
+            model: "tiny-qwen3",
+            prompt: "List:",
+            seed,
+            max_tokens: 120,
+            ebnf: LIST_EBNF,
+          } as OpenAI.CompletionCreateParamsNonStreaming);
+          assert.equal(r.choices[0].finish_reason, "stop", r.choices[0].text);
+          assert.ok(isList(r.choices[0].text), r.choices[0].text);
+        }
+        const g = await post(url, "/generate", {
+          text: "x",
+          sampling_params: { max_new_tokens: 120, ebnf: ARITH_EBNF },
+        });
+        assert.equal(g.status, 200);
+        assert.ok(isArith(g.json.text as string), g.json.text as string);
+        const bad = await post(url, "/generate", {
+          text: "x",
+          sampling_params: { ebnf: "root ::= (" },
+        });
+        assert.equal(bad.status, 400);
+        assert.match(JSON.stringify(bad.json), /sampling_params\.ebnf/);
       });
 
       await t.step("logit_bias +100 forces its token; -100 bans it", async () => {
@@ -296,7 +341,8 @@ Deno.test(
           }, "response_format.json_schema.schema"],
           [{ response_format: { type: "xml" } }, "response_format.type"],
           [{ regex: "(ab" }, "regex"],
-          [{ ebnf: "root ::= 'a'" }, "ebnf"],
+          [{ ebnf: "root ::= 'a' missing" }, "ebnf"],
+          [{ ebnf: 42 }, "ebnf"],
           [{ logit_bias: { "abc": 1 } }, "logit_bias"],
           [{ logit_bias: { "5": 101 } }, "logit_bias"],
         ];

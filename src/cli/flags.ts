@@ -315,7 +315,7 @@ export function helpText(): string {
   lines.push(
     "",
     "structured outputs (per request, see README): response_format json_schema / json_object,",
-    "regex and json_schema (SGLang's fields; ebnf is refused), logit_bias, tools + tool_choice.",
+    "regex, json_schema and ebnf (SGLang's fields), logit_bias, tools + tool_choice.",
   );
   return lines.join("\n");
 }

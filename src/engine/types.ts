@@ -36,7 +36,7 @@ export interface SamplingParams {
   /** Structured output: the completion must match this regex, JSON Schema (as JSON text)
    *  or be a JSON object; it ends (eos) only where the match is complete. Null = free. */
   constraint?: {
-    kind: "regex" | "json_schema" | "json_object" | "tool_calls";
+    kind: "regex" | "json_schema" | "json_object" | "tool_calls" | "ebnf";
     source: string;
   } | null;
   /** OpenAI logit_bias: [token id, value in -100..100] added to the logits. */

@@ -6,6 +6,7 @@
  * follow) they are all that is allowed.
  */
 import { DEAD, Dfa } from "./automaton.ts";
+import { ebnfToRegex } from "./ebnf.ts";
 import { ANY_DEPTH, anyObject, schemaToRegex } from "./json_schema.ts";
 import { GrammarError, parseRegex, type Rx } from "./regex.ts";
 import { type ToolCallsSource, toolCallsToRegex } from "./tool_calls.ts";
@@ -17,7 +18,7 @@ export { GrammarError };
 /** What a request is constrained to. `source` is the regex, the schema as JSON text, or a
  *  tool_calls.ts source as JSON text. */
 export interface GrammarSpec {
-  kind: "regex" | "json_schema" | "json_object" | "tool_calls";
+  kind: "regex" | "json_schema" | "json_object" | "tool_calls" | "ebnf";
   source: string;
 }
 
@@ -39,6 +40,8 @@ export function specToRegex(spec: GrammarSpec): Rx {
     }
     case "tool_calls":
       return toolCallsToRegex(JSON.parse(spec.source) as ToolCallsSource);
+    case "ebnf":
+      return ebnfToRegex(spec.source);
   }
 }
 

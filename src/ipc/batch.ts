@@ -75,7 +75,7 @@ export interface BatchEntry {
 /** A grammar as it travels to the worker: kind, source (regex or schema JSON) and the stop
  *  tokens the finished text may end with. */
 export interface WireGrammar {
-  kind: "regex" | "json_schema" | "json_object" | "tool_calls";
+  kind: "regex" | "json_schema" | "json_object" | "tool_calls" | "ebnf";
   source: string;
   stopIds: Int32Array;
 }

@@ -32,7 +32,7 @@ const FLAG_TARGETS = 8;
 const FLAG_GRAMMAR = 16;
 const FLAG_SPEC = 32;
 const FLAG_BIAS = 64;
-const GRAMMAR_KINDS = ["regex", "json_schema", "json_object", "tool_calls"] as const;
+const GRAMMAR_KINDS = ["regex", "json_schema", "json_object", "tool_calls", "ebnf"] as const;
 const utf8 = new TextEncoder();
 const utf8Decoder = new TextDecoder();
 /** Fixed words of one batch entry (before its arrays). */

@@ -2,8 +2,8 @@
  * Structured-output fields of a request body: OpenAI's `response_format` (json_schema,
  * json_object, text), SGLang's `regex`, `json_schema` and `ebnf` (top level on the OpenAI
  * routes, in `sampling_params` on /generate), and `logit_bias`. A grammar that does not
- * compile is a 400 naming the field and the problem. EBNF grammars are not served (a 400
- * says so): regex and JSON Schema cover what the OpenAI clients send.
+ * compile is a 400 naming the field and the problem. EBNF: the GBNF subset of
+ * grammar/ebnf.ts, recursion unrolled to a bounded depth.
  */
 import type { SamplingParams } from "../engine/types.ts";
 import { GrammarError, specToRegex } from "../grammar/grammar.ts";
@@ -81,16 +81,16 @@ export function readConstraint(body: Json, prefix = ""): Constraint | null {
     found.push(checked({ kind: "json_schema", source: schemaSource(body.json_schema, p) }, p));
   }
   if (body.ebnf !== undefined && body.ebnf !== null) {
-    throw badParam(
-      `${prefix}ebnf`,
-      `'${prefix}ebnf' is not supported by this server: use 'regex', 'json_schema' or ` +
-        "'response_format'.",
-    );
+    const p = `${prefix}ebnf`;
+    if (typeof body.ebnf !== "string") {
+      throw badParam(p, `Invalid type for '${p}': expected a string (an EBNF grammar).`);
+    }
+    found.push(checked({ kind: "ebnf", source: body.ebnf }, p));
   }
   if (found.length > 1) {
     throw badParam(
       `${prefix}regex`,
-      "Only one of 'response_format' (json), 'regex' and 'json_schema' may be set.",
+      "Only one of 'response_format' (json), 'regex', 'json_schema' and 'ebnf' may be set.",
     );
   }
   return found[0] ?? null;

@@ -113,7 +113,8 @@ export function applyToolChoice(
   if (sampling.constraint) {
     throw badParam(
       "tool_choice",
-      "'tool_choice' required or named cannot be combined with 'response_format' json or 'regex'.",
+      "'tool_choice' required or named cannot be combined with 'response_format' json, 'regex', " +
+        "'json_schema' or 'ebnf'.",
     );
   }
   const fns = req.tools.map((t) => t.function as Json);
