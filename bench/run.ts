@@ -12,6 +12,7 @@
  *   soak         valid, invalid, aborted and slow clients against the server for N minutes
  *   structured   JSON-schema decoding vs free decoding at batch 1 and 64, mask costs
  *   tokenize     chat template + encoding of random prompts, vs the library's BPE loop (CPU)
+ *   structured_masks  token-mask time on the CPU alone (Qwen3 vocabulary, nested schema)
  *
  * Each writes a record to --out FILE (bench/results/*.json format) where it takes --out.
  */
@@ -27,6 +28,7 @@ const scripts: Record<string, string> = {
   soak: "soak.ts",
   structured: "structured.ts",
   tokenize: "tokenize.ts",
+  structured_masks: "structured_masks.ts",
 };
 const [name, ...rest] = Deno.args;
 const script = scripts[name ?? ""];

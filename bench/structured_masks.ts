@@ -11,7 +11,7 @@
  * schemas), mask time per token (fillMask + accept: p50, p99, max, mean, cold and warm) and
  * the mask time of one batch step (all rows), the masks built and their build time.
  *
- *   deno run -A bench/structured_masks.ts [--walks 128] [--batch 64] [--seed 1] [--out FILE]
+ *   deno task bench structured_masks [--walks 128] [--batch 64] [--seed 1] [--out FILE]
  */
 import { parseArgs } from "node:util";
 import { bundledTokenizerFiles } from "../src/model/presets.ts";

@@ -17,6 +17,8 @@
 #   ttft        32 and 8k-token prompts: qwen3-0.6b (8192), llama-3-8b (8000)     [~1 min]
 #   serving     qwen3-0.6b server: 128 prompts at once, then Poisson 8/16/32 req/s [~1 min]
 #   ablations   overlap, CUDA graphs, page size, radix vs naive: qwen3-0.6b        [~1.5 min]
+#   structured  JSON-schema vs free decoding at batch 1 and 64 (bench/structured.ts), then the
+#               Python openai client's checks where python3 has it                 [~2 min]
 #   cpu-fidelity  tiny models on the CPU backend vs transformers (not in the default)
 # Two calls of 8 minutes hold it all, e.g.:
 #   bash scripts/device_e2e.sh build kernels broken-lib fidelity latency ttft   [~6.5 min]
@@ -131,6 +133,24 @@ if has structured; then
   say structured
   make qwen3-0.6b && bench 300 structured --model "$(m qwen3-0.6b)" --name qwen3-0.6b \
     --out "$RES" $(small --device cpu --batches 1,4 --bs1-rounds 1 --max-tokens 200)
+  # The official Python client too, where the machine has it (bench/peers/openai_structured.py).
+  if python3 -c "import openai, pydantic" 2>/dev/null; then
+    port=30123
+    deno run -A main.ts --model "$(m qwen3-0.6b)" --served-model-name qwen3-0.6b \
+      --port "$port" $(small --device cpu) >>"$LOG" 2>&1 &
+    server=$!
+    for _ in $(seq 1 120); do
+      python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health')" \
+        2>/dev/null && break
+      sleep 1
+    done
+    run 180 python3 bench/peers/openai_structured.py --base-url "http://127.0.0.1:$port/v1" \
+      --model qwen3-0.6b
+    kill "$server"
+    wait "$server" 2>/dev/null
+  else
+    say "structured: python3 has no openai/pydantic module, Python client check skipped"
+  fi
 fi
 say done
 grep -E "^\| " "$LOG" | tail -60
