@@ -2,14 +2,16 @@
  * Token-mask cost on the CPU, without a model: the real Qwen3 vocabulary (151,936 ids, the
  * bundled tokenizer), the nested schema of bench/person_schema.ts, and `--walks` valid JSON
  * documents sampled by drawing a random allowed token under the mask at each step (seeded;
- * the stop token taken with probability 1/2 once allowed). The walks run in lockstep, a
+ * the stop token taken with probability 1/2 once allowed; a stop is never forced, so each
+ * document is as long as the schema's bounds make it). The walks run in lockstep, a
  * batch of `--batch` at a time, each batch on a fresh compiled grammar so first-reach mask
  * builds are counted as a server that has just seen the schema pays them; a last batch
  * re-runs on the warm grammar.
  *
  * Reported: vocabulary trie build, compile time per schema (the bench schema and the test
- * schemas), mask time per token (fillMask + accept: p50, p99, max, mean, cold and warm) and
- * the mask time of one batch step (all rows), the masks built and their build time.
+ * schemas), mask time per token (accept + fillMask, as the worker does per row: p50, p99,
+ * max, mean, cold and warm), the mask time of one batch step (all rows), and the masks built
+ * (string chains and full trie walks) with their mean build time.
  *
  *   deno task bench structured_masks [--walks 128] [--batch 64] [--seed 1] [--out FILE]
  */
@@ -119,12 +121,14 @@ interface BatchStats {
   docs: number;
   masksBuilt: number;
   buildMs: number;
-  kinds: string;
+  /** Masks built as string chains and by full walks: [count, ms]. */
+  chain: [number, number];
+  full: [number, number];
 }
 
 /** `n` walks in lockstep on grammar `g` (seeds from `seed0`). */
 function runBatch(g: CompiledGrammar, n: number, seed0: number): BatchStats {
-  const builtBefore = g.cachedMasks, buildBefore = g.maskSeconds;
+  const builtBefore = g.cachedMasks, buildBefore = g.maskSeconds, kinds0 = { ...g.builds };
   const rows = Array.from({ length: n }, (_, k) => ({
     m: new Matcher(g, STOPS),
     rand: seededRandom(seed0 + k),
@@ -140,7 +144,8 @@ function runBatch(g: CompiledGrammar, n: number, seed0: number): BatchStats {
     docs: 0,
     masksBuilt: 0,
     buildMs: 0,
-    kinds: "",
+    chain: [0, 0],
+    full: [0, 0],
   };
   for (let step = 0; step < maxSteps && rows.some((r) => !r.done); step++) {
     // Sample this step's tokens from last step's masks (outside the timing), then time the
@@ -182,7 +187,9 @@ function runBatch(g: CompiledGrammar, n: number, seed0: number): BatchStats {
   st.tokens = st.perToken.length;
   st.masksBuilt = g.cachedMasks - builtBefore;
   st.buildMs = (g.maskSeconds - buildBefore) * 1000;
-  st.kinds = JSON.stringify(g.builds);
+  const k = g.builds;
+  st.chain = [k.chain - kinds0.chain, (k.chainSeconds - kinds0.chainSeconds) * 1000];
+  st.full = [k.full - kinds0.full, (k.fullSeconds - kinds0.fullSeconds) * 1000];
   return st;
 }
 
@@ -214,7 +221,12 @@ const summarize = (label: string, sts: BatchStats[]) => {
     [`step${B}_ms_mean`]: mean(step),
     masks_built: built,
     build_us_per_mask: built ? buildMs * 1000 / built : 0,
-    builds_last: sts[sts.length - 1].kinds,
+    chain_builds: sts.reduce((x, s) => x + s.chain[0], 0),
+    chain_build_us: 1000 * sts.reduce((x, s) => x + s.chain[1], 0) /
+      Math.max(1, sts.reduce((x, s) => x + s.chain[0], 0)),
+    full_builds: sts.reduce((x, s) => x + s.full[0], 0),
+    full_build_us: 1000 * sts.reduce((x, s) => x + s.full[1], 0) /
+      Math.max(1, sts.reduce((x, s) => x + s.full[0], 0)),
   };
 };
 rows.push(summarize("cold (fresh grammar per batch)", cold), summarize("warm", [warm]));

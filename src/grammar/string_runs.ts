@@ -9,7 +9,8 @@
  * still has room for as many characters as the token starts: one precomputed bitset per
  * count (`pureUpTo`). Only the other tokens (those with a quote, a backslash, a control
  * byte or a stray continuation byte after a run of string characters) are walked, from
- * the chain state their run leads to: `exits`, about 4% of the trie.
+ * the chain state their run leads to: `exits` (1,492 nodes for Qwen3, whose subtrees hold
+ * under 3% of the trie).
  *
  * Whether a state is such a chain is read off the automaton, not assumed: `chainOf`
  * checks that every string character takes it to one and the same next state (through the
