@@ -16,6 +16,8 @@ class Nfa {
   eps: number[][] = [];
   /** Byte transitions per state: flat [lo, hi, target] triples. */
   trans: number[][] = [];
+  /** cut[b]: some byte range starts at b or ends at b - 1 (the byte classes' bounds). */
+  cut = new Uint8Array(257);
   add(): number {
     this.eps.push([]);
     this.trans.push([]);
@@ -28,6 +30,7 @@ class Nfa {
         const t = this.trans[from];
         for (let k = 0; k < node.ranges.length; k += 2) {
           t.push(node.ranges[k], node.ranges[k + 1], to);
+          this.cut[node.ranges[k]] = this.cut[node.ranges[k + 1] + 1] = 1;
         }
         return to;
       }
@@ -91,11 +94,8 @@ export class Dfa {
     this.final = this.nfa.build(ast, start);
     this.mark = new Uint32Array(this.nfa.eps.length);
     this.intern([start]);
-    const cut = new Uint8Array(257);
+    const cut = this.nfa.cut;
     cut[0] = 1;
-    for (const t of this.nfa.trans) {
-      for (let k = 0; k < t.length; k += 3) cut[t[k]] = cut[t[k + 1] + 1] = 1;
-    }
     const reps: number[] = [];
     for (let b = 0; b < 256; b++) if (cut[b]) reps.push(b);
     this.classReps = Uint8Array.from(reps);
