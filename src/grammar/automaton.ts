@@ -134,8 +134,9 @@ export class Dfa {
   /** The entry of (s, b), filled in for every byte of b's class at once. */
   private compute(s: number, b: number): number {
     const next: number[] = [];
-    for (const q of this.sets[s]) {
-      const t = this.nfa.trans[q];
+    const set = this.sets[s], trans = this.nfa.trans;
+    for (let i = 0; i < set.length; i++) {
+      const t = trans[set[i]];
       for (let k = 0; k < t.length; k += 3) if (b >= t[k] && b <= t[k + 1]) next.push(t[k + 2]);
     }
     const id = next.length ? this.internSeeds(next) : DEAD;
@@ -154,9 +155,10 @@ export class Dfa {
     if (bucket) {
       for (let i = 0; i < bucket.length; i += 2) {
         const known = bucket[i] as number[];
-        if (known.length === seeds.length && known.every((q, k) => q === seeds[k])) {
-          return bucket[i + 1] as number;
-        }
+        if (known.length !== seeds.length) continue;
+        let k = 0;
+        while (k < seeds.length && known[k] === seeds[k]) k++;
+        if (k === seeds.length) return bucket[i + 1] as number;
       }
     }
     const id = this.intern(seeds);
@@ -176,7 +178,8 @@ export class Dfa {
       this.mark[q] = stamp;
       // Only states with byte transitions (or the final one) tell DFA states apart.
       if (this.nfa.trans[q].length || q === this.final) out.push(q);
-      for (const e of this.nfa.eps[q]) stack.push(e);
+      const eps = this.nfa.eps[q];
+      for (let i = 0; i < eps.length; i++) stack.push(eps[i]);
     }
     if (out.length === 0) return DEAD;
     if (out.length > 1) out.sort((a, b) => a - b);

@@ -45,6 +45,14 @@ export function specToRegex(spec: GrammarSpec): Rx {
   }
 }
 
+/** A string state's mask: the shared bitset of its room, plus the ids of accepted tokens
+ *  that leave the string. */
+interface ChainMask {
+  base: Int32Array;
+  ids: Int32Array;
+}
+type StoredMask = Int32Array | ChainMask;
+
 /** Masks per allocation: typed arrays of 19 KB each cost more to allocate (and collect) than
  *  to fill. */
 const MASKS_PER_SLAB = 32;
@@ -60,7 +68,7 @@ const MASKS_PER_SLAB = 32;
  */
 export class CompiledGrammar {
   readonly dfa: Dfa;
-  private masks = new Map<number, Int32Array>();
+  private masks = new Map<number, StoredMask>();
   /** Seconds spent building masks (for the benchmark's per-token mask time). */
   maskSeconds = 0;
   /** Masks built as string chains and by walking the whole trie, and their seconds. */
@@ -80,8 +88,30 @@ export class CompiledGrammar {
     this.runs = stringRuns(trie);
   }
 
-  /** Bit t set: token t keeps the text inside the grammar from `state`. */
+  /** Bit t set: token t keeps the text inside the grammar from `state` (a new array for a
+   *  string state's mask; writeMask fills one in place). */
   maskOf(state: number): Int32Array {
+    const m = this.entry(state);
+    if (m instanceof Int32Array) return m;
+    const out = new Int32Array(this.words);
+    this.writeMask(state, out);
+    return out;
+  }
+
+  /** Writes maskOf(state) into `out` (this.words int32 words). */
+  writeMask(state: number, out: Int32Array): void {
+    const m = this.entry(state);
+    if (m instanceof Int32Array) {
+      out.set(m);
+      return;
+    }
+    out.set(m.base);
+    const ids = m.ids;
+    for (let i = 0; i < ids.length; i++) out[ids[i] >> 5] |= 1 << (ids[i] & 31);
+  }
+
+  /** The stored mask of `state`, built on its first visit. */
+  private entry(state: number): StoredMask {
     let m = this.masks.get(state);
     if (m) return m;
     const t0 = performance.now();
@@ -89,8 +119,9 @@ export class CompiledGrammar {
     if (chain) {
       m = this.chainMask(chain);
     } else {
-      m = this.alloc();
-      this.walk(state, m, 0, this.trie.size);
+      const dense = this.alloc();
+      this.walk(state, dense, 0, this.trie.size);
+      m = dense;
     }
     this.masks.set(state, m);
     const dt = (performance.now() - t0) / 1000;
@@ -101,12 +132,12 @@ export class CompiledGrammar {
     return m;
   }
 
-  /** The mask of a string chain state (string_runs.ts): the pure tokens it has room for,
-   *  and the exits' subtrees walked from the chain state their run leads to. */
-  private chainMask(chain: number[]): Int32Array {
+  /** The mask of a string chain state (string_runs.ts): the pure tokens it has room for (a
+   *  bitset shared by every state with that room), and the tokens of the exits' subtrees
+   *  the chain state their run leads to accepts (a short list). */
+  private chainMask(chain: number[]): ChainMask {
     const room = chain.length - 1;
-    const m = this.alloc();
-    m.set(this.runs.pureUpTo(room));
+    const list: number[] = [];
     const { exits, exitChars, exitPartial } = this.runs;
     const { byte, end } = this.trie;
     const dfa = this.dfa;
@@ -119,9 +150,9 @@ export class CompiledGrammar {
       }
       // Most exits (a control byte, a stray quote) die at their first byte: test it here.
       const e = exits[i];
-      if (s !== DEAD && dfa.step(s, byte[e]) !== DEAD) this.walk(s, m, e, end[e]);
+      if (s !== DEAD && dfa.step(s, byte[e]) !== DEAD) this.walk(s, list, e, end[e]);
     }
-    return m;
+    return { base: this.runs.pureUpTo(room), ids: Int32Array.from(list) };
   }
 
   /** A zeroed mask, cut from a slab (one allocation per MASKS_PER_SLAB masks). */
@@ -134,9 +165,11 @@ export class CompiledGrammar {
     return this.slab.subarray(at, at + this.words);
   }
 
-  /** Sets in `m` the tokens of the subtrees of trie nodes [from, to) (siblings, in
-   *  preorder; their parent in `state`) that the automaton accepts. */
-  private walk(state: number, m: Int32Array, from: number, to: number) {
+  /** Sets in `m` (a bitset, or a list to push ids on) the tokens of the subtrees of trie
+   *  nodes [from, to) (siblings, in preorder; their parent in `state`) that the automaton
+   *  accepts. */
+  private walk(state: number, m: Int32Array | number[], from: number, to: number) {
+    const bits = m instanceof Int32Array ? m : null;
     const { byte, depth, end, tokStart, ids } = this.trie;
     const dfa = this.dfa;
     const stateAt = this.stateAt;
@@ -151,7 +184,8 @@ export class CompiledGrammar {
       stateAt[d] = s;
       for (let k = tokStart[n]; k < tokStart[n + 1]; k++) {
         const id = ids[k];
-        m[id >> 5] |= 1 << (id & 31);
+        if (bits) bits[id >> 5] |= 1 << (id & 31);
+        else (m as number[]).push(id);
       }
       n++;
     }
@@ -209,7 +243,7 @@ export class Matcher {
     if (this.stopped || this.state === DEAD) {
       out.fill(0);
     } else {
-      out.set(this.grammar.maskOf(this.state));
+      this.grammar.writeMask(this.state, out);
       if (!this.grammar.dfa.isAccepting(this.state)) return;
     }
     for (const id of this.stopIds) out[id >> 5] |= 1 << (id & 31);
