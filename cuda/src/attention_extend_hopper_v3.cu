@@ -43,7 +43,7 @@ using namespace msg::hopper;
 /** Tile sizes, threads and the shared-memory map of one v3 block for head_dim D: Q [D/64
  *  blocks][128 rows][128 B]; K and V [STAGES][D/64 blocks][128 keys][128 B] (128-byte rows
  *  of 8 swizzled 16-byte chunks, see swz); then 4 x STAGES mbarriers (full K, full V, empty K,
- *  empty V). */
+ *  empty V) and the word an mbarrier wait sets when it gives up (see ws::mbar_wait). */
 template <int D>
 struct V3 {
   static const int BQ = 128, BK = 128, NT = 384;
@@ -56,7 +56,8 @@ struct V3 {
   static const int k = q + (D / 64) * q_blk;
   static const int v = k + STAGES * kv_tile;
   static const int bars = v + STAGES * kv_tile;
-  static const int total = bars + 4 * STAGES * 8;
+  static const int gave_up = bars + 4 * STAGES * 8;
+  static const int total = gave_up + 8;
   // Named barriers (0 is __syncthreads): Q loaded, per consumer; the ping-pong token, per
   // consumer.
   enum { BAR_Q = 1, BAR_TOKEN = 3 };
@@ -96,6 +97,7 @@ __global__ void __launch_bounds__(384, 1) extend_hopper_v3_kernel(
   auto empty_k = [&](int j) { return base + L::bars + 8 * (2 * STAGES + j % STAGES); };
   auto empty_v = [&](int j) { return base + L::bars + 8 * (3 * STAGES + j % STAGES); };
   auto fill_parity = [&](int j) { return (uint32_t)(j / STAGES) & 1; };
+  const uint32_t gave_up = base + L::gave_up;
 
   int b = blockIdx.z, h = blockIdx.y, tile = gridDim.x - 1 - blockIdx.x;
   int qs = q_starts[b], q_len = q_starts[b + 1] - qs;
@@ -116,6 +118,7 @@ __global__ void __launch_bounds__(384, 1) extend_hopper_v3_kernel(
       msg::ws::mbar_init(empty_v(s), 8);
     }
     msg::ws::mbar_init_fence();
+    asm volatile("st.shared.u32 [%0], 0;\n" ::"r"(gave_up) : "memory");
   }
   __syncthreads();
 
@@ -139,7 +142,8 @@ __global__ void __launch_bounds__(384, 1) extend_hopper_v3_kernel(
     // One tile of K or V: wait until both consumers released the slot's previous fill, copy
     // (zeros past seq), and arrive on the full barrier once this thread's copies landed.
     auto load = [&](int j, int slot, bool is_v) {
-      if (j >= STAGES) msg::ws::mbar_wait(is_v ? empty_v(j) : empty_k(j), fill_parity(j) ^ 1);
+      if (j >= STAGES)
+        msg::ws::mbar_wait(is_v ? empty_v(j) : empty_k(j), fill_parity(j) ^ 1, gave_up);
       uint32_t dst = base + (is_v ? L::v : L::k) + (j % STAGES) * L::kv_tile +
                      swz(r0, c, L::kv_blk);
       const T* src = is_v ? v_cache : k_cache;
@@ -196,7 +200,7 @@ __global__ void __launch_bounds__(384, 1) extend_hopper_v3_kernel(
 
   // Waits for tile j's K (or V) and makes it visible to wgmma.
   auto wait_full = [&](uint32_t bar, int j) {
-    msg::ws::mbar_wait(bar, fill_parity(j));
+    msg::ws::mbar_wait(bar, fill_parity(j), gave_up);
     msg::ws::fence_proxy_async();
   };
   // Releases a slot: one arrival per warp, after this warpgroup's wgmmas on it completed.

@@ -35,22 +35,45 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 __device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
+/** One test of the phase of parity `parity` of `bar` (acquire semantics when it has completed);
+ *  may suspend the thread for a system-dependent time before answering false. */
+__device__ __forceinline__ bool mbar_test(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+/** Nanoseconds of the GPU's global timer. */
+__device__ __forceinline__ uint64_t global_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
 /** Blocks until the phase of parity `parity` of `bar` has completed (acquire semantics).
- *  A wait that never ends (a protocol bug: a missing arrival) gives up after 2^24 tries (well
- *  over 0.1 s; a correct wait here lasts microseconds): the kernel then finishes with wrong
- *  output, which the tests catch, instead of hanging the process. (Not __trap(): a trap
- *  path made ptxas cap the warp-specialised kernel's consumers at the launch register count,
- *  spilling and serialising their wgmmas.) */
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0, tries = 0;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done && ++tries < (1u << 24));
+ *  A wait still open after ~1 s of %globaltimer (a protocol bug: a missing arrival; a correct
+ *  wait here lasts microseconds) gives up and sets `gave_up`, a shared word of the block
+ *  (zeroed before the first wait), after which every wait not complete at its first test gives
+ *  up at once: each block of a broken kernel then ends about a second after its first stuck
+ *  wait, with wrong output that the tests catch, instead of hanging the process. The bound is on time, not on tries: one try may
+ *  suspend for a system-dependent time, so 2^24 tries could last minutes or hours. (Not
+ *  __trap(): a trap path made ptxas cap the warp-specialised kernel's consumers at the launch
+ *  register count, spilling and serialising their wgmmas.) */
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity, uint32_t gave_up) {
+  if (mbar_test(bar, parity)) return;
+  uint64_t t0 = global_ns();
+  while (!mbar_test(bar, parity)) {
+    uint32_t flag;
+    asm volatile("ld.volatile.shared.u32 %0, [%1];\n" : "=r"(flag) : "r"(gave_up) : "memory");
+    if (flag != 0) return;
+    if (global_ns() - t0 > (1ull << 30)) {
+      asm volatile("st.volatile.shared.u32 [%0], %1;\n" ::"r"(gave_up), "r"(1u) : "memory");
+      return;
+    }
+  }
 }
 
 /** Named barrier `id` (1..15; 0 is __syncthreads) over `count` threads: wait for all. */
