@@ -133,6 +133,10 @@ if has structured; then
   say structured
   make qwen3-0.6b && bench 300 structured --model "$(m qwen3-0.6b)" --name qwen3-0.6b \
     --out "$RES" $(small --device cpu --batches 1,4 --bs1-rounds 1 --max-tokens 200)
+  # Where batch 1's time goes: the GPU worker's host time per phase (no record; log only).
+  MINISGL_WORKER_PROFILE=1 bench 120 structured --model "$(m qwen3-0.6b)" --name qwen3-0.6b \
+    --batches 1 --bs1-rounds 2 --max-tokens 96 $(small --device cpu)
+  grep "gpu worker host time" "$LOG" | tail -1
   # The official Python client too, where the machine has it (bench/peers/openai_structured.py).
   if python3 -c "import openai, pydantic" 2>/dev/null; then
     port=30123

@@ -52,35 +52,84 @@ const POLL_MS = 0.02;
 function serve(runner: ModelRunner, input: Ring, output: Ring, fault: Fault | null) {
   let batches = 0;
   let pending: Pending | null = null;
-  for (;;) {
-    if (pending && runner.isDone(pending)) {
-      output.push(encodeResult(runner.finish(pending)));
-      pending = null;
-    }
-    const msg = pending ? input.pop(POLL_MS) : input.pop();
-    if (msg === null) {
-      if (!input.closed) continue; // timed out: look at the event again
+  const prof = Deno.env.get("MINISGL_WORKER_PROFILE") ? new HostProfile() : null;
+  let pendingConstrained = false;
+  try {
+    for (;;) {
+      if (pending && runner.isDone(pending)) {
+        output.push(encodeResult(runner.finish(pending)));
+        pending = null;
+      }
+      prof?.mark();
+      const msg = pending ? input.pop(POLL_MS) : input.pop();
+      prof?.add(pending ? "waitNextInFlight" : "idle", pendingConstrained);
+      if (msg === null) {
+        if (!input.closed) continue; // timed out: look at the event again
+        if (pending) output.push(encodeResult(runner.finish(pending)));
+        return;
+      }
+      const kind = recordKind(msg);
+      if (kind === KIND_SHUTDOWN) {
+        if (pending) output.push(encodeResult(runner.finish(pending)));
+        return;
+      }
+      if (kind !== KIND_BATCH) throw new Error(`unexpected record kind ${kind}`);
+      if (fault && batches++ >= fault.after) {
+        const err = injectedFault(fault.site, batches - 1);
+        if (fault.site === "gpu") throw err;
+        if (fault.site === "gpu-uncaught") throw new UncaughtFault(err.message);
+      }
+      const next = runner.launch(decodeBatch(msg));
+      const constrained = next.deferred;
+      prof?.add("launch", constrained);
+      // N ran before N+1 on the stream; its slot is reused by N+2.
       if (pending) output.push(encodeResult(runner.finish(pending)));
-      return;
+      prof?.add("finishPrevious", constrained);
+      // A constrained N+1 samples now: token N has advanced the matchers, and the device is
+      // still busy with N+1's forward pass while the masks are made.
+      if (next.deferred) runner.sampleDeferred(next);
+      prof?.add("masksAndSampling", constrained);
+      prof?.batch(constrained);
+      pending = next;
+      pendingConstrained = constrained;
     }
-    const kind = recordKind(msg);
-    if (kind === KIND_SHUTDOWN) {
-      if (pending) output.push(encodeResult(runner.finish(pending)));
-      return;
-    }
-    if (kind !== KIND_BATCH) throw new Error(`unexpected record kind ${kind}`);
-    if (fault && batches++ >= fault.after) {
-      const err = injectedFault(fault.site, batches - 1);
-      if (fault.site === "gpu") throw err;
-      if (fault.site === "gpu-uncaught") throw new UncaughtFault(err.message);
-    }
-    const next = runner.launch(decodeBatch(msg));
-    // N ran before N+1 on the stream; its slot is reused by N+2.
-    if (pending) output.push(encodeResult(runner.finish(pending)));
-    // A constrained N+1 samples now: token N has advanced the matchers, and the device is
-    // still busy with N+1's forward pass while the masks are made.
-    if (next.deferred) runner.sampleDeferred(next);
-    pending = next;
+  } finally {
+    if (prof) console.error(prof.report());
+  }
+}
+
+/** Host time of the serving loop by phase (MINISGL_WORKER_PROFILE=1), for constrained and
+ *  free batches apart, printed when the worker stops: where a slow step spends its time
+ *  when no device profiler is at hand. */
+class HostProfile {
+  #t = performance.now();
+  #ms = [new Map<string, number>(), new Map<string, number>()];
+  #batches = [0, 0];
+
+  /** Start timing a phase. */
+  mark(): void {
+    this.#t = performance.now();
+  }
+
+  /** Add the time since the last mark/add to `phase` of constrained or free batches. */
+  add(phase: string, constrained = false): void {
+    const now = performance.now(), m = this.#ms[constrained ? 1 : 0];
+    m.set(phase, (m.get(phase) ?? 0) + now - this.#t);
+    this.#t = now;
+  }
+
+  /** One batch went by. */
+  batch(constrained: boolean): void {
+    this.#batches[constrained ? 1 : 0]++;
+  }
+
+  report(): string {
+    const lines = ["free", "constrained"].map((kind, i) => {
+      const n = Math.max(1, this.#batches[i]);
+      const parts = [...this.#ms[i]].map(([k, v]) => `${k} ${(v / n * 1000).toFixed(0)} us`);
+      return `${kind} batches ${this.#batches[i]}: ${parts.join(", ")}`;
+    });
+    return `gpu worker host time per batch: ${lines.join("; ")}`;
   }
 }
 
