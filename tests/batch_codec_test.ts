@@ -109,20 +109,3 @@ Deno.test("batch codec: results round-trip, nulls included", () => {
   assert.equal(recordKind(encodeShutdown()), KIND_SHUTDOWN);
   assert.throws(() => decodeResult(encodeShutdown()), /not a result/);
 });
-
-Deno.test("batch codec: encoding a 256-entry decode batch takes microseconds", () => {
-  const batch: ForwardBatch = {
-    id: 1,
-    entries: Array.from(
-      { length: 256 },
-      (_, k) => ({ ...entry(k, true), penaltyTokens: null, grammar: null, logitBias: null }),
-    ),
-  };
-  for (let i = 0; i < 200; i++) encodeBatch(batch); // warm up
-  const n = 2000;
-  const t0 = performance.now();
-  for (let i = 0; i < n; i++) encodeBatch(batch);
-  const us = (performance.now() - t0) * 1000 / n;
-  console.log(`encode 256-entry decode batch: ${us.toFixed(1)} us`);
-  assert.ok(us < 100, `${us} us`);
-});
