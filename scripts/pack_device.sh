@@ -3,7 +3,8 @@
 # travelling tree stays well under 64 MiB: the bundled JS of the tokenizer packages is pruned
 # (only their models/*.json files are read), the bodies of the OpenAI client, the Vercel AI
 # SDK and zod too (used by the CPU server tests only; their package.json stays so that Deno
-# sees the lockfile's packages as cached), and the DENO_DIR travels as one xz archive (30 MB -> 4 MB) that env.sh unpacks.
+# sees the lockfile's packages as cached), and the DENO_DIR travels as one xz archive
+# (30 MB -> 4 MB) that env.sh unpacks.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 ../shared/device/pack.sh
