@@ -10,7 +10,13 @@
  * uploads the masks while the device still runs the forward pass (model_runner.ts).
  */
 import { join } from "node:path";
-import { CompiledGrammar, GrammarCache, type GrammarSpec, Matcher } from "../grammar/grammar.ts";
+import {
+  CompiledGrammar,
+  GrammarCache,
+  type GrammarSpec,
+  Matcher,
+  stringRuns,
+} from "../grammar/grammar.ts";
 import { vocabTrie } from "../grammar/vocab.ts";
 import type { ForwardBatch } from "../ipc/batch.ts";
 
@@ -72,15 +78,20 @@ export class Constraints {
     if (rel) { for (const k of rel) this.matchers.delete(k); }
   }
 
-  /** The grammar of a spec (compiled once per source). */
-  compile(
-    spec: GrammarSpec,
-  ): CompiledGrammar {
+  /** Builds the vocabulary trie, its string-run tables and the grammar cache over them,
+   *  once (the first compile() does it otherwise). */
+  prepare(): GrammarCache {
     if (!this.cache) {
       const tj = JSON.parse(Deno.readTextFileSync(join(this.modelDir, "tokenizer.json")));
       this.cache = new GrammarCache(vocabTrie(tj, this.vocabSize));
+      stringRuns(this.cache.trie);
     }
-    return this.cache.get(spec);
+    return this.cache;
+  }
+
+  /** The grammar of a spec (compiled once per source). */
+  compile(spec: GrammarSpec): CompiledGrammar {
+    return this.prepare().get(spec);
   }
 
   /** Fills the block for the sampled rows of a batch (sampled row s = s-th sampled entry):

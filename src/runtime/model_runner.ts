@@ -263,6 +263,14 @@ export class ModelRunner {
         progress,
       );
     }
+    // On the GPU the vocabulary trie of structured outputs (~0.5 s) is built now, not when
+    // the first constrained request arrives, where it would stall every running request.
+    // The CPU backend (tests, development) keeps it lazy.
+    if (opts.backend === "cuda") {
+      progress("grammar tables", 0, 1);
+      r.constraints.prepare();
+      progress("grammar tables", 1, 1);
+    }
     dev.sync(r.stream);
     r.info.loadSeconds = (performance.now() - t0) / 1000;
     return r;
