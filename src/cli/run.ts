@@ -29,8 +29,8 @@ import { attentionPageSize } from "../runtime/attention.ts";
  *  the process exits non-zero for its supervisor to restart it. */
 const ENGINE_DEATH_LINGER_MS = 2_000;
 
-/** Tokenizer workers (each holds its own copy of the tokenizer, ~100 MB): a burst of
- *  prompts is tokenized on several cores while the HTTP thread keeps streaming. */
+/** Tokenizer workers (each holds its own copy of the tokenizer): a burst of prompts is
+ *  tokenized on several cores while the HTTP thread keeps streaming. */
 const TOKENIZER_WORKERS = Math.min(4, Math.max(2, Math.floor(navigator.hardwareConcurrency / 4)));
 
 /** Largest request body (413 beyond). */

@@ -20,7 +20,7 @@ export type TokenizeJob =
   }
   | { op: "decode"; ids: number[] };
 
-/** Characters of text (or token ids) from which a job goes to a worker: ~400 tokens, about
+/** Characters of text from which an encode or chat job goes to a worker: ~400 tokens, about
  *  0.5-1 ms of encoding, against ~0.1 ms for the round trip. At 128 prompts of 200-800
  *  tokens sent at once, inline encoding serialized every request behind the others. */
 export const OFFLOAD_THRESHOLD = 2 * 1024;
