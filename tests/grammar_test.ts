@@ -228,3 +228,38 @@ Deno.test("grammar: string-chain masks equal a token-by-token check of every sta
     );
   }
 });
+
+Deno.test("grammar cache: least recently used grammars dropped past the count or the mask bytes", async () => {
+  const dir = await ensureTestModel("tiny-qwen3");
+  const tj = JSON.parse(await Deno.readTextFile(join(dir, "tokenizer.json")));
+  const trie = vocabTrie(tj, 151936);
+  const a: GrammarSpec = { kind: "regex", source: "[a-z]{1,8}(,[0-9]{1,3})*" };
+  const b: GrammarSpec = { kind: "regex", source: "(yes|no)" };
+  const c: GrammarSpec = { kind: "regex", source: "[0-9]+" };
+
+  // Within both bounds: the same compiled grammar comes back.
+  const roomy = new GrammarCache(trie);
+  const ga = roomy.get(a);
+  ga.maskOf(0);
+  roomy.get(b);
+  assert.equal(roomy.get(a), ga);
+
+  // Past the byte budget: the grammar whose masks were built goes when the next comes in.
+  const tight = new GrammarCache(trie, 64, 1);
+  const ta = tight.get(a);
+  assert.equal(tight.get(a), ta, "a grammar with no masks yet stays");
+  ta.maskOf(0);
+  assert.ok(ta.slabBytes > 0);
+  tight.get(b);
+  assert.equal(tight.size, 1);
+  assert.notEqual(tight.get(a), ta, "recompiled after it was dropped");
+
+  // Past the count: the least recently used goes.
+  const two = new GrammarCache(trie, 2);
+  const g1 = two.get(a), g2 = two.get(b);
+  two.get(a); // a is now the most recent
+  two.get(c);
+  assert.equal(two.size, 2);
+  assert.equal(two.get(a), g1);
+  assert.notEqual(two.get(b), g2);
+});

@@ -78,6 +78,8 @@ export class CompiledGrammar {
   private runs: StringRuns;
   private slab = new Int32Array(0);
   private slabUsed = MASKS_PER_SLAB;
+  /** Bytes of the mask slabs allocated so far (what a grammar's masks hold). */
+  slabBytes = 0;
   /** string_runs.ts chains by state (null: not a string state). */
   private chains = new Map<number, number[] | null>();
 
@@ -160,6 +162,7 @@ export class CompiledGrammar {
     if (this.slabUsed === MASKS_PER_SLAB) {
       this.slab = new Int32Array(this.words * MASKS_PER_SLAB);
       this.slabUsed = 0;
+      this.slabBytes += this.slab.byteLength;
     }
     const at = this.words * this.slabUsed++;
     return this.slab.subarray(at, at + this.words);
@@ -205,10 +208,21 @@ export function stringRuns(trie: VocabTrie): StringRuns {
   return r;
 }
 
-/** Compiled grammars by spec, per trie (a worker serves one tokenizer). */
+/** Default budget of the mask slabs a cache keeps: ~28,000 dense masks of a 151k vocabulary.
+ *  A grammar's masks grow with the states its requests visit, so without a byte bound 64
+ *  large schemas (agents send many tool schemas) could hold gigabytes in the GPU worker. */
+export const GRAMMAR_CACHE_BYTES = 512 << 20;
+
+/** Compiled grammars by spec, per trie (a worker serves one tokenizer), least recently used
+ *  dropped first past `capacity` grammars or `maxBytes` of masks. A dropped grammar lives on
+ *  in the matchers that use it; a later request compiles it again. */
 export class GrammarCache {
   private map = new Map<string, CompiledGrammar>();
-  constructor(readonly trie: VocabTrie, private capacity = 64) {}
+  constructor(
+    readonly trie: VocabTrie,
+    private capacity = 64,
+    private maxBytes = GRAMMAR_CACHE_BYTES,
+  ) {}
 
   get(spec: GrammarSpec): CompiledGrammar {
     const key = spec.kind + "\0" + spec.source;
@@ -220,8 +234,21 @@ export class GrammarCache {
     }
     g = new CompiledGrammar(spec, this.trie);
     this.map.set(key, g);
-    if (this.map.size > this.capacity) this.map.delete(this.map.keys().next().value!);
+    // Masks grow while grammars are used, so the bound is checked when one comes in.
+    let bytes = 0;
+    for (const c of this.map.values()) bytes += c.slabBytes;
+    for (const [k, c] of this.map) {
+      if (this.map.size <= this.capacity && bytes <= this.maxBytes) break;
+      if (c === g) break;
+      this.map.delete(k);
+      bytes -= c.slabBytes;
+    }
     return g;
+  }
+
+  /** Grammars held. */
+  get size(): number {
+    return this.map.size;
   }
 }
 
