@@ -21,6 +21,22 @@ export function uniformInt(rand: () => number, lo: number, hi: number): number {
   return lo + Math.floor(rand() * (hi - lo + 1));
 }
 
+/** The text of SGLang's "random" dataset prompt of `n` tokens: random ids in
+ *  [1000, 30000) decoded, re-encoded (decoding can merge ids) and cut to `n` tokens. */
+export function randomPromptText(
+  tok: {
+    vocabSize: number;
+    encode(text: string, opts: { addSpecialTokens: boolean }): number[];
+    decode(ids: number[]): string;
+  },
+  rand: () => number,
+  n: number,
+): string {
+  const lo = Math.min(1000, tok.vocabSize - 1), hi = Math.min(30000, tok.vocabSize - 1);
+  const ids = Array.from({ length: n }, () => uniformInt(rand, lo, hi));
+  return tok.decode(tok.encode(tok.decode(ids), { addSpecialTokens: false }).slice(0, n));
+}
+
 /** The p-th percentile (0..100) by linear interpolation, NaN for an empty list. */
 export function percentile(values: number[], p: number): number {
   if (values.length === 0) return NaN;

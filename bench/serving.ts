@@ -20,6 +20,7 @@ import {
   mean,
   percentile,
   plotPath,
+  randomPromptText,
   seededRandom,
   svgLinePlot,
   uniformInt,
@@ -144,12 +145,7 @@ async function cardName(serveFlags: string): Promise<string> {
  *  "random" dataset), or `groups` shared prefixes each followed by unique random text. */
 function makePrompts(n: number, seedOffset: number): string[] {
   const rand = seededRandom(Number(a.seed) + seedOffset);
-  const lo = Math.min(1000, tok.vocabSize - 1), hi = Math.min(30000, tok.vocabSize - 1);
-  const text = (n: number) => {
-    const ids = Array.from({ length: n }, () => uniformInt(rand, lo, hi));
-    const again = tok.encode(tok.decode(ids), { addSpecialTokens: false }).slice(0, n);
-    return tok.decode(again);
-  };
+  const text = (n: number) => randomPromptText(tok, rand, n);
   const len = () => uniformInt(rand, Number(a["input-min"]), Number(a["input-max"]));
   if (a.dataset === "random") return Array.from({ length: n }, () => text(len()));
   if (a.dataset !== "shared-prefix") throw new Error(`unknown --dataset ${a.dataset}`);

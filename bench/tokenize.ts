@@ -14,7 +14,14 @@ import { Tokenizer } from "@huggingface/tokenizers";
 import { loadTokenizer } from "../src/tokenizer/tokenizer.ts";
 import { textTokenizer } from "../src/text/tokenizer_port.ts";
 import { appendResult } from "./results.ts";
-import { markdownTable, mean, percentile, seededRandom, uniformInt } from "./common.ts";
+import {
+  markdownTable,
+  mean,
+  percentile,
+  randomPromptText,
+  seededRandom,
+  uniformInt,
+} from "./common.ts";
 
 const { values: a } = parseArgs({
   options: {
@@ -38,17 +45,15 @@ const library = new Tokenizer(
   JSON.parse(await Deno.readTextFile(join(dir, "tokenizer_config.json"))),
 );
 
-// Prompts made as bench/serving.ts's random dataset makes them; every round gets its own
+// Prompts of bench/serving.ts's random dataset (randomPromptText); every round gets its own
 // (as a server sees new prompts), round 0 warms the JIT and is not counted.
 const rand = seededRandom(0);
-const lo = Math.min(1000, hf.vocabSize - 1), hi = Math.min(30000, hf.vocabSize - 1);
 const rounds = Array.from(
   { length: Number(a.rounds) + 1 },
   () =>
     Array.from({ length: Number(a.prompts) }, () => {
       const n = uniformInt(rand, Number(a["input-min"]), Number(a["input-max"]));
-      const ids = Array.from({ length: n }, () => uniformInt(rand, lo, hi));
-      return hf.decode(hf.encode(hf.decode(ids), { addSpecialTokens: false }).slice(0, n));
+      return randomPromptText(hf, rand, n);
     }),
 );
 
