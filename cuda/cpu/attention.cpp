@@ -321,41 +321,23 @@ int msg_attention_has_hopper(int* has) {
   return 0;
 }
 
-// The CPU has one extend kernel: the Hopper entry point is the same function.
-int msg_attention_extend_hopper(void* out, const void* q, int q_row_stride, const void* k_cache,
-                                const void* v_cache, const int32_t* page_table, int pt_stride,
-                                const int32_t* rows, const int32_t* seq_lens,
-                                const int32_t* q_starts, int batch, int total_q, int max_q_len,
-                                int max_seq_len, int hq, int hkv, int head_dim, int page_size,
-                                float scale, int dtype, void* stream) {
-  return msg_attention_extend(out, q, q_row_stride, k_cache, v_cache, page_table, pt_stride, rows,
-                              seq_lens, q_starts, batch, total_q, max_q_len, max_seq_len, hq, hkv,
-                              head_dim, page_size, scale, dtype, stream);
-}
-
-int msg_attention_extend_hopper_v3(void* out, const void* q, int q_row_stride,
-                                   const void* k_cache, const void* v_cache,
-                                   const int32_t* page_table, int pt_stride, const int32_t* rows,
-                                   const int32_t* seq_lens, const int32_t* q_starts, int batch,
-                                   int total_q, int max_q_len, int max_seq_len, int hq, int hkv,
-                                   int head_dim, int page_size, float scale, int dtype,
-                                   void* stream) {
-  return msg_attention_extend(out, q, q_row_stride, k_cache, v_cache, page_table, pt_stride, rows,
-                              seq_lens, q_starts, batch, total_q, max_q_len, max_seq_len, hq, hkv,
-                              head_dim, page_size, scale, dtype, stream);
-}
-
-int msg_attention_extend_hopper_v4(void* out, const void* q, int q_row_stride,
-                                   const void* k_cache, const void* v_cache,
-                                   const int32_t* page_table, int pt_stride, const int32_t* rows,
-                                   const int32_t* seq_lens, const int32_t* q_starts, int batch,
-                                   int total_q, int max_q_len, int max_seq_len, int hq, int hkv,
-                                   int head_dim, int page_size, float scale, int dtype,
-                                   void* stream) {
-  return msg_attention_extend(out, q, q_row_stride, k_cache, v_cache, page_table, pt_stride, rows,
-                              seq_lens, q_starts, batch, total_q, max_q_len, max_seq_len, hq, hkv,
-                              head_dim, page_size, scale, dtype, stream);
-}
+// The CPU has one extend kernel: the Hopper entry points (fa3 v1, v3, v4) are the same
+// function.
+#define MSG_EXTEND_ALIAS(name)                                                                  \
+  int name(void* out, const void* q, int q_row_stride, const void* k_cache, const void* v_cache, \
+           const int32_t* page_table, int pt_stride, const int32_t* rows,                      \
+           const int32_t* seq_lens, const int32_t* q_starts, int batch, int total_q,            \
+           int max_q_len, int max_seq_len, int hq, int hkv, int head_dim, int page_size,        \
+           float scale, int dtype, void* stream) {                                              \
+    return msg_attention_extend(out, q, q_row_stride, k_cache, v_cache, page_table, pt_stride, \
+                                rows, seq_lens, q_starts, batch, total_q, max_q_len,            \
+                                max_seq_len, hq, hkv, head_dim, page_size, scale, dtype,        \
+                                stream);                                                        \
+  }
+MSG_EXTEND_ALIAS(msg_attention_extend_hopper)
+MSG_EXTEND_ALIAS(msg_attention_extend_hopper_v3)
+MSG_EXTEND_ALIAS(msg_attention_extend_hopper_v4)
+#undef MSG_EXTEND_ALIAS
 
 int msg_attention_decode(void* out, const void* q, int q_row_stride, const void* k_cache,
                          const void* v_cache, const int32_t* page_table, int pt_stride,
