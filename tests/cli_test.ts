@@ -6,18 +6,11 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ensureTestModel, REPO_ROOT } from "./fixtures.ts";
+import { runDeno } from "./server_harness.ts";
 
 /** Runs main.ts with args; returns exit code and output. */
-async function runMain(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", ...args],
-    cwd: REPO_ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+function runMain(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return runDeno(["run", "-A", "main.ts", ...args]);
 }
 
 /** Asserts exit 1 with exactly one `error: ...` line matching `pattern` and no stack. */

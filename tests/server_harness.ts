@@ -15,6 +15,21 @@ export interface ServerProcess {
   stop(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
 }
 
+/** Runs `deno <args>` in the repository root to the end; its exit code and output. */
+export async function runDeno(
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args,
+    cwd: REPO_ROOT,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
 /** `deno` arguments that run main.ts on the tiny Qwen3 (CPU backend, one thread), or on
  *  another model folder. */
 export async function tinyMainArgs(flags: string[], modelDir?: string): Promise<string[]> {

@@ -6,7 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { ensureTestModel, REPO_ROOT, sharedPrefixWorkload } from "./fixtures.ts";
+import { ensureTestModel, sharedPrefixWorkload } from "./fixtures.ts";
+import { runDeno } from "./server_harness.ts";
 import { startEngine } from "../src/engine/engine.ts";
 import { defaultEngineConfig, type EngineConfig } from "../src/engine/config.ts";
 import type { TokenEvent } from "../src/engine/types.ts";
@@ -76,14 +77,18 @@ Deno.test("engine: --tp 2 with dummy weights runs from config.json and the token
 
 Deno.test("cli: --tp that does not divide the heads exits 1 with one line", async () => {
   const dir = await ensureTestModel("tiny-qwen3"); // 4 heads
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", "--model", dir, "--device", "cpu", "--tp-size", "3"],
-    cwd: REPO_ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const err = new TextDecoder().decode(out.stderr);
+  const out = await runDeno([
+    "run",
+    "-A",
+    "main.ts",
+    "--model",
+    dir,
+    "--device",
+    "cpu",
+    "--tp-size",
+    "3",
+  ]);
+  const err = out.stderr;
   assert.equal(out.code, 1, err);
   const lines = err.split("\n").filter((l) => l.startsWith("error:"));
   assert.equal(lines.length, 1, err);

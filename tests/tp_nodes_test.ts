@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { ensureTestModel, REPO_ROOT } from "./fixtures.ts";
-import { type ServerProcess, startServerProcess, tinyMainArgs } from "./server_harness.ts";
+import { runDeno, type ServerProcess, startServerProcess, tinyMainArgs } from "./server_harness.ts";
 import { FlagError, parseFlags } from "../src/cli/flags.ts";
 import { runRanks } from "../bench/tp_ranks.ts";
 import { tcpUniqueId } from "../ffi/comm.ts";
@@ -278,14 +278,10 @@ Deno.test("flags: --nnodes, --node-rank, --dist-init-addr are checked at parse t
 });
 
 Deno.test("cli: --tp 3 --nnodes 2 exits 1 with one line", async () => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: await tinyMainArgs(["--tp", "3", "--nnodes", "2", "--dist-init-addr", "127.0.0.1:1"]),
-    cwd: REPO_ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const err = new TextDecoder().decode(out.stderr);
+  const out = await runDeno(
+    await tinyMainArgs(["--tp", "3", "--nnodes", "2", "--dist-init-addr", "127.0.0.1:1"]),
+  );
+  const err = out.stderr;
   assert.equal(out.code, 1, err);
   assert.equal(
     err.trim(),
