@@ -78,7 +78,10 @@ export class Dfa {
   private bySeeds = new Map<number, (number[] | number)[]>();
   /** DFA states by a hash of their NFA set. */
   private ids = new Map<number, number[]>();
-  private table = new Int32Array(256 * 64).fill(UNKNOWN);
+  /** Transitions per state, 256 entries each (UNKNOWN until computed). One row per state
+   *  rather than one table that doubles: copying a table of many megabytes stalled the step
+   *  that happened to create the state past a power of two (~10 ms at 8k states). */
+  private rows: Int32Array[] = [];
   private accepting: number[] = [];
   private mark: Uint32Array;
   private stamp = 0;
@@ -120,8 +123,7 @@ export class Dfa {
 
   /** The state after byte `b` from `s` (DEAD when rejected). */
   step(s: number, b: number): number {
-    const at = s * 256 + b;
-    const v = this.table[at];
+    const v = this.rows[s][b];
     return v !== UNKNOWN ? v : this.compute(s, b);
   }
 
@@ -141,7 +143,7 @@ export class Dfa {
     }
     const id = next.length ? this.internSeeds(next) : DEAD;
     const c = this.classOf[b];
-    this.table.fill(id, s * 256 + this.classReps[c], s * 256 + this.classEnd[c]);
+    this.rows[s].fill(id, this.classReps[c], this.classEnd[c]);
     return id;
   }
 
@@ -197,11 +199,7 @@ export class Dfa {
     if (bucket) bucket.push(id);
     else this.ids.set(h, [id]);
     this.accepting.push(out.includes(this.final) ? 1 : 0);
-    if ((id + 1) * 256 > this.table.length) {
-      const t = new Int32Array(this.table.length * 2).fill(UNKNOWN);
-      t.set(this.table);
-      this.table = t;
-    }
+    this.rows.push(new Int32Array(256).fill(UNKNOWN));
     return id;
   }
 }
