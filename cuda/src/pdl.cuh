@@ -7,8 +7,8 @@
 // Both are no-ops below sm_90 and for kernels launched without the attribute; the attribute is
 // set only on devices of compute capability >= 9, on created streams (not the legacy default
 // one), and unless MINISGL_PDL=0. Works inside CUDA graphs (captured as programmatic edges).
-// Kernels launched the ordinary way (cuBLASLt, attention, sampling) keep full serialization
-// before and after them. A GEMV may also read its weights before the wait (gemv.cu): weights
+// Kernels launched the ordinary way (cuBLASLt, attention extend, sampling) keep full
+// serialization before and after them; the decode attention kernel is launched with it. A GEMV may also read its weights before the wait (gemv.cu): weights
 // are never written by a kernel.
 #pragma once
 

@@ -52,6 +52,8 @@ interface Case {
   seqs: number[];
   maxSeq: number;
   dtype: number;
+  /** Library knobs set while the CUDA side runs (attention_decode.cu reads them per call). */
+  env?: Record<string, string>;
 }
 
 /** Runs one case on a library; returns the output as raw 16-bit values. */
@@ -147,12 +149,31 @@ Deno.test({
       maxSeq: 2500,
       dtype: F16,
     });
+    // The split merge near the grid's limit, forced (the library reads these knobs per call):
+    // 61 splits of at least 16 keys, so 47, 19 and 1 are active (shares of 64 keys) and the
+    // unrolled merge loops end on a remainder.
+    cases.push({
+      hd: 128,
+      ps: 16,
+      hq: 32,
+      hkv: 8,
+      seqs: [3000, 1200, 3],
+      maxSeq: 3000,
+      dtype: BF16,
+      env: { MSG_DECODE_SPLITS: "61", MSG_DECODE_SPLIT_KEYS: "16" },
+    });
     for (const c of cases) {
       const inp = makeInputs(c);
       const ref = from16(runCase(cpu, c, inp), c.dtype);
-      const got = from16(runCase(gpu, c, inp), c.dtype);
+      for (const [k, v] of Object.entries(c.env ?? {})) Deno.env.set(k, v);
+      let got: Float32Array;
+      try {
+        got = from16(runCase(gpu, c, inp), c.dtype);
+      } finally {
+        for (const k of Object.keys(c.env ?? {})) Deno.env.delete(k);
+      }
       const what = `hd=${c.hd} ps=${c.ps} hq=${c.hq} hkv=${c.hkv} seqs=${c.seqs.length} ` +
-        `max=${c.maxSeq} dtype=${c.dtype}`;
+        `max=${c.maxSeq} dtype=${c.dtype}${c.env ? " " + JSON.stringify(c.env) : ""}`;
       const err = relErr(ref, got, what);
       assert.ok(err <= 1e-2, `${what}: relative L2 error ${err.toExponential(3)} > 1e-2`);
       // A request of length 0 writes zeros.
