@@ -8,7 +8,8 @@
 #
 # Steps (default: all, in this order; estimated wall time on one H200 in brackets):
 #   build   CUDA library for sm_90a only ($MINISGL_CUDA_ARCHS) + CPU library   [~2 min]
-#   test    tests/device/attention_extend_test.ts and attention_mixed_test.ts  [~1 min]
+#   test    tests/device/attention_extend_test.ts, attention_mixed_test.ts and the decode
+#           kernel's attention_test.ts (its PDL launch and unrolled merge are new) [~1.5 min]
 #   bench   deno task bench attention: native and fa3 v1, v3, v4 in one run (v3/v4 only when
 #           their test passed in the test step; v1 alone when it did not run), and the decode
 #           kernel at its own split count and at 8..64 splits  [~2 min]
@@ -35,6 +36,7 @@ if has test; then
   say test
   MINISGL_REQUIRE_CUDA=1 run 300 deno test -A tests/device/attention_extend_test.ts
   MINISGL_REQUIRE_CUDA=1 run 240 deno test -A tests/device/attention_mixed_test.ts
+  MINISGL_REQUIRE_CUDA=1 run 240 deno test -A tests/device/attention_test.ts
   grep -E "^attention .*(ok|FAILED)|cases failed|relative L2" "$LOG" | tail -20
   for v in 3 4; do
     if grep -qE "msg_attention_extend_hopper_v$v = CPU .* ok" "$LOG"; then variants="$variants $v"; fi
