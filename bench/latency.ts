@@ -10,15 +10,24 @@
  * second) measured in the same run. Time to first token goes through the engine instead
  * (bench/ttft.ts); --ttft runs it first, in its own process, before this one loads the model.
  *
+ * --ops: where a step's time goes instead (records `decode_ops`). The step runs eagerly (no
+ * graph) with a CUDA event recorded after every native call, so each op's device time is the
+ * time between its event and the one before. The stream is first held busy by device copies
+ * that outlast the host's enqueueing of the whole step, so the ops run back to back as on a
+ * loaded device rather than at the host's launch rate. The sum of the ops is the step without
+ * graphs and PDL; set beside the graph-replayed step of a plain run, the difference is what
+ * kernel boundaries cost.
+ *
  *   deno task bench latency --model DIR --name llama-3-8b [--batches 1,8,32,128]
- *     [--steps 256] [--ttft [--ttft-lengths 32,8192]] [--out results.json] [--plot]
+ *     [--steps 256] [--ttft [--ttft-lengths 32,8192]] [--ops [--ops-steps 8]]
+ *     [--out results.json] [--plot]
  */
 import { parseArgs } from "node:util";
 import { loadModelConfig } from "../src/model/config.ts";
 import { SafetensorsFolder } from "../src/model/safetensors.ts";
 import { ModelRunner, type Pending, runnerOptions } from "../src/runtime/model_runner.ts";
 import { type BatchEntry, GREEDY } from "../src/ipc/batch.ts";
-import { DType } from "../ffi/device.ts";
+import { DType, type Handle } from "../ffi/device.ts";
 import { DEFAULTS } from "../src/core/defaults.ts";
 import { appendResult } from "./results.ts";
 import { markdownTable, plotPath, svgLinePlot } from "./common.ts";
@@ -36,6 +45,8 @@ const { values: a } = parseArgs({
     "copy-mib": { type: "string", default: "1024" },
     attn: { type: "string", default: DEFAULTS.attn },
     ttft: { type: "boolean", default: false },
+    ops: { type: "boolean", default: false },
+    "ops-steps": { type: "string", default: "8" },
     "ttft-lengths": { type: "string", default: "32,8192" },
     plot: { type: "boolean", default: false },
     out: { type: "string" },
@@ -74,7 +85,7 @@ const runner = await ModelRunner.create(
     numPages: a["num-pages"] ? Number(a["num-pages"]) : null,
     maxRows: maxB,
     maxPrefillLength: Math.max(maxB * P, 64),
-    cudaGraphMaxBs: a.device === "cuda" ? maxB : 0,
+    cudaGraphMaxBs: a.device === "cuda" && !a.ops ? maxB : 0,
     attn: a.attn!,
   }),
   () => {},
@@ -110,7 +121,8 @@ function copyBandwidth(): number {
   return (2 * n) / (times[times.length >> 1] / 1000);
 }
 
-const pagesPerRow = Math.ceil((P + steps + 32) / PAGE);
+const opsSteps = a.ops ? Number(a["ops-steps"]) + 1 : 0;
+const pagesPerRow = Math.ceil((P + steps + 32 + opsSteps) / PAGE);
 const rowPages = (r: number) =>
   Int32Array.from({ length: pagesPerRow }, (_, i) => r * pagesPerRow + i);
 const entry = (row: number, ids: number[] | null, start: number): BatchEntry => ({
@@ -127,8 +139,12 @@ const entry = (row: number, ids: number[] | null, start: number): BatchEntry => 
   topLogprobs: 0,
 });
 
-/** Prefills `bs` rows, then times `n` pipelined decode steps (as the GPU worker runs them). */
-function measureDecode(bs: number, n: number): { stepsPerS: number; meanSeqLen: number } {
+/** Prefills `bs` rows, then times `n` pipelined decode steps (as the GPU worker runs them).
+ *  `pos`: the rows' length after the last step. */
+function measureDecode(
+  bs: number,
+  n: number,
+): { stepsPerS: number; meanSeqLen: number; pos: number } {
   const prompt = (r: number) =>
     Array.from({ length: P }, (_, i) => (i * 7919 + r * 31) % Math.min(10000, cfg.vocabSize));
   runner.run({ id: -1, entries: Array.from({ length: bs }, (_, r) => entry(r, prompt(r), 0)) });
@@ -151,7 +167,114 @@ function measureDecode(bs: number, n: number): { stepsPerS: number; meanSeqLen: 
   run(16); // warm-up
   const start = pos;
   const stepsPerS = run(n);
-  return { stepsPerS, meanSeqLen: (start + pos) / 2 };
+  return { stepsPerS, meanSeqLen: (start + pos) / 2, pos };
+}
+
+/** Native calls that are not work on the stream (no event after them). */
+const HOST_CALLS = /^(event |stream sync|copy to host|alloc|free|host )/;
+
+/** --ops: device time per op of a decode step of `bs` rows, mean of `n` steps (see the top). */
+function profileOps(bs: number, n: number): Record<string, unknown> {
+  const measured = measureDecode(bs, steps);
+  let pos = measured.pos;
+  const stream = runner.ops.stream;
+  const step = () => {
+    const p = runner.launch({
+      id: 0,
+      entries: Array.from({ length: bs }, (_, r) => entry(r, null, pos)),
+    });
+    pos++;
+    return p;
+  };
+  const events: Handle[] = [], names: string[] = [];
+  let used = 0, busy = false;
+  /** An event on the stream after a native call (`busy`: not after its own calls). */
+  const mark = (what: string) => {
+    if (busy || HOST_CALLS.test(what)) return;
+    busy = true;
+    if (used === events.length) events.push(dev.createEvent());
+    dev.record(events[used], stream);
+    busy = false;
+    names[used++] = what;
+  };
+  // The host's time to enqueue one step with its events; copies ahead must outlast it.
+  dev.onCall = mark;
+  const t = performance.now();
+  runner.finish(step());
+  const hostMs = performance.now() - t;
+  const blockBytes = 256 << 20;
+  const x = dev.alloc(DType.U8, [blockBytes]), y = dev.alloc(DType.U8, [blockBytes]);
+  let copies = 0;
+  dev.onCall = null;
+  if (dev.backend === "cuda") {
+    used = 0;
+    mark("copy");
+    dev.copy(y, x, blockBytes, stream);
+    mark("copy");
+    dev.sync(stream);
+    copies = Math.ceil((3 * hostMs) / dev.elapsedMs(events[0], events[1])) + 1;
+  }
+  const ops = new Map<string, { calls: number; ms: number }>();
+  let stepMs = 0;
+  for (let i = 0; i < n; i++) {
+    dev.onCall = null;
+    for (let c = 0; c < copies; c++) dev.copy(y, x, blockBytes, stream);
+    dev.onCall = mark;
+    used = 0;
+    mark("start");
+    runner.finish(step());
+    for (let k = 1; k < used; k++) {
+      const ms = dev.elapsedMs(events[k - 1], events[k]);
+      const o = ops.get(names[k]) ?? { calls: 0, ms: 0 };
+      o.calls++;
+      o.ms += ms;
+      ops.set(names[k], o);
+      stepMs += ms;
+    }
+  }
+  dev.onCall = null;
+  dev.free(x);
+  dev.free(y);
+  const list = [...ops].map(([op, o]) => ({
+    op,
+    calls: o.calls / n,
+    us: (o.ms * 1000) / n,
+    us_per_call: (o.ms * 1000) / o.calls,
+    share: o.ms / stepMs,
+  })).sort((p, q) => q.us - p.us);
+  return {
+    name: "decode_ops",
+    model: a.name,
+    device_name: card,
+    batch: bs,
+    eager_step_ms: 1000 / measured.stepsPerS,
+    ops_step_ms: stepMs / n,
+    host_enqueue_ms: hostMs,
+    copies_ahead: copies,
+    steps: n,
+    page_size: PAGE,
+    attn: a.attn,
+    ops: list,
+  };
+}
+
+if (a.ops) {
+  for (const bs of batches) {
+    const rec = profileOps(bs, opsSteps - 1);
+    console.log(
+      `decode step at batch ${bs}: ${(rec.eager_step_ms as number).toFixed(3)} ms eager, ` +
+        `${(rec.ops_step_ms as number).toFixed(3)} ms in ops run back to back`,
+    );
+    console.log(markdownTable(rec.ops as Record<string, unknown>[], [
+      "op",
+      "calls",
+      "us",
+      "us_per_call",
+      "share",
+    ]));
+    if (a.out) await appendResult(a.out, card, rec);
+  }
+  Deno.exit(0);
 }
 
 const bw = dev.backend === "cuda" ? copyBandwidth() : NaN;

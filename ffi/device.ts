@@ -77,9 +77,14 @@ export class Device {
     return this.lib.sym;
   }
 
+  /** Called after every successful native call with its name; null normally. `bench latency
+   *  --ops` records a CUDA event there to time each op of a decode step. */
+  onCall: ((what: string) => void) | null = null;
+
   /** Throws with the library's message when status != 0. */
   check(status: number, what: string): void {
     this.lib.check(status, what);
+    if (this.onCall) this.onCall(what);
   }
 
   name(): string {

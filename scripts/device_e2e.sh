@@ -13,6 +13,8 @@
 #   broken-lib  the device tests fail (not skip) with a corrupt CUDA library      [~0.5 min]
 #   fidelity    logits vs transformers: qwen3-0.6b, llama-3.2-1b                  [~1 min]
 #   latency     decode tok/s at batch 1/8/32/128 + roofline: qwen3-0.6b, llama-3-8b [~1.5 min]
+#   ops         where a decode step's time goes: device time per op, eager, at batch 1 and 64
+#               (bench latency --ops; records decode_ops): qwen3-0.6b, llama-3-8b  [~1 min]
 #   offline     256 requests: qwen3-0.6b (+ transformers on 64), llama-3-8b        [~3 min]
 #   ttft        32 and 8k-token prompts: qwen3-0.6b (8192), llama-3-8b (8000)     [~1 min]
 #   serving     qwen3-0.6b server: 128 prompts at once, then Poisson 8/16/32 req/s [~1 min]
@@ -21,7 +23,7 @@
 #               Python openai client's checks where python3 has it                 [~2 min]
 #   cpu-fidelity  tiny models on the CPU backend vs transformers (not in the default)
 # Two calls of 8 minutes hold it all, e.g.:
-#   bash scripts/device_e2e.sh build kernels broken-lib fidelity latency ttft   [~6.5 min]
+#   bash scripts/device_e2e.sh build kernels broken-lib fidelity latency ops ttft  [~7.5 min]
 #   bash scripts/device_e2e.sh build offline serving ablations                 [~5 min, +2 fresh]
 # (build is a no-op when the library is up to date on a machine that stayed warm).
 # MINISGL_PDL=0 turns programmatic dependent launch off (cuda/src/pdl.cuh), for a comparison or
@@ -35,7 +37,7 @@ mkdir -p "$OUT"
 LOG="$OUT/e2e.log"
 RES="$OUT/results.json"
 export MINISGL_CUDA_ARCHS=${MINISGL_CUDA_ARCHS:-90a} NO_COLOR=1
-steps=${*:-build kernels broken-lib fidelity latency offline ttft serving ablations structured}
+steps=${*:-build kernels broken-lib fidelity latency ops offline ttft serving ablations structured}
 models=${MINISGL_MODELS:-/tmp/minisgl-models}
 mkdir -p "$models"
 tiny_offline="--device cpu --requests 6 --input-min 10 --input-max 64 --output-min 4 --output-max 16 --hf-requests 2"
@@ -97,6 +99,13 @@ if has latency; then
   for p in qwen3-0.6b llama-3-8b; do
     make $p && bench 180 latency --model "$(m $p)" --name $p --plot --out "$RES" \
       $(small --device cpu --steps 4 --batches 1,8 --num-pages 256)
+  done
+fi
+if has ops; then
+  say ops
+  for p in qwen3-0.6b llama-3-8b; do
+    make $p && bench 150 latency --model "$(m $p)" --name $p --ops --batches 1,64 --steps 32 \
+      --out "$RES" $(small --device cpu --batches 1,8 --steps 4 --ops-steps 2 --num-pages 256)
   done
 fi
 if has offline; then
