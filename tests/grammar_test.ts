@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ensureTestModel } from "./fixtures.ts";
-import { Dfa } from "../src/grammar/automaton.ts";
+import { Dfa, MAX_CALL_DEPTH } from "../src/grammar/automaton.ts";
 import { parseRegex } from "../src/grammar/regex.ts";
 import {
   GrammarCache,
@@ -91,7 +91,13 @@ Deno.test("grammar: ebnf syntax (literals, classes, groups, repeats, recursion)"
     ],
     ['root ::= ("ab" | [0-9]+){2,3} "\\n\\x41\\u00e9"', ["ab12\nAé", "abab1\nAé"], ["ab\nAé"]],
     [`root ::= . "." [^a-z"]`, ["é.Q", "x.\u4e2d"], ["x.a", 'x."', "xy.Q"]],
-    [ARITH_EBNF, ["1+2*3", "(1+(2*3))-4", "((7))"], ["1+", "12a", "1+2+3+4+5", "((((1))))"]],
+    // Recursion nests as deep as the automaton's call stack: 30 levels of parentheses are
+    // 90 rule calls (expr, term, factor per level).
+    [
+      ARITH_EBNF,
+      ["1+2*3", "(1+(2*3))-4", "((7))", "((((1))))", "(".repeat(30) + "1" + ")".repeat(30)],
+      ["1+", "12a", "1+2+3+4+5", "((1)", "(".repeat(30) + "1" + ")".repeat(29)],
+    ],
   ];
   for (const [g, yes, no] of cases) {
     for (const s of yes) assert.ok(accepts(g, s), `${g} should match ${JSON.stringify(s)}`);
@@ -100,6 +106,49 @@ Deno.test("grammar: ebnf syntax (literals, classes, groups, repeats, recursion)"
   for (const s of ["1+2*3", "(1+(2*3))-4", "((7))", "1+", "12a", "1+2+3+4+5"]) {
     assert.equal(accepts(ARITH_EBNF, s), isArith(s), s);
   }
+});
+
+Deno.test("grammar: nesting goes through rule calls, as deep as the call stack", () => {
+  const accepting = (spec: GrammarSpec, s: string) => {
+    const d = new Dfa(specToRegex(spec));
+    const st = d.walk(0, enc.encode(s));
+    return st >= 0 && d.isAccepting(st);
+  };
+  const obj: GrammarSpec = { kind: "json_object", source: "" };
+  // Any JSON, objects and arrays in turn: one call per level.
+  const nest = (k: number) =>
+    Array.from({ length: k }, (_, i) => i % 2 ? "[" : '{"k": ').join("") + "1" +
+    Array.from({ length: k }, (_, i) => (k - 1 - i) % 2 ? "]" : "}").join("");
+  for (const k of [1, 4, 20, MAX_CALL_DEPTH - 1]) {
+    assert.ok(accepting(obj, nest(k)), `json_object ${k} deep`);
+    assert.ok(!accepting(obj, nest(k).slice(0, -1)), `json_object ${k} deep, unclosed`);
+  }
+  assert.ok(!accepting(obj, nest(MAX_CALL_DEPTH + 1)), "past the call stack");
+  assert.ok(!accepting(obj, '{"a": [1}]'), "crossed brackets");
+  // A recursive $ref: a tree 12 levels deep, every node checked at every depth.
+  const tree = { kind: "json_schema" as const, source: JSON.stringify(SCHEMAS.tree) };
+  const node = (d: number, v: number): string =>
+    d === 0 ? `{"v": ${v}}` : `{"v": ${v}, "kids": [${node(d - 1, v)}, {"v": 0}]}`;
+  assert.ok(accepting(tree, node(12, 3)));
+  assert.ok(!accepting(tree, node(12, 3).replace('{"v": 3}', '{"v": 6}')), "v out of range");
+  assert.ok(!accepting(tree, node(12, 3).replace('"kids": [{"v": 3}', '"kids": [{"w": 3}')));
+  // Left recursion works too (bounded by the stack, as every call).
+  const left: GrammarSpec = { kind: "ebnf", source: 'root ::= sum\nsum ::= sum "+" "1" | "1"' };
+  assert.ok(accepting(left, "1+1+1+1"));
+  assert.ok(!accepting(left, "1+1+"));
+  // What can never finish is pruned: the "b" branch needs x, which recurses without end, so
+  // no text may start with it; a schema that requires itself has no finite instance at all.
+  const dead = new Dfa(specToRegex({ kind: "ebnf", source: 'root ::= "a" | "b" x\nx ::= "c" x' }));
+  assert.equal(dead.walk(0, enc.encode("b")), -1);
+  assert.ok(dead.isAccepting(dead.walk(0, enc.encode("a"))));
+  const endless = {
+    $defs: { n: { type: "object", properties: { c: { $ref: "#/$defs/n" } }, required: ["c"] } },
+    $ref: "#/$defs/n",
+  };
+  assert.throws(
+    () => specToRegex({ kind: "json_schema", source: JSON.stringify(endless) }),
+    /json_schema: no finite text/,
+  );
 });
 
 const SCHEMAS: Record<string, unknown> = {

@@ -3,28 +3,60 @@
  * DFA states are made on first visit (subset construction one byte at a time), so a large
  * schema only pays for the states generation actually reaches. State 0 is the start;
  * DEAD (-1) is the rejecting sink.
+ *
+ * Rules (`call` nodes) make it a pushdown automaton: each rule's body is built once, and a
+ * call edge enters it. What the subset construction tracks is then not an NFA state but a
+ * configuration (NFA state, call stack), numbered on first sight; a stack is a chain of
+ * return states, also numbered, at most MAX_CALL_DEPTH deep (a call past that is not taken).
+ * A DFA state is a set of configurations, so a document nested k deep has its own states,
+ * made lazily like any other. Without rules every stack is empty and nothing changes.
  */
-import { GrammarError, type Rx } from "./regex.ts";
+import { GrammarError, type Rule, type Rx } from "./regex.ts";
 
 export const DEAD = -1;
 const UNKNOWN = -2;
 
 /** Most DFA states one grammar may build (guards against a blow-up). */
 export const MAX_DFA_STATES = 200_000;
+/** Deepest stack of rule calls (JSON nesting, recursive $ref or EBNF rules). */
+export const MAX_CALL_DEPTH = 128;
 
 class Nfa {
   eps: number[][] = [];
   /** Byte transitions per state: flat [lo, hi, target] triples. */
   trans: number[][] = [];
+  /** Call edges per state: flat [callee's start, return state] pairs. */
+  calls: number[][] = [];
+  /** Per state: 1 when it ends a rule's body (a configuration there returns). */
+  ruleEnd: number[] = [];
   /** cut[b]: some byte range starts at b or ends at b - 1 (the byte classes' bounds). */
   cut = new Uint8Array(257);
+  /** Each rule's start state, built on its first call. */
+  private rules = new Map<Rule, number>();
   add(): number {
     this.eps.push([]);
     this.trans.push([]);
+    this.calls.push([]);
+    this.ruleEnd.push(0);
     return this.eps.length - 1;
+  }
+  /** The start state of a rule's body (built on first use; the body may call the rule). */
+  private ruleStart(rule: Rule): number {
+    let start = this.rules.get(rule);
+    if (start !== undefined) return start;
+    if (!rule.body) throw new GrammarError(`rule ${rule.name} has no body`);
+    start = this.add();
+    this.rules.set(rule, start);
+    this.ruleEnd[this.build(rule.body, start)] = 1;
+    return start;
   }
   build(node: Rx, from: number): number {
     switch (node.t) {
+      case "call": {
+        const to = this.add();
+        this.calls[from].push(this.ruleStart(node.rule), to);
+        return to;
+      }
       case "bytes": {
         const to = this.add();
         const t = this.trans[from];
@@ -73,7 +105,18 @@ class Nfa {
 export class Dfa {
   private nfa = new Nfa();
   private final: number;
+  /** Each DFA state's configurations (sorted ids). */
   private sets: Int32Array[] = [];
+  /** Configurations: NFA state and stack of each, and their ids by (state, stack). */
+  private cfgQ: number[] = [];
+  private cfgS: number[] = [];
+  private cfgIds = new Map<number, number>();
+  /** Stacks (0 = empty): the stack below, the return state on top, the depth; ids by
+   *  (below, return state). */
+  private stackBelow = [0];
+  private stackRet = [-1];
+  private stackDepth = [0];
+  private stackIds = new Map<number, number>();
   /** DFA states by a hash of the seeds that made them (flat [seeds, id] pairs). */
   private bySeeds = new Map<number, (number[] | number)[]>();
   /** DFA states by a hash of their NFA set. */
@@ -83,7 +126,8 @@ export class Dfa {
    *  that happened to create the state past a power of two (~10 ms at 8k states). */
   private rows: Int32Array[] = [];
   private accepting: number[] = [];
-  private mark: Uint32Array;
+  /** Configurations already in the closure being built (stamp per closure). */
+  private mark = new Uint32Array(1024);
   private stamp = 0;
   /** One byte of each class of bytes the grammar never tells apart (same transitions from
    *  every NFA state, so from every DFA state). */
@@ -95,8 +139,7 @@ export class Dfa {
   constructor(ast: Rx) {
     const start = this.nfa.add();
     this.final = this.nfa.build(ast, start);
-    this.mark = new Uint32Array(this.nfa.eps.length);
-    this.intern([start]);
+    this.intern([this.config(start, 0)]);
     const cut = this.nfa.cut;
     cut[0] = 1;
     const reps: number[] = [];
@@ -110,6 +153,39 @@ export class Dfa {
   /** DFA states built so far. */
   get size(): number {
     return this.sets.length;
+  }
+
+  /** The id of configuration (NFA state q, stack s). */
+  private config(q: number, s: number): number {
+    const key = s * this.nfa.eps.length + q;
+    let id = this.cfgIds.get(key);
+    if (id === undefined) {
+      id = this.cfgQ.length;
+      this.cfgQ.push(q);
+      this.cfgS.push(s);
+      this.cfgIds.set(key, id);
+      if (id >= this.mark.length) {
+        const m = new Uint32Array(this.mark.length * 2);
+        m.set(this.mark);
+        this.mark = m;
+      }
+    }
+    return id;
+  }
+
+  /** Stack `below` with return state `ret` pushed, or -1 past MAX_CALL_DEPTH. */
+  private push(below: number, ret: number): number {
+    if (this.stackDepth[below] >= MAX_CALL_DEPTH) return -1;
+    const key = below * this.nfa.eps.length + ret;
+    let id = this.stackIds.get(key);
+    if (id === undefined) {
+      id = this.stackBelow.length;
+      this.stackBelow.push(below);
+      this.stackRet.push(ret);
+      this.stackDepth.push(this.stackDepth[below] + 1);
+      this.stackIds.set(key, id);
+    }
+    return id;
   }
 
   /** NFA states (a measure of the grammar's size). */
@@ -138,8 +214,10 @@ export class Dfa {
     const next: number[] = [];
     const set = this.sets[s], trans = this.nfa.trans;
     for (let i = 0; i < set.length; i++) {
-      const t = trans[set[i]];
-      for (let k = 0; k < t.length; k += 3) if (b >= t[k] && b <= t[k + 1]) next.push(t[k + 2]);
+      const c = set[i], t = trans[this.cfgQ[c]];
+      for (let k = 0; k < t.length; k += 3) {
+        if (b >= t[k] && b <= t[k + 1]) next.push(this.config(t[k + 2], this.cfgS[c]));
+      }
     }
     const id = next.length ? this.internSeeds(next) : DEAD;
     const c = this.classOf[b];
@@ -169,19 +247,30 @@ export class Dfa {
     return id;
   }
 
-  /** The DFA state of the epsilon closure of `seeds`. */
+  /** The DFA state of the closure of configurations `seeds` (epsilon moves, calls into
+   *  rules, returns at a rule's end). */
   private intern(seeds: number[]): number {
     const stamp = ++this.stamp;
-    const stack = seeds.slice();
+    const work = seeds.slice();
     const out: number[] = [];
-    while (stack.length) {
-      const q = stack.pop()!;
-      if (this.mark[q] === stamp) continue;
-      this.mark[q] = stamp;
-      // Only states with byte transitions (or the final one) tell DFA states apart.
-      if (this.nfa.trans[q].length || q === this.final) out.push(q);
-      const eps = this.nfa.eps[q];
-      for (let i = 0; i < eps.length; i++) stack.push(eps[i]);
+    const nfa = this.nfa;
+    while (work.length) {
+      const c = work.pop()!;
+      if (this.mark[c] === stamp) continue;
+      this.mark[c] = stamp;
+      const q = this.cfgQ[c], st = this.cfgS[c];
+      // Only configurations with byte transitions (or the final one) tell DFA states apart.
+      if (nfa.trans[q].length || (q === this.final && st === 0)) out.push(c);
+      const eps = nfa.eps[q];
+      for (let i = 0; i < eps.length; i++) work.push(this.config(eps[i], st));
+      const calls = nfa.calls[q];
+      for (let i = 0; i < calls.length; i += 2) {
+        const pushed = this.push(st, calls[i + 1]);
+        if (pushed >= 0) work.push(this.config(calls[i], pushed));
+      }
+      if (nfa.ruleEnd[q] && st !== 0) {
+        work.push(this.config(this.stackRet[st], this.stackBelow[st]));
+      }
     }
     if (out.length === 0) return DEAD;
     if (out.length > 1) out.sort((a, b) => a - b);
@@ -198,7 +287,7 @@ export class Dfa {
     this.sets.push(Int32Array.from(out));
     if (bucket) bucket.push(id);
     else this.ids.set(h, [id]);
-    this.accepting.push(out.includes(this.final) ? 1 : 0);
+    this.accepting.push(out.some((c) => this.cfgQ[c] === this.final && this.cfgS[c] === 0) ? 1 : 0);
     this.rows.push(new Int32Array(256).fill(UNKNOWN));
     return id;
   }

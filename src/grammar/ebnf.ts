@@ -11,20 +11,23 @@
  * \uHHHH), character classes ([a-z], [^"\\], as in regex.ts), `.` (any character), rule
  * names, groups ( ... ), each item optionally followed by ? * + {m} {m,} {m,n}.
  *
- * The automaton is finite, so rules are inlined where they are used, and a rule that
- * refers to itself (directly or through others) is unrolled MAX_EBNF_DEPTH levels deep:
- * past that, the recursive reference matches nothing, and alternatives that need it drop
- * out. Every output still parses under the grammar; only nesting deeper than the bound is
- * out of reach. A grammar with no finite derivation, or one that grows past
- * MAX_EBNF_SIZE automaton states once unrolled, is refused (GrammarError names why).
+ * Each rule becomes one rule of the automaton (a `call` in regex.ts), so a rule may refer to
+ * itself, directly or through others, and nest as deep as the automaton's call stack
+ * (MAX_CALL_DEPTH in automaton.ts). Rules with no finite derivation (every branch recurses
+ * forever) are pruned by grammar.ts, as for every grammar, and a root with none is refused.
  */
-import { alt, EMPTY, GrammarError, lit, parseRegex, rep, type Rx, seq } from "./regex.ts";
-
-/** How many times a rule may nest inside itself. */
-export const MAX_EBNF_DEPTH = 3;
-/** Largest automaton (NFA states, about) an unrolled grammar may become: each one costs
- *  compile time (~3 us) and DFA states later. */
-export const MAX_EBNF_SIZE = 100_000;
+import {
+  alt,
+  call,
+  EMPTY,
+  GrammarError,
+  lit,
+  parseRegex,
+  rep,
+  type Rule,
+  type Rx,
+  seq,
+} from "./regex.ts";
 
 /** An EBNF expression before rules are inlined. */
 type Expr =
@@ -33,31 +36,6 @@ type Expr =
   | { t: "seq"; items: Expr[] }
   | { t: "alt"; items: Expr[] }
   | { t: "rep"; item: Expr; min: number; max: number };
-
-/** About how many NFA states automaton.ts makes of `r` (memoized: inlined rules share
- *  their subtrees, which the NFA copies at each use). */
-const sizes = new WeakMap<Rx, number>();
-function sizeOf(r: Rx): number {
-  let n = sizes.get(r);
-  if (n !== undefined) return n;
-  switch (r.t) {
-    case "bytes":
-      n = 1;
-      break;
-    case "seq":
-    case "alt":
-      n = 1 + r.items.reduce((a, x) => a + sizeOf(x), 0);
-      break;
-    case "rep":
-      n = 2 + sizeOf(r.item) * Math.max(1, r.max < 0 ? r.min + 1 : r.max);
-      break;
-  }
-  sizes.set(r, n);
-  return n;
-}
-
-/** Matches nothing: an alternation of no branches. */
-const NEVER: Rx = { t: "alt", items: [] };
 
 /** "line L, column C" of offset `at` in `text`. */
 function where(text: string, at: number): string {
@@ -242,7 +220,7 @@ function parseRules(text: string): Map<string, Expr> {
 export function ebnfToRegex(text: string): Rx {
   const rules = parseRules(text);
   if (!rules.has("root")) throw new GrammarError("ebnf: the grammar has no root rule");
-  // Every reference must name a rule (checked before unrolling, which may skip some).
+  // Every reference must name a rule.
   const check = (e: Expr) => {
     if (e.t === "ref" && !rules.has(e.name)) {
       throw new GrammarError(`ebnf: undefined rule ${e.name} at ${where(text, e.at)}`);
@@ -252,52 +230,29 @@ export function ebnfToRegex(text: string): Rx {
   };
   rules.forEach(check);
 
-  const depth = new Map<string, number>();
-  // Inline one expression; NEVER where a recursion bound cuts it (simplified away).
-  const inline = (e: Expr): Rx => {
+  // Each rule once, as a rule of the automaton (grammar.ts prunes what cannot finish).
+  const made = new Map<string, Rule>();
+  const ruleOf = (name: string): Rule => {
+    let r = made.get(name);
+    if (!r) {
+      made.set(name, r = { name, body: null });
+      r.body = build(rules.get(name)!);
+    }
+    return r;
+  };
+  const build = (e: Expr): Rx => {
     switch (e.t) {
       case "rx":
         return e.rx;
-      case "ref": {
-        const d = depth.get(e.name) ?? 0;
-        if (d >= MAX_EBNF_DEPTH) return NEVER;
-        depth.set(e.name, d + 1);
-        try {
-          const r = inline(rules.get(e.name)!);
-          if (sizeOf(r) > MAX_EBNF_SIZE) {
-            throw new GrammarError(
-              `ebnf: rule ${e.name} is too large once recursion is unrolled ` +
-                `(${MAX_EBNF_DEPTH} levels, over ${MAX_EBNF_SIZE} automaton states)`,
-            );
-          }
-          return r;
-        } finally {
-          depth.set(e.name, d);
-        }
-      }
-      case "seq": {
-        const items: Rx[] = [];
-        for (const it of e.items) {
-          const r = inline(it);
-          if (r === NEVER) return NEVER;
-          items.push(r);
-        }
-        return items.length === 0 ? EMPTY : seq(...items);
-      }
-      case "alt": {
-        const items = e.items.map(inline).filter((r) => r !== NEVER);
-        return items.length === 0 ? NEVER : alt(...items);
-      }
-      case "rep": {
-        const r = inline(e.item);
-        if (r === NEVER) return e.min === 0 ? EMPTY : NEVER;
-        return rep(r, e.min, e.max);
-      }
+      case "ref":
+        return call(ruleOf(e.name));
+      case "seq":
+        return e.items.length === 0 ? EMPTY : seq(...e.items.map(build));
+      case "alt":
+        return alt(...e.items.map(build));
+      case "rep":
+        return rep(build(e.item), e.min, e.max);
     }
   };
-  const root = inline({ t: "ref", name: "root", at: 0 });
-  if (root === NEVER) {
-    throw new GrammarError("ebnf: root has no finite derivation (every branch recurses forever)");
-  }
-  return root;
+  return call(ruleOf("root"));
 }

@@ -7,8 +7,8 @@
  */
 import { DEAD, Dfa } from "./automaton.ts";
 import { ebnfToRegex } from "./ebnf.ts";
-import { ANY_DEPTH, anyObject, schemaToRegex } from "./json_schema.ts";
-import { GrammarError, parseRegex, type Rx } from "./regex.ts";
+import { anyObject, schemaToRegex } from "./json_schema.ts";
+import { GrammarError, NEVER, parseRegex, prune, type Rx } from "./regex.ts";
 import { type ToolCallsSource, toolCallsToRegex } from "./tool_calls.ts";
 import { StringRuns } from "./string_runs.ts";
 import type { VocabTrie } from "./vocab.ts";
@@ -22,13 +22,24 @@ export interface GrammarSpec {
   source: string;
 }
 
-/** The regex AST of a spec; GrammarError when it does not compile (names the problem). */
+/** The regex AST of a spec, pruned of what can never finish (regex.ts prune); GrammarError
+ *  when it does not compile or nothing finite matches it (names the problem). */
 export function specToRegex(spec: GrammarSpec): Rx {
+  const rx = prune(parse(spec));
+  if (rx === NEVER) {
+    throw new GrammarError(
+      `${spec.kind}: no finite text matches it (every branch recurses without end)`,
+    );
+  }
+  return rx;
+}
+
+function parse(spec: GrammarSpec): Rx {
   switch (spec.kind) {
     case "regex":
       return parseRegex(spec.source);
     case "json_object":
-      return anyObject(ANY_DEPTH);
+      return anyObject();
     case "json_schema": {
       let schema: unknown;
       try {

@@ -2,14 +2,16 @@
  * JSON Schema (the subset structured outputs use) as a regex AST over the JSON text: types,
  * properties / required / additionalProperties, enum, const, arrays with min/maxItems,
  * strings with min/maxLength and pattern, integer ranges, nested objects, anyOf / oneOf,
- * and $ref to local $defs (recursion bounded by MAX_REF_DEPTH). The text is compact JSON
- * with at most one space after `:` and `,`; properties come in the schema's order.
- * An object without `properties` (and `{"type": "json_object"}`) is any JSON object, nested
- * at most ANY_DEPTH levels.
+ * and $ref to local $defs, recursive ones included. The text is compact JSON with at most
+ * one space after `:` and `,`; properties come in the schema's order. An object without
+ * `properties` (and `{"type": "json_object"}`) is any JSON object. Nesting (of any JSON and
+ * of recursive $refs) goes through rule calls, bounded only by the automaton's call stack
+ * (MAX_CALL_DEPTH in automaton.ts).
  */
 import {
   alt,
   bytes,
+  call,
   EMPTY,
   GrammarError,
   lit,
@@ -17,14 +19,10 @@ import {
   opt,
   parseRegex,
   rep,
+  type Rule,
   type Rx,
   seq,
 } from "./regex.ts";
-
-/** How many times one $ref may recurse into itself. */
-export const MAX_REF_DEPTH = 3;
-/** Nesting of containers in an unconstrained JSON value. */
-export const ANY_DEPTH = 3;
 /** Digits of an integer part without bounds (keeps the automaton finite-width). */
 const MAX_DIGITS = 16;
 
@@ -77,23 +75,31 @@ function stringOf(min: number, max: number): Rx {
   return seq(lit('"'), rep(STRING_CHAR, min, max), lit('"'));
 }
 
-/** Any JSON value with containers nested at most `depth` deep. */
-export function anyValue(depth: number): Rx {
-  const scalars = [stringOf(0, -1), NUMBER, lit("true"), lit("false"), lit("null")];
-  if (depth <= 0) return alt(...scalars);
-  return alt(...scalars, anyObject(depth), anyArray(depth));
-}
+/** Any JSON value: one rule, which objects and arrays call for their members. */
+const VALUE: Rule = { name: "json value", body: null };
+/** A call to any JSON value. */
+export const anyValue = (): Rx => call(VALUE);
 
-/** Any JSON object whose values nest at most `depth - 1` deeper. */
-export function anyObject(depth: number): Rx {
-  const member = seq(stringOf(0, -1), lit(":"), SP, anyValue(depth - 1));
+/** Any JSON object. */
+export function anyObject(): Rx {
+  const member = seq(stringOf(0, -1), lit(":"), SP, anyValue());
   return seq(lit("{"), opt(seq(member, rep(seq(lit(","), SP, member), 0, -1))), lit("}"));
 }
 
-function anyArray(depth: number): Rx {
-  const v = anyValue(depth - 1);
+function anyArray(): Rx {
+  const v = anyValue();
   return seq(lit("["), opt(seq(v, rep(seq(lit(","), SP, v), 0, -1))), lit("]"));
 }
+
+VALUE.body = alt(
+  stringOf(0, -1),
+  NUMBER,
+  lit("true"),
+  lit("false"),
+  lit("null"),
+  anyObject(),
+  anyArray(),
+);
 
 /** Digit strings from a to b inclusive, both of the same length. */
 function digitRange(a: string, b: string): Rx {
@@ -133,14 +139,17 @@ function integerRange(lo: bigint | null, hi: bigint | null): Rx {
 /** Compiles a JSON Schema to a regex AST; GrammarError for what it cannot express. */
 export function schemaToRegex(root: unknown): Rx {
   if (typeof root !== "object" || root === null || Array.isArray(root)) {
-    if (root === true) return anyValue(ANY_DEPTH);
+    if (root === true) return anyValue();
     throw new GrammarError("json_schema: the schema must be an object");
   }
   const defs = {
     ...((root as Schema).definitions as Schema | undefined ?? {}),
     ...((root as Schema).$defs as Schema | undefined ?? {}),
   };
-  const refDepth = new Map<string, number>();
+  /** $refs being expanded (a $ref met again inside its own expansion is a recursive call),
+   *  and the rule of each that turned out recursive. */
+  const expanding = new Set<string>();
+  const recursive = new Map<string, Rule>();
 
   const resolve = (ref: string): Schema => {
     if (ref === "#") return root as Schema;
@@ -151,21 +160,30 @@ export function schemaToRegex(root: unknown): Rx {
 
   const go = (s: unknown, path: string): Rx => {
     if (s === true || (typeof s === "object" && s !== null && Object.keys(s).length === 0)) {
-      return anyValue(ANY_DEPTH);
+      return anyValue();
     }
     if (typeof s !== "object" || s === null || Array.isArray(s)) {
       throw new GrammarError(`json_schema: ${path} is not a schema object`);
     }
     const sc = s as Schema;
     if (typeof sc.$ref === "string") {
-      const d = refDepth.get(sc.$ref) ?? 0;
-      // Past the bound, a recursive ref can only be a value without more of itself.
-      if (d >= MAX_REF_DEPTH) return alt(lit("null"), lit("[]"), lit("{}"));
-      refDepth.set(sc.$ref, d + 1);
+      const ref = sc.$ref;
+      if (expanding.has(ref)) {
+        let rule = recursive.get(ref);
+        if (!rule) recursive.set(ref, rule = { name: ref, body: null });
+        return call(rule);
+      }
+      // Inlined, unless the expansion called itself: then it is the body of the ref's rule.
+      expanding.add(ref);
       try {
-        return go(resolve(sc.$ref), sc.$ref);
+        const body = go(resolve(ref), ref);
+        const rule = recursive.get(ref);
+        if (!rule) return body;
+        rule.body = body;
+        recursive.delete(ref);
+        return call(rule);
       } finally {
-        refDepth.set(sc.$ref, d);
+        expanding.delete(ref);
       }
     }
     if ("const" in sc) return lit(JSON.stringify(sc.const));
@@ -188,7 +206,7 @@ export function schemaToRegex(root: unknown): Rx {
     if (type === undefined) {
       if (sc.properties) type = "object";
       else if (sc.items) type = "array";
-      else return anyValue(ANY_DEPTH);
+      else return anyValue();
     }
     switch (type) {
       case "string":
@@ -221,7 +239,7 @@ export function schemaToRegex(root: unknown): Rx {
     if (max !== -1 && max < min) throw new GrammarError(`json_schema: ${path} maxItems < minItems`);
     const prefix = Array.isArray(sc.prefixItems) ? sc.prefixItems : [];
     const item = sc.items === undefined || sc.items === true
-      ? anyValue(ANY_DEPTH - 1)
+      ? anyValue()
       : go(sc.items, `${path}.items`);
     if (prefix.length) {
       const parts = prefix.map((p, k) => go(p, `${path}.prefixItems[${k}]`));
@@ -239,7 +257,7 @@ export function schemaToRegex(root: unknown): Rx {
     const props = sc.properties as Record<string, unknown> | undefined;
     if (!props || Object.keys(props).length === 0) {
       if (sc.additionalProperties === false) return lit("{}");
-      return anyObject(ANY_DEPTH);
+      return anyObject();
     }
     const required = new Set(Array.isArray(sc.required) ? sc.required as string[] : []);
     for (const r of required) {
@@ -341,6 +359,8 @@ function jsonSafe(r: Rx): Rx {
       return { t: "alt", items: r.items.map(jsonSafe) };
     case "rep":
       return { ...r, item: jsonSafe(r.item) };
+    case "call": // patterns have no rules
+      return r;
   }
 }
 

@@ -6,12 +6,23 @@
  * (anchors ^ and $ at its ends are accepted and ignored), as Outlines and XGrammar do.
  */
 
-/** A regex AST node. `bytes` is a set of byte ranges [lo, hi] (inclusive, flat pairs). */
+/** A regex AST node. `bytes` is a set of byte ranges [lo, hi] (inclusive, flat pairs).
+ *  `call` matches its rule's body; rules may call themselves (directly or through others):
+ *  that is what makes JSON nesting, recursive $ref and recursive EBNF rules unbounded (the
+ *  automaton keeps a stack of calls, automaton.ts). */
 export type Rx =
   | { t: "bytes"; ranges: number[] }
   | { t: "seq"; items: Rx[] }
   | { t: "alt"; items: Rx[] }
-  | { t: "rep"; item: Rx; min: number; max: number }; // max -1 = unbounded
+  | { t: "rep"; item: Rx; min: number; max: number } // max -1 = unbounded
+  | { t: "call"; rule: Rule };
+
+/** A named, possibly recursive sub-grammar. Made with an empty body, which is set once the
+ *  body (which may call the rule) is built. */
+export interface Rule {
+  name: string;
+  body: Rx | null;
+}
 
 /** A pattern that does not parse (the message says where and why). */
 export class GrammarError extends Error {
@@ -30,6 +41,81 @@ export const rep = (item: Rx, min: number, max: number): Rx => ({ t: "rep", item
 export const opt = (item: Rx): Rx => rep(item, 0, 1);
 export const bytes = (...ranges: number[]): Rx => ({ t: "bytes", ranges });
 export const EMPTY: Rx = { t: "seq", items: [] };
+/** Matches nothing: an alternation of no branches. */
+export const NEVER: Rx = { t: "alt", items: [] };
+export const call = (rule: Rule): Rx => ({ t: "call", rule });
+
+/**
+ * The AST without what can never finish: a rule with no finite derivation (each branch calls
+ * on without end, like a required property whose schema requires itself) is called nowhere,
+ * and the sequences that need it drop out of the alternatives around them. So from any point
+ * a generation can still end. NEVER when nothing is left. Rule bodies are pruned in place
+ * (an unchanged node is returned as it is).
+ */
+export function prune(root: Rx): Rx {
+  const rules = new Set<Rule>();
+  const reach = (r: Rx): void => {
+    if (r.t === "seq" || r.t === "alt") r.items.forEach(reach);
+    else if (r.t === "rep") reach(r.item);
+    else if (r.t === "call" && !rules.has(r.rule)) {
+      rules.add(r.rule);
+      reach(r.rule.body ?? NEVER);
+    }
+  };
+  reach(root);
+  // Productive rules, to a fixed point: a body that derives a string from productive ones.
+  const productive = new Set<Rule>();
+  const derives = (r: Rx): boolean => {
+    switch (r.t) {
+      case "bytes":
+        return true;
+      case "seq":
+        return r.items.every(derives);
+      case "alt":
+        return r.items.some(derives);
+      case "rep":
+        return r.min === 0 || derives(r.item);
+      case "call":
+        return productive.has(r.rule);
+    }
+  };
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const rule of rules) {
+      if (!productive.has(rule) && derives(rule.body ?? NEVER)) {
+        productive.add(rule);
+        grew = true;
+      }
+    }
+  }
+  const keep = (r: Rx): Rx => {
+    switch (r.t) {
+      case "bytes":
+        return r;
+      case "call":
+        return productive.has(r.rule) ? r : NEVER;
+      case "seq": {
+        const items = r.items.map(keep);
+        if (items.includes(NEVER)) return NEVER;
+        return items.every((x, i) => x === r.items[i]) ? r : { t: "seq", items };
+      }
+      case "alt": {
+        const items = r.items.map(keep).filter((x) => x !== NEVER);
+        if (items.length === 0) return NEVER;
+        return items.length === r.items.length && items.every((x, i) => x === r.items[i])
+          ? r
+          : alt(...items);
+      }
+      case "rep": {
+        const item = keep(r.item);
+        if (item === NEVER) return r.min === 0 ? EMPTY : NEVER;
+        return item === r.item ? r : { ...r, item };
+      }
+    }
+  };
+  for (const rule of productive) rule.body = keep(rule.body!);
+  return keep(root);
+}
 
 const enc = new TextEncoder();
 

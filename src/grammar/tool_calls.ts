@@ -6,7 +6,7 @@
  * ARGS} (one call). The source of a "tool_calls" grammar is this JSON:
  *   {"format": "qwen" | "llama3", "parallel": bool, "tools": [{"name", "parameters"}]}.
  */
-import { ANY_DEPTH, anyObject, schemaToRegex } from "./json_schema.ts";
+import { anyObject, schemaToRegex } from "./json_schema.ts";
 import { alt, GrammarError, lit, rep, type Rx, seq } from "./regex.ts";
 
 /** Most calls of one parallel answer. */
@@ -27,7 +27,7 @@ export function toolCallsToRegex(src: ToolCallsSource): Rx {
   const calls = src.tools.map((t) => {
     let args: Rx;
     try {
-      args = t.parameters === undefined ? anyObject(ANY_DEPTH) : schemaToRegex(t.parameters);
+      args = t.parameters === undefined ? anyObject() : schemaToRegex(t.parameters);
     } catch (e) {
       if (e instanceof GrammarError) {
         throw new GrammarError(`function ${t.name}: parameters: ${e.message}`);

@@ -3,7 +3,7 @@
  * json_object, text), SGLang's `regex`, `json_schema` and `ebnf` (top level on the OpenAI
  * routes, in `sampling_params` on /generate), and `logit_bias`. A grammar that does not
  * compile is a 400 naming the field and the problem. EBNF: the GBNF subset of
- * grammar/ebnf.ts, recursion unrolled to a bounded depth.
+ * grammar/ebnf.ts, recursive rules as calls of a pushdown automaton.
  */
 import type { SamplingParams } from "../engine/types.ts";
 import { GrammarError, specToRegex } from "../grammar/grammar.ts";
