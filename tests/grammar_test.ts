@@ -136,6 +136,15 @@ Deno.test("grammar: nesting goes through rule calls, as deep as the call stack",
   const left: GrammarSpec = { kind: "ebnf", source: 'root ::= sum\nsum ::= sum "+" "1" | "1"' };
   assert.ok(accepting(left, "1+1+1+1"));
   assert.ok(!accepting(left, "1+1+"));
+  // At the bound, no dead end: a "(" is allowed only while its ")" can still be reached. Each
+  // level is two calls (x, then y after the "-"), under root's call of x: 63 levels fit in
+  // 128. Were the 64th "(" allowed, the "-" after it would need a call past the bound.
+  const parens = new Dfa(
+    specToRegex({ kind: "ebnf", source: 'root ::= x\nx ::= "(" "-" y ")" | "a"\ny ::= x' }),
+  );
+  const deepest = "(-".repeat(63) + "a" + ")".repeat(63);
+  assert.ok(parens.isAccepting(parens.walk(0, enc.encode(deepest))));
+  assert.equal(parens.walk(0, enc.encode("(-".repeat(63) + "(")), -1);
   // What can never finish is pruned: the "b" branch needs x, which recurses without end, so
   // no text may start with it; a schema that requires itself has no finite instance at all.
   const dead = new Dfa(specToRegex({ kind: "ebnf", source: 'root ::= "a" | "b" x\nx ::= "c" x' }));

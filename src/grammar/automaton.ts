@@ -7,7 +7,10 @@
  * Rules (`call` nodes) make it a pushdown automaton: each rule's body is built once, and a
  * call edge enters it. What the subset construction tracks is then not an NFA state but a
  * configuration (NFA state, call stack), numbered on first sight; a stack is a chain of
- * return states, also numbered, at most MAX_CALL_DEPTH deep (a call past that is not taken).
+ * return states, also numbered, at most MAX_CALL_DEPTH deep. A configuration is only made
+ * when what it has left to match fits in the stack that remains (`need`), so every state
+ * the automaton reaches can still finish: a constrained generation never walks into a
+ * dead end, even at the bound.
  * A DFA state is a set of configurations, so a document nested k deep has its own states,
  * made lazily like any other. Without rules every stack is empty and nothing changes.
  */
@@ -31,6 +34,9 @@ class Nfa {
   ruleEnd: number[] = [];
   /** cut[b]: some byte range starts at b or ends at b - 1 (the byte classes' bounds). */
   cut = new Uint8Array(257);
+  /** Per state: the fewest nested calls that finishing from it takes (the end of its rule's
+   *  body, or of the grammar), filled by needs(); a large number when it cannot finish. */
+  need = new Int32Array(0);
   /** Each rule's start state, built on its first call. */
   private rules = new Map<Rule, number>();
   add(): number {
@@ -49,6 +55,38 @@ class Nfa {
     this.rules.set(rule, start);
     this.ruleEnd[this.build(rule.body, start)] = 1;
     return start;
+  }
+  /** Fills `need`, a fixed point: 0 at the end of a body (and at `final`); through an edge,
+   *  what its target needs; through a call, one more than the callee's start needs or what
+   *  the return state needs, whichever is more. */
+  needs(final: number): void {
+    const n = this.eps.length, INF = 1 << 30;
+    // No rules: nothing to nest (and every state of a pruned grammar can finish).
+    if (this.rules.size === 0) {
+      this.need = new Int32Array(n);
+      return;
+    }
+    const need = new Int32Array(n).fill(INF);
+    for (let q = 0; q < n; q++) if (this.ruleEnd[q] || q === final) need[q] = 0;
+    for (let changed = true; changed;) {
+      changed = false;
+      // Thompson states mostly point to later ones: a backward pass settles most at once.
+      for (let q = n - 1; q >= 0; q--) {
+        let v = need[q];
+        for (const t of this.eps[q]) v = Math.min(v, need[t]);
+        const tr = this.trans[q];
+        for (let k = 2; k < tr.length; k += 3) v = Math.min(v, need[tr[k]]);
+        const c = this.calls[q];
+        for (let k = 0; k < c.length; k += 2) {
+          v = Math.min(v, Math.max(1 + need[c[k]], need[c[k + 1]]));
+        }
+        if (v < need[q]) {
+          need[q] = v;
+          changed = true;
+        }
+      }
+    }
+    this.need = need;
   }
   build(node: Rx, from: number): number {
     switch (node.t) {
@@ -139,6 +177,10 @@ export class Dfa {
   constructor(ast: Rx) {
     const start = this.nfa.add();
     this.final = this.nfa.build(ast, start);
+    this.nfa.needs(this.final);
+    if (this.nfa.need[start] > MAX_CALL_DEPTH) {
+      throw new GrammarError(`grammar needs rule calls nested over ${MAX_CALL_DEPTH} deep`);
+    }
     this.intern([this.config(start, 0)]);
     const cut = this.nfa.cut;
     cut[0] = 1;
@@ -173,9 +215,16 @@ export class Dfa {
     return id;
   }
 
-  /** Stack `below` with return state `ret` pushed, or -1 past MAX_CALL_DEPTH. */
-  private push(below: number, ret: number): number {
-    if (this.stackDepth[below] >= MAX_CALL_DEPTH) return -1;
+  /** Whether a configuration at NFA state q on stack s can finish within the stack bound. */
+  private fits(q: number, s: number): boolean {
+    return this.stackDepth[s] + this.nfa.need[q] <= MAX_CALL_DEPTH;
+  }
+
+  /** Stack `below` with return state `ret` pushed, or -1 when the call into a rule starting
+   *  at `start` could not finish within MAX_CALL_DEPTH (or its caller, once it returns). */
+  private push(below: number, ret: number, start: number): number {
+    const d = this.stackDepth[below], need = this.nfa.need;
+    if (d + 1 + need[start] > MAX_CALL_DEPTH || d + need[ret] > MAX_CALL_DEPTH) return -1;
     const key = below * this.nfa.eps.length + ret;
     let id = this.stackIds.get(key);
     if (id === undefined) {
@@ -216,7 +265,9 @@ export class Dfa {
     for (let i = 0; i < set.length; i++) {
       const c = set[i], t = trans[this.cfgQ[c]];
       for (let k = 0; k < t.length; k += 3) {
-        if (b >= t[k] && b <= t[k + 1]) next.push(this.config(t[k + 2], this.cfgS[c]));
+        if (b >= t[k] && b <= t[k + 1] && this.fits(t[k + 2], this.cfgS[c])) {
+          next.push(this.config(t[k + 2], this.cfgS[c]));
+        }
       }
     }
     const id = next.length ? this.internSeeds(next) : DEAD;
@@ -262,10 +313,12 @@ export class Dfa {
       // Only configurations with byte transitions (or the final one) tell DFA states apart.
       if (nfa.trans[q].length || (q === this.final && st === 0)) out.push(c);
       const eps = nfa.eps[q];
-      for (let i = 0; i < eps.length; i++) work.push(this.config(eps[i], st));
+      for (let i = 0; i < eps.length; i++) {
+        if (this.fits(eps[i], st)) work.push(this.config(eps[i], st));
+      }
       const calls = nfa.calls[q];
       for (let i = 0; i < calls.length; i += 2) {
-        const pushed = this.push(st, calls[i + 1]);
+        const pushed = this.push(st, calls[i + 1], calls[i]);
         if (pushed >= 0) work.push(this.config(calls[i], pushed));
       }
       if (nfa.ruleEnd[q] && st !== 0) {
