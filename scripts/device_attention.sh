@@ -12,7 +12,8 @@
 #           kernel's attention_test.ts (its PDL launch and unrolled merge are new) [~1.5 min]
 #   bench   deno task bench attention: native and fa3 v1, v3, v4 in one run (v3/v4 only when
 #           their test passed in the test step; v1 alone when it did not run), and the decode
-#           kernel at its own split count and at 8..64 splits  [~2 min]
+#           kernel at its own split count and at 8..64 splits; then prefill alone at page
+#           sizes 16 and 64  [~3.5 min]
 # A variant whose kernel hangs is bounded by the timeouts below (an mbarrier wait gives up by
 # itself; a named-barrier deadlock does not): its test then fails and the bench skips it.
 set -uo pipefail
@@ -46,5 +47,11 @@ if has bench; then
   say "bench (fa3 variants: $variants)"
   run 420 deno task bench attention --fa3 "${variants// /,}" --decode-splits 0,8,16,32,64 \
     --out "$OUT/attention.json"
+  # Paged prefill: page 16 (the benchmarks' setting: tiles gathered from 8 pages each) and 64
+  # (a tile from one page), beside page 1 above; PyTorch's figures are the same shapes.
+  for ps in 16 64; do
+    run 240 deno task bench attention --fa3 "${variants// /,}" --only prefill --page $ps \
+      --out "$OUT/attention.json"
+  done
   grep -E "^attn_" "$LOG" | tail -20
 fi
