@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ensureTestModel } from "./fixtures.ts";
-import { Dfa, MAX_CALL_DEPTH } from "../src/grammar/automaton.ts";
+import { Dfa, MAX_CALL_DEPTH, nfaSize } from "../src/grammar/automaton.ts";
 import { parseRegex } from "../src/grammar/regex.ts";
 import {
   GrammarCache,
@@ -150,6 +150,36 @@ Deno.test("grammar: nesting goes through rule calls, as deep as the call stack",
   const dead = new Dfa(specToRegex({ kind: "ebnf", source: 'root ::= "a" | "b" x\nx ::= "c" x' }));
   assert.equal(dead.walk(0, enc.encode("b")), -1);
   assert.ok(dead.isAccepting(dead.walk(0, enc.encode("a"))));
+  // Refused at admission, before the GPU worker builds anything: too many automaton states,
+  // or no text that fits the call stack.
+  assert.throws(
+    () => specToRegex({ kind: "regex", source: "(a{1000}){1000}" }),
+    /regex: too large \(\d+ automaton states, at most 250000/,
+  );
+  assert.throws(
+    () => specToRegex({ kind: "ebnf", source: 'root ::= ("a"{1000}){300}' }),
+    /ebnf: too large/,
+  );
+  const deep = ["root ::= r0"];
+  for (let i = 0; i < MAX_CALL_DEPTH; i++) deep.push(`r${i} ::= "(" r${i + 1} ")"`);
+  deep.push(`r${MAX_CALL_DEPTH} ::= "x"`);
+  assert.throws(
+    () => specToRegex({ kind: "ebnf", source: deep.join("\n") }),
+    /ebnf: every text nests deeper than 128 rules/,
+  );
+  // The size counted on the AST is the automaton's.
+  for (
+    const spec of [
+      { kind: "json_schema" as const, source: JSON.stringify(SCHEMAS.person) },
+      { kind: "json_schema" as const, source: JSON.stringify(SCHEMAS.tree) },
+      { kind: "json_object" as const, source: "" },
+      { kind: "ebnf" as const, source: ARITH_EBNF },
+      { kind: "regex" as const, source: "(ab|c){2,5}x*" },
+    ]
+  ) {
+    const rx = specToRegex(spec);
+    assert.equal(nfaSize(rx), new Dfa(rx).nfaSize, spec.kind);
+  }
   const endless = {
     $defs: { n: { type: "object", properties: { c: { $ref: "#/$defs/n" } }, required: ["c"] } },
     $ref: "#/$defs/n",

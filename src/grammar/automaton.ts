@@ -7,12 +7,12 @@
  * Rules (`call` nodes) make it a pushdown automaton: each rule's body is built once, and a
  * call edge enters it. What the subset construction tracks is then not an NFA state but a
  * configuration (NFA state, call stack), numbered on first sight; a stack is a chain of
- * return states, also numbered, at most MAX_CALL_DEPTH deep. A configuration is only made
- * when what it has left to match fits in the stack that remains (`need`), so every state
- * the automaton reaches can still finish: a constrained generation never walks into a
- * dead end, even at the bound.
- * A DFA state is a set of configurations, so a document nested k deep has its own states,
- * made lazily like any other. Without rules every stack is empty and nothing changes.
+ * return states, also numbered, at most MAX_CALL_DEPTH deep. A DFA state is a set of
+ * configurations, so a document nested k deep has its own states, made lazily like any
+ * other; without rules every stack is empty and nothing changes. A configuration is only
+ * made when what it has left to match fits in the stack that remains (`need`), so every
+ * state the automaton reaches can still finish: a constrained generation never walks into
+ * a dead end, even at the bound.
  */
 import { GrammarError, type Rule, type Rx } from "./regex.ts";
 
@@ -23,6 +23,98 @@ const UNKNOWN = -2;
 export const MAX_DFA_STATES = 200_000;
 /** Deepest stack of rule calls (JSON nesting, recursive $ref or EBNF rules). */
 export const MAX_CALL_DEPTH = 128;
+
+/** Most NFA states a grammar may have (checked on its AST before it is built): ~30 ms of
+ *  compile in the GPU worker and tens of MB; the person schema of the benchmarks has 12,805. */
+export const MAX_NFA_STATES = 250_000;
+
+/** How many NFA states Nfa.build makes of `root` (each rule's body once; a repetition copies
+ *  its item), counted on the AST so that admission can refuse a grammar before any is made. */
+export function nfaSize(root: Rx): number {
+  const memo = new Map<Rx, number>();
+  const rules = new Set<Rule>();
+  const size = (r: Rx): number => {
+    let n = memo.get(r);
+    if (n !== undefined) return n;
+    switch (r.t) {
+      case "bytes":
+        n = 1;
+        break;
+      case "seq":
+        n = r.items.reduce((a, x) => a + size(x), 0);
+        break;
+      case "alt":
+        n = 1 + r.items.reduce((a, x) => a + 1 + size(x), 0);
+        break;
+      case "rep": {
+        const k = size(r.item);
+        n = r.min * k + (r.max < 0 ? 1 + k : 1 + (r.max - r.min) * k);
+        break;
+      }
+      case "call": // the return state; the body is counted once, below
+        n = 1;
+        rules.add(r.rule);
+        break;
+    }
+    memo.set(r, n);
+    return n;
+  };
+  let total = 1 + size(root);
+  const counted = new Set<Rule>();
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const rule of [...rules]) {
+      if (counted.has(rule)) continue;
+      counted.add(rule);
+      total += 1 + size(rule.body ?? { t: "alt", items: [] });
+      grew = true;
+    }
+  }
+  return total;
+}
+
+/** The fewest nested rule calls any text of `root` takes (a fixed point over its rules):
+ *  a grammar past MAX_CALL_DEPTH has no text the automaton can finish. */
+export function minCallDepth(root: Rx): number {
+  const INF = 1 << 30;
+  const depth = new Map<Rule, number>();
+  const rules: Rule[] = [];
+  const collect = (r: Rx): void => {
+    if (r.t === "seq" || r.t === "alt") r.items.forEach(collect);
+    else if (r.t === "rep") collect(r.item);
+    else if (r.t === "call" && !depth.has(r.rule)) {
+      depth.set(r.rule, INF);
+      rules.push(r.rule);
+      if (r.rule.body) collect(r.rule.body);
+    }
+  };
+  collect(root);
+  const of = (r: Rx): number => {
+    switch (r.t) {
+      case "bytes":
+        return 0;
+      case "seq":
+        return r.items.reduce((a, x) => Math.max(a, of(x)), 0);
+      case "alt":
+        return r.items.reduce((a, x) => Math.min(a, of(x)), INF);
+      case "rep":
+        return r.min === 0 ? 0 : of(r.item);
+      case "call":
+        return Math.min(INF, 1 + depth.get(r.rule)!);
+    }
+  };
+  for (let changed = true; changed;) {
+    changed = false;
+    for (const rule of rules) {
+      const d = rule.body ? of(rule.body) : INF;
+      if (d < depth.get(rule)!) {
+        depth.set(rule, d);
+        changed = true;
+      }
+    }
+  }
+  return of(root);
+}
 
 class Nfa {
   eps: number[][] = [];

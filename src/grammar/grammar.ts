@@ -5,7 +5,7 @@
  * (eos) are allowed exactly in accepting states; once the text is complete (no byte can
  * follow) they are all that is allowed.
  */
-import { DEAD, Dfa } from "./automaton.ts";
+import { DEAD, Dfa, MAX_CALL_DEPTH, MAX_NFA_STATES, minCallDepth, nfaSize } from "./automaton.ts";
 import { ebnfToRegex } from "./ebnf.ts";
 import { anyObject, schemaToRegex } from "./json_schema.ts";
 import { GrammarError, NEVER, parseRegex, prune, type Rx } from "./regex.ts";
@@ -30,6 +30,17 @@ export function specToRegex(spec: GrammarSpec): Rx {
     throw new GrammarError(
       `${spec.kind}: no finite text matches it (every branch recurses without end)`,
     );
+  }
+  // Refused here, at admission, rather than by the automaton in the GPU worker.
+  const states = nfaSize(rx);
+  if (states > MAX_NFA_STATES) {
+    throw new GrammarError(
+      `${spec.kind}: too large (${states} automaton states, at most ${MAX_NFA_STATES}; ` +
+        `bounded repetitions and maxLength copy what they repeat)`,
+    );
+  }
+  if (minCallDepth(rx) > MAX_CALL_DEPTH) {
+    throw new GrammarError(`${spec.kind}: every text nests deeper than ${MAX_CALL_DEPTH} rules`);
   }
   return rx;
 }
