@@ -233,6 +233,8 @@ class Nfa {
 
 /** A lazily determinized byte automaton. */
 export class Dfa {
+  /** Most states this automaton may build (MAX_DFA_STATES; tests lower it). */
+  maxStates = MAX_DFA_STATES;
   private nfa = new Nfa();
   private final: number;
   /** Each DFA state's configurations (sorted ids). */
@@ -426,8 +428,8 @@ export class Dfa {
       for (const known of bucket) if (sameSet(this.sets[known], out)) return known;
     }
     const id = this.sets.length;
-    if (id >= MAX_DFA_STATES) {
-      throw new GrammarError(`grammar needs more than ${MAX_DFA_STATES} automaton states`);
+    if (id >= this.maxStates) {
+      throw new GrammarError(`grammar needs more than ${this.maxStates} automaton states`);
     }
     this.sets.push(Int32Array.from(out));
     if (bucket) bucket.push(id);

@@ -274,17 +274,29 @@ export class GrammarCache {
   }
 }
 
-/** One request's position in its grammar. */
+/** One request's position in its grammar. DEAD (a failed grammar) allows only the stop
+ *  tokens, so that its request ends. */
 export class Matcher {
-  private state = 0;
+  private state: number;
   /** A stop token was accepted: the text is complete. */
   private stopped = false;
 
-  constructor(readonly grammar: CompiledGrammar, readonly stopIds: readonly number[]) {}
+  /** `grammar` null: a grammar that failed to compile (the matcher starts failed). */
+  constructor(readonly grammar: CompiledGrammar | null, readonly stopIds: readonly number[]) {
+    this.state = grammar ? 0 : DEAD;
+  }
 
   /** Whether the text so far is a full match. */
   get accepting(): boolean {
-    return this.stopped || (this.state !== DEAD && this.grammar.dfa.isAccepting(this.state));
+    return this.stopped ||
+      (this.state !== DEAD && this.grammar!.dfa.isAccepting(this.state));
+  }
+
+  /** Ends the text where it is: from now on only the stop tokens are allowed. For an error
+   *  of the grammar in the GPU worker (an automaton past MAX_DFA_STATES), which must end its
+   *  request, not the engine. */
+  fail(): void {
+    this.state = DEAD;
   }
 
   /** Writes the allowed tokens of the next step into `out` (grammar.words int32 words). */
@@ -292,8 +304,8 @@ export class Matcher {
     if (this.stopped || this.state === DEAD) {
       out.fill(0);
     } else {
-      this.grammar.writeMask(this.state, out);
-      if (!this.grammar.dfa.isAccepting(this.state)) return;
+      this.grammar!.writeMask(this.state, out);
+      if (!this.grammar!.dfa.isAccepting(this.state)) return;
     }
     for (const id of this.stopIds) out[id >> 5] |= 1 << (id & 31);
   }
@@ -306,7 +318,7 @@ export class Matcher {
       return;
     }
     if (this.state === DEAD) return;
-    const bytes = this.grammar.trie.tokens[token];
-    this.state = bytes ? this.grammar.dfa.walk(this.state, bytes) : DEAD;
+    const bytes = this.grammar!.trie.tokens[token];
+    this.state = bytes ? this.grammar!.dfa.walk(this.state, bytes) : DEAD;
   }
 }

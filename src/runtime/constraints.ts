@@ -13,6 +13,7 @@ import { join } from "node:path";
 import {
   CompiledGrammar,
   GrammarCache,
+  GrammarError,
   type GrammarSpec,
   Matcher,
   stringRuns,
@@ -110,13 +111,17 @@ export class Constraints {
       const e = batch.entries[sampleEntries[s]];
       if (e.grammar) {
         let m = this.matchers.get(e.grammar.key);
-        if (e.grammar.spec) {
-          m = new Matcher(this.compile(e.grammar.spec), Array.from(e.grammar.spec.stopIds));
-          this.matchers.set(e.grammar.key, m);
+        const key = e.grammar.key, spec = e.grammar.spec;
+        if (spec) {
+          const stops = Array.from(spec.stopIds);
+          m = this.guarded(key, () => new Matcher(this.compile(spec), stops)) ??
+            new Matcher(null, stops);
+          this.matchers.set(key, m);
         }
         if (m) {
           i32[L.maskRows + nm] = s;
-          m.fillMask(i32.subarray(L.masks + nm * L.maskWords, L.masks + (nm + 1) * L.maskWords));
+          const out = i32.subarray(L.masks + nm * L.maskWords, L.masks + (nm + 1) * L.maskWords);
+          if (this.guarded(key, () => m.fillMask(out)) === null) (m.fail(), m.fillMask(out));
           nm++;
         }
       }
@@ -141,7 +146,21 @@ export class Constraints {
     for (let k = 0; k < es.length; k++) {
       const g = es[k].grammar;
       if (!g || !es[k].sample) continue;
-      this.matchers.get(g.key)?.accept(tokens[k]);
+      const m = this.matchers.get(g.key);
+      if (m && this.guarded(g.key, () => m.accept(tokens[k])) === null) m.fail();
+    }
+  }
+
+  /** `f()`, or null after a GrammarError (logged): an automaton that outgrows its bound while
+   *  generating fails its own request (the matcher then allows only stop tokens), not the
+   *  worker and with it every request. */
+  private guarded<T>(key: number, f: () => T): T | null {
+    try {
+      return f();
+    } catch (e) {
+      if (!(e instanceof GrammarError)) throw e;
+      console.error(`grammar ${key}: ${e.message}; its request ends here`);
+      return null;
     }
   }
 
