@@ -190,6 +190,104 @@ Deno.test("grammar: nesting goes through rule calls, as deep as the call stack",
   );
 });
 
+Deno.test("grammar: integer ranges with one bound stay small and exact", () => {
+  const check = (sc: unknown, yes: string[], no: string[]) => {
+    const rx = specToRegex({ kind: "json_schema", source: JSON.stringify(sc) });
+    assert.ok(nfaSize(rx) < 5000, `${JSON.stringify(sc)}: ${nfaSize(rx)} states`);
+    const d = new Dfa(rx);
+    const ok = (x: string) => {
+      const st = d.walk(0, enc.encode(x));
+      return st >= 0 && d.isAccepting(st);
+    };
+    for (const x of yes) assert.ok(ok(x), `${JSON.stringify(sc)} ${x}`);
+    for (const x of no) assert.ok(!ok(x), `${JSON.stringify(sc)} ${x}`);
+  };
+  check({ type: "integer", minimum: 0 }, ["0", "17", "9999999999999999"], ["-1", "01", "1.5"]);
+  check({ type: "integer", maximum: 5 }, ["-300", "5", "0"], ["6", "10"]);
+  check({ type: "integer", exclusiveMinimum: -5 }, ["-4", "0", "123456"], ["-5", "-6"]);
+});
+
+Deno.test("grammar: number ranges (minimum, maximum, exclusive) are exact over decimals", () => {
+  // Exact decimal order: both sides scaled to integers of 40 fraction digits. ("-0" is left
+  // out: the grammar writes zero without a sign.)
+  const scaled = (x: string) => {
+    const m = /^(-?)(\d+)(?:\.(\d+))?$/.exec(x)!;
+    const v = BigInt(m[2] + (m[3] ?? "").padEnd(40, "0"));
+    return m[1] ? -v : v;
+  };
+  let seed = 7;
+  const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+  const pick = <T>(xs: T[]) => xs[Math.floor(rnd() * xs.length)];
+  const edges = [0, 0.5, 1, 1.25, 2, 3.14159, 10, 99.9, 100, 0.05, 0.007, 12.5];
+  const value = () =>
+    (rnd() < 0.3 ? -1 : 1) * pick(edges) + (rnd() < 0.3 ? pick([0, 0.01, -0.01, 1]) : 0);
+  const candidates = [
+    "0",
+    "0.0",
+    "0.5",
+    "0.50",
+    "0.49",
+    "0.51",
+    "1",
+    "1.0",
+    "1.25",
+    "1.2500",
+    "1.249",
+    "2",
+    "3",
+    "3.14159",
+    "3.1416",
+    "3.14158",
+    "9",
+    "10",
+    "10.000",
+    "99.9",
+    "99.89",
+    "100",
+    "100.01",
+    "-0.5",
+    "-1",
+    "-1.25",
+    "-3.2",
+    "-10",
+    "-99.9",
+    "-100",
+    "0.05",
+    "0.0499",
+    "0.007",
+    "0.00700",
+    "0.0071",
+    "12.5",
+    "12.49",
+    "12.51",
+    "-0.05",
+    "-0.007",
+    "1000",
+    "7.5",
+  ];
+  for (let k = 0; k < 120; k++) {
+    const sc: Record<string, unknown> = { type: "number" };
+    let lo = rnd() < 0.8 ? value() : null, hi = rnd() < 0.8 ? value() : null;
+    if (lo !== null && hi !== null && lo > hi) [lo, hi] = [hi, lo];
+    const loX = rnd() < 0.4, hiX = rnd() < 0.4;
+    if (lo !== null) sc[loX ? "exclusiveMinimum" : "minimum"] = lo;
+    if (hi !== null) sc[hiX ? "exclusiveMaximum" : "maximum"] = hi;
+    if (lo === null && hi === null) continue;
+    if (lo !== null && hi !== null && lo === hi && (loX || hiX)) {
+      assert.throws(() => specToRegex({ kind: "json_schema", source: JSON.stringify(sc) }));
+      continue;
+    }
+    const d = new Dfa(specToRegex({ kind: "json_schema", source: JSON.stringify(sc) }));
+    for (const c of candidates) {
+      const x = scaled(c);
+      const want = (lo === null || (loX ? x > scaled(String(lo)) : x >= scaled(String(lo)))) &&
+        (hi === null || (hiX ? x < scaled(String(hi)) : x <= scaled(String(hi))));
+      const st = d.walk(0, enc.encode(c));
+      assert.equal(st >= 0 && d.isAccepting(st), want, `${JSON.stringify(sc)} ${c}`);
+    }
+  }
+});
+
 const SCHEMAS: Record<string, unknown> = {
   person: {
     type: "object",
@@ -204,7 +302,7 @@ const SCHEMAS: Record<string, unknown> = {
         required: ["city"],
         additionalProperties: false,
       },
-      score: { type: "number" },
+      score: { type: "number", exclusiveMinimum: -1.5, maximum: 2.25 },
       kind: { anyOf: [{ const: "x" }, { type: "boolean" }, { type: "null" }] },
     },
     required: ["name", "age", "tags"],

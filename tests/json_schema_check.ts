@@ -51,6 +51,9 @@ export function schemaProblem(v: unknown, s: unknown, root: Json = s as Json, pa
   if (typeof v === "number") {
     if (typeof sc.minimum === "number" && v < sc.minimum) return `${path}: below minimum`;
     if (typeof sc.maximum === "number" && v > sc.maximum) return `${path}: above maximum`;
+    const xmin = sc.exclusiveMinimum, xmax = sc.exclusiveMaximum;
+    if (typeof xmin === "number" && v <= xmin) return `${path}: not above exclusiveMinimum`;
+    if (typeof xmax === "number" && v >= xmax) return `${path}: not below exclusiveMaximum`;
   }
   if (Array.isArray(v)) {
     if (typeof sc.minItems === "number" && v.length < sc.minItems) return `${path}: too few`;

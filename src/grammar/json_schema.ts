@@ -1,7 +1,8 @@
 /**
  * JSON Schema (the subset structured outputs use) as a regex AST over the JSON text: types,
  * properties / required / additionalProperties, enum, const, arrays with min/maxItems,
- * strings with min/maxLength and pattern, integer ranges, nested objects, anyOf / oneOf,
+ * strings with min/maxLength and pattern, integer and real ranges (exact over decimal text:
+ * a bounded number has no exponent), nested objects, anyOf / oneOf,
  * and $ref to local $defs, recursive ones included. The text is compact JSON with at most
  * one space after `:` and `,`; properties come in the schema's order. An object without
  * `properties` (and `{"type": "json_object"}`) is any JSON object. Nesting (of any JSON and
@@ -15,6 +16,7 @@ import {
   EMPTY,
   GrammarError,
   lit,
+  NEVER,
   NON_ASCII,
   opt,
   parseRegex,
@@ -62,14 +64,12 @@ const STRING_CHAR = alt(
 );
 const NAT = alt(lit("0"), seq(bytes(0x31, 0x39), rep(DIGIT, 0, MAX_DIGITS - 1)));
 const INTEGER = seq(opt(lit("-")), NAT);
-function numberOf(signed: boolean): Rx {
-  return seq(
-    signed ? INTEGER : NAT,
-    opt(seq(lit("."), rep(DIGIT, 1, MAX_DIGITS))),
-    opt(seq(bytes(0x45, 0x45, 0x65, 0x65), opt(bytes(0x2b, 0x2b, 0x2d, 0x2d)), rep(DIGIT, 1, 3))),
-  );
-}
-const NUMBER = numberOf(true);
+/** Any JSON number (bounded ones go through numberRange, without an exponent). */
+const NUMBER = seq(
+  INTEGER,
+  opt(seq(lit("."), rep(DIGIT, 1, MAX_DIGITS))),
+  opt(seq(bytes(0x45, 0x45, 0x65, 0x65), opt(bytes(0x2b, 0x2b, 0x2d, 0x2d)), rep(DIGIT, 1, 3))),
+);
 
 function stringOf(min: number, max: number): Rx {
   return seq(lit('"'), rep(STRING_CHAR, min, max), lit('"'));
@@ -104,6 +104,9 @@ VALUE.body = alt(
 /** Digit strings from a to b inclusive, both of the same length. */
 function digitRange(a: string, b: string): Rx {
   if (a.length === 0) return EMPTY;
+  // Every string of the length: one repetition (else both edges would recurse at every
+  // digit, 2^n copies: "integer, minimum 0" alone made 1.2 million automaton states).
+  if (/^0*$/.test(a) && /^9*$/.test(b)) return rep(DIGIT, a.length, a.length);
   if (a[0] === b[0]) return seq(lit(a[0]), digitRange(a.slice(1), b.slice(1)));
   const n = a.length - 1;
   const lo = a.charCodeAt(0), hi = b.charCodeAt(0);
@@ -123,6 +126,146 @@ function natRange(lo: bigint, hi: bigint): Rx {
     parts.push(digitRange(from, to));
   }
   return alt(...parts);
+}
+
+/** A bound of a real range: its decimal digits before and after the point (no trailing
+ *  zeros after it), and whether it is exclusive. */
+interface DecBound {
+  int: bigint;
+  frac: string;
+  strict: boolean;
+}
+
+/** The exact decimal digits of a finite number >= 0 (String() may use an exponent). */
+function decimalOf(v: number): { int: bigint; frac: string } {
+  const m = /^(\d+)(?:\.(\d+))?(?:e([+-]\d+))?$/.exec(String(v));
+  if (!m) throw new GrammarError(`json_schema: bound ${v} is not a decimal number`);
+  let digits = m[1] + (m[2] ?? ""), point = m[1].length + Number(m[3] ?? 0);
+  if (point <= 0) (digits = "0".repeat(1 - point) + digits, point = 1);
+  if (point > digits.length) digits += "0".repeat(point - digits.length);
+  return { int: BigInt(digits.slice(0, point)), frac: digits.slice(point).replace(/0+$/, "") };
+}
+
+/** Digits after the point, 1..MAX_DIGITS of them; any (no bound left), or made of zeros. */
+const ANY_FRAC = rep(DIGIT, 1, MAX_DIGITS);
+const ZERO_FRAC = rep(lit("0"), 1, MAX_DIGITS);
+/** A digit run of 0.G > 0: some digit not zero. */
+const POSITIVE_TAIL = seq(
+  rep(lit("0"), 0, MAX_DIGITS),
+  bytes(0x31, 0x39),
+  rep(DIGIT, 0, MAX_DIGITS),
+);
+
+/**
+ * Digit strings G (after the point, possibly empty, value 0.G) with 0.G above the lower bound
+ * 0.s (at least, or above when `sx`) and below the upper 0.t (at most, or below when `tx`);
+ * null: no such bound. Digit by digit: a first digit above s's first leaves only the upper
+ * bound, one equal to it carries the rest of s on, one below it fails; the same for t.
+ */
+function fracBetween(s: string | null, sx: boolean, t: string | null, tx: boolean): Rx {
+  if (s === "" && !sx) s = null; // 0.G >= 0 always
+  if (t === "" && tx) return NEVER; // 0.G < 0 never
+  if (s === null && t === null) return opt(ANY_FRAC);
+  if (t === "") return s === null ? opt(ZERO_FRAC) : NEVER; // 0.G <= 0: zeros, and not > 0
+  if (s === "" && t === null) return POSITIVE_TAIL; // 0.G > 0: some digit not zero
+  const parts: Rx[] = [];
+  // G empty (value 0): when 0 satisfies both bounds (a t left here is > 0).
+  if (s === null) parts.push(EMPTY);
+  // A strict "" lower bound (0.G > 0) goes on digit by digit as a bound of 0.
+  const s0 = s === null ? -1 : s === "" ? 0 : s.charCodeAt(0) - 48;
+  const t0 = t === null ? 10 : t.charCodeAt(0) - 48;
+  for (let d = Math.max(s0, 0); d <= Math.min(t0, 9); d++) {
+    const lower = d === s0 ? s!.slice(1) : null, upper = d === t0 ? t!.slice(1) : null;
+    // Digits strictly between the two bounds' digits share their rest: one class.
+    let e = d;
+    if (d !== s0 && d !== t0) { while (e + 1 < Math.min(t0, 10)) e++; }
+    const rest = fracBetween(lower, sx, upper, tx);
+    if (rest !== NEVER) parts.push(seq(bytes(0x30 + d, 0x30 + e), rest));
+    d = e;
+  }
+  return parts.length ? alt(...parts) : NEVER;
+}
+
+/** The optional fraction (".digits") of a number whose integer part equals the bounds'
+ *  integer parts on the sides given (null: that side is already satisfied). */
+function fracPart(lo: DecBound | null, hi: DecBound | null): Rx {
+  const g = fracBetween(lo && lo.frac, lo?.strict ?? false, hi && hi.frac, hi?.strict ?? false);
+  if (g === NEVER) return NEVER;
+  // G empty is the number without a point; digits need one.
+  const digits = nonEmpty(g);
+  const parts = digits === NEVER ? [] : [seq(lit("."), digits)];
+  if (matchesEmpty(g)) parts.unshift(EMPTY);
+  return parts.length ? alt(...parts) : NEVER;
+}
+
+/** Whether fracBetween's `r` takes the empty string (it is opt(...) or an alternation with
+ *  EMPTY in it). */
+function matchesEmpty(r: Rx): boolean {
+  return r === EMPTY || (r.t === "rep" && r.min === 0) ||
+    (r.t === "alt" && r.items.some(matchesEmpty));
+}
+
+/** fracBetween's `r` without its empty string. */
+function nonEmpty(r: Rx): Rx {
+  if (r === EMPTY) return NEVER;
+  if (r.t === "alt") {
+    const items = r.items.map(nonEmpty).filter((x) => x !== NEVER);
+    return items.length ? alt(...items) : NEVER;
+  }
+  if (r.t === "rep" && r.min === 0) return r.max === 1 ? nonEmpty(r.item) : { ...r, min: 1 };
+  return r;
+}
+
+/** Reals x >= 0 between the bounds (either null: unbounded), without an exponent: the
+ *  integer part against the bounds' integer parts, then the fraction where they are equal. */
+function nonNegRange(lo: DecBound | null, hi: DecBound | null): Rx {
+  const big = 10n ** BigInt(MAX_DIGITS) - 1n;
+  const li = lo?.int ?? 0n, hiInt = hi?.int ?? big;
+  if (li > hiInt) return NEVER;
+  const intLit = (n: bigint) => lit(n.toString());
+  if (li === hiInt) return seq(intLit(li), fracPart(lo, hi));
+  const parts: Rx[] = [];
+  // The lowest integer part (lo's, or 0 with no lower bound) with the lower fraction bound.
+  parts.push(seq(intLit(li), fracPart(lo, null)));
+  if (hiInt - li > 1n) parts.push(seq(natRange(li + 1n, hiInt - 1n), opt(seq(lit("."), ANY_FRAC))));
+  parts.push(seq(intLit(hiInt), fracPart(null, hi)));
+  const live = parts.filter((x) => !hasNever(x));
+  return live.length ? alt(...live) : NEVER;
+}
+
+/** Whether a sequence contains NEVER (matches nothing). */
+function hasNever(r: Rx): boolean {
+  return r === NEVER || (r.t === "seq" && r.items.some(hasNever));
+}
+
+/** Numbers in a real range [lo, hi] (bounds inclusive or `strict`; either null: unbounded),
+ *  written without an exponent. Ranges over decimal digits are regular: the negative part is
+ *  "-" and the mirrored range of |x|. */
+function numberRange(
+  lo: number | null,
+  loStrict: boolean,
+  hi: number | null,
+  hiStrict: boolean,
+  path: string,
+): Rx {
+  if (lo !== null && hi !== null && (lo > hi || (lo === hi && (loStrict || hiStrict)))) {
+    throw new GrammarError(`json_schema: ${path} has an empty range [${lo}, ${hi}]`);
+  }
+  const bound = (v: number, strict: boolean): DecBound => ({ ...decimalOf(Math.abs(v)), strict });
+  const parts: Rx[] = [];
+  // x >= 0: from max(lo, 0) (0 inclusive when lo < 0) to hi.
+  if (hi === null || hi > 0 || (hi === 0 && !hiStrict)) {
+    const l = lo === null || lo < 0 ? null : bound(lo, loStrict);
+    parts.push(nonNegRange(l, hi === null ? null : bound(hi, hiStrict)));
+  }
+  // x < 0: "-" then |x| in (max(-hi, 0), -lo].
+  if (lo === null || lo < 0) {
+    const l = hi === null || hi >= 0 ? { int: 0n, frac: "", strict: true } : bound(hi, hiStrict);
+    parts.push(seq(lit("-"), nonNegRange(l, lo === null ? null : bound(lo, loStrict))));
+  }
+  const live = parts.filter((x) => !hasNever(x));
+  if (!live.length) throw new GrammarError(`json_schema: ${path} has no number in its range`);
+  return alt(...live);
 }
 
 /** Integers in [lo, hi] (either may be null: unbounded). */
@@ -216,10 +359,18 @@ export function schemaToRegex(root: unknown): Rx {
         const hi = bound(sc.maximum, sc.exclusiveMaximum, -1n, path);
         return lo === null && hi === null ? INTEGER : integerRange(lo, hi);
       }
-      case "number":
-        // Ranges of reals are not regular in general: a minimum of 0 or more drops the sign.
-        if (typeof sc.minimum === "number" && sc.minimum >= 0) return numberOf(false);
-        return NUMBER;
+      case "number": {
+        const lo = realBound(sc.minimum, sc.exclusiveMinimum, 1, path);
+        const hi = realBound(sc.maximum, sc.exclusiveMaximum, -1, path);
+        if (!lo && !hi) return NUMBER;
+        return numberRange(
+          lo?.v ?? null,
+          lo?.strict ?? false,
+          hi?.v ?? null,
+          hi?.strict ?? false,
+          path,
+        );
+      }
       case "boolean":
         return alt(lit("true"), lit("false"));
       case "null":
@@ -370,6 +521,29 @@ function nonNeg(v: unknown, dflt: number, what: string): number {
     throw new GrammarError(`json_schema: ${what} must be a non-negative integer`);
   }
   return v;
+}
+
+/** A real bound from inclusive / exclusive forms: the tighter of the two (`dir` 1 for a
+ *  lower bound, -1 for an upper), and whether it is exclusive. */
+function realBound(
+  incl: unknown,
+  excl: unknown,
+  dir: number,
+  path: string,
+): { v: number; strict: boolean } | null {
+  const num = (v: unknown, what: string) => {
+    if (typeof v !== "number" || !Number.isFinite(v)) {
+      throw new GrammarError(`json_schema: ${path}.${what} must be a number`);
+    }
+    return v;
+  };
+  let b: { v: number; strict: boolean } | null = null;
+  if (incl !== undefined) b = { v: num(incl, dir > 0 ? "minimum" : "maximum"), strict: false };
+  if (typeof excl === "number") {
+    const v = num(excl, dir > 0 ? "exclusiveMinimum" : "exclusiveMaximum");
+    if (b === null || (dir > 0 ? v >= b.v : v <= b.v)) b = { v, strict: true };
+  }
+  return b;
 }
 
 /** An integer bound from inclusive / exclusive forms (`step` moves an exclusive one in). */
