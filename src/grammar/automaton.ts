@@ -239,7 +239,8 @@ export class Dfa {
   private final: number;
   /** Each DFA state's configurations (sorted ids). */
   private sets: Int32Array[] = [];
-  /** Configurations: NFA state and stack of each, and their ids by (state, stack). */
+  /** Configurations: NFA state and stack of each, and their ids by (state, stack). Those on
+   *  the empty stack (every one without rules) are the NFA states' own numbers. */
   private cfgQ: number[] = [];
   private cfgS: number[] = [];
   private cfgIds = new Map<number, number>();
@@ -275,6 +276,10 @@ export class Dfa {
     if (this.nfa.need[start] > MAX_CALL_DEPTH) {
       throw new GrammarError(`grammar needs rule calls nested over ${MAX_CALL_DEPTH} deep`);
     }
+    const n = this.nfa.eps.length;
+    this.cfgQ = Array.from({ length: n }, (_, q) => q);
+    this.cfgS = new Array(n).fill(0);
+    this.mark = new Uint32Array(Math.max(1024, 2 * n));
     this.intern([this.config(start, 0)]);
     const cut = this.nfa.cut;
     cut[0] = 1;
@@ -293,6 +298,7 @@ export class Dfa {
 
   /** The id of configuration (NFA state q, stack s). */
   private config(q: number, s: number): number {
+    if (s === 0) return q;
     const key = s * this.nfa.eps.length + q;
     let id = this.cfgIds.get(key);
     if (id === undefined) {
