@@ -110,8 +110,8 @@ export class Constraints {
     for (let s = 0; s < sampleEntries.length; s++) {
       const e = batch.entries[sampleEntries[s]];
       if (e.grammar) {
-        let m = this.matchers.get(e.grammar.key);
         const key = e.grammar.key, spec = e.grammar.spec;
+        let m = this.matchers.get(key);
         if (spec) {
           const stops = Array.from(spec.stopIds);
           m = this.guarded(key, () => new Matcher(this.compile(spec), stops)) ??
