@@ -132,10 +132,24 @@ Deno.test("grammar: nesting goes through rule calls, as deep as the call stack",
   assert.ok(accepting(tree, node(12, 3)));
   assert.ok(!accepting(tree, node(12, 3).replace('{"v": 3}', '{"v": 6}')), "v out of range");
   assert.ok(!accepting(tree, node(12, 3).replace('"kids": [{"v": 3}', '"kids": [{"w": 3}')));
-  // Left recursion works too (bounded by the stack, as every call).
-  const left: GrammarSpec = { kind: "ebnf", source: 'root ::= sum\nsum ::= sum "+" "1" | "1"' };
-  assert.ok(accepting(left, "1+1+1+1"));
-  assert.ok(!accepting(left, "1+1+"));
+  // Left recursion is refused at admission (each reading would be a stack of its own from
+  // the first byte on), directly or through other rules; an ambiguous grammar that is not
+  // left-recursive fails only when its readings outgrow the bound, as a GrammarError (which
+  // ends its request in the GPU worker, tests/constraints_test.ts), not a hang.
+  for (
+    const g of [
+      'root ::= sum\nsum ::= sum "+" "1" | "1"',
+      'root ::= x\nx ::= x x | "a"',
+      'root ::= x\nx ::= y | "c"\ny ::= "b"? x "a"',
+    ]
+  ) {
+    assert.throws(() => specToRegex({ kind: "ebnf", source: g }), /is left-recursive/, g);
+  }
+  const ambiguous = new Dfa(
+    specToRegex({ kind: "ebnf", source: 'root ::= x\nx ::= "a" x "b" | "a" x | "c"' }),
+  );
+  assert.ok(ambiguous.isAccepting(ambiguous.walk(0, enc.encode("aaacbb"))));
+  assert.throws(() => ambiguous.walk(0, enc.encode("a".repeat(40))), /too ambiguous/);
   // At the bound, no dead end: a "(" is allowed only while its ")" can still be reached. Each
   // level is two calls (x, then y after the "-"), under root's call of x: 63 levels fit in
   // 128. Were the 64th "(" allowed, the "-" after it would need a call past the bound.

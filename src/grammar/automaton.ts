@@ -23,6 +23,11 @@ const UNKNOWN = -2;
 export const MAX_DFA_STATES = 200_000;
 /** Deepest stack of rule calls (JSON nesting, recursive $ref or EBNF rules). */
 export const MAX_CALL_DEPTH = 128;
+/** Most configurations one closure may reach, and one automaton may number: an ambiguous
+ *  grammar (a rule that can nest in two ways at each level) keeps every reading of the text
+ *  as its own stack, 2^depth of them. Past these bounds the grammar fails its request. */
+export const MAX_STATE_CONFIGS = 4096;
+export const MAX_CONFIGS = 2_000_000;
 
 /** Most NFA states a grammar may have (checked on its AST before it is built): ~30 ms of
  *  compile in the GPU worker and tens of MB; the person schema of the benchmarks has 12,805. */
@@ -71,6 +76,85 @@ export function nfaSize(root: Rx): number {
     }
   }
   return total;
+}
+
+/** A rule of `root` that can call itself before matching any byte (left recursion), or null.
+ *  Every reading of such a rule is a different stack from the first byte on, so the
+ *  automaton's configurations multiply with each level; grammars write it as repetition. */
+export function leftRecursion(root: Rx): Rule | null {
+  const rules: Rule[] = [];
+  const seen = new Set<Rule>();
+  const collect = (r: Rx): void => {
+    if (r.t === "seq" || r.t === "alt") r.items.forEach(collect);
+    else if (r.t === "rep") collect(r.item);
+    else if (r.t === "call" && !seen.has(r.rule)) {
+      seen.add(r.rule);
+      rules.push(r.rule);
+      if (r.rule.body) collect(r.rule.body);
+    }
+  };
+  collect(root);
+  // Rules that can match the empty text, to a fixed point.
+  const nullable = new Set<Rule>();
+  const empty = (r: Rx): boolean => {
+    switch (r.t) {
+      case "bytes":
+        return false;
+      case "seq":
+        return r.items.every(empty);
+      case "alt":
+        return r.items.some(empty);
+      case "rep":
+        return r.min === 0 || empty(r.item);
+      case "call":
+        return nullable.has(r.rule);
+    }
+  };
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const rule of rules) {
+      if (!nullable.has(rule) && rule.body && empty(rule.body)) (nullable.add(rule), grew = true);
+    }
+  }
+  // The rules each one can call before any byte, then a cycle among them.
+  const first = (r: Rx, out: Set<Rule>): void => {
+    if (r.t === "seq") {
+      for (const it of r.items) {
+        first(it, out);
+        if (!empty(it)) break;
+      }
+    } else if (r.t === "alt") r.items.forEach((it) => first(it, out));
+    else if (r.t === "rep") {
+      if (r.max !== 0) first(r.item, out);
+    } else if (r.t === "call") out.add(r.rule);
+  };
+  const calls = new Map<Rule, Set<Rule>>();
+  for (const rule of rules) {
+    const out = new Set<Rule>();
+    if (rule.body) first(rule.body, out);
+    calls.set(rule, out);
+  }
+  const state = new Map<Rule, number>(); // 1: on the path, 2: done
+  const visit = (rule: Rule): Rule | null => {
+    state.set(rule, 1);
+    for (const next of calls.get(rule)!) {
+      const st = state.get(next);
+      if (st === 1) return next;
+      if (st === undefined) {
+        const found = visit(next);
+        if (found) return found;
+      }
+    }
+    state.set(rule, 2);
+    return null;
+  };
+  for (const rule of rules) {
+    if (!state.has(rule)) {
+      const found = visit(rule);
+      if (found) return found;
+    }
+  }
+  return null;
 }
 
 /** The fewest nested rule calls any text of `root` takes (a fixed point over its rules):
@@ -303,6 +387,9 @@ export class Dfa {
     let id = this.cfgIds.get(key);
     if (id === undefined) {
       id = this.cfgQ.length;
+      if (id >= MAX_CONFIGS) {
+        throw new GrammarError(`grammar too ambiguous: over ${MAX_CONFIGS} parse configurations`);
+      }
       this.cfgQ.push(q);
       this.cfgS.push(s);
       this.cfgIds.set(key, id);
@@ -405,10 +492,16 @@ export class Dfa {
     const work = seeds.slice();
     const out: number[] = [];
     const nfa = this.nfa;
+    let reached = 0;
     while (work.length) {
       const c = work.pop()!;
       if (this.mark[c] === stamp) continue;
       this.mark[c] = stamp;
+      if (++reached > MAX_STATE_CONFIGS) {
+        throw new GrammarError(
+          `grammar too ambiguous: over ${MAX_STATE_CONFIGS} ways to read the text at one point`,
+        );
+      }
       const q = this.cfgQ[c], st = this.cfgS[c];
       // Only configurations with byte transitions (or the final one) tell DFA states apart.
       if (nfa.trans[q].length || (q === this.final && st === 0)) out.push(c);

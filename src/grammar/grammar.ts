@@ -5,7 +5,15 @@
  * (eos) are allowed exactly in accepting states; once the text is complete (no byte can
  * follow) they are all that is allowed.
  */
-import { DEAD, Dfa, MAX_CALL_DEPTH, MAX_NFA_STATES, minCallDepth, nfaSize } from "./automaton.ts";
+import {
+  DEAD,
+  Dfa,
+  leftRecursion,
+  MAX_CALL_DEPTH,
+  MAX_NFA_STATES,
+  minCallDepth,
+  nfaSize,
+} from "./automaton.ts";
 import { ebnfToRegex } from "./ebnf.ts";
 import { anyObject, schemaToRegex } from "./json_schema.ts";
 import { GrammarError, NEVER, parseRegex, prune, type Rx } from "./regex.ts";
@@ -37,6 +45,13 @@ export function specToRegex(spec: GrammarSpec): Rx {
     throw new GrammarError(
       `${spec.kind}: too large (${states} automaton states, at most ${MAX_NFA_STATES}; ` +
         `bounded repetitions and maxLength copy what they repeat)`,
+    );
+  }
+  const left = leftRecursion(rx);
+  if (left) {
+    throw new GrammarError(
+      `${spec.kind}: rule ${left.name} is left-recursive (it can call itself before matching ` +
+        `any text); write the repetition with * or +, e.g. sum ::= term ("+" term)*`,
     );
   }
   if (minCallDepth(rx) > MAX_CALL_DEPTH) {
