@@ -145,6 +145,22 @@ Deno.test("grammar: nesting goes through rule calls, as deep as the call stack",
   ) {
     assert.throws(() => specToRegex({ kind: "ebnf", source: g }), /is left-recursive/, g);
   }
+  // Nested thousands deep, a pattern, schema or grammar overflows the compilers' recursion:
+  // a 400 like any bad grammar, not a server error.
+  let deepSchema: unknown = { type: "integer" };
+  for (let i = 0; i < 20000; i++) deepSchema = { type: "object", properties: { a: deepSchema } };
+  for (
+    const spec of [
+      { kind: "json_schema" as const, source: JSON.stringify(deepSchema) },
+      { kind: "regex" as const, source: "(".repeat(20000) + "a" + ")".repeat(20000) },
+      {
+        kind: "ebnf" as const,
+        source: "root ::= " + "(".repeat(20000) + '"a"' + ")".repeat(20000),
+      },
+    ]
+  ) {
+    assert.throws(() => specToRegex(spec), /nested too deeply to compile/, spec.kind);
+  }
   const ambiguous = new Dfa(
     specToRegex({ kind: "ebnf", source: 'root ::= x\nx ::= "a" x "b" | "a" x | "c"' }),
   );

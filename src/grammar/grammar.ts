@@ -33,6 +33,19 @@ export interface GrammarSpec {
 /** The regex AST of a spec, pruned of what can never finish (regex.ts prune); GrammarError
  *  when it does not compile or nothing finite matches it (names the problem). */
 export function specToRegex(spec: GrammarSpec): Rx {
+  try {
+    return checkedRegex(spec);
+  } catch (e) {
+    // A pattern, schema or grammar nested thousands deep overflows the recursive compilers'
+    // stack: a bad request like any other, not a server error.
+    if (e instanceof RangeError) {
+      throw new GrammarError(`${spec.kind}: nested too deeply to compile (${e.message})`);
+    }
+    throw e;
+  }
+}
+
+function checkedRegex(spec: GrammarSpec): Rx {
   const rx = prune(parse(spec));
   if (rx === NEVER) {
     throw new GrammarError(

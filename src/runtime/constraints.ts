@@ -151,14 +151,15 @@ export class Constraints {
     }
   }
 
-  /** `f()`, or null after a GrammarError (logged): an automaton that outgrows its bound while
-   *  generating fails its own request (the matcher then allows only stop tokens), not the
-   *  worker and with it every request. */
+  /** `f()`, or null after a GrammarError or RangeError (logged): an automaton that outgrows
+   *  its bounds while generating fails its own request (the matcher then allows only stop
+   *  tokens), not the worker and with it every request. */
   private guarded<T>(key: number, f: () => T): T | null {
     try {
       return f();
     } catch (e) {
-      if (!(e instanceof GrammarError)) throw e;
+      // RangeError: a stack or map the automaton outgrew (admission refuses what it can see).
+      if (!(e instanceof GrammarError || e instanceof RangeError)) throw e;
       console.error(`grammar ${key}: ${e.message}; its request ends here`);
       return null;
     }
