@@ -157,22 +157,33 @@ export function leftRecursion(root: Rx): Rule | null {
   return null;
 }
 
-/** The fewest nested rule calls any text of `root` takes (a fixed point over its rules):
- *  a grammar past MAX_CALL_DEPTH has no text the automaton can finish. */
+/** The fewest nested rule calls any text of `root` takes, or MAX_CALL_DEPTH + 1 for any
+ *  more: a grammar past MAX_CALL_DEPTH has no text the automaton can finish. Settled one
+ *  depth at a time: a rule of depth k calls one of depth k - 1, so each level looks only at
+ *  the callers of the last (sweeping every rule until nothing changed settled one rule per
+ *  sweep along a chain: a thousand rules took seconds). */
 export function minCallDepth(root: Rx): number {
-  const INF = 1 << 30;
+  const INF = MAX_CALL_DEPTH + 1;
   const depth = new Map<Rule, number>();
   const rules: Rule[] = [];
-  const collect = (r: Rx): void => {
-    if (r.t === "seq" || r.t === "alt") r.items.forEach(collect);
-    else if (r.t === "rep") collect(r.item);
-    else if (r.t === "call" && !depth.has(r.rule)) {
+  /** The rules whose bodies call each rule. */
+  const callers = new Map<Rule, Set<Rule>>();
+  const collect = (r: Rx, owner: Rule | null): void => {
+    if (r.t === "seq" || r.t === "alt") r.items.forEach((x) => collect(x, owner));
+    else if (r.t === "rep") collect(r.item, owner);
+    else if (r.t === "call") {
+      if (owner) {
+        const set = callers.get(r.rule);
+        if (set) set.add(owner);
+        else callers.set(r.rule, new Set([owner]));
+      }
+      if (depth.has(r.rule)) return;
       depth.set(r.rule, INF);
       rules.push(r.rule);
-      if (r.rule.body) collect(r.rule.body);
+      if (r.rule.body) collect(r.rule.body, r.rule);
     }
   };
-  collect(root);
+  collect(root, null);
   const of = (r: Rx): number => {
     switch (r.t) {
       case "bytes":
@@ -187,15 +198,15 @@ export function minCallDepth(root: Rx): number {
         return Math.min(INF, 1 + depth.get(r.rule)!);
     }
   };
-  for (let changed = true; changed;) {
-    changed = false;
-    for (const rule of rules) {
-      const d = rule.body ? of(rule.body) : INF;
-      if (d < depth.get(rule)!) {
-        depth.set(rule, d);
-        changed = true;
-      }
+  let candidates = rules;
+  for (let k = 0; k < INF && candidates.length; k++) {
+    const next = new Set<Rule>();
+    for (const rule of candidates) {
+      if (depth.get(rule)! < INF || !rule.body || of(rule.body) > k) continue;
+      depth.set(rule, k);
+      for (const c of callers.get(rule) ?? []) next.add(c);
     }
+    candidates = [...next];
   }
   return of(root);
 }
@@ -211,7 +222,8 @@ class Nfa {
   /** cut[b]: some byte range starts at b or ends at b - 1 (the byte classes' bounds). */
   cut = new Uint8Array(257);
   /** Per state: the fewest nested calls that finishing from it takes (the end of its rule's
-   *  body, or of the grammar), filled by needs(); a large number when it cannot finish. */
+   *  body, or of the grammar), filled by needs(); MAX_CALL_DEPTH + 1 for any more or when it
+   *  cannot finish. */
   need = new Int32Array(0);
   /** Each rule's start state, built on its first call. */
   private rules = new Map<Rule, number>();
@@ -234,31 +246,58 @@ class Nfa {
   }
   /** Fills `need`, a fixed point: 0 at the end of a body (and at `final`); through an edge,
    *  what its target needs; through a call, one more than the callee's start needs or what
-   *  the return state needs, whichever is more. */
+   *  the return state needs, whichever is more. Settled smallest need first (as Dijkstra
+   *  does: each is at least what it is made of), so each state once: sweeping all states
+   *  until nothing changed settled one more level of calls per sweep, and a chain of a
+   *  thousand rules took seconds. Capped at MAX_CALL_DEPTH + 1: no more ever fits. */
   needs(final: number): void {
-    const n = this.eps.length, INF = 1 << 30;
+    const n = this.eps.length, CAP = MAX_CALL_DEPTH + 1;
     // No rules: nothing to nest (and every state of a pruned grammar can finish).
     if (this.rules.size === 0) {
       this.need = new Int32Array(n);
       return;
     }
-    const need = new Int32Array(n).fill(INF);
-    for (let q = 0; q < n; q++) if (this.ruleEnd[q] || q === final) need[q] = 0;
-    for (let changed = true; changed;) {
-      changed = false;
-      // Thompson states mostly point to later ones: a backward pass settles most at once.
-      for (let q = n - 1; q >= 0; q--) {
-        let v = need[q];
-        for (const t of this.eps[q]) v = Math.min(v, need[t]);
-        const tr = this.trans[q];
-        for (let k = 2; k < tr.length; k += 3) v = Math.min(v, need[tr[k]]);
-        const c = this.calls[q];
-        for (let k = 0; k < c.length; k += 2) {
-          v = Math.min(v, Math.max(1 + need[c[k]], need[c[k + 1]]));
-        }
-        if (v < need[q]) {
-          need[q] = v;
-          changed = true;
+    const need = new Int32Array(n).fill(CAP);
+    // The states each one's need is made of, reversed: who to look at again once it settles.
+    // Once per pair (a class of many ranges has as many edges to one target).
+    const preds: number[][] = Array.from({ length: n }, () => []);
+    const pred = (t: number, q: number) => {
+      if (preds[t][preds[t].length - 1] !== q) preds[t].push(q);
+    };
+    for (let q = 0; q < n; q++) {
+      for (const t of this.eps[q]) pred(t, q);
+      const tr = this.trans[q];
+      for (let k = 2; k < tr.length; k += 3) pred(tr[k], q);
+      const c = this.calls[q];
+      for (let k = 0; k < c.length; k++) pred(c[k], q);
+    }
+    const of = (q: number): number => {
+      let v = need[q];
+      for (const t of this.eps[q]) v = Math.min(v, need[t]);
+      const tr = this.trans[q];
+      for (let k = 2; k < tr.length; k += 3) v = Math.min(v, need[tr[k]]);
+      const c = this.calls[q];
+      for (let k = 0; k < c.length; k += 2) {
+        v = Math.min(v, Math.max(1 + need[c[k]], need[c[k + 1]]));
+      }
+      return v;
+    };
+    // Buckets of states by tentative need; a state may sit in several (the lowest counts).
+    const buckets: number[][] = Array.from({ length: CAP }, () => []);
+    const done = new Uint8Array(n);
+    for (let q = 0; q < n; q++) {
+      if (this.ruleEnd[q] || q === final) (need[q] = 0, buckets[0].push(q));
+    }
+    for (let b = 0; b < CAP; b++) {
+      const bucket = buckets[b];
+      while (bucket.length) {
+        const q = bucket.pop()!;
+        if (done[q] || need[q] !== b) continue;
+        done[q] = 1;
+        for (const p of preds[q]) {
+          if (done[p]) continue;
+          const v = of(p);
+          if (v < need[p]) (need[p] = v, buckets[v].push(p));
         }
       }
     }
