@@ -54,16 +54,27 @@ export const call = (rule: Rule): Rx => ({ t: "call", rule });
  */
 export function prune(root: Rx): Rx {
   const rules = new Set<Rule>();
-  const reach = (r: Rx): void => {
-    if (r.t === "seq" || r.t === "alt") r.items.forEach(reach);
-    else if (r.t === "rep") reach(r.item);
-    else if (r.t === "call" && !rules.has(r.rule)) {
+  /** The rules whose bodies call each rule. */
+  const callers = new Map<Rule, Set<Rule>>();
+  const reach = (r: Rx, owner: Rule | null): void => {
+    if (r.t === "seq" || r.t === "alt") r.items.forEach((x) => reach(x, owner));
+    else if (r.t === "rep") reach(r.item, owner);
+    else if (r.t === "call") {
+      if (owner) {
+        const set = callers.get(r.rule);
+        if (set) set.add(owner);
+        else callers.set(r.rule, new Set([owner]));
+      }
+      if (rules.has(r.rule)) return;
       rules.add(r.rule);
-      reach(r.rule.body ?? NEVER);
+      reach(r.rule.body ?? NEVER, r.rule);
     }
   };
-  reach(root);
+  reach(root, null);
   // Productive rules, to a fixed point: a body that derives a string from productive ones.
+  // Once a rule turns productive only its callers are looked at again (sweeping every rule
+  // until none grew took one sweep per rule along a chain: seconds for a large grammar,
+  // before admission's size bound).
   const productive = new Set<Rule>();
   const derives = (r: Rx): boolean => {
     switch (r.t) {
@@ -79,14 +90,14 @@ export function prune(root: Rx): Rx {
         return productive.has(r.rule);
     }
   };
-  for (let grew = true; grew;) {
-    grew = false;
-    for (const rule of rules) {
-      if (!productive.has(rule) && derives(rule.body ?? NEVER)) {
-        productive.add(rule);
-        grew = true;
-      }
+  for (let check = [...rules]; check.length;) {
+    const next = new Set<Rule>();
+    for (const rule of check) {
+      if (productive.has(rule) || !derives(rule.body ?? NEVER)) continue;
+      productive.add(rule);
+      for (const c of callers.get(rule) ?? []) if (!productive.has(c)) next.add(c);
     }
+    check = [...next];
   }
   const keep = (r: Rx): Rx => {
     switch (r.t) {
