@@ -14,7 +14,7 @@
  * state the automaton reaches can still finish: a constrained generation never walks into
  * a dead end, even at the bound.
  */
-import { GrammarError, type Rule, type Rx } from "./regex.ts";
+import { derives, derivingRules, GrammarError, type Rule, rulesOf, type Rx } from "./regex.ts";
 
 export const DEAD = -1;
 const UNKNOWN = -2;
@@ -82,40 +82,9 @@ export function nfaSize(root: Rx): number {
  *  Every reading of such a rule is a different stack from the first byte on, so the
  *  automaton's configurations multiply with each level; grammars write it as repetition. */
 export function leftRecursion(root: Rx): Rule | null {
-  const rules: Rule[] = [];
-  const seen = new Set<Rule>();
-  const collect = (r: Rx): void => {
-    if (r.t === "seq" || r.t === "alt") r.items.forEach(collect);
-    else if (r.t === "rep") collect(r.item);
-    else if (r.t === "call" && !seen.has(r.rule)) {
-      seen.add(r.rule);
-      rules.push(r.rule);
-      if (r.rule.body) collect(r.rule.body);
-    }
-  };
-  collect(root);
-  // Rules that can match the empty text, to a fixed point.
-  const nullable = new Set<Rule>();
-  const empty = (r: Rx): boolean => {
-    switch (r.t) {
-      case "bytes":
-        return false;
-      case "seq":
-        return r.items.every(empty);
-      case "alt":
-        return r.items.some(empty);
-      case "rep":
-        return r.min === 0 || empty(r.item);
-      case "call":
-        return nullable.has(r.rule);
-    }
-  };
-  for (let grew = true; grew;) {
-    grew = false;
-    for (const rule of rules) {
-      if (!nullable.has(rule) && rule.body && empty(rule.body)) (nullable.add(rule), grew = true);
-    }
-  }
+  const reached = rulesOf(root), rules = reached.rules;
+  const nullable = derivingRules(reached, true);
+  const empty = (r: Rx) => derives(r, nullable, true);
   // The rules each one can call before any byte, then a cycle among them.
   const first = (r: Rx, out: Set<Rule>): void => {
     if (r.t === "seq") {
@@ -164,26 +133,8 @@ export function leftRecursion(root: Rx): Rule | null {
  *  sweep along a chain: a thousand rules took seconds). */
 export function minCallDepth(root: Rx): number {
   const INF = MAX_CALL_DEPTH + 1;
-  const depth = new Map<Rule, number>();
-  const rules: Rule[] = [];
-  /** The rules whose bodies call each rule. */
-  const callers = new Map<Rule, Set<Rule>>();
-  const collect = (r: Rx, owner: Rule | null): void => {
-    if (r.t === "seq" || r.t === "alt") r.items.forEach((x) => collect(x, owner));
-    else if (r.t === "rep") collect(r.item, owner);
-    else if (r.t === "call") {
-      if (owner) {
-        const set = callers.get(r.rule);
-        if (set) set.add(owner);
-        else callers.set(r.rule, new Set([owner]));
-      }
-      if (depth.has(r.rule)) return;
-      depth.set(r.rule, INF);
-      rules.push(r.rule);
-      if (r.rule.body) collect(r.rule.body, r.rule);
-    }
-  };
-  collect(root, null);
+  const { rules, callers } = rulesOf(root);
+  const depth = new Map<Rule, number>(rules.map((r) => [r, INF]));
   const of = (r: Rx): number => {
     switch (r.t) {
       case "bytes":

@@ -45,16 +45,10 @@ export const EMPTY: Rx = { t: "seq", items: [] };
 export const NEVER: Rx = { t: "alt", items: [] };
 export const call = (rule: Rule): Rx => ({ t: "call", rule });
 
-/**
- * The AST without what can never finish: a rule with no finite derivation (each branch calls
- * on without end, like a required property whose schema requires itself) is called nowhere,
- * and the sequences that need it drop out of the alternatives around them. So from any point
- * a generation can still end. NEVER when nothing is left. Rule bodies are pruned in place
- * (an unchanged node is returned as it is).
- */
-export function prune(root: Rx): Rx {
-  const rules = new Set<Rule>();
-  /** The rules whose bodies call each rule. */
+/** The rules `root` reaches (each once, in the order met) and, for each, the rules whose
+ *  bodies call it. */
+export function rulesOf(root: Rx): { rules: Rule[]; callers: Map<Rule, Set<Rule>> } {
+  const rules: Rule[] = [], seen = new Set<Rule>();
   const callers = new Map<Rule, Set<Rule>>();
   const reach = (r: Rx, owner: Rule | null): void => {
     if (r.t === "seq" || r.t === "alt") r.items.forEach((x) => reach(x, owner));
@@ -65,40 +59,62 @@ export function prune(root: Rx): Rx {
         if (set) set.add(owner);
         else callers.set(r.rule, new Set([owner]));
       }
-      if (rules.has(r.rule)) return;
-      rules.add(r.rule);
+      if (seen.has(r.rule)) return;
+      seen.add(r.rule);
+      rules.push(r.rule);
       reach(r.rule.body ?? NEVER, r.rule);
     }
   };
   reach(root, null);
-  // Productive rules, to a fixed point: a body that derives a string from productive ones.
-  // Once a rule turns productive only its callers are looked at again (sweeping every rule
-  // until none grew took one sweep per rule along a chain: seconds for a large grammar,
-  // before admission's size bound).
-  const productive = new Set<Rule>();
-  const derives = (r: Rx): boolean => {
-    switch (r.t) {
-      case "bytes":
-        return true;
-      case "seq":
-        return r.items.every(derives);
-      case "alt":
-        return r.items.some(derives);
-      case "rep":
-        return r.min === 0 || derives(r.item);
-      case "call":
-        return productive.has(r.rule);
-    }
-  };
-  for (let check = [...rules]; check.length;) {
+  return { rules, callers };
+}
+
+/** Whether `r` derives a text (`emptyOnly`: the empty text) calling only rules in `ok`. */
+export function derives(r: Rx, ok: Set<Rule>, emptyOnly: boolean): boolean {
+  switch (r.t) {
+    case "bytes":
+      return !emptyOnly;
+    case "seq":
+      return r.items.every((x) => derives(x, ok, emptyOnly));
+    case "alt":
+      return r.items.some((x) => derives(x, ok, emptyOnly));
+    case "rep":
+      return r.min === 0 || derives(r.item, ok, emptyOnly);
+    case "call":
+      return ok.has(r.rule);
+  }
+}
+
+/** The rules whose body derives a text (`emptyOnly`: the empty text) from such rules alone,
+ *  to a fixed point. Once a rule joins, only its callers are looked at again: sweeping every
+ *  rule until none joined took one sweep per rule along a chain, seconds for a large grammar,
+ *  before admission's size bound. */
+export function derivingRules(
+  { rules, callers }: ReturnType<typeof rulesOf>,
+  emptyOnly: boolean,
+): Set<Rule> {
+  const ok = new Set<Rule>();
+  for (let check = rules; check.length;) {
     const next = new Set<Rule>();
     for (const rule of check) {
-      if (productive.has(rule) || !derives(rule.body ?? NEVER)) continue;
-      productive.add(rule);
-      for (const c of callers.get(rule) ?? []) if (!productive.has(c)) next.add(c);
+      if (ok.has(rule) || !derives(rule.body ?? NEVER, ok, emptyOnly)) continue;
+      ok.add(rule);
+      for (const c of callers.get(rule) ?? []) if (!ok.has(c)) next.add(c);
     }
     check = [...next];
   }
+  return ok;
+}
+
+/**
+ * The AST without what can never finish: a rule with no finite derivation (each branch calls
+ * on without end, like a required property whose schema requires itself) is called nowhere,
+ * and the sequences that need it drop out of the alternatives around them. So from any point
+ * a generation can still end. NEVER when nothing is left. Rule bodies are pruned in place
+ * (an unchanged node is returned as it is).
+ */
+export function prune(root: Rx): Rx {
+  const productive = derivingRules(rulesOf(root), false);
   const keep = (r: Rx): Rx => {
     switch (r.t) {
       case "bytes":
