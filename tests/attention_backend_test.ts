@@ -82,8 +82,8 @@ Deno.test("--attn: an unknown name is a flag error, before anything loads", () =
 });
 
 Deno.test("MINISGL_FA3_VARIANT: unset is v1, 1, 3 and 4 pick the entry points, others fail", () => {
-  assert.equal(parseFa3Variant(undefined), 1);
-  assert.equal(parseFa3Variant(""), 1);
+  assert.equal(parseFa3Variant(undefined), 3);
+  assert.equal(parseFa3Variant(""), 3);
   assert.equal(parseFa3Variant("1"), 1);
   assert.equal(parseFa3Variant("3"), 3);
   assert.equal(parseFa3Variant("4"), 4);
