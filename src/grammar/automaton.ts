@@ -14,7 +14,15 @@
  * state the automaton reaches can still finish: a constrained generation never walks into
  * a dead end, even at the bound.
  */
-import { derives, derivingRules, GrammarError, type Rule, rulesOf, type Rx } from "./regex.ts";
+import {
+  derives,
+  derivingRules,
+  GrammarError,
+  NEVER,
+  type Rule,
+  rulesOf,
+  type Rx,
+} from "./regex.ts";
 
 export const DEAD = -1;
 const UNKNOWN = -2;
@@ -37,7 +45,6 @@ export const MAX_NFA_STATES = 250_000;
  *  its item), counted on the AST so that admission can refuse a grammar before any is made. */
 export function nfaSize(root: Rx): number {
   const memo = new Map<Rx, number>();
-  const rules = new Set<Rule>();
   const size = (r: Rx): number => {
     let n = memo.get(r);
     if (n !== undefined) return n;
@@ -58,24 +65,13 @@ export function nfaSize(root: Rx): number {
       }
       case "call": // the return state; the body is counted once, below
         n = 1;
-        rules.add(r.rule);
         break;
     }
     memo.set(r, n);
     return n;
   };
-  let total = 1 + size(root);
-  const counted = new Set<Rule>();
-  for (let grew = true; grew;) {
-    grew = false;
-    for (const rule of [...rules]) {
-      if (counted.has(rule)) continue;
-      counted.add(rule);
-      total += 1 + size(rule.body ?? { t: "alt", items: [] });
-      grew = true;
-    }
-  }
-  return total;
+  // Each rule's start state and body, once.
+  return rulesOf(root).rules.reduce((a, rule) => a + 1 + size(rule.body ?? NEVER), 1 + size(root));
 }
 
 /** A rule of `root` that can call itself before matching any byte (left recursion), or null.
