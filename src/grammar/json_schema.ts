@@ -355,8 +355,8 @@ export function schemaToRegex(root: unknown): Rx {
       case "string":
         return stringSchema(sc, path);
       case "integer": {
-        const lo = bound(sc.minimum, sc.exclusiveMinimum, 1n, path);
-        const hi = bound(sc.maximum, sc.exclusiveMaximum, -1n, path);
+        const lo = intBound(realBound(sc.minimum, sc.exclusiveMinimum, 1, path), 1);
+        const hi = intBound(realBound(sc.maximum, sc.exclusiveMaximum, -1, path), -1);
         return lo === null && hi === null ? INTEGER : integerRange(lo, hi);
       }
       case "number": {
@@ -546,25 +546,9 @@ function realBound(
   return b;
 }
 
-/** An integer bound from inclusive / exclusive forms (`step` moves an exclusive one in). */
-function bound(incl: unknown, excl: unknown, step: bigint, path: string): bigint | null {
-  const num = (v: unknown, what: string) => {
-    if (typeof v !== "number" || !Number.isFinite(v)) {
-      throw new GrammarError(`json_schema: ${path}.${what} must be a number`);
-    }
-    return v;
-  };
-  let b: bigint | null = null;
-  if (incl !== undefined) {
-    const v = num(incl, step > 0 ? "minimum" : "maximum");
-    b = BigInt(step > 0 ? Math.ceil(v) : Math.floor(v));
-  }
-  if (typeof excl === "number") {
-    const v = num(excl, step > 0 ? "exclusiveMinimum" : "exclusiveMaximum");
-    const e = Number.isInteger(v)
-      ? BigInt(v) + step
-      : BigInt(step > 0 ? Math.ceil(v) : Math.floor(v));
-    b = b === null ? e : step > 0 ? (e > b ? e : b) : (e < b ? e : b);
-  }
-  return b;
+/** The integer bound of a real one (`dir` as realBound's): the first integer inside it. */
+function intBound(b: { v: number; strict: boolean } | null, dir: number): bigint | null {
+  if (b === null) return null;
+  if (dir > 0) return BigInt(b.strict ? Math.floor(b.v) + 1 : Math.ceil(b.v));
+  return BigInt(b.strict ? Math.ceil(b.v) - 1 : Math.floor(b.v));
 }
