@@ -97,6 +97,70 @@ export class Ops {
     );
   }
 
+  /** The largest row count the fused decode ops run as one kernel (msg_fused_max_m). */
+  get fusedMaxM(): number {
+    return this.fusedMaxMOnce ??= this.s.msg_fused_max_m();
+  }
+  private fusedMaxMOnce: number | undefined;
+
+  /** resOut = x + resIn (null: zero); out = (rmsnorm(resOut) * norm) @ w^T (+ bias), through
+   *  `scratch` ([M, K] act) where the library does not fuse. resOut must differ from resIn. */
+  addRmsnormGemm(
+    out: Tensor,
+    resOut: Tensor,
+    resIn: Tensor | null,
+    x: Tensor,
+    norm: Tensor,
+    w: Tensor,
+    bias: Tensor | null,
+    scratch: Tensor,
+    M: number,
+    eps: number,
+  ): void {
+    const [N, K] = w.shape;
+    this.dev.check(
+      this.s.msg_add_rmsnorm_gemm(
+        out.ptr,
+        resOut.ptr,
+        ptr(resIn),
+        x.ptr,
+        norm.ptr,
+        w.ptr,
+        ptr(bias),
+        scratch.ptr,
+        M,
+        N,
+        K,
+        eps,
+        x.dtype,
+        resOut.dtype,
+        w.dtype,
+        this.stream,
+      ),
+      `add_rmsnorm_gemm ${M}x${N}x${K}`,
+    );
+  }
+
+  /** out = (silu(gateUp[:, :K]) * gateUp[:, K:]) @ w^T, through `scratch` where not fused. */
+  siluMulGemm(out: Tensor, gateUp: Tensor, w: Tensor, scratch: Tensor, M: number): void {
+    const [N, K] = w.shape;
+    this.dev.check(
+      this.s.msg_silu_mul_gemm(
+        out.ptr,
+        gateUp.ptr,
+        w.ptr,
+        scratch.ptr,
+        M,
+        N,
+        K,
+        out.dtype,
+        w.dtype,
+        this.stream,
+      ),
+      `silu_mul_gemm ${M}x${N}x${K}`,
+    );
+  }
+
   /** out[M, N] = a[M, K] @ w[N, K]^T (+ bias). */
   gemm(out: Tensor, a: Tensor, w: Tensor, bias: Tensor | null, M: number): void {
     const [N, K] = w.shape;

@@ -234,3 +234,44 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
 
 // One GEMM path on the CPU: the GEMV threshold of the CUDA backend has no meaning here.
 extern "C" int msg_gemv_max_m(int) { return 0; }
+
+// The fused decode entries (minisgl.h) are the two ops they fold, through scratch: the CPU
+// has no launches to save. msg_fused_max_m says what the CUDA library fuses; here 8, so
+// that the model takes the same path (and the same residual ping-pong) at decode on both.
+extern "C" int msg_fused_max_m(void) { return 8; }
+
+extern "C" int msg_add_rmsnorm_gemm(void* out, void* residual_out, const void* residual_in,
+                                    const void* x, const void* norm_w, const void* w,
+                                    const void* bias, void* scratch, int M, int N, int K,
+                                    float eps, int act_dtype, int res_dtype, int w_dtype,
+                                    void* stream) {
+  MSG_REQUIRE(M >= 0 && N > 0 && K > 0, "msg_add_rmsnorm_gemm: bad sizes M=%d N=%d K=%d", M,
+              N, K);
+  if (M == 0) return 0;
+  MSG_REQUIRE(out && residual_out && x && norm_w && w && scratch,
+              "msg_add_rmsnorm_gemm: NULL pointer");
+  MSG_REQUIRE(residual_out != residual_in && residual_out != x,
+              "msg_add_rmsnorm_gemm: residual_out must not alias residual_in or x");
+  MSG_REQUIRE(is_float_dtype(res_dtype), "msg_add_rmsnorm_gemm: unsupported residual dtype %s",
+              dtype_name(res_dtype));
+  const size_t rbytes = (size_t)M * K * dtype_size(res_dtype);
+  if (residual_in) {
+    std::memcpy(residual_out, residual_in, rbytes);
+  } else {
+    std::memset(residual_out, 0, rbytes);
+  }
+  int rc = msg_add_rmsnorm(scratch, residual_out, x, norm_w, M, K, eps, act_dtype, res_dtype,
+                           w_dtype, stream);
+  if (rc != 0) return rc;
+  return msg_gemm(out, act_dtype, scratch, act_dtype, w, w_dtype, bias, M, N, K, stream);
+}
+
+extern "C" int msg_silu_mul_gemm(void* out, const void* gate_up, const void* w, void* scratch,
+                                 int M, int N, int K, int act_dtype, int w_dtype, void* stream) {
+  MSG_REQUIRE(M >= 0 && N > 0 && K > 0, "msg_silu_mul_gemm: bad sizes M=%d N=%d K=%d", M, N, K);
+  if (M == 0) return 0;
+  MSG_REQUIRE(out && gate_up && w && scratch, "msg_silu_mul_gemm: NULL pointer");
+  int rc = msg_silu_mul(scratch, gate_up, M, K, act_dtype, stream);
+  if (rc != 0) return rc;
+  return msg_gemm(out, act_dtype, scratch, act_dtype, w, w_dtype, nullptr, M, N, K, stream);
+}
