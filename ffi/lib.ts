@@ -54,12 +54,6 @@ export const symbols = {
   msg_silu_mul: { parameters: [P, P, I, I, I, P], result: I },
   msg_gemm: { parameters: [P, I, P, I, P, I, P, I, I, I, P], result: I },
   msg_gemv_max_m: { parameters: [I], result: I },
-  msg_fused_max_m: { parameters: [], result: I },
-  msg_add_rmsnorm_gemm: {
-    parameters: [P, P, P, P, P, P, P, P, I, I, I, F, I, I, I, P],
-    result: I,
-  },
-  msg_silu_mul_gemm: { parameters: [P, P, P, P, I, I, I, I, I, P], result: I },
   msg_rope_store_kv: {
     parameters: [P, P, P, P, F, P, I, P, P, P, I, I, I, I, I, I, P],
     result: I,

@@ -143,29 +143,6 @@ MSG_API int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const
  *  CPU backend has one GEMM path and returns 0. */
 MSG_API int msg_gemv_max_m(int m);
 
-/* ---------------------------------------------------------------- fused decode ops */
-
-/** The op before a decode GEMM folded into it: what the pair below computes is exactly
- *  msg_add_rmsnorm (resp. msg_silu_mul) into `scratch`, then msg_gemm from `scratch`
- *  (act dtype out). For 1 <= M <= msg_fused_max_m() with 16-bit act == w dtype the CUDA
- *  library runs it as one kernel (each block computes the activations into shared memory,
- *  then streams its weight rows) and `scratch` is not touched; otherwise, and on the CPU,
- *  it runs the two ops. */
-MSG_API int msg_fused_max_m(void);
-/** residual_out = x + residual_in (residual_in NULL: zero; in res_dtype, act dtype or f32);
- *  out[M, N] = (rmsnorm(residual_out) * norm_w) @ w[N, K]^T (+ bias). residual_out must
- *  not alias residual_in or x (other blocks still read them); norm_w, w, bias in w_dtype;
- *  scratch: [M, K] act dtype. */
-MSG_API int msg_add_rmsnorm_gemm(void* out, void* residual_out, const void* residual_in,
-                                 const void* x, const void* norm_w, const void* w,
-                                 const void* bias, void* scratch, int M, int N, int K,
-                                 float eps, int act_dtype, int res_dtype, int w_dtype,
-                                 void* stream);
-/** out[M, N] = (silu(gu[:, :K]) * gu[:, K:]) @ w[N, K]^T; gate_up [M, 2K] act dtype;
- *  scratch: [M, K] act dtype. */
-MSG_API int msg_silu_mul_gemm(void* out, const void* gate_up, const void* w, void* scratch,
-                              int M, int N, int K, int act_dtype, int w_dtype, void* stream);
-
 /* ---------------------------------------------------------------- rotary + KV store */
 
 /** Rotary embedding (neox style: rotate halves) and KV-cache store for n tokens.

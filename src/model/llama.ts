@@ -55,10 +55,6 @@ export interface Workspace {
   /** fp32 even when activations are 16-bit: summing 30-odd layer outputs in bf16 costs
    *  more accuracy than anything else in the forward pass. */
   residual: Tensor;
-  /** The fused decode path's second residual buffer (rows up to `Ops.fusedMaxM`): a fused
-   *  add+norm+GEMM reads one residual buffer and writes the other (its blocks all read the
-   *  whole row, so none may overwrite it in place). */
-  residualAlt: Tensor;
   normed: Tensor;
   qkv: Tensor;
   attnOut: Tensor;
@@ -87,40 +83,22 @@ export function forward(
   if (tp) ops.embeddingRange(ws.delta, w.embed, meta.inputIds, n, tp.vocabStart);
   else ops.embedding(ws.delta, w.embed, meta.inputIds, n);
   reduce(ws.delta);
-  // Decode-sized batches fold each residual add + RMSNorm into the GEMM after it and SiLU-mul
-  // into the down projection (one kernel each on the GPU). The residual stream then moves
-  // between two buffers; `null` is the zero residual the embedding is added to.
-  const fused = n <= ops.fusedMaxM && n <= ws.residualAlt.shape[0];
-  let res: Tensor | null = fused ? null : ws.residual;
-  const normGemm = (out: Tensor, norm: Tensor, m: Tensor, bias: Tensor | null) => {
-    const next = res === ws.residual ? ws.residualAlt : ws.residual;
-    ops.addRmsnormGemm(out, next, res, ws.delta, norm, m, bias, ws.normed, n, eps);
-    res = next;
-  };
-  if (!fused) ops.zero(ws.residual.rows(0, n));
+  ops.zero(ws.residual.rows(0, n));
   for (let l = 0; l < w.layers.length; l++) {
     const L = w.layers[l];
-    if (fused) normGemm(ws.qkv, L.inputNorm, L.qkv, L.qkvBias);
-    else {
-      ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.inputNorm, n, eps);
-      ops.gemm(ws.qkv, ws.normed, L.qkv, L.qkvBias, n);
-    }
+    ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.inputNorm, n, eps);
+
+    ops.gemm(ws.qkv, ws.normed, L.qkv, L.qkvBias, n);
     attn.storeAndAttend(l, ws.qkv, ws.attnOut, L.qNorm, L.kNorm, meta, { hq, hkv, headDim, eps });
     ops.gemm(ws.delta, ws.attnOut, L.o, L.oBias, n);
     reduce(ws.delta);
 
-    if (fused) {
-      normGemm(ws.gateUp, L.postNorm, L.gateUp, null);
-      ops.siluMulGemm(ws.delta, ws.gateUp, L.down, ws.act, n);
-    } else {
-      ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.postNorm, n, eps);
-      ops.gemm(ws.gateUp, ws.normed, L.gateUp, null, n);
-      ops.siluMul(ws.act, ws.gateUp, n, intermediate);
-      ops.gemm(ws.delta, ws.act, L.down, null, n);
-    }
+    ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.postNorm, n, eps);
+    ops.gemm(ws.gateUp, ws.normed, L.gateUp, null, n);
+    ops.siluMul(ws.act, ws.gateUp, n, intermediate);
+    ops.gemm(ws.delta, ws.act, L.down, null, n);
     reduce(ws.delta);
   }
-  if (res === null) ops.zero(ws.residual.rows(0, n)); // no layers
-  ops.addRmsnorm(ws.normed, res ?? ws.residual, ws.delta, w.norm, n, eps);
+  ops.addRmsnorm(ws.normed, ws.residual, ws.delta, w.norm, n, eps);
   return ws.normed;
 }
