@@ -54,8 +54,6 @@ export const symbols = {
   msg_silu_mul: { parameters: [P, P, I, I, I, P], result: I },
   msg_gemm: { parameters: [P, I, P, I, P, I, P, I, I, I, P], result: I },
   msg_gemv_max_m: { parameters: [I], result: I },
-  msg_gemv_max_mb: { parameters: [I], result: I },
-  msg_prefetch_l2: { parameters: [P, U64, P], result: I },
   msg_rope_store_kv: {
     parameters: [P, P, P, P, F, P, I, P, P, P, I, I, I, I, I, I, P],
     result: I,

@@ -97,14 +97,6 @@ export class Ops {
     );
   }
 
-  /** Starts loading the first `bytes` of a weight tensor into L2 (a hint; CPU: nothing). */
-  prefetchL2(t: Tensor, bytes: number): void {
-    this.dev.check(
-      this.s.msg_prefetch_l2(t.ptr, BigInt(Math.min(bytes, t.bytes)), this.stream),
-      "prefetch_l2",
-    );
-  }
-
   /** out[M, N] = a[M, K] @ w[N, K]^T (+ bias). */
   gemm(out: Tensor, a: Tensor, w: Tensor, bias: Tensor | null, M: number): void {
     const [N, K] = w.shape;

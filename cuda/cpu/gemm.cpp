@@ -234,7 +234,3 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
 
 // One GEMM path on the CPU: the GEMV threshold of the CUDA backend has no meaning here.
 extern "C" int msg_gemv_max_m(int) { return 0; }
-
-// No cache to warm ahead of a kernel here: the hint is accepted and ignored.
-extern "C" int msg_prefetch_l2(const void*, uint64_t, void*) { return 0; }
-extern "C" int msg_gemv_max_mb(int) { return 0; }

@@ -138,18 +138,10 @@ MSG_API int msg_silu_mul(void* out, const void* gate_up, int rows, int inter, in
 MSG_API int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const void* w,
                      int w_dtype, const void* bias, int M, int N, int K, void* stream);
 
-/** A hint: starts loading `bytes` at p (weights, never written by a kernel) into the L2
- *  cache without blocking the stream's next kernel (CUDA, with PDL); the kernels before and
- *  after it keep their order. A no-op on the CPU. */
-MSG_API int msg_prefetch_l2(const void* p, uint64_t bytes, void* stream);
-
 /** Tuning knob: msg_gemm sends M <= m with 16-bit a and w to its GEMV kernels (CUDA;
  *  0 = always cuBLASLt, at most 8); m < 0 only reads it. Returns the previous value. The
  *  CPU backend has one GEMM path and returns 0. */
 MSG_API int msg_gemv_max_m(int m);
-/** Tuning knob: weight matrices of at least mb MB go to cuBLASLt whatever M (CUDA; 0 = no
- *  limit); mb < 0 only reads it. Returns the previous value. The CPU backend returns 0. */
-MSG_API int msg_gemv_max_mb(int mb);
 
 /* ---------------------------------------------------------------- rotary + KV store */
 

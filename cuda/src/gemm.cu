@@ -160,7 +160,7 @@ int gemm_fallback(void* out, int out_dtype, const void* a, int a_dtype, const vo
 }  // namespace
 
 namespace msg {
-bool gemv_takes(int M, int N, int K, int a_dtype, int w_dtype, int out_dtype);
+bool gemv_takes(int M, int a_dtype, int w_dtype, int out_dtype);
 int gemv(void* out, int out_dtype, const void* a, const void* w, int w_dtype, const void* bias,
          int M, int N, int K, cudaStream_t st);
 }  // namespace msg
@@ -174,7 +174,7 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
               msg::dtype_name(w_dtype), msg::dtype_name(out_dtype));
   if (M == 0) return 0;
   cudaStream_t st = msg::as_stream(stream);
-  if (msg::gemv_takes(M, N, K, a_dtype, w_dtype, out_dtype)) {
+  if (msg::gemv_takes(M, a_dtype, w_dtype, out_dtype)) {
     return msg::gemv(out, out_dtype, a, w, w_dtype, bias, M, N, K, st);
   }
   if (a_dtype != w_dtype) {

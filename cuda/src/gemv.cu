@@ -31,7 +31,6 @@
 // 0..8; 0 sends everything to cuBLASLt.
 #include <stdlib.h>
 
-#include <algorithm>
 #include <atomic>
 
 #include "common.cuh"
@@ -54,29 +53,6 @@ int gemv_max_m() {
   v = v < 0 ? 0 : v > kMaxM ? kMaxM : v;
   g_max_m.store(v, std::memory_order_relaxed);
   return v;
-}
-
-// Weight matrices from this size on go to cuBLASLt even at M = 1: on one H200 (2026-12-05,
-// tests/device/gemv_test.ts) it streamed Llama-3-8B's gate_up (235 MB) at 55.3 us against
-// the GEMV's 58.6, down (117 MB) 31.3 against 33.3 and the LM heads (0.3-1 GB) 2-7% faster,
-// while the GEMV won on every matrix up to 50 MB (qkv 15.2 vs 16.5 us, o 10.9 vs 13.1,
-// Qwen3-0.6B's 1.2-2.2x). MINISGL_GEMV_MAX_MB (read once) moves it; 0 = no limit.
-constexpr size_t kGemvMaxBytes = 64u << 20;
-
-std::atomic<long> g_max_mb{-1};  // -1: not read yet from MINISGL_GEMV_MAX_MB; 0: no limit
-
-long gemv_max_mb() {
-  long v = g_max_mb.load(std::memory_order_relaxed);
-  if (v >= 0) return v;
-  const char* e = getenv("MINISGL_GEMV_MAX_MB");
-  v = e && *e ? std::max(0L, atol(e)) : (long)(kGemvMaxBytes >> 20);
-  g_max_mb.store(v, std::memory_order_relaxed);
-  return v;
-}
-
-size_t gemv_max_bytes() {
-  const long mb = gemv_max_mb();
-  return mb == 0 ? SIZE_MAX : (size_t)mb << 20;
 }
 
 int sm_count() {
@@ -311,12 +287,10 @@ int launch(void* out, const void* a, const void* w, const void* bias, int M, int
 namespace msg {
 
 /** True when msg_gemm should run this call on the GEMV kernels: 1 <= M <= the threshold
- *  (default 4), a weight matrix below kGemvMaxBytes (MINISGL_GEMV_MAX_MB), a and w both bf16
- *  or both f16, any float output dtype. */
-bool gemv_takes(int M, int N, int K, int a_dtype, int w_dtype, int out_dtype) {
-  return M >= 1 && M <= gemv_max_m() && (size_t)N * K * 2 < gemv_max_bytes() &&
-         a_dtype == w_dtype && (w_dtype == MSG_BF16 || w_dtype == MSG_F16) &&
-         is_float_dtype(out_dtype);
+ *  (default 4), a and w both bf16 or both f16, any float output dtype. */
+bool gemv_takes(int M, int a_dtype, int w_dtype, int out_dtype) {
+  return M >= 1 && M <= gemv_max_m() && a_dtype == w_dtype &&
+         (w_dtype == MSG_BF16 || w_dtype == MSG_F16) && is_float_dtype(out_dtype);
 }
 
 /** out[M, N] = a[M, K] @ w[N, K]^T (+ bias[N]) for M <= 8 (a, w, bias in w_dtype). */
@@ -336,13 +310,5 @@ int gemv(void* out, int out_dtype, const void* a, const void* w, int w_dtype, co
 extern "C" MSG_API int msg_gemv_max_m(int m) {
   int prev = gemv_max_m();
   if (m >= 0) g_max_m.store(m > kMaxM ? kMaxM : m, std::memory_order_relaxed);
-  return prev;
-}
-
-/** Tuning knob (minisgl.h): mb >= 0 sets the weight size (MB) from which msg_gemm sends even
- *  M = 1 to cuBLASLt (0 = no limit); returns the previous value; mb < 0 only reads it. */
-extern "C" MSG_API int msg_gemv_max_mb(int mb) {
-  const int prev = (int)gemv_max_mb();
-  if (mb >= 0) g_max_mb.store(mb, std::memory_order_relaxed);
   return prev;
 }

@@ -73,7 +73,6 @@ export function forward(
   attn: AttentionBackend,
   meta: ForwardMeta,
   tp: TensorParallel | null = null,
-  l2Prefetch = 0,
 ): Tensor {
   const n = meta.numTokens;
   const { eps, numHeads: hq, numKvHeads: hkv, headDim, intermediate } = shape;
@@ -85,27 +84,19 @@ export function forward(
   else ops.embedding(ws.delta, w.embed, meta.inputIds, n);
   reduce(ws.delta);
   ops.zero(ws.residual.rows(0, n));
-  // Decode: each GEMM's weights start loading into L2 one GEMM ahead (their first
-  // `l2Prefetch` bytes), while the GEMM before them and the small kernels between run.
-  const prefetch = (t: Tensor) => l2Prefetch > 0 && ops.prefetchL2(t, l2Prefetch);
-  if (w.layers.length > 0) prefetch(w.layers[0].qkv);
   for (let l = 0; l < w.layers.length; l++) {
     const L = w.layers[l];
     ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.inputNorm, n, eps);
 
     ops.gemm(ws.qkv, ws.normed, L.qkv, L.qkvBias, n);
-    prefetch(L.o);
     attn.storeAndAttend(l, ws.qkv, ws.attnOut, L.qNorm, L.kNorm, meta, { hq, hkv, headDim, eps });
     ops.gemm(ws.delta, ws.attnOut, L.o, L.oBias, n);
-    prefetch(L.gateUp);
     reduce(ws.delta);
 
     ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.postNorm, n, eps);
     ops.gemm(ws.gateUp, ws.normed, L.gateUp, null, n);
-    prefetch(L.down);
     ops.siluMul(ws.act, ws.gateUp, n, intermediate);
     ops.gemm(ws.delta, ws.act, L.down, null, n);
-    prefetch(l + 1 < w.layers.length ? w.layers[l + 1].qkv : w.lmHead);
     reduce(ws.delta);
   }
   ops.addRmsnorm(ws.normed, ws.residual, ws.delta, w.norm, n, eps);

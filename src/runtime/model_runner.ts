@@ -96,21 +96,6 @@ export type PeerExchange = (mine: PeerBufferInfo) => Promise<PeerBufferInfo[]>;
  *  larger ones go through NCCL. */
 const PEER_ALL_REDUCE_BYTES = 1 << 20;
 
-let l2PrefetchOnce: number | undefined;
-/** Bytes of each weight matrix a decode step starts loading into L2 one GEMM ahead
- *  (forward's l2Prefetch): MINISGL_L2_PREFETCH_MB, read once; 0 turns it off. */
-function l2PrefetchBytes(): number {
-  if (l2PrefetchOnce === undefined) {
-    const v = Deno.env.get("MINISGL_L2_PREFETCH_MB");
-    const mb = v === undefined || v === "" ? 16 : Number(v);
-    if (!Number.isFinite(mb) || mb < 0) {
-      throw new Error(`MINISGL_L2_PREFETCH_MB must be a number >= 0, got "${v}"`);
-    }
-    l2PrefetchOnce = Math.round(mb * (1 << 20));
-  }
-  return l2PrefetchOnce;
-}
-
 /** Host blocks of one batch in flight: its staged inputs and its results. */
 interface Slot {
   ptr: Deno.PointerValue;
@@ -432,7 +417,6 @@ export class ModelRunner {
       this.attn,
       this.decodeMeta(bs, maxSeqLen),
       this.tp,
-      l2PrefetchBytes(),
     );
     this.lmHead(this.logits.rows(0, bs), hidden, bs);
   }
