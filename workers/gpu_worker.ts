@@ -22,6 +22,7 @@ import {
   KIND_SHUTDOWN,
   recordKind,
 } from "../src/ipc/batch_codec.ts";
+import type { ForwardBatch } from "../src/ipc/batch.ts";
 import type { GpuWorkerConfig } from "../src/engine/config.ts";
 import { type Fault, injectedFault } from "../src/engine/fault.ts";
 
@@ -53,10 +54,12 @@ function serve(runner: ModelRunner, input: Ring, output: Ring, fault: Fault | nu
   let batches = 0;
   let pending: Pending | null = null;
   const prof = Deno.env.get("MINISGL_WORKER_PROFILE") ? new HostProfile() : null;
+  const trace = Deno.env.get("MINISGL_STEP_TRACE") ? new StepTrace() : null;
   let pendingConstrained = false;
   try {
     for (;;) {
       if (pending && runner.isDone(pending)) {
+        trace?.done(pending.batch.id);
         output.push(encodeResult(runner.finish(pending)));
         pending = null;
       }
@@ -79,11 +82,16 @@ function serve(runner: ModelRunner, input: Ring, output: Ring, fault: Fault | nu
         if (fault.site === "gpu") throw err;
         if (fault.site === "gpu-uncaught") throw new UncaughtFault(err.message);
       }
-      const next = runner.launch(decodeBatch(msg));
+      const batch = decodeBatch(msg);
+      trace?.launch(batch);
+      const next = runner.launch(batch);
       const constrained = next.deferred;
       prof?.add("launch", constrained);
       // N ran before N+1 on the stream; its slot is reused by N+2.
-      if (pending) output.push(encodeResult(runner.finish(pending)));
+      if (pending) {
+        trace?.done(pending.batch.id);
+        output.push(encodeResult(runner.finish(pending)));
+      }
       prof?.add("finishPrevious", constrained);
       // A constrained N+1 samples now: token N has advanced the matchers, and the device is
       // still busy with N+1's forward pass while the masks are made.
@@ -130,6 +138,40 @@ class HostProfile {
       return `${kind} batches ${this.#batches[i]}: ${parts.join(", ")}`;
     });
     return `gpu worker host time per batch: ${lines.join("; ")}`;
+  }
+}
+
+/** One stderr line per batch (MINISGL_STEP_TRACE=1): when it was read from the ring and when
+ *  its result was seen ready, in ms since the first batch, with its prefill and decode rows:
+ *  the step timeline of a serving run, to tell device time from waiting. */
+class StepTrace {
+  #t0 = -1;
+  #open = new Map<number, string>();
+
+  #now(): number {
+    const t = performance.now();
+    if (this.#t0 < 0) this.#t0 = t;
+    return t - this.#t0;
+  }
+
+  launch(b: ForwardBatch): void {
+    let prefillTokens = 0, prefillRows = 0, decodeRows = 0;
+    for (const e of b.entries) {
+      if (e.inputIds === null) decodeRows++;
+      else (prefillRows++, prefillTokens += e.qLen);
+    }
+    this.#open.set(
+      b.id,
+      `step ${b.id}: read ${this.#now().toFixed(1)} ms, prefill ${prefillRows} rows ` +
+        `${prefillTokens} tokens, decode ${decodeRows} rows`,
+    );
+  }
+
+  done(id: number): void {
+    const line = this.#open.get(id);
+    if (line === undefined) return;
+    this.#open.delete(id);
+    console.error(`${line}, ready ${this.#now().toFixed(1)} ms`);
   }
 }
 
