@@ -57,6 +57,8 @@ struct Api {
   Status (*algoGetHeuristic)(Handle, MatmulDesc, MatrixLayout a, MatrixLayout b,
                              MatrixLayout c, MatrixLayout d, Preference, int requested,
                              HeuristicResult* results, int* returned);
+  Status (*algoCheck)(Handle, MatmulDesc, MatrixLayout a, MatrixLayout b, MatrixLayout c,
+                      MatrixLayout d, const MatmulAlgo* algo, HeuristicResult* result);
   Status (*matmul)(Handle, MatmulDesc, const void* alpha, const void* A, MatrixLayout,
                    const void* B, MatrixLayout, const void* beta, const void* C, MatrixLayout,
                    void* D, MatrixLayout, const MatmulAlgo* algo, void* workspace,

@@ -3,10 +3,14 @@
 // Row-major out[M, N] is column-major out^T[N, M] = w[N, K] @ a^T, so cuBLASLt runs
 // D(N x M) = op_T(W: K x N, ld K) * op_N(A: K x M, ld K) with no copy. The bias is a
 // per-row vector of D and goes through the BIAS epilogue when it has D's dtype, else a small
-// add kernel follows. Descriptors and the heuristic's algorithm are cached per
-// (device, M, N, K, dtypes, bias) in thread-local state (one worker thread per GPU), and the
-// 32 MB workspace is a per-device scratch, so a call allocates nothing and can be captured
-// into a CUDA graph. Dtype pairs cuBLASLt does not take (a_dtype != w_dtype) use a plain
+// add kernel follows. Descriptors are cached per (device, M, N, K, dtypes, bias, alignment)
+// in thread-local state (one worker thread per GPU), and the 32 MB workspace is a per-device
+// scratch, so a call allocates nothing and can be captured into a CUDA graph. The heuristic's
+// algorithm is cached per M *bucket* (M rounded up to 1/8 of its power of two, from 64 on):
+// every prefill or mixed batch has a new token count, and asking the heuristic (and loading
+// the kernel it picks, on first use) for each one cost milliseconds of host time a step in
+// serving, while the device waited (MINISGL_STEP_TRACE). A bucket's algorithm is checked for the exact M
+// (cublasLtMatmulAlgoCheck), with the exact heuristic as the fallback. Dtype pairs cuBLASLt does not take (a_dtype != w_dtype) use a plain
 // tiled kernel (32x32 tiles, one thread per output element, fp32 accumulation): correct, not
 // fast. A cuBLASLt that does not load is an error (never a silent slow path); a shape the
 // heuristic has no algorithm for runs on that kernel with one warning on stderr per shape. Decode-sized calls (M <= 4 by default, a and w both
@@ -48,10 +52,27 @@ struct Plan {
   bool ok = false;  // false: cuBLASLt has no algorithm, use the fallback kernel
 };
 
+struct Algo {
+  msg::lt::MatmulAlgo algo;
+  bool ok = false;
+};
+
 struct State {
   msg::lt::Handle handle = nullptr;
   std::map<Key, Plan> plans;
+  std::map<Key, Algo> algos;  // by bucket_m(M)
 };
+
+/** The M whose heuristic answer serves M: M rounded up to a multiple of 8 up to 64, then to a
+ *  multiple of 1/8 of its power of two (at most 12.5% above M, 8 buckets an octave). The
+ *  model runner warms every bucket at start (src/runtime/model_runner.ts, gemmWarmSizes). */
+int bucket_m(int M) {
+  if (M <= 64) return (M + 7) / 8 * 8;
+  int p = 1;
+  while (p * 2 <= M) p *= 2;
+  const int g = p / 8;
+  return (M + g - 1) / g * g;
+}
 thread_local std::map<int, State> t_states;
 
 int fail_lt(const msg::lt::Api* a, msg::lt::Status s, const char* what) {
@@ -64,9 +85,9 @@ int fail_lt(const msg::lt::Api* a, msg::lt::Status s, const char* what) {
     if (s_ != msg::lt::STATUS_SUCCESS) return fail_lt(lt_, s_, #call);    \
   } while (0)
 
-// Builds the descriptors and asks the heuristic for the best algorithm.
-int make_plan(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, int M, int N, int K,
-              int a_dtype, int w_dtype, int out_dtype, bool epilogue_bias, uint32_t align) {
+// Builds the descriptors of an M x N x K matmul (p->ok is left false).
+int make_descs(const msg::lt::Api* lt_, Plan* p, int M, int N, int K, int a_dtype, int w_dtype,
+               int out_dtype, bool epilogue_bias) {
   LT(lt_->matmulDescCreate(&p->desc, msg::lt::COMPUTE_32F, CUDA_R_32F));
   int ta = msg::lt::OP_T, tb = msg::lt::OP_N;
   LT(lt_->matmulDescSetAttribute(p->desc, msg::lt::DESC_TRANSA, &ta, sizeof(ta)));
@@ -76,6 +97,21 @@ int make_plan(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, int M, int N,
   LT(lt_->matrixLayoutCreate(&p->la, cuda_type(w_dtype), (uint64_t)K, (uint64_t)N, K));
   LT(lt_->matrixLayoutCreate(&p->lb, cuda_type(a_dtype), (uint64_t)K, (uint64_t)M, K));
   LT(lt_->matrixLayoutCreate(&p->ld, cuda_type(out_dtype), (uint64_t)N, (uint64_t)M, N));
+  p->epilogue_bias = epilogue_bias;
+  return 0;
+}
+
+void destroy_descs(const msg::lt::Api* lt_, Plan* p) {
+  if (p->la) lt_->matrixLayoutDestroy(p->la);
+  if (p->lb) lt_->matrixLayoutDestroy(p->lb);
+  if (p->ld) lt_->matrixLayoutDestroy(p->ld);
+  if (p->desc) lt_->matmulDescDestroy(p->desc);
+  *p = Plan{};
+}
+
+// Asks the heuristic for the best algorithm of plan p's descriptors (p->ok, p->algo).
+int run_heuristic(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, int M, int N, int K,
+                  int a_dtype, int w_dtype, int out_dtype, uint32_t align) {
   msg::lt::Preference pref = nullptr;
   LT(lt_->preferenceCreate(&pref));
   uint64_t ws = kWorkspace;
@@ -90,7 +126,6 @@ int make_plan(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, int M, int N,
   msg::lt::Status s =
       lt_->algoGetHeuristic(h, p->desc, p->la, p->lb, p->ld, p->ld, pref, 1, res, &got);
   lt_->preferenceDestroy(pref);
-  p->epilogue_bias = epilogue_bias;
   p->ok = s == msg::lt::STATUS_SUCCESS && got > 0;
   if (p->ok) {
     p->algo = res[0].algo;
@@ -102,6 +137,42 @@ int make_plan(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, int M, int N,
             msg::dtype_name(out_dtype), align, (int)s);
   }
   return 0;
+}
+
+// The plan of `key`: its descriptors, and the algorithm of its M bucket where that one runs
+// this exact M within the workspace; else (or for a new bucket) the heuristic's answer.
+int make_plan(const msg::lt::Api* lt_, State& state, Plan* p, const Key& key) {
+  const auto [dev, M, N, K, a_dtype, w_dtype, out_dtype, epi, align] = key;
+  int rc = make_descs(lt_, p, M, N, K, a_dtype, w_dtype, out_dtype, epi != 0);
+  if (rc) return rc;
+  const int Mb = bucket_m(M);
+  Key bkey(dev, Mb, N, K, a_dtype, w_dtype, out_dtype, epi, align);
+  auto bit = state.algos.find(bkey);
+  if (bit == state.algos.end()) {
+    // A new bucket: the heuristic at the bucket's M (its descriptors only for this).
+    Plan bp;
+    rc = make_descs(lt_, &bp, Mb, N, K, a_dtype, w_dtype, out_dtype, epi != 0);
+    if (rc == 0) rc = run_heuristic(lt_, state.handle, &bp, Mb, N, K, a_dtype, w_dtype,
+                                    out_dtype, (uint32_t)align);
+    Algo a;
+    a.ok = bp.ok;
+    a.algo = bp.algo;
+    destroy_descs(lt_, &bp);
+    if (rc) return rc;
+    bit = state.algos.emplace(bkey, a).first;
+  }
+  if (bit->second.ok) {
+    msg::lt::HeuristicResult check;
+    if (lt_->algoCheck(state.handle, p->desc, p->la, p->lb, p->ld, p->ld, &bit->second.algo,
+                       &check) == msg::lt::STATUS_SUCCESS &&
+        check.workspaceSize <= kWorkspace) {
+      p->algo = bit->second.algo;
+      p->ok = true;
+      return 0;
+    }
+  }
+  return run_heuristic(lt_, state.handle, p, M, N, K, a_dtype, w_dtype, out_dtype,
+                       (uint32_t)align);
 }
 
 template <typename TA, typename TW, typename TO>
@@ -192,8 +263,7 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
   auto it = state.plans.find(key);
   if (it == state.plans.end()) {
     Plan p;
-    int rc =
-        make_plan(lt_, state.handle, &p, M, N, K, a_dtype, w_dtype, out_dtype, epi_bias, align);
+    int rc = make_plan(lt_, state, &p, key);
     if (rc) return rc;
     it = state.plans.emplace(key, p).first;
   }

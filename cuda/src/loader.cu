@@ -97,6 +97,7 @@ const Api* api() {
     sym(h, "cublasLtMatmulPreferenceDestroy", &a.preferenceDestroy, &miss);
     sym(h, "cublasLtMatmulPreferenceSetAttribute", &a.preferenceSetAttribute, &miss);
     sym(h, "cublasLtMatmulAlgoGetHeuristic", &a.algoGetHeuristic, &miss);
+    sym(h, "cublasLtMatmulAlgoCheck", &a.algoCheck, &miss);
     sym(h, "cublasLtMatmul", &a.matmul, &miss);
     sym(h, "cublasLtGetStatusString", &a.getStatusString, &miss);
     if (!miss.empty()) {

@@ -96,6 +96,20 @@ export type PeerExchange = (mine: PeerBufferInfo) => Promise<PeerBufferInfo[]>;
  *  larger ones go through NCCL. */
 const PEER_ALL_REDUCE_BYTES = 1 << 20;
 
+/** The largest M of each GEMM M bucket of cuda/src/gemm.cu (bucket_m: multiples of 8 up to
+ *  64, then 8 buckets an octave) from 5 (below, decode GEMVs) to maxT, the last one capped at
+ *  maxT (it still falls in its bucket). */
+export function gemmWarmSizes(maxT: number): number[] {
+  const bucket = (m: number) => {
+    if (m <= 64) return Math.ceil(m / 8) * 8;
+    const g = 2 ** Math.floor(Math.log2(m)) / 8;
+    return Math.ceil(m / g) * g;
+  };
+  const out: number[] = [];
+  for (let m = 5; m <= maxT; m = bucket(m) + 1) out.push(Math.min(bucket(m), maxT));
+  return out;
+}
+
 /** Host blocks of one batch in flight: its staged inputs and its results. */
 interface Slot {
   ptr: Deno.PointerValue;
@@ -255,6 +269,7 @@ export class ModelRunner {
       : (dev.memInfo().free > 80e9 ? 256 : 160);
     r.allocBuffers();
     r.allocKv(progress);
+    if (opts.backend === "cuda") r.warmGemms(progress);
     if (opts.backend === "cuda" && graphMax > 0) {
       r.graphs = new CudaGraphs(dev, r.stream, Math.min(graphMax, opts.maxRows));
       r.graphs.capture(
@@ -274,6 +289,27 @@ export class ModelRunner {
     dev.sync(r.stream);
     r.info.loadSeconds = (performance.now() - t0) / 1000;
     return r;
+  }
+
+  /** Runs every GEMM of a layer (and the LM head) once at the largest M of each of the
+   *  library's M buckets up to the largest batch: cuBLASLt's algorithm is chosen per bucket
+   *  (cuda/src/gemm.cu), and the heuristic and the first load of each kernel it picks cost
+   *  milliseconds of host time, which a serving step must not pay. Outputs land in the
+   *  workspace and are overwritten by the first real step. */
+  private warmGemms(progress: Progress) {
+    const L0 = this.weights.layers[0];
+    if (!L0) return;
+    const { ops, ws } = this;
+    const sizes = gemmWarmSizes(this.L.maxT);
+    sizes.forEach((M, i) => {
+      ops.gemm(ws.qkv, ws.normed, L0.qkv, L0.qkvBias, M);
+      ops.gemm(ws.delta, ws.attnOut, L0.o, L0.oBias, M);
+      ops.gemm(ws.gateUp, ws.normed, L0.gateUp, null, M);
+      ops.gemm(ws.delta, ws.act, L0.down, null, M);
+      if (M <= this.L.maxB) this.lmHead(this.logits.rows(0, M), ws.normed, M);
+      progress("GEMM plans", i + 1, sizes.length);
+    });
+    this.dev.sync(this.stream);
   }
 
   private allocBuffers() {
