@@ -5,6 +5,8 @@ import assert from "node:assert/strict";
 import { ensureTestModel } from "./fixtures.ts";
 import { type HfTokenizer, loadTokenizer } from "../src/tokenizer/tokenizer.ts";
 import { IncrementalDetokenizer } from "../src/tokenizer/detokenizer.ts";
+import { textTokenizer } from "../src/text/tokenizer_port.ts";
+import { warmTokenizer } from "../src/text/warm_up.ts";
 
 let qwenP: Promise<HfTokenizer> | null = null, llamaP: Promise<HfTokenizer> | null = null;
 const qwen = () => (qwenP ??= ensureTestModel("tiny-qwen3").then(loadTokenizer));
@@ -167,4 +169,15 @@ Deno.test("incremental detokenizer: works without prompt ids, one token at a tim
   }
   text += d.flush();
   assert.equal(text, "héllo 👋🏽 世界");
+});
+
+Deno.test("tokenizer warm-up runs on every preset's tokenizer and changes no result", async () => {
+  for (const preset of ["tiny-qwen3", "tiny-llama", "tiny-qwen2", "tiny-mistral"]) {
+    const hf = await loadTokenizer(await ensureTestModel(preset));
+    const tok = textTokenizer(hf);
+    const before = SAMPLES.map((s) => tok.encode(s, true));
+    warmTokenizer(tok, hf.vocabSize, 3, 200);
+    assert.deepEqual(SAMPLES.map((s) => tok.encode(s, true)), before, preset);
+    assert.deepEqual(SAMPLES.map((s) => textTokenizer(hf).encode(s, true)), before, preset);
+  }
 });

@@ -10,6 +10,7 @@
 import { loadTokenizer } from "../src/tokenizer/tokenizer.ts";
 import { type TextTokenizer, textTokenizer } from "../src/text/tokenizer_port.ts";
 import type { TokenizeJob } from "../src/server/tokenize_pool.ts";
+import { warmTokenizer } from "../src/text/warm_up.ts";
 
 let tok: TextTokenizer | null = null;
 
@@ -17,7 +18,9 @@ self.onmessage = async (ev: MessageEvent) => {
   const m = ev.data;
   if (m.type === "init") {
     try {
-      tok = textTokenizer(await loadTokenizer(m.modelDir));
+      const hf = await loadTokenizer(m.modelDir);
+      tok = textTokenizer(hf);
+      warmTokenizer(tok, hf.vocabSize);
       self.postMessage({ type: "ready" });
     } catch (e) {
       self.postMessage({ type: "error", message: (e as Error).message });

@@ -14,6 +14,7 @@ import { startServer } from "../server/serve.ts";
 import type { ServerContext } from "../server/context.ts";
 import { textTokenizer } from "../text/tokenizer_port.ts";
 import { tokenizePool } from "../server/tokenize_pool.ts";
+import { warmTokenizer } from "../text/warm_up.ts";
 import { runShell } from "../shell/shell.ts";
 import { loadTokenizer } from "../tokenizer/tokenizer.ts";
 import { Device } from "../../ffi/device.ts";
@@ -179,6 +180,9 @@ export async function main(argv: string[]): Promise<number> {
         ? generationSamplingDefaults(modelConfig.generation)
         : {},
     };
+    // The inline tokenizer (inputs under OFFLOAD_THRESHOLD) warms up while the pool's
+    // workers do the same (src/text/warm_up.ts: a cold one is several times slower).
+    warmTokenizer(tokenizer, hf.vocabSize);
     const shownDefaults = Object.entries(ctx.samplingDefaults ?? {});
     if (shownDefaults.length > 0) {
       log(
