@@ -13,7 +13,8 @@
  *            fa3 is timed in the variants --fa3 lists (record field "variant"; default: the
  *            one MINISGL_FA3_VARIANT names, else 1, 3 and 4). The decode kernel is timed at
  *            each --decode-splits value (MSG_DECODE_SPLITS, record field "splits"; 0 = the
- *            launcher's own choice, the default).
+ *            launcher's own choice, the default) and on each --decode-kernels kernel
+ *            (MSG_DECODE_KERNEL, record field "decode_kernel").
  *
  * Timing: CUDA events around `--iters` calls, median of `--repeats`, after a warm-up.
  *
@@ -22,7 +23,9 @@
  *            under --attn fa2 and fa3.
  *
  *   deno run -A bench/attention.ts [--page 1] [--repeats 9] [--only prefill|decode]
- *     [--no-peer] [--fa3 1,3,4] [--decode-splits 0,16,32,64] [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768]
+ *     [--no-peer] [--fa3 1,3,4] [--decode-splits 0,16,32,64]
+ *     [--decode-kernels auto,direct,pipelined]
+ *     [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768]
  *     [--out FILE]
  */
 import { parseArgs } from "node:util";
@@ -52,6 +55,7 @@ const { values: a } = parseArgs({
     out: { type: "string" },
     fa3: { type: "string" },
     "decode-splits": { type: "string", default: "0" },
+    "decode-kernels": { type: "string", default: "auto,direct,pipelined" },
   },
   strict: true,
 });
@@ -230,28 +234,35 @@ for (const s of doPrefill ? prefillShapes : []) {
   free();
 }
 const bw = copyBandwidth();
-// The library reads MSG_DECODE_SPLITS at every launch.
+// The library reads MSG_DECODE_SPLITS and MSG_DECODE_KERNEL (auto, direct: loads straight
+// into mma fragments, pipelined: a cp.async ring in shared memory) at every launch.
 const splitCounts = a["decode-splits"].split(",").map(Number);
+const decodeKernels = a["decode-kernels"].split(",");
 for (const s of doDecode ? decodeShapes : []) {
   const { args, free } = setup(s.batch, 1, s.ctx, true);
   const bytes = 2 * s.batch * s.ctx * HKV * HD * 2;
-  for (const splits of splitCounts) {
-    Deno.env.set("MSG_DECODE_SPLITS", String(splits));
-    const ms = timeMs(() => attentionDecode(ops, args));
-    const gbs = bytes / (ms / 1e3) / 1e9;
-    records.push({
-      name: "attn_decode",
-      model: s.model,
-      kernel: "flashdecode",
-      splits: splits > 0 ? splits : "auto",
-      page_size: PAGE,
-      ms,
-      kv_gbs: gbs,
-      copy_bandwidth_gbs: bw / 1e9,
-      bw_frac: gbs / (bw / 1e9),
-    });
+  for (const variant of decodeKernels) {
+    Deno.env.set("MSG_DECODE_KERNEL", variant);
+    for (const splits of splitCounts) {
+      Deno.env.set("MSG_DECODE_SPLITS", String(splits));
+      const ms = timeMs(() => attentionDecode(ops, args));
+      const gbs = bytes / (ms / 1e3) / 1e9;
+      records.push({
+        name: "attn_decode",
+        model: s.model,
+        kernel: "flashdecode",
+        decode_kernel: variant,
+        splits: splits > 0 ? splits : "auto",
+        page_size: PAGE,
+        ms,
+        kv_gbs: gbs,
+        copy_bandwidth_gbs: bw / 1e9,
+        bw_frac: gbs / (bw / 1e9),
+      });
+    }
   }
   Deno.env.delete("MSG_DECODE_SPLITS");
+  Deno.env.delete("MSG_DECODE_KERNEL");
   free();
 }
 
@@ -326,7 +337,9 @@ for (const r of records) {
       (r.vs_cudnn as number | null)?.toFixed(3) ?? "-"
     }`
     : `${(r.kv_gbs as number).toFixed(0)} GB/s, bw_frac ${(r.bw_frac as number).toFixed(3)}`;
-  const kernel = `${r.kernel}${r.variant ? ` v${r.variant}` : ""}`;
+  const kernel = `${r.kernel}${r.variant ? ` v${r.variant}` : ""}${
+    r.decode_kernel ? ` ${r.decode_kernel} splits=${r.splits}` : ""
+  }`;
   console.log(`${r.name} ${r.model} ${kernel}: ${(r.ms as number).toFixed(3)} ms, ${fig}`);
 }
 if (a.out) { for (const r of records) await appendResult(a.out, card, r); }

@@ -37,7 +37,7 @@ if has test; then
   say test
   MINISGL_REQUIRE_CUDA=1 run 300 deno test -A tests/device/attention_extend_test.ts
   MINISGL_REQUIRE_CUDA=1 run 240 deno test -A tests/device/attention_mixed_test.ts
-  MINISGL_REQUIRE_CUDA=1 run 240 deno test -A tests/device/attention_test.ts
+  MINISGL_REQUIRE_CUDA=1 run 420 deno test -A tests/device/attention_test.ts
   grep -E "^attention .*(ok|FAILED)|cases failed|relative L2" "$LOG" | tail -20
   for v in 3 4; do
     if grep -qE "msg_attention_extend_hopper_v$v = CPU .* ok" "$LOG"; then variants="$variants $v"; fi

@@ -43,6 +43,7 @@
 // and the kernel is launched with programmatic dependent launch; neither is measured yet.
 
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <type_traits>
 
@@ -75,6 +76,7 @@ struct Params {
   const int32_t* rows;
   const int32_t* seq_lens;
   int q_row_stride, pt_stride, hq, hkv, page_size, page_shift, splits, min_keys;
+  int stages;   // cp.async stages per warp (pipelined kernel only)
   float scale;  // softmax scale * log2(e)
 };
 
@@ -103,6 +105,31 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
 }
 __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// 16 bytes global -> shared without registers (L2 only); `ok` false writes zeros and reads
+// nothing (src must still be a valid address).
+__device__ __forceinline__ void cp_async16(uint4* dst, const void* src, bool ok) {
+  uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src),
+               "r"(ok ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+// Waits until at most n of this thread's groups are pending (n is a PTX immediate).
+__device__ __forceinline__ void cp_async_wait_upto(int n) {
+  switch (n) {
+    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
+    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
+  }
 }
 
 template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
@@ -143,10 +170,11 @@ __device__ __forceinline__ void mma(float* c, uint32_t a0, uint32_t a1, uint32_t
 // - O^T (M = dim, N = head, K = key): A = V^T, lane (r, t) reads keys 2t, 2t+1, 2t+8,
 //   2t+9 at dims 64c + 8r .. +7 (c < D/64); m-tile 4c + w has row r = dim 64c + 8r + 2w,
 //   row r + 8 = that dim + 1. B = P^T is exactly S's C fragment (head r, keys 2t.., 8+2t..).
-template <typename T, int D, int NT>
-__global__ void __launch_bounds__(kWarps * 32, D >= 256 ? 1 : (NT == 1 ? 3 : 2))
+template <typename T, int D, int NT, bool PIPE>
+__global__ void __launch_bounds__(kWarps * 32, PIPE || D >= 256 ? 1 : (NT == 1 ? 3 : 2))
     decode_kernel(Params a) {
   constexpr int KC = D / 32, VC = D / 64, MT = D / 16, HPB = 8 * NT;
+  constexpr int NCH = 2 * KC + 4 * VC;  // 16-byte chunks a lane loads per tile
   // Launched with programmatic dependent launch (pdl.cuh): resident while the kernel before
   // it (rope + KV store) finishes; nothing is read before the wait.
   msg::pdl_wait();
@@ -210,25 +238,86 @@ __global__ void __launch_bounds__(kWarps * 32, D >= 256 ? 1 : (NT == 1 ? 3 : 2))
   int sk[2], sv[4];
   slots(start + warp * kTile, sk, sv);
 
-  for (int kb = start + warp * kTile; kb < end; kb += kRound) {
-    uint4 kr[2][KC], vr[4][VC];
+  // Pipelined kernel: each lane copies the very 16-byte chunks it will feed to its mma
+  // fragments into its own slots of a ring of `stages` tiles in shared memory (chunk ch of
+  // stage st of thread tid at stage_buf[(st * NCH + ch) * 128 + tid]: consecutive lanes,
+  // consecutive 16 bytes, no bank conflicts), `stages - 1` tiles ahead of the math. A thread
+  // reads only what it copied itself, so cp.async.wait_group is the only synchronisation.
+  // The page-table lookups of a tile are issued one step before its copies.
+  extern __shared__ uint4 stage_buf[];
+  const int S = PIPE ? a.stages : 1;
+  auto issue = [&](int st) {
+    uint4* dst = stage_buf + (size_t)st * NCH * (kWarps * 32) + tid;
 #pragma unroll
     for (int j = 0; j < 2; j++) {
-      const T* p = kbase + (size_t)sk[j] * sstride + 8 * t;
+      const T* p = kbase + (size_t)max(sk[j], 0) * sstride + 8 * t;
 #pragma unroll
       for (int c = 0; c < KC; c++) {
-        kr[j][c] = sk[j] >= 0 ? ld_stream(p + 32 * c) : make_uint4(0, 0, 0, 0);
+        cp_async16(dst + (j * KC + c) * (kWarps * 32), p + 32 * c, sk[j] >= 0);
       }
     }
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-      const T* p = vbase + (size_t)sv[i] * sstride + 8 * r;
+      const T* p = vbase + (size_t)max(sv[i], 0) * sstride + 8 * r;
 #pragma unroll
       for (int c = 0; c < VC; c++) {
-        vr[i][c] = sv[i] >= 0 ? ld_stream(p + 64 * c) : make_uint4(0, 0, 0, 0);
+        cp_async16(dst + (2 * KC + i * VC + c) * (kWarps * 32), p + 64 * c, sv[i] >= 0);
       }
     }
-    if (kb + kRound < end) slots(kb + kRound, sk, sv);
+  };
+  int kb_issue = start + warp * kTile, st_issue = 0;
+  if constexpr (PIPE) {
+    for (int s0 = 0; s0 < S - 1; s0++) {
+      if (kb_issue < end) issue(st_issue);
+      cp_async_commit();
+      kb_issue += kRound;
+      st_issue++;
+      if (kb_issue < end) slots(kb_issue, sk, sv);
+    }
+  }
+  int st_use = 0;
+
+  for (int kb = start + warp * kTile; kb < end; kb += kRound) {
+    uint4 kr[2][KC], vr[4][VC];
+    if constexpr (PIPE) {
+      if (kb_issue < end) issue(st_issue);
+      cp_async_commit();
+      kb_issue += kRound;
+      st_issue = st_issue + 1 == S ? 0 : st_issue + 1;
+      if (kb_issue < end) slots(kb_issue, sk, sv);
+      // Tile kb's group is complete once at most S - 1 newer ones are pending. The stage
+      // just reissued was read into registers last step (ld.shared before this cp.async in
+      // program order, and its values already consumed by that step's mma).
+      cp_async_wait_upto(S - 1);
+      const uint4* src = stage_buf + (size_t)st_use * NCH * (kWarps * 32) + tid;
+#pragma unroll
+      for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int c = 0; c < KC; c++) kr[j][c] = src[(j * KC + c) * (kWarps * 32)];
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int c = 0; c < VC; c++) vr[i][c] = src[(2 * KC + i * VC + c) * (kWarps * 32)];
+      st_use = st_use + 1 == S ? 0 : st_use + 1;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        const T* p = kbase + (size_t)sk[j] * sstride + 8 * t;
+#pragma unroll
+        for (int c = 0; c < KC; c++) {
+          kr[j][c] = sk[j] >= 0 ? ld_stream(p + 32 * c) : make_uint4(0, 0, 0, 0);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const T* p = vbase + (size_t)sv[i] * sstride + 8 * r;
+#pragma unroll
+        for (int c = 0; c < VC; c++) {
+          vr[i][c] = sv[i] >= 0 ? ld_stream(p + 64 * c) : make_uint4(0, 0, 0, 0);
+        }
+      }
+      if (kb + kRound < end) slots(kb + kRound, sk, sv);
+    }
 
     // S: s[j][0..1] = head r, keys kb + 8j + 2t + {0,1}; s[j][2..3] = head r + 8.
     float s[2][4];
@@ -295,6 +384,8 @@ __global__ void __launch_bounds__(kWarps * 32, D >= 256 ? 1 : (NT == 1 ? 3 : 2))
       for (int rb = 0; rb < NT; rb++) mma<T>(acc[i][rb], a0, a1, a2, a3, pb[rb][0], pb[rb][1]);
     }
   }
+
+  if constexpr (PIPE) cp_async_wait_upto(0);  // nothing in flight into freed smem at exit
 
   // Merge the 4 warps in shared memory.
   __shared__ float sh_acc[kWarps][HPB][D];
@@ -412,20 +503,69 @@ int env_int(const char* name) {
   return e ? atoi(e) : 0;
 }
 
+// Resident blocks per SM of a kernel at `smem` dynamic bytes (0 when it cannot run).
+template <typename T, int D, int NT, bool PIPE>
+int blocks_per_sm(size_t smem) {
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_kernel<T, D, NT, PIPE>,
+                                                    kWarps * 32, smem) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+// Which kernel (MSG_DECODE_KERNEL, read per call): "direct" loads K/V straight into mma
+// fragments, "pipelined" copies them through a cp.async ring in shared memory; unset or
+// "auto": pipelined when the grid's blocks fit about once on the GPU (few, long chains: a
+// block's bytes in flight are what limits it), direct otherwise (measured at 0.98-1.01 of
+// copy bandwidth at batch 64).
+enum class Kind { kAuto, kDirect, kPipelined };
+Kind kernel_choice() {
+  const char* e = getenv("MSG_DECODE_KERNEL");
+  if (e == nullptr || *e == 0 || strcmp(e, "auto") == 0) return Kind::kAuto;
+  return strcmp(e, "direct") == 0 ? Kind::kDirect : Kind::kPipelined;
+}
+
 template <typename T, int D, int NT>
 int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
   int group = p.hq / p.hkv, chunks = (group + 8 * NT - 1) / (8 * NT);
   int base_blocks = batch * p.hkv * chunks;
-  static int per_sm = 0;  // resident blocks per SM (same for every device of a process)
-  if (per_sm == 0) {
-    int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_kernel<T, D, NT>,
-                                                      kWarps * 32, 0) != cudaSuccess) {
-      cudaGetLastError();
-      n = 2;
+  constexpr size_t kStageBytes = (size_t)kWarps * 32 * (2 * (D / 32) + 4 * (D / 64)) * 16;
+  // Stages of the pipelined kernel: at one block per SM as many as fit in ~160 KB (the
+  // merge's static buffers take the rest), at most 8; at two blocks per SM half that.
+  constexpr int kFit = (int)(160u * 1024 / kStageBytes);
+  constexpr int kStagesOne = kFit > 8 ? 8 : kFit;
+  constexpr int kStagesTwo = kStagesOne / 2 < 2 ? 2 : kStagesOne / 2;
+  // The shared-memory limit is an attribute of the function on each device: set it once per
+  // device (resident blocks are then the same for every device of a process).
+  static int per_sm_direct = 0, per_sm_pipe_one = 0, per_sm_pipe_two = 0;
+  static bool attr_set[64];
+  static std::mutex attr_mu;
+  {
+    int dev = 0;
+    MSG_CUDA(cudaGetDevice(&dev));
+    std::lock_guard<std::mutex> lock(attr_mu);
+    if (dev >= 0 && dev < 64 && !attr_set[dev]) {
+      attr_set[dev] = true;
+      cudaFuncSetAttribute(decode_kernel<T, D, NT, true>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           (int)(kStagesOne * kStageBytes));
+      cudaGetLastError();  // too large for this GPU: the occupancy below is 0, direct runs
+      per_sm_direct = blocks_per_sm<T, D, NT, false>(0);
+      per_sm_pipe_one = blocks_per_sm<T, D, NT, true>(kStagesOne * kStageBytes);
+      per_sm_pipe_two = blocks_per_sm<T, D, NT, true>(kStagesTwo * kStageBytes);
     }
-    per_sm = n > 0 ? n : 1;
   }
+  int sms = sm_count();
+  Kind kind = kernel_choice();
+  bool pipe = kind == Kind::kPipelined || (kind == Kind::kAuto && base_blocks <= 2 * sms);
+  if (per_sm_pipe_one < 1) pipe = false;  // the ring does not fit (should not happen)
+  // The pipelined kernel runs a deep ring at one block per SM, or a ring half as deep at two
+  // when the grid has more blocks than SMs (decided again below once the splits are known).
+  bool two = pipe && base_blocks > sms && per_sm_pipe_two >= 2;
+  int per_sm = pipe ? (two ? per_sm_pipe_two : per_sm_pipe_one) : per_sm_direct;
+  if (per_sm < 1) per_sm = pipe ? 1 : 2;
   // Splits from a sweep on an H100 (see the top of the file). Up to 2 blocks per SM:
   // as many splits as give about 2 blocks per SM, at most kSmallMaxSplits (the merge of
   // the last block reads the splits' partials one after another, so more cost more than
@@ -433,7 +573,6 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
   // (keys per split + a fixed cost per block, in keys) with waves = ceil(blocks / resident
   // blocks), plus the merge's reads per split. Never more splits than the longest sequence
   // can use with `keys` keys each.
-  int sms = sm_count();
   int cap = sms * per_sm;
   if (cap < 1) cap = 1;
   int keys = env_int("MSG_DECODE_SPLIT_KEYS");
@@ -466,6 +605,9 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
     splits = (int)((kScratch - kCounterBytes) / per_split);
   }
   if (splits < 1) splits = 1;
+  two = pipe && base_blocks * splits > sms && per_sm_pipe_two >= 2;
+  const int stages = two ? kStagesTwo : kStagesOne;
+  p.stages = stages;
   p.splits = splits;
   p.min_keys = keys;
   if (splits > 1) {
@@ -490,7 +632,12 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
     p.part_lse = p.part_o + (size_t)batch * p.hq * splits * D;
   }
   dim3 grid(splits, p.hkv * chunks, batch);
-  MSG_CUDA(msg::launch_pdl(decode_kernel<T, D, NT>, grid, dim3(kWarps * 32), 0, st, p));
+  if (pipe) {
+    MSG_CUDA(msg::launch_pdl(decode_kernel<T, D, NT, true>, grid, dim3(kWarps * 32),
+                             (size_t)stages * kStageBytes, st, p));
+  } else {
+    MSG_CUDA(msg::launch_pdl(decode_kernel<T, D, NT, false>, grid, dim3(kWarps * 32), 0, st, p));
+  }
   return 0;
 }
 
@@ -526,7 +673,7 @@ extern "C" int msg_attention_decode(void* out, const void* q, int q_row_stride,
     while ((1 << shift) < page_size) shift++;
   }
   Params p{out, nullptr, nullptr, nullptr, q, k_cache, v_cache, page_table, rows, seq_lens,
-           q_row_stride, pt_stride, hq, hkv, page_size, shift, 1, kDefaultMinKeys,
+           q_row_stride, pt_stride, hq, hkv, page_size, shift, 1, kDefaultMinKeys, 1,
            scale * kLog2e};
   cudaStream_t st = msg::as_stream(stream);
   return MSG_DISPATCH_HALF(dtype, T,

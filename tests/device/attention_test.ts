@@ -162,26 +162,40 @@ Deno.test({
       dtype: BF16,
       env: { MSG_DECODE_SPLITS: "61", MSG_DECODE_SPLIT_KEYS: "16" },
     });
+    // The pipelined kernel's other paths: page size 256 (a 16-key tile inside one page), GQA
+    // 1 and 8, head_dim 64 and 256 in f16, and a grid of more blocks than SMs (its two-blocks-
+    // per-SM ring; 20 requests x 8 KV heads > 132 SMs).
+    add(128, 256, 32, 8, ragged(4, 3000));
+    add(128, 16, 8, 8, ragged(3, 2000)); // GQA 1 at head_dim 128
+    add(128, 1, 64, 8, ragged(3, 1500)); // GQA 8
+    add(128, 16, 32, 8, ragged(20, 1200));
+    for (const hd of [64, 256]) {
+      cases.push({ hd, ps: 16, hq: 16, hkv: 4, seqs: ragged(4, 2200), maxSeq: 2200, dtype: F16 });
+    }
+    // Every case on both kernels (MSG_DECODE_KERNEL, read per call).
     for (const c of cases) {
       const inp = makeInputs(c);
       const ref = from16(runCase(cpu, c, inp), c.dtype);
-      for (const [k, v] of Object.entries(c.env ?? {})) Deno.env.set(k, v);
-      let got: Float32Array;
-      try {
-        got = from16(runCase(gpu, c, inp), c.dtype);
-      } finally {
-        for (const k of Object.keys(c.env ?? {})) Deno.env.delete(k);
+      for (const kernel of ["direct", "pipelined"]) {
+        const env = { ...c.env, MSG_DECODE_KERNEL: kernel };
+        for (const [k, v] of Object.entries(env)) Deno.env.set(k, v);
+        let got: Float32Array;
+        try {
+          got = from16(runCase(gpu, c, inp), c.dtype);
+        } finally {
+          for (const k of Object.keys(env)) Deno.env.delete(k);
+        }
+        const what = `hd=${c.hd} ps=${c.ps} hq=${c.hq} hkv=${c.hkv} seqs=${c.seqs.length} ` +
+          `max=${c.maxSeq} dtype=${c.dtype} ${JSON.stringify(env)}`;
+        const err = relErr(ref, got, what);
+        assert.ok(err <= 1e-2, `${what}: relative L2 error ${err.toExponential(3)} > 1e-2`);
+        // A request of length 0 writes zeros.
+        c.seqs.forEach((s, b) => {
+          if (s !== 0) return;
+          const row = got.subarray(b * c.hq * c.hd, (b + 1) * c.hq * c.hd);
+          assert.ok(row.every((x) => x === 0), `${what}: seq_len 0 must give zeros`);
+        });
       }
-      const what = `hd=${c.hd} ps=${c.ps} hq=${c.hq} hkv=${c.hkv} seqs=${c.seqs.length} ` +
-        `max=${c.maxSeq} dtype=${c.dtype}${c.env ? " " + JSON.stringify(c.env) : ""}`;
-      const err = relErr(ref, got, what);
-      assert.ok(err <= 1e-2, `${what}: relative L2 error ${err.toExponential(3)} > 1e-2`);
-      // A request of length 0 writes zeros.
-      c.seqs.forEach((s, b) => {
-        if (s !== 0) return;
-        const row = got.subarray(b * c.hq * c.hd, (b + 1) * c.hq * c.hd);
-        assert.ok(row.every((x) => x === 0), `${what}: seq_len 0 must give zeros`);
-      });
     }
   },
 });
@@ -313,8 +327,9 @@ Deno.test({
       );
 
     // Correctness of a graph captured at max_seq_len 8192 and replayed with short sequences
-    // (many replays: the counters of the split merge must reset themselves).
-    {
+    // (many replays: the counters of the split merge must reset themselves), on each kernel.
+    for (const kernel of ["direct", "pipelined"]) {
+      Deno.env.set("MSG_DECODE_KERNEL", kernel);
       const seqs = [1, 300, 611, 4000, 8192, 97, 1500, 16];
       const bs = seqs.length, pt = tables(seqs, 1)[0], lens = Dev.of(gpu, Int32Array.from(seqs));
       const call = () => decode(pt, lens, bs, 8192);
@@ -382,19 +397,25 @@ Deno.test({
       );
       const ref = from16(hd2.o.read(new Uint16Array(bs * hq * hd)), BF16);
       Object.values(hd2).forEach((x) => x.free());
-      const err = relErr(ref, got, "graph replay");
-      assert.ok(err <= 1e-2, `graph replay at max 8192: relative L2 error ${err}`);
+      const err = relErr(ref, got, `graph replay (${kernel})`);
+      assert.ok(err <= 1e-2, `graph replay at max 8192 (${kernel}): relative L2 error ${err}`);
       chk(s.msg_graph_destroy(g), "graph destroy");
       pt.pt.free();
       lens.free();
+      Deno.env.delete("MSG_DECODE_KERNEL");
     }
 
     console.log("Llama-3-8B decode attention (32 q / 8 kv heads, hd 128, bf16, page 16):");
-    for (const seq of [512, 4096, 16384]) {
+    for (const seq of [512, 1024, 4096, 16384, 32768]) {
       for (const bs of [1, 8, 32, 64, 128]) {
-        line(`bs=${bs} seq=${seq}`, timeCase(Array(bs).fill(seq), seq));
+        if (bs * seq > 128 * 16384) continue;
+        for (const kernel of ["auto", "direct", "pipelined"]) {
+          Deno.env.set("MSG_DECODE_KERNEL", kernel);
+          line(`bs=${bs} seq=${seq} ${kernel}`, timeCase(Array(bs).fill(seq), seq));
+        }
       }
     }
+    Deno.env.delete("MSG_DECODE_KERNEL");
     for (const bs of [1, 8, 32]) {
       const seqs = Array.from({ length: bs }, () => 300 + (rand() * 600 | 0));
       const mx = Math.max(...seqs);
