@@ -45,7 +45,7 @@ if has test; then
 fi
 if has bench; then
   say "bench (fa3 variants: $variants)"
-  run 420 deno task bench attention --fa3 "${variants// /,}" --decode-splits 0,8,16,32,64 \
+  run 420 deno task bench attention --fa3 "${variants// /,}" --decode-splits 0,1,2,4,8,16,32,64 --decode-kernels auto,direct,pipelined \
     --out "$OUT/attention.json"
   # Paged prefill: page 16 (the benchmarks' setting: tiles gathered from 8 pages each) and 64
   # (a tile from one page), beside page 1 above; PyTorch's figures are the same shapes.

@@ -385,10 +385,18 @@ __global__ void __launch_bounds__(kWarps * 32, PIPE || D >= 256 ? 1 : (NT == 1 ?
     }
   }
 
-  if constexpr (PIPE) cp_async_wait_upto(0);  // nothing in flight into freed smem at exit
-
-  // Merge the 4 warps in shared memory.
-  __shared__ float sh_acc[kWarps][HPB][D];
+  // Merge the 4 warps in shared memory. The pipelined kernel puts the warps' accumulators in
+  // its ring (free once every copy has landed and every warp has read its last tile), which
+  // leaves room for a deeper ring or a second block per SM.
+  __shared__ float sh_acc_own[PIPE ? 1 : kWarps * HPB * D];
+  float(*sh_acc)[HPB][D] = reinterpret_cast<float(*)[HPB][D]>(sh_acc_own);
+  if constexpr (PIPE) {
+    static_assert(2 * NCH * kWarps * 32 * 16 >= sizeof(float) * kWarps * HPB * D,
+                  "two stages hold the accumulators");
+    cp_async_wait_upto(0);
+    __syncthreads();
+    sh_acc = reinterpret_cast<float(*)[HPB][D]>(stage_buf);
+  }
   __shared__ float sh_m[kWarps][HPB], sh_l[kWarps][HPB];
   __shared__ float sh_w[HPB][kMaxSplits];
   __shared__ float sh_tot[HPB];
@@ -532,11 +540,14 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
   int group = p.hq / p.hkv, chunks = (group + 8 * NT - 1) / (8 * NT);
   int base_blocks = batch * p.hkv * chunks;
   constexpr size_t kStageBytes = (size_t)kWarps * 32 * (2 * (D / 32) + 4 * (D / 64)) * 16;
-  // Stages of the pipelined kernel: at one block per SM as many as fit in ~160 KB (the
-  // merge's static buffers take the rest), at most 8; at two blocks per SM half that.
-  constexpr int kFit = (int)(160u * 1024 / kStageBytes);
-  constexpr int kStagesOne = kFit > 8 ? 8 : kFit;
-  constexpr int kStagesTwo = kStagesOne / 2 < 2 ? 2 : kStagesOne / 2;
+  // Stages of the pipelined kernel (at least 2, at most 8): at one block per SM as many as
+  // fit in 192 KB (the merge's few static buffers take < 5 KB more, a Hopper SM has 227 KB
+  // for a block), at two blocks per SM as many as fit in 96 KB. Head_dim 128: 6 and 3 tiles
+  // of 16 keys per warp, so 5 or 2 tiles in flight per warp.
+  constexpr int kFitOne = (int)(192u * 1024 / kStageBytes);
+  constexpr int kFitTwo = (int)(96u * 1024 / kStageBytes);
+  constexpr int kStagesOne = kFitOne > 8 ? 8 : kFitOne < 2 ? 2 : kFitOne;
+  constexpr int kStagesTwo = kFitTwo > 8 ? 8 : kFitTwo < 2 ? 2 : kFitTwo;
   // The shared-memory limit is an attribute of the function on each device: set it once per
   // device (resident blocks are then the same for every device of a process).
   static int per_sm_direct = 0, per_sm_pipe_one = 0, per_sm_pipe_two = 0;
