@@ -9,7 +9,8 @@
 # Steps (default: all, in this order; estimated wall time on one H200 in brackets):
 #   build   CUDA library for sm_90a only ($MINISGL_CUDA_ARCHS) + CPU library   [~2 min]
 #   test    tests/device/attention_extend_test.ts, attention_mixed_test.ts and the decode
-#           kernel's attention_test.ts (its PDL launch and unrolled merge are new) [~1.5 min]
+#           kernel's attention_test.ts (every case on the direct and the pipelined kernel, then
+#           both kernels' timings) [~3 min]
 #   bench   deno task bench attention: native and fa3 v1, v3, v4 in one run (v3/v4 only when
 #           their test passed in the test step; v1 alone when it did not run), and the decode
 #           kernel at its own split count and at 8..64 splits; then prefill alone at page

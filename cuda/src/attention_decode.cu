@@ -27,6 +27,11 @@
 // bandwidth. Page lookups for tile i+1 are issued before tile i's math so their latency
 // hides behind it.
 //
+// A pipelined variant (PIPE, MSG_DECODE_KERNEL=pipelined; `auto` takes it for small grids)
+// copies each lane's K/V chunks through a cp.async ring of up to 8 tiles in shared memory
+// instead, so several tiles per warp are in flight during the math (see the loop and
+// bench/notes/attention.md). The figures below are the direct kernel's.
+//
 // Measured on an H100 SXM (tests/device/attention_test.ts: graph replays over > 256 MB of
 // KV, median; Llama-3-8B shapes: 32 q / 8 kv heads, head_dim 128, bf16, page 16; d2d copy
 // 2,993 GB/s). us and % of copy bandwidth for K+V read, at the splits chosen below:
