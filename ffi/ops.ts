@@ -361,8 +361,9 @@ export interface AttentionArgs {
 /** Which extend kernel of the ABI: "native" (msg_attention_extend, mma/WMMA, any GPU),
  *  "hopper" (msg_attention_extend_hopper, fa3 v1: wgmma on sm_90, the native one elsewhere),
  *  "hopper3" (msg_attention_extend_hopper_v3, fa3 v3: warp-specialised, ping-pong) or
- *  "hopper4" (msg_attention_extend_hopper_v4, fa3 v4: v3 + intra-warpgroup overlap). */
-export type ExtendKernel = "native" | "hopper" | "hopper3" | "hopper4";
+ *  "hopper4" (msg_attention_extend_hopper_v4, fa3 v4: v3 + intra-warpgroup overlap) or
+ *  "hopper5" (msg_attention_extend_hopper_v5, fa3 v5: v3 on a persistent grid). */
+export type ExtendKernel = "native" | "hopper" | "hopper3" | "hopper4" | "hopper5";
 
 /** Whether the device has CUDA and the Hopper (wgmma) extend kernel. */
 export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
@@ -379,6 +380,8 @@ export function attentionExtend(ops: Ops, a: AttentionArgs, kernel: ExtendKernel
     ? ops.dev.sym.msg_attention_extend_hopper_v3
     : kernel === "hopper4"
     ? ops.dev.sym.msg_attention_extend_hopper_v4
+    : kernel === "hopper5"
+    ? ops.dev.sym.msg_attention_extend_hopper_v5
     : ops.dev.sym.msg_attention_extend;
   ops.dev.check(
     fn(

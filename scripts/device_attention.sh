@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU machine's attention run: build, the extend kernels against the CPU twin (one test per
-# entry point: native, fa3 v1, v3, v4; then mixed batches), then bench/attention.ts timing
+# entry point: native, fa3 v1, v3, v4, v5 (v5 also at 1 and 5 blocks); then mixed batches), then bench/attention.ts timing
 # native and every fa3 variant that passed beside PyTorch SDPA in one run. Records go to
 # $OUT/attention.json, the log to $OUT/attention.log.
 #
@@ -11,7 +11,7 @@
 #   test    tests/device/attention_extend_test.ts, attention_mixed_test.ts and the decode
 #           kernel's attention_test.ts (every case on the direct and the pipelined kernel, then
 #           both kernels' timings) [~3 min]
-#   bench   deno task bench attention: native and fa3 v1, v3, v4 in one run (v3/v4 only when
+#   bench   deno task bench attention: native and fa3 v1, v3, v4, v5 in one run (v3-v5 only when
 #           their test passed in the test step; v1 alone when it did not run), and the decode
 #           kernel at its own split count and at 8..64 splits; then prefill alone at page
 #           sizes 16 and 64  [~3.5 min]
@@ -36,11 +36,11 @@ fi
 variants="1"
 if has test; then
   say test
-  MINISGL_REQUIRE_CUDA=1 run 300 deno test -A tests/device/attention_extend_test.ts
+  MINISGL_REQUIRE_CUDA=1 run 360 deno test -A tests/device/attention_extend_test.ts
   MINISGL_REQUIRE_CUDA=1 run 240 deno test -A tests/device/attention_mixed_test.ts
   MINISGL_REQUIRE_CUDA=1 run 420 deno test -A tests/device/attention_test.ts
-  grep -E "^attention .*(ok|FAILED)|cases failed|relative L2" "$LOG" | tail -20
-  for v in 3 4; do
+  grep -E "^attention .*(ok|FAILED)|cases failed|relative L2" "$LOG" | tail -24
+  for v in 3 4 5; do
     if grep -qE "msg_attention_extend_hopper_v$v = CPU .* ok" "$LOG"; then variants="$variants $v"; fi
   done
 fi

@@ -223,6 +223,17 @@ MSG_API int msg_attention_extend_hopper_v4(void* out, const void* q, int q_row_s
                                            int max_q_len, int max_seq_len, int hq, int hkv,
                                            int head_dim, int page_size, float scale,
                                            int dtype, void* stream);
+/** fa3 v5, same contract: v3 on a persistent grid (one block per SM walking a global
+ *  heavy-first list of (q tile, request, head); attention_extend_hopper_v5.cu). Where it does
+ *  not apply it runs msg_attention_extend_hopper. */
+MSG_API int msg_attention_extend_hopper_v5(void* out, const void* q, int q_row_stride,
+                                           const void* k_cache, const void* v_cache,
+                                           const int32_t* page_table, int pt_stride,
+                                           const int32_t* rows, const int32_t* seq_lens,
+                                           const int32_t* q_starts, int batch, int total_q,
+                                           int max_q_len, int max_seq_len, int hq, int hkv,
+                                           int head_dim, int page_size, float scale,
+                                           int dtype, void* stream);
 /** Decode: one query per request (q row b), keys 0..seq_lens[b]-1. Reads seq_lens on the
  *  device (graph-safe: max_seq_len is only an upper bound used to size splits; pass the
  *  captured maximum when capturing). */

@@ -184,19 +184,24 @@ export function resolveAttention(spec: string, dev: AttentionDevice): ResolvedAt
 /** Variants of the fa3 kernel: 1 (v1: one warpgroup does everything), 3 (v3, the default: a
  *  producer warpgroup, 128-key tiles, ping-pong consumers; H200 2026-12-05, 8k causal: 414-420
  *  TFLOP/s against v1's 350 and v4's 400) and 4 (v3 plus the intra-warpgroup
- *  overlap of softmax and P V), and the ABI entry point of each. (v2 was measured slower
- *  than v1 and deleted.) */
-export const FA3_VARIANTS = { 1: "hopper", 3: "hopper3", 4: "hopper4" } as const satisfies Record<
-  number,
-  ExtendKernel
->;
+ *  overlap of softmax and P V), 5 (v3 on a persistent grid over a global heavy-first work
+ *  list; not yet measured), and the ABI entry point of each. (v2 was measured slower than v1
+ *  and deleted.) */
+export const FA3_VARIANTS = {
+  1: "hopper",
+  3: "hopper3",
+  4: "hopper4",
+  5: "hopper5",
+} as const satisfies Record<number, ExtendKernel>;
 export type Fa3Variant = keyof typeof FA3_VARIANTS;
 
 /** The fa3 variant `MINISGL_FA3_VARIANT` names (unset or empty: 3); throws on other values. */
 export function parseFa3Variant(value: string | undefined): Fa3Variant {
   if (value === undefined || value === "") return 3;
-  if (value === "1" || value === "3" || value === "4") return Number(value) as Fa3Variant;
-  throw new Error(`MINISGL_FA3_VARIANT must be 1, 3 or 4, got "${value}"`);
+  if (value === "1" || value === "3" || value === "4" || value === "5") {
+    return Number(value) as Fa3Variant;
+  }
+  throw new Error(`MINISGL_FA3_VARIANT must be 1, 3, 4 or 5, got "${value}"`);
 }
 
 let fa3VariantOnce: Fa3Variant | null = null;

@@ -1,13 +1,14 @@
 /**
  * Paged extend attention against the CPU twin on random inputs, for the extend entry points
  * of the ABI: msg_attention_extend (mma/WMMA, any GPU), msg_attention_extend_hopper (fa3 v1,
- * wgmma on sm_90; the first one elsewhere), msg_attention_extend_hopper_v3 and _v4 (fa3 v3
- * and v4, warp-specialised; MINISGL_FA3_VARIANT=3 or 4 in the server). Page sizes 1, 7, 16, 64, 256;
+ * wgmma on sm_90; the first one elsewhere), msg_attention_extend_hopper_v3, _v4 and _v5 (fa3
+ * v3 and v4, warp-specialised, v5 = v3 on a persistent grid; MINISGL_FA3_VARIANT=3, 4 or 5). Page sizes 1, 7, 16, 64, 256;
  * GQA 1, 2, 4, 7, 8; head_dim 64, 128 and 256 (the Hopper entries' fallback); ragged batches
  * whose requests have no prefix, a prefix ending inside a page, or a prefix of many pages;
  * bf16 and f16. For v3/v4 also: key tiles that wrap its K/V ring several times (2 slots at
  * hd128, 4 at hd64), partial last tiles, blocks whose second consumer has only padding rows,
- * and prefixes that leave the first consumer a fully masked last tile. GPU outputs are
+ * and prefixes that leave the first consumer a fully masked last tile; for v5 more work items
+ * than SMs, and every case again with the grid capped at 1 and 5 blocks. GPU outputs are
  * poisoned (NaN) before every run.
  *
  * Skipped unless the CUDA library loads and sees a device. MINISGL_KERNELS_SELF=1 runs the
@@ -71,13 +72,15 @@ type Entry =
   | "msg_attention_extend"
   | "msg_attention_extend_hopper"
   | "msg_attention_extend_hopper_v3"
-  | "msg_attention_extend_hopper_v4";
+  | "msg_attention_extend_hopper_v4"
+  | "msg_attention_extend_hopper_v5";
 /** The CUDA entry points under test: the mma/WMMA kernel and the fa3 variants. */
 const ENTRIES: Entry[] = [
   "msg_attention_extend",
   "msg_attention_extend_hopper",
   "msg_attention_extend_hopper_v3",
   "msg_attention_extend_hopper_v4",
+  "msg_attention_extend_hopper_v5",
 ];
 
 function runCase(lib: NativeLib, fn: Entry, c: Case, inp: ReturnType<typeof makeInputs>) {
@@ -159,6 +162,22 @@ function cases(): Case[] {
     out.push({ hd: 128, ps, hq: 8, hkv: 1, reqs: ring, dtype: BF16 }); // 8:1
     out.push({ hd: 64, ps, hq: 4, hkv: 4, reqs: ring, dtype: F16 }); // MHA
   }
+  // fa3 v5's persistent grid: more work items (q tiles x heads x requests) than SMs, so a
+  // block walks several items of different requests, heads and tile counts (its K/V ring,
+  // Q prefetch and token hand-over run across items); many items are empty (short requests).
+  const many: [number, number][] = [
+    [0, 1030],
+    [37, 77],
+    [0, 1],
+    [300, 513],
+    [64, 129],
+    [5, 1],
+    [0, 260],
+    [1000, 40],
+  ];
+  out.push({ hd: 128, ps: 16, hq: 32, hkv: 8, reqs: many, dtype: BF16 });
+  out.push({ hd: 64, ps: 1, hq: 16, hkv: 2, reqs: many, dtype: F16 });
+  out.push({ hd: 128, ps: 64, hq: 40, hkv: 8, reqs: [[0, 2000], [64, 129]], dtype: BF16 });
   return out;
 }
 
@@ -173,31 +192,48 @@ function prepare() {
 }
 
 // One test per entry point, each running every case and listing all that fail, so a device
-// run tells which kernel and which shapes are wrong.
-for (const fn of ENTRIES) {
+// run tells which kernel and which shapes are wrong. fa3 v5 runs again with its grid capped
+// at 1 and 5 blocks (MINISGL_FA3_V5_BLOCKS): every case then chains many items per block.
+const RUNS: { fn: Entry; blocks?: number }[] = [
+  ...ENTRIES.map((fn) => ({ fn })),
+  { fn: "msg_attention_extend_hopper_v5", blocks: 1 },
+  { fn: "msg_attention_extend_hopper_v5", blocks: 5 },
+];
+for (const { fn, blocks } of RUNS) {
+  const label = blocks === undefined ? fn : `${fn} (${blocks} blocks)`;
   Deno.test({
-    name: `attention extend: ${fn} = CPU (paged, GQA, ragged, prefixes)`,
+    name: `attention extend: ${label} = CPU (paged, GQA, ragged, prefixes)`,
     ignore: libs === null,
     fn() {
-      const failures: string[] = [];
-      const all = prepare();
-      for (const { c, inp, ref } of all) {
-        const what = `${fn} hd=${c.hd} ps=${c.ps} hq=${c.hq} hkv=${c.hkv} ` +
-          `reqs=${JSON.stringify(c.reqs)} dtype=${c.dtype === F16 ? "f16" : "bf16"}`;
-        try {
-          const err = relErr(ref, runCase(gpu, fn, c, inp), what);
-          if (!(err <= 1e-2)) {
-            failures.push(`${what}: relative L2 error ${err.toExponential(3)} > 1e-2`);
-          }
-        } catch (e) {
-          failures.push((e as Error).message);
-        }
+      if (blocks !== undefined) Deno.env.set("MINISGL_FA3_V5_BLOCKS", String(blocks));
+      try {
+        runAll(fn, label);
+      } finally {
+        Deno.env.delete("MINISGL_FA3_V5_BLOCKS");
       }
-      assert.equal(
-        failures.length,
-        0,
-        `${failures.length} of ${all.length} cases failed:\n${failures.slice(0, 12).join("\n")}`,
-      );
     },
   });
+}
+
+/** Every case through `fn` against the CPU twin; fails listing the cases that differ. */
+function runAll(fn: Entry, label: string) {
+  const failures: string[] = [];
+  const all = prepare();
+  for (const { c, inp, ref } of all) {
+    const what = `${label} hd=${c.hd} ps=${c.ps} hq=${c.hq} hkv=${c.hkv} ` +
+      `reqs=${JSON.stringify(c.reqs)} dtype=${c.dtype === F16 ? "f16" : "bf16"}`;
+    try {
+      const err = relErr(ref, runCase(gpu, fn, c, inp), what);
+      if (!(err <= 1e-2)) {
+        failures.push(`${what}: relative L2 error ${err.toExponential(3)} > 1e-2`);
+      }
+    } catch (e) {
+      failures.push((e as Error).message);
+    }
+  }
+  assert.equal(
+    failures.length,
+    0,
+    `${failures.length} of ${all.length} cases failed:\n${failures.slice(0, 12).join("\n")}`,
+  );
 }
