@@ -14,7 +14,6 @@ import { startServer } from "../server/serve.ts";
 import type { ServerContext } from "../server/context.ts";
 import { textTokenizer } from "../text/tokenizer_port.ts";
 import { tokenizePool } from "../server/tokenize_pool.ts";
-import { warmTokenizer } from "../text/warm_up.ts";
 import { runShell } from "../shell/shell.ts";
 import { loadTokenizer } from "../tokenizer/tokenizer.ts";
 import { Device } from "../../ffi/device.ts";
@@ -32,7 +31,7 @@ const ENGINE_DEATH_LINGER_MS = 2_000;
 
 /** Tokenizer workers (each holds its own copy of the tokenizer): a burst of prompts is
  *  tokenized on several cores while the HTTP thread keeps streaming. */
-const TOKENIZER_WORKERS = Math.min(4, Math.max(2, Math.floor(navigator.hardwareConcurrency / 4)));
+const TOKENIZER_WORKERS = Math.min(8, Math.max(2, Math.floor(navigator.hardwareConcurrency / 2)));
 
 /** Largest request body (413 beyond). */
 const MAX_BODY_BYTES = 8 << 20;
@@ -180,9 +179,6 @@ export async function main(argv: string[]): Promise<number> {
         ? generationSamplingDefaults(modelConfig.generation)
         : {},
     };
-    // The inline tokenizer (inputs under OFFLOAD_THRESHOLD) warms up while the pool's
-    // workers do the same (src/text/warm_up.ts: a cold one is several times slower).
-    warmTokenizer(tokenizer, hf.vocabSize);
     const shownDefaults = Object.entries(ctx.samplingDefaults ?? {});
     if (shownDefaults.length > 0) {
       log(

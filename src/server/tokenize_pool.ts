@@ -20,10 +20,13 @@ export type TokenizeJob =
   }
   | { op: "decode"; ids: number[] };
 
-/** Characters of text from which an encode or chat job goes to a worker: ~400 tokens, about
- *  0.5-1 ms of encoding, against ~0.1 ms for the round trip. At 128 prompts of 200-800
- *  tokens sent at once, inline encoding serialized every request behind the others. */
-export const OFFLOAD_THRESHOLD = 2 * 1024;
+/** Characters of text from which an encode or chat job goes to a worker: ~60 tokens, where
+ *  the round trip (~0.1 ms) costs about what inline encoding does. Inline work runs on the
+ *  HTTP thread, one request after another, and holds up the workers' results too: with 2 KB
+ *  here, a burst of 128 prompts of 200-800 tokens on an H200 host reached the scheduler one
+ *  every ~6 ms for 250 ms (the ~40% under 2 KB, serially), then the rest at once
+ *  (MINISGL_STEP_TRACE, 2026-12-05). */
+export const OFFLOAD_THRESHOLD = 256;
 /** Token ids from which a decode goes to a worker (decoding is ~50x cheaper per token). */
 const DECODE_OFFLOAD_IDS = 8 * 1024;
 

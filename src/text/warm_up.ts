@@ -4,7 +4,8 @@
  * this project's CPU machine (Qwen3 tokenizer, chat template of 500-token random prompts): 33
  * ms for the first, 3-6.5 ms each for the next ~20, 1.1 ms once optimised. In a serving burst
  * the tokenizer workers were cold and fed requests to the scheduler a few at a time for the
- * first ~150 ms. Each worker, and the HTTP thread's inline tokenizer, runs this at start.
+ * first ~150 ms. Each tokenizer worker runs this at start (the HTTP thread keeps only inputs
+ * under OFFLOAD_THRESHOLD, too short to matter).
  */
 import type { TextTokenizer } from "./tokenizer_port.ts";
 
