@@ -81,9 +81,9 @@ Deno.test("--attn: an unknown name is a flag error, before anything loads", () =
   );
 });
 
-Deno.test("MINISGL_FA3_VARIANT: unset is v3, 1, 3, 4 and 5 pick the entry points, others fail", () => {
-  assert.equal(parseFa3Variant(undefined), 3);
-  assert.equal(parseFa3Variant(""), 3);
+Deno.test("MINISGL_FA3_VARIANT: unset is v5, 1, 3, 4 and 5 pick the entry points, others fail", () => {
+  assert.equal(parseFa3Variant(undefined), 5);
+  assert.equal(parseFa3Variant(""), 5);
   assert.equal(parseFa3Variant("1"), 1);
   assert.equal(parseFa3Variant("3"), 3);
   assert.equal(parseFa3Variant("4"), 4);
