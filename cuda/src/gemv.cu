@@ -31,7 +31,6 @@
 // 0..8; 0 sends everything to cuBLASLt.
 #include <stdlib.h>
 
-#include <algorithm>
 #include <atomic>
 
 #include "common.cuh"
@@ -53,16 +52,6 @@ int gemv_max_m() {
   v = e && *e ? atoi(e) : kDefaultM;
   v = v < 0 ? 0 : v > kMaxM ? kMaxM : v;
   g_max_m.store(v, std::memory_order_relaxed);
-  return v;
-}
-
-/** Largest weight matrix whose first step is prefetched before the PDL wait:
- *  MINISGL_GEMV_PREFETCH_MB (read once; 0 = none), else kPrefetchMaxBytes. */
-size_t prefetch_max_bytes() {
-  static const size_t v = [] {
-    const char* e = getenv("MINISGL_GEMV_PREFETCH_MB");
-    return e && *e ? (size_t)std::max(0L, atol(e)) << 20 : kPrefetchMaxBytes;
-  }();
   return v;
 }
 
@@ -264,7 +253,7 @@ int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cud
   const unsigned blocks = (unsigned)((groups + gpb - 1) / gpb);
   // Prefetch only what L2 (50 MB on an H100/H200) holds next to the running kernel's stream:
   // a larger matrix's prefetched lines could be evicted before use and read twice.
-  const int prefetch = msg::pdl_enabled() && (size_t)N * K * sizeof(T) <= prefetch_max_bytes();
+  const int prefetch = msg::pdl_enabled() && (size_t)N * K * sizeof(T) <= kPrefetchMaxBytes;
   MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U>, dim3(blocks), dim3(kWarps * 32), 0,
                            st, out, x, w, bias, N, K, wk, prefetch));
   return 0;
