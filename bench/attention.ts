@@ -11,7 +11,7 @@
  *            device-to-device copy bandwidth (bytes read + written) measured in this run.
  *
  *            fa3 is timed in the variants --fa3 lists (record field "variant"; default: the
- *            one MINISGL_FA3_VARIANT names, else 1, 3, 4 and 5). The decode kernel is timed at
+ *            one MINISGL_FA3_VARIANT names, else 1, 3, 4, 5 and 6). The decode kernel is timed at
  *            each --decode-splits value (MSG_DECODE_SPLITS, record field "splits"; 0 = the
  *            launcher's own choice, the default) and on each --decode-kernels kernel
  *            (MSG_DECODE_KERNEL, record field "decode_kernel").
@@ -162,7 +162,7 @@ const fa3Timed: Fa3Variant[] = a.fa3
   ? a.fa3.split(",").map(parseFa3Variant)
   : Deno.env.get("MINISGL_FA3_VARIANT")
   ? [fa3Variant()]
-  : [1, 3, 4, 5];
+  : [1, 3, 4, 5, 6];
 const prefillKernels: { kernel: string; variant?: Fa3Variant; run: (x: AttentionArgs) => void }[] =
   [
     { kernel: "native", run: (x) => attentionExtend(ops, x, "native") },

@@ -80,6 +80,10 @@ export const symbols = {
     parameters: [P, P, I, P, P, P, I, P, P, P, I, I, I, I, I, I, I, I, F, I, P],
     result: I,
   },
+  msg_attention_extend_hopper_v6: {
+    parameters: [P, P, I, P, P, P, I, P, P, P, I, I, I, I, I, I, I, I, F, I, P],
+    result: I,
+  },
   msg_attention_decode: {
     parameters: [P, P, I, P, P, P, I, P, P, I, I, I, I, I, I, F, I, P],
     result: I,

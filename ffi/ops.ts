@@ -362,8 +362,9 @@ export interface AttentionArgs {
  *  "hopper" (msg_attention_extend_hopper, fa3 v1: wgmma on sm_90, the native one elsewhere),
  *  "hopper3" (msg_attention_extend_hopper_v3, fa3 v3: warp-specialised, ping-pong) or
  *  "hopper4" (msg_attention_extend_hopper_v4, fa3 v4: v3 + intra-warpgroup overlap) or
- *  "hopper5" (msg_attention_extend_hopper_v5, fa3 v5: v3 on a persistent grid). */
-export type ExtendKernel = "native" | "hopper" | "hopper3" | "hopper4" | "hopper5";
+ *  "hopper5" (msg_attention_extend_hopper_v5, fa3 v5: v3 on a persistent grid) or
+ *  "hopper6" (msg_attention_extend_hopper_v6, fa3 v6: v5 with O stored through shared memory). */
+export type ExtendKernel = "native" | "hopper" | "hopper3" | "hopper4" | "hopper5" | "hopper6";
 
 /** Whether the device has CUDA and the Hopper (wgmma) extend kernel. */
 export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
@@ -382,6 +383,8 @@ export function attentionExtend(ops: Ops, a: AttentionArgs, kernel: ExtendKernel
     ? ops.dev.sym.msg_attention_extend_hopper_v4
     : kernel === "hopper5"
     ? ops.dev.sym.msg_attention_extend_hopper_v5
+    : kernel === "hopper6"
+    ? ops.dev.sym.msg_attention_extend_hopper_v6
     : ops.dev.sym.msg_attention_extend;
   ops.dev.check(
     fn(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU machine's attention run: build, the extend kernels against the CPU twin (one test per
-# entry point: native, fa3 v1, v3, v4, v5 (v5 also at 1 and 5 blocks); then mixed batches), then bench/attention.ts timing
+# entry point: native, fa3 v1, v3, v4, v5, v6 (v5 and v6 also at 1 and 5 blocks); then mixed
+# batches), then bench/attention.ts timing
 # native and every fa3 variant that passed beside PyTorch SDPA in one run. Records go to
 # $OUT/attention.json, the log to $OUT/attention.log.
 #
@@ -11,7 +12,7 @@
 #   test    tests/device/attention_extend_test.ts, attention_mixed_test.ts and the decode
 #           kernel's attention_test.ts (every case on the direct and the pipelined kernel, then
 #           both kernels' timings) [~3 min]
-#   bench   deno task bench attention: native and fa3 v1, v3, v4, v5 in one run (v3-v5 only when
+#   bench   deno task bench attention: native and fa3 v1, v3-v6 in one run (v3-v6 only when
 #           their test passed in the test step; v1 alone when it did not run), and the decode
 #           kernel at its own split count and at 8..64 splits; then prefill alone at page
 #           sizes 16 and 64  [~3.5 min]
@@ -36,17 +37,17 @@ fi
 variants="1"
 if has test; then
   say test
-  MINISGL_REQUIRE_CUDA=1 run 360 deno test -A tests/device/attention_extend_test.ts
+  MINISGL_REQUIRE_CUDA=1 run 480 deno test -A tests/device/attention_extend_test.ts
   MINISGL_REQUIRE_CUDA=1 run 240 deno test -A tests/device/attention_mixed_test.ts
   MINISGL_REQUIRE_CUDA=1 run 420 deno test -A tests/device/attention_test.ts
-  grep -E "^attention .*(ok|FAILED)|cases failed|relative L2" "$LOG" | tail -24
-  for v in 3 4 5; do
+  grep -E "^attention .*(ok|FAILED)|cases failed|relative L2" "$LOG" | tail -28
+  for v in 3 4 5 6; do
     if grep -qE "msg_attention_extend_hopper_v$v = CPU .* ok" "$LOG"; then variants="$variants $v"; fi
   done
 fi
 if has bench; then
   say "bench (fa3 variants: $variants)"
-  run 420 deno task bench attention --fa3 "${variants// /,}" --decode-splits 0,1,2,4,8,16,32,64 --decode-kernels auto,direct,pipelined \
+  run 480 deno task bench attention --fa3 "${variants// /,}" --decode-splits 0,1,2,4,8,16,32,64 --decode-kernels auto,direct,pipelined \
     --out "$OUT/attention.json"
   # Paged prefill: page 16 (the benchmarks' setting: tiles gathered from 8 pages each) and 64
   # (a tile from one page), beside page 1 above; PyTorch's figures are the same shapes.

@@ -338,6 +338,7 @@ MSG_EXTEND_ALIAS(msg_attention_extend_hopper)
 MSG_EXTEND_ALIAS(msg_attention_extend_hopper_v3)
 MSG_EXTEND_ALIAS(msg_attention_extend_hopper_v4)
 MSG_EXTEND_ALIAS(msg_attention_extend_hopper_v5)
+MSG_EXTEND_ALIAS(msg_attention_extend_hopper_v6)
 #undef MSG_EXTEND_ALIAS
 
 int msg_attention_decode(void* out, const void* q, int q_row_stride, const void* k_cache,

@@ -234,6 +234,17 @@ MSG_API int msg_attention_extend_hopper_v5(void* out, const void* q, int q_row_s
                                            int max_q_len, int max_seq_len, int hq, int hkv,
                                            int head_dim, int page_size, float scale,
                                            int dtype, void* stream);
+/** fa3 v6, same contract: v5 with the output tile written through shared memory in
+ *  16-byte coalesced stores (attention_extend_hopper_v6.cu). Where it does not apply it runs
+ *  msg_attention_extend_hopper (v5 for an output not 16-byte aligned). */
+MSG_API int msg_attention_extend_hopper_v6(void* out, const void* q, int q_row_stride,
+                                           const void* k_cache, const void* v_cache,
+                                           const int32_t* page_table, int pt_stride,
+                                           const int32_t* rows, const int32_t* seq_lens,
+                                           const int32_t* q_starts, int batch, int total_q,
+                                           int max_q_len, int max_seq_len, int hq, int hkv,
+                                           int head_dim, int page_size, float scale,
+                                           int dtype, void* stream);
 /** Decode: one query per request (q row b), keys 0..seq_lens[b]-1. Reads seq_lens on the
  *  device (graph-safe: max_seq_len is only an upper bound used to size splits; pass the
  *  captured maximum when capturing). */

@@ -185,23 +185,25 @@ export function resolveAttention(spec: string, dev: AttentionDevice): ResolvedAt
  *  producer warpgroup, 128-key tiles, ping-pong consumers; H200 2026-12-05, 8k causal: 414-420
  *  TFLOP/s against v1's 350 and v4's 400) and 4 (v3 plus the intra-warpgroup
  *  overlap of softmax and P V), 5 (v3 on a persistent grid over a global heavy-first work
- *  list; not yet measured), and the ABI entry point of each. (v2 was measured slower than v1
+ *  list), 6 (v5 with O written through shared memory in 16-byte coalesced stores; not yet
+ *  measured), and the ABI entry point of each. (v2 was measured slower than v1
  *  and deleted.) */
 export const FA3_VARIANTS = {
   1: "hopper",
   3: "hopper3",
   4: "hopper4",
   5: "hopper5",
+  6: "hopper6",
 } as const satisfies Record<number, ExtendKernel>;
 export type Fa3Variant = keyof typeof FA3_VARIANTS;
 
 /** The fa3 variant `MINISGL_FA3_VARIANT` names (unset or empty: 5, the fastest on the H200); throws on other values. */
 export function parseFa3Variant(value: string | undefined): Fa3Variant {
   if (value === undefined || value === "") return 5;
-  if (value === "1" || value === "3" || value === "4" || value === "5") {
+  if (value === "1" || value === "3" || value === "4" || value === "5" || value === "6") {
     return Number(value) as Fa3Variant;
   }
-  throw new Error(`MINISGL_FA3_VARIANT must be 1, 3, 4 or 5, got "${value}"`);
+  throw new Error(`MINISGL_FA3_VARIANT must be 1, 3, 4, 5 or 6, got "${value}"`);
 }
 
 let fa3VariantOnce: Fa3Variant | null = null;

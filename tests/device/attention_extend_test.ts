@@ -1,14 +1,15 @@
 /**
  * Paged extend attention against the CPU twin on random inputs, for the extend entry points
  * of the ABI: msg_attention_extend (mma/WMMA, any GPU), msg_attention_extend_hopper (fa3 v1,
- * wgmma on sm_90; the first one elsewhere), msg_attention_extend_hopper_v3, _v4 and _v5 (fa3
- * v3 and v4, warp-specialised, v5 = v3 on a persistent grid; MINISGL_FA3_VARIANT=3, 4 or 5). Page sizes 1, 7, 16, 64, 256;
+ * wgmma on sm_90; the first one elsewhere), msg_attention_extend_hopper_v3, _v4, _v5 and _v6
+ * (fa3 v3 and v4, warp-specialised, v5 = v3 on a persistent grid, v6 = v5 storing O through
+ * shared memory; MINISGL_FA3_VARIANT=3 to 6). Page sizes 1, 7, 16, 64, 256;
  * GQA 1, 2, 4, 7, 8; head_dim 64, 128 and 256 (the Hopper entries' fallback); ragged batches
  * whose requests have no prefix, a prefix ending inside a page, or a prefix of many pages;
  * bf16 and f16. For v3/v4 also: key tiles that wrap its K/V ring several times (2 slots at
  * hd128, 4 at hd64), partial last tiles, blocks whose second consumer has only padding rows,
- * and prefixes that leave the first consumer a fully masked last tile; for v5 more work items
- * than SMs, and every case again with the grid capped at 1 and 5 blocks. GPU outputs are
+ * and prefixes that leave the first consumer a fully masked last tile; for v5 and v6 more work
+ * items than SMs, and every case again with the grid capped at 1 and 5 blocks. GPU outputs are
  * poisoned (NaN) before every run.
  *
  * Skipped unless the CUDA library loads and sees a device. MINISGL_KERNELS_SELF=1 runs the
@@ -73,7 +74,8 @@ type Entry =
   | "msg_attention_extend_hopper"
   | "msg_attention_extend_hopper_v3"
   | "msg_attention_extend_hopper_v4"
-  | "msg_attention_extend_hopper_v5";
+  | "msg_attention_extend_hopper_v5"
+  | "msg_attention_extend_hopper_v6";
 /** The CUDA entry points under test: the mma/WMMA kernel and the fa3 variants. */
 const ENTRIES: Entry[] = [
   "msg_attention_extend",
@@ -81,6 +83,7 @@ const ENTRIES: Entry[] = [
   "msg_attention_extend_hopper_v3",
   "msg_attention_extend_hopper_v4",
   "msg_attention_extend_hopper_v5",
+  "msg_attention_extend_hopper_v6",
 ];
 
 function runCase(lib: NativeLib, fn: Entry, c: Case, inp: ReturnType<typeof makeInputs>) {
@@ -192,12 +195,15 @@ function prepare() {
 }
 
 // One test per entry point, each running every case and listing all that fail, so a device
-// run tells which kernel and which shapes are wrong. fa3 v5 runs again with its grid capped
-// at 1 and 5 blocks (MINISGL_FA3_V5_BLOCKS): every case then chains many items per block.
+// run tells which kernel and which shapes are wrong. fa3 v5 and v6 run again with their grid
+// capped at 1 and 5 blocks (MINISGL_FA3_V5_BLOCKS, MINISGL_FA3_V6_BLOCKS): every case then
+// chains many items per block.
 const RUNS: { fn: Entry; blocks?: number }[] = [
   ...ENTRIES.map((fn) => ({ fn })),
   { fn: "msg_attention_extend_hopper_v5", blocks: 1 },
   { fn: "msg_attention_extend_hopper_v5", blocks: 5 },
+  { fn: "msg_attention_extend_hopper_v6", blocks: 1 },
+  { fn: "msg_attention_extend_hopper_v6", blocks: 5 },
 ];
 for (const { fn, blocks } of RUNS) {
   const label = blocks === undefined ? fn : `${fn} (${blocks} blocks)`;
@@ -205,11 +211,12 @@ for (const { fn, blocks } of RUNS) {
     name: `attention extend: ${label} = CPU (paged, GQA, ragged, prefixes)`,
     ignore: libs === null,
     fn() {
-      if (blocks !== undefined) Deno.env.set("MINISGL_FA3_V5_BLOCKS", String(blocks));
+      const cap = fn.endsWith("_v6") ? "MINISGL_FA3_V6_BLOCKS" : "MINISGL_FA3_V5_BLOCKS";
+      if (blocks !== undefined) Deno.env.set(cap, String(blocks));
       try {
         runAll(fn, label);
       } finally {
-        Deno.env.delete("MINISGL_FA3_V5_BLOCKS");
+        Deno.env.delete(cap);
       }
     },
   });
