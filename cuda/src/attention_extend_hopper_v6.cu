@@ -46,8 +46,9 @@ using namespace msg::hopper;
 
 /** Tile sizes, threads and the shared-memory map of one v6 block for head_dim D: Q [D/64
  *  blocks][128 rows][128 B]; K and V [STAGES][D/64 blocks][128 keys][128 B] (128-byte rows
- *  of 8 swizzled 16-byte chunks, see swz); O staging [2][64 rows][D * 2 B]; then 4 x STAGES mbarriers (full K, full V, empty K,
- *  empty V) and the word an mbarrier wait sets when it gives up (see ws::mbar_wait). */
+ *  of 8 swizzled 16-byte chunks, see swz); O staging [2 consumers][64 rows][D * 2 B]; then
+ *  4 x STAGES mbarriers (full K, full V, empty K, empty V) and the word an mbarrier wait sets
+ *  when it gives up (see ws::mbar_wait). */
 template <int D>
 struct V6 {
   static const int BQ = 128, BK = 128, NT = 384;
@@ -73,7 +74,9 @@ struct V6 {
   // down to 168 per thread at launch, and the split must not exceed it.
   static_assert(PRODUCER_REGS * 128 + CONSUMER_REGS * 256 <= 168 * NT, "register split");
   static_assert(total + 1024 <= 227 * 1024, "shared memory per block");
-  static_assert(o_stage % 1024 == 0 && bars % 8 == 0 && q_blk % 1024 == 0 && kv_blk % 1024 == 0, "alignment");
+  static_assert(o_stage % 1024 == 0 && bars % 8 == 0 && q_blk % 1024 == 0 &&
+                    kv_blk % 1024 == 0,
+                "alignment");
   // The producer gather (see the kernel): CH chunks per row, RSTEP = 128 / CH rows between a
   // thread's chunks (a multiple of 8, so one swizzle phase), G = 32 / CH rows per warp step,
   // PER = BK / RSTEP chunks per thread; a warp's G * PER rows are one per lane.
