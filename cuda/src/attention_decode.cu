@@ -181,9 +181,10 @@ __global__ void __launch_bounds__(kWarps * 32, PIPE || D >= 256 ? 1 : (NT == 1 ?
   constexpr int KC = D / 32, VC = D / 64, MT = D / 16, HPB = 8 * NT;
   constexpr int NCH = 2 * KC + 4 * VC;  // 16-byte chunks a lane loads per tile
   // Launched with programmatic dependent launch (pdl.cuh): resident while the kernel before
-  // it (rope + KV store) finishes; nothing is read before the wait.
-  msg::pdl_wait();
-  msg::pdl_trigger();
+  // it (rope + KV store) finishes. Before the wait it reads only what kernels at least two
+  // back wrote (pdl.cuh's rule): seq_lens, rows, the page table and the K/V of every key but
+  // the newest (seq - 1), so the chain seq_lens -> page table -> K/V overlaps that kernel. q
+  // and the newest key's K/V (written by the kernel just before) are read after the wait.
   const int split = blockIdx.x, b = blockIdx.z;
   const int group = a.hq / a.hkv, chunks = (group + HPB - 1) / HPB;
   const int kvh = blockIdx.y / chunks;
@@ -196,21 +197,6 @@ __global__ void __launch_bounds__(kWarps * 32, PIPE || D >= 256 ? 1 : (NT == 1 ?
   const int start = split * per, end = min(start + per, seq);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, r = lane >> 2, t = lane & 3;
 
-  // Q fragments: qa[rb][ks][0] = dims (2t, 2t+1) of k-step ks for head r + 8 rb, [1] = +8.
-  uint32_t qa[NT][MT][2];
-#pragma unroll
-  for (int rb = 0; rb < NT; rb++) {
-    const T* qrow = (const T*)a.q + (size_t)b * a.q_row_stride + (size_t)(h0 + r + 8 * rb) * D;
-#pragma unroll
-    for (int c = 0; c < KC; c++) {
-      uint4 v = r + 8 * rb < nh ? *reinterpret_cast<const uint4*>(qrow + 32 * c + 8 * t)
-                                : make_uint4(0, 0, 0, 0);
-      qa[rb][2 * c][0] = v.x;
-      qa[rb][2 * c][1] = v.y;
-      qa[rb][2 * c + 1][0] = v.z;
-      qa[rb][2 * c + 1][1] = v.w;
-    }
-  }
   float acc[MT][NT][4];
   float m[NT], l[NT];
 #pragma unroll
@@ -273,6 +259,8 @@ __global__ void __launch_bounds__(kWarps * 32, PIPE || D >= 256 ? 1 : (NT == 1 ?
   int kb_issue = start + warp * kTile, st_issue = 0;
   if constexpr (PIPE) {
     for (int s0 = 0; s0 < S - 1; s0++) {
+      // A tile holding the newest key (seq - 1) is copied only after the wait.
+      if (kb_issue + kTile >= seq) msg::pdl_wait();
       if (kb_issue < end) issue(st_issue);
       cp_async_commit();
       kb_issue += kRound;
@@ -281,6 +269,35 @@ __global__ void __launch_bounds__(kWarps * 32, PIPE || D >= 256 ? 1 : (NT == 1 ?
     }
   }
   int st_use = 0;
+  // Every copy and load from here on may read what the kernel before wrote (a second wait
+  // after one in the prologue returns at once). The trigger follows the wait (pdl.cuh).
+  msg::pdl_wait();
+  msg::pdl_trigger();
+  // ld_stream is a plain asm (no memory clobber), free to move above the wait while its
+  // address depends only on pre-wait values: the direct kernel's first-tile slots are passed
+  // through an empty volatile asm here so its loads stay after the wait.
+  if constexpr (!PIPE) {
+#pragma unroll
+    for (int j = 0; j < 2; j++) asm volatile("" : "+r"(sk[j])::"memory");
+#pragma unroll
+    for (int i = 0; i < 4; i++) asm volatile("" : "+r"(sv[i])::"memory");
+  }
+
+  // Q fragments: qa[rb][ks][0] = dims (2t, 2t+1) of k-step ks for head r + 8 rb, [1] = +8.
+  uint32_t qa[NT][MT][2];
+#pragma unroll
+  for (int rb = 0; rb < NT; rb++) {
+    const T* qrow = (const T*)a.q + (size_t)b * a.q_row_stride + (size_t)(h0 + r + 8 * rb) * D;
+#pragma unroll
+    for (int c = 0; c < KC; c++) {
+      uint4 v = r + 8 * rb < nh ? *reinterpret_cast<const uint4*>(qrow + 32 * c + 8 * t)
+                                : make_uint4(0, 0, 0, 0);
+      qa[rb][2 * c][0] = v.x;
+      qa[rb][2 * c][1] = v.y;
+      qa[rb][2 * c + 1][0] = v.z;
+      qa[rb][2 * c + 1][1] = v.w;
+    }
+  }
 
   for (int kb = start + warp * kTile; kb < end; kb += kRound) {
     uint4 kr[2][KC], vr[4][VC];

@@ -1,15 +1,31 @@
 // pdl.cuh — programmatic dependent launch (Hopper and later). A kernel launched with
 // msg::launch_pdl may be scheduled while the kernel before it on the stream is still running;
-// it calls msg::pdl_wait() as its very first statement, which returns once that kernel has
-// completed and its writes are visible, so nothing it reads or writes can race. It then calls
-// msg::pdl_trigger() at once, letting the next kernel's blocks become resident and wait in
+// msg::pdl_wait() returns once that kernel has completed and its writes are visible. Then it
+// calls msg::pdl_trigger(), letting the next kernel's blocks become resident and wait in
 // turn: the launch latency and block scheduling of each kernel hide behind the one before.
 // Both are no-ops below sm_90 and for kernels launched without the attribute; the attribute is
 // set only on devices of compute capability >= 9, on created streams (not the legacy default
 // one), and unless MINISGL_PDL=0. Works inside CUDA graphs (captured as programmatic edges).
 // Kernels launched the ordinary way (cuBLASLt, attention extend, sampling) keep full
-// serialization before and after them; the decode attention kernel is launched with it. A GEMV may also read its weights before the wait (gemv.cu): weights
-// are never written by a kernel.
+// serialization before and after them.
+//
+// The rule (every launch_pdl kernel keeps it): no pdl_trigger() before pdl_wait() in the same
+// thread, and a block either waits before it triggers or exits without triggering only when
+// some block of its grid waits first (a grid whose every block exits unwaited triggers its
+// successor early). Invariant it gives: when any block of kernel i runs, kernel i-1 has
+// started AND passed a wait (its blocks all triggered, and a trigger follows a wait) or was
+// launched without the attribute (it started after i-2 completed); either way kernel i-2 and
+// everything before it on the stream have completed and their writes are visible. Hence a
+// kernel may read BEFORE its wait what kernels at least two back wrote, and nothing the
+// kernel just before may write (nor write anything the kernel before reads). Users:
+// - gemv.cu reads its weights (never written by a kernel);
+// - attention_decode.cu reads seq_lens, rows, the page table (written at the start of the
+//   step) and the K/V of every key but the newest (written by earlier steps); q and the newest
+//   key's K/V come from rope_store_kv, the kernel just before, and are read after the wait.
+//   In a mixed batch the extend kernel (plain launch) may come between: it started only after
+//   rope_store_kv completed. A plain-launched predecessor never overlaps at all.
+// A new kernel that triggers before its wait (or never waits) breaks every pre-wait read of
+// the kernel after it: keep the wait first, or launch it without the attribute.
 #pragma once
 
 #include <cuda_runtime.h>
