@@ -547,9 +547,9 @@ int blocks_per_sm(size_t smem) {
 
 // Which kernel (MSG_DECODE_KERNEL, read per call): "direct" loads K/V straight into mma
 // fragments, "pipelined" copies them through a cp.async ring in shared memory; unset or
-// "auto": pipelined when the grid's blocks fit about once on the GPU (few, long chains: a
-// block's bytes in flight are what limits it), direct otherwise (measured at 0.98-1.01 of
-// copy bandwidth at batch 64).
+// "auto": direct. On one H200 (2026-12-05, bench/attention.ts) the pipelined kernel lost in
+// every shape: bs1-ctx32k 0.449 of copy bandwidth against 0.537, bs64-ctx1k 0.567 against
+// 0.728, bs64-ctx8k 0.613 against 0.989.
 enum class Kind { kAuto, kDirect, kPipelined };
 Kind kernel_choice() {
   const char* e = getenv("MSG_DECODE_KERNEL");
@@ -592,7 +592,7 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
   }
   int sms = sm_count();
   Kind kind = kernel_choice();
-  bool pipe = kind == Kind::kPipelined || (kind == Kind::kAuto && base_blocks <= 2 * sms);
+  bool pipe = kind == Kind::kPipelined;
   if (per_sm_pipe_one < 1) pipe = false;  // the ring does not fit (should not happen)
   // The pipelined kernel runs a deep ring at one block per SM, or a ring half as deep at two
   // when the grid has more blocks than SMs (decided again below once the splits are known).
