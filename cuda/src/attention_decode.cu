@@ -27,7 +27,7 @@
 // bandwidth. Page lookups for tile i+1 are issued before tile i's math so their latency
 // hides behind it.
 //
-// A pipelined variant (PIPE, MSG_DECODE_KERNEL=pipelined; `auto` takes it for small grids)
+// A pipelined variant (PIPE, MSG_DECODE_KERNEL=pipelined; slower than the direct one on an H200)
 // copies each lane's K/V chunks through a cp.async ring of up to 8 tiles in shared memory
 // instead, so several tiles per warp are in flight during the math (see the loop and
 // bench/notes/attention.md). The figures below are the direct kernel's.
