@@ -81,9 +81,9 @@ Deno.test("--attn: an unknown name is a flag error, before anything loads", () =
   );
 });
 
-Deno.test("MINISGL_FA3_VARIANT: unset is v5, 1, 3, 4, 5 and 6 pick the entry points, others fail", () => {
-  assert.equal(parseFa3Variant(undefined), 5);
-  assert.equal(parseFa3Variant(""), 5);
+Deno.test("MINISGL_FA3_VARIANT: unset is v6, 1, 3, 4, 5 and 6 pick the entry points, others fail", () => {
+  assert.equal(parseFa3Variant(undefined), 6);
+  assert.equal(parseFa3Variant(""), 6);
   assert.equal(parseFa3Variant("1"), 1);
   assert.equal(parseFa3Variant("3"), 3);
   assert.equal(parseFa3Variant("4"), 4);

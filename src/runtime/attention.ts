@@ -197,9 +197,9 @@ export const FA3_VARIANTS = {
 } as const satisfies Record<number, ExtendKernel>;
 export type Fa3Variant = keyof typeof FA3_VARIANTS;
 
-/** The fa3 variant `MINISGL_FA3_VARIANT` names (unset or empty: 5, the fastest on the H200); throws on other values. */
+/** The fa3 variant `MINISGL_FA3_VARIANT` names (unset or empty: 6, the fastest on the H200); throws on other values. */
 export function parseFa3Variant(value: string | undefined): Fa3Variant {
-  if (value === undefined || value === "") return 5;
+  if (value === undefined || value === "") return 6;
   if (value === "1" || value === "3" || value === "4" || value === "5" || value === "6") {
     return Number(value) as Fa3Variant;
   }
