@@ -8,6 +8,12 @@ const I = "i32" as const;
 const U64 = "u64" as const;
 const F = "f32" as const;
 
+/** The signature every extend-attention entry point shares (msg_attention_extend*). */
+const EXTEND = {
+  parameters: [P, P, I, P, P, P, I, P, P, P, I, I, I, I, I, I, I, I, F, I, P],
+  result: I,
+} as const;
+
 /** Symbol table, in the header's order. Every function returns an i32 status (0 = ok). */
 export const symbols = {
   msg_backend: { parameters: [], result: I },
@@ -59,31 +65,13 @@ export const symbols = {
     result: I,
   },
   msg_compute_slots: { parameters: [P, P, P, I, P, P, P, I, I, I, P], result: I },
-  msg_attention_extend: {
-    parameters: [P, P, I, P, P, P, I, P, P, P, I, I, I, I, I, I, I, I, F, I, P],
-    result: I,
-  },
+  msg_attention_extend: EXTEND,
   msg_attention_has_hopper: { parameters: [P], result: I },
-  msg_attention_extend_hopper: {
-    parameters: [P, P, I, P, P, P, I, P, P, P, I, I, I, I, I, I, I, I, F, I, P],
-    result: I,
-  },
-  msg_attention_extend_hopper_v3: {
-    parameters: [P, P, I, P, P, P, I, P, P, P, I, I, I, I, I, I, I, I, F, I, P],
-    result: I,
-  },
-  msg_attention_extend_hopper_v4: {
-    parameters: [P, P, I, P, P, P, I, P, P, P, I, I, I, I, I, I, I, I, F, I, P],
-    result: I,
-  },
-  msg_attention_extend_hopper_v5: {
-    parameters: [P, P, I, P, P, P, I, P, P, P, I, I, I, I, I, I, I, I, F, I, P],
-    result: I,
-  },
-  msg_attention_extend_hopper_v6: {
-    parameters: [P, P, I, P, P, P, I, P, P, P, I, I, I, I, I, I, I, I, F, I, P],
-    result: I,
-  },
+  msg_attention_extend_hopper: EXTEND,
+  msg_attention_extend_hopper_v3: EXTEND,
+  msg_attention_extend_hopper_v4: EXTEND,
+  msg_attention_extend_hopper_v5: EXTEND,
+  msg_attention_extend_hopper_v6: EXTEND,
   msg_attention_decode: {
     parameters: [P, P, I, P, P, P, I, P, P, I, I, I, I, I, I, F, I, P],
     result: I,

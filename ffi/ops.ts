@@ -366,6 +366,16 @@ export interface AttentionArgs {
  *  "hopper6" (msg_attention_extend_hopper_v6, fa3 v6: v5 with O stored through shared memory). */
 export type ExtendKernel = "native" | "hopper" | "hopper3" | "hopper4" | "hopper5" | "hopper6";
 
+/** The ABI entry point of each extend kernel. */
+const EXTEND_SYMBOLS = {
+  native: "msg_attention_extend",
+  hopper: "msg_attention_extend_hopper",
+  hopper3: "msg_attention_extend_hopper_v3",
+  hopper4: "msg_attention_extend_hopper_v4",
+  hopper5: "msg_attention_extend_hopper_v5",
+  hopper6: "msg_attention_extend_hopper_v6",
+} as const satisfies Record<ExtendKernel, string>;
+
 /** Whether the device has CUDA and the Hopper (wgmma) extend kernel. */
 export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
   const has = new Int32Array(1);
@@ -375,17 +385,7 @@ export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
 
 /** The attention entry points of the ABI. */
 export function attentionExtend(ops: Ops, a: AttentionArgs, kernel: ExtendKernel = "native"): void {
-  const fn = kernel === "hopper"
-    ? ops.dev.sym.msg_attention_extend_hopper
-    : kernel === "hopper3"
-    ? ops.dev.sym.msg_attention_extend_hopper_v3
-    : kernel === "hopper4"
-    ? ops.dev.sym.msg_attention_extend_hopper_v4
-    : kernel === "hopper5"
-    ? ops.dev.sym.msg_attention_extend_hopper_v5
-    : kernel === "hopper6"
-    ? ops.dev.sym.msg_attention_extend_hopper_v6
-    : ops.dev.sym.msg_attention_extend;
+  const fn = ops.dev.sym[EXTEND_SYMBOLS[kernel]];
   ops.dev.check(
     fn(
       a.out.ptr,

@@ -9,12 +9,13 @@
 // algorithm is cached per M *bucket* (M rounded up to 1/8 of its power of two, from 64 on):
 // every prefill or mixed batch has a new token count, and asking the heuristic (and loading
 // the kernel it picks, on first use) for each one cost milliseconds of host time a step in
-// serving, while the device waited (MINISGL_STEP_TRACE). A bucket's algorithm is checked for the exact M
-// (cublasLtMatmulAlgoCheck), with the exact heuristic as the fallback. Dtype pairs cuBLASLt does not take (a_dtype != w_dtype) use a plain
-// tiled kernel (32x32 tiles, one thread per output element, fp32 accumulation): correct, not
-// fast. A cuBLASLt that does not load is an error (never a silent slow path); a shape the
-// heuristic has no algorithm for runs on that kernel with one warning on stderr per shape. Decode-sized calls (M <= 4 by default, a and w both
-// bf16 or both f16) go to the memory-roofline GEMV kernels of gemv.cu instead of cuBLASLt.
+// serving, while the device waited (MINISGL_STEP_TRACE). A bucket's algorithm is checked for
+// the exact M (cublasLtMatmulAlgoCheck), with the exact heuristic as the fallback. Dtype pairs
+// cuBLASLt does not take (a_dtype != w_dtype) use a plain tiled kernel (32x32 tiles, one
+// thread per output element, fp32 accumulation): correct, not fast. A cuBLASLt that does not
+// load is an error (never a silent slow path); a shape the heuristic has no algorithm for runs
+// on that kernel with one warning on stderr per shape. Decode-sized calls (M <= 4 by default, a
+// and w both bf16 or both f16) go to the memory-roofline GEMV kernels of gemv.cu instead.
 #include <cstdio>
 #include <map>
 #include <tuple>

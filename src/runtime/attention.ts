@@ -181,13 +181,13 @@ export function resolveAttention(spec: string, dev: AttentionDevice): ResolvedAt
   };
 }
 
-/** Variants of the fa3 kernel: 1 (v1: one warpgroup does everything), 3 (v3, the default: a
- *  producer warpgroup, 128-key tiles, ping-pong consumers; H200 2026-12-05, 8k causal: 414-420
- *  TFLOP/s against v1's 350 and v4's 400) and 4 (v3 plus the intra-warpgroup
- *  overlap of softmax and P V), 5 (v3 on a persistent grid over a global heavy-first work
- *  list), 6 (v5 with O written through shared memory in 16-byte coalesced stores; not yet
- *  measured), and the ABI entry point of each. (v2 was measured slower than v1
- *  and deleted.) */
+/** Variants of the fa3 kernel and the ABI entry point of each: 1 (v1: one warpgroup does
+ *  everything), 3 (v3: a producer warpgroup, 128-key tiles, ping-pong consumers), 4 (v3 plus
+ *  the intra-warpgroup overlap of softmax and P V), 5 (v3 on a persistent grid over a global
+ *  heavy-first work list) and 6 (v5 with O written through shared memory in 16-byte coalesced
+ *  stores; the default). H200, 2026-12-05, 8k causal TFLOP/s: v1 350, v4 400, v3 413, v6 495,
+ *  v5 501; 16 chunks of 1k: v3 288, v5 335, v6 379 (bench/notes/attention.md). (v2 was
+ *  measured slower than v1 and deleted.) */
 export const FA3_VARIANTS = {
   1: "hopper",
   3: "hopper3",
@@ -197,13 +197,15 @@ export const FA3_VARIANTS = {
 } as const satisfies Record<number, ExtendKernel>;
 export type Fa3Variant = keyof typeof FA3_VARIANTS;
 
-/** The fa3 variant `MINISGL_FA3_VARIANT` names (unset or empty: 6, the fastest on the H200); throws on other values. */
+/** The fa3 variant `MINISGL_FA3_VARIANT` names (unset or empty: 6); throws on other values. */
 export function parseFa3Variant(value: string | undefined): Fa3Variant {
   if (value === undefined || value === "") return 6;
-  if (value === "1" || value === "3" || value === "4" || value === "5" || value === "6") {
-    return Number(value) as Fa3Variant;
-  }
-  throw new Error(`MINISGL_FA3_VARIANT must be 1, 3, 4, 5 or 6, got "${value}"`);
+  if (Object.hasOwn(FA3_VARIANTS, value)) return Number(value) as Fa3Variant;
+  const names = Object.keys(FA3_VARIANTS);
+  throw new Error(
+    `MINISGL_FA3_VARIANT must be ${names.slice(0, -1).join(", ")} or ${names.at(-1)}, ` +
+      `got "${value}"`,
+  );
 }
 
 let fa3VariantOnce: Fa3Variant | null = null;
