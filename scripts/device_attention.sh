@@ -11,7 +11,7 @@
 #   build   CUDA library for sm_90a only ($MINISGL_CUDA_ARCHS) + CPU library   [~2 min]
 #   test    tests/device/attention_extend_test.ts, attention_mixed_test.ts and the decode
 #           kernel's attention_test.ts (every case on the direct and the pipelined kernel, then
-#           both kernels' timings) [~3 min]
+#           both kernels' timings) and attention_pdl_test.ts (loads before the PDL wait) [~3 min]
 #   bench   deno task bench attention: native and fa3 v1, v3-v6 in one run (v3-v6 only when
 #           their test passed in the test step; v1 alone when it did not run), and the decode
 #           kernel at its own split count and at 8..64 splits; then prefill alone at page
@@ -40,6 +40,7 @@ if has test; then
   MINISGL_REQUIRE_CUDA=1 run 480 deno test -A tests/device/attention_extend_test.ts
   MINISGL_REQUIRE_CUDA=1 run 240 deno test -A tests/device/attention_mixed_test.ts
   MINISGL_REQUIRE_CUDA=1 run 420 deno test -A tests/device/attention_test.ts
+  MINISGL_REQUIRE_CUDA=1 run 120 deno test -A tests/device/attention_pdl_test.ts
   grep -E "^attention .*(ok|FAILED)|cases failed|relative L2" "$LOG" | tail -28
   for v in 3 4 5 6; do
     if grep -qE "msg_attention_extend_hopper_v$v = CPU .* ok" "$LOG"; then variants="$variants $v"; fi
