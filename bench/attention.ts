@@ -11,10 +11,12 @@
  *            device-to-device copy bandwidth (bytes read + written) measured in this run.
  *
  *            fa3 is timed in the variants --fa3 lists (record field "variant"; default: the
- *            one MINISGL_FA3_VARIANT names, else 1, 3, 4, 5 and 6). The decode kernel is timed at
- *            each --decode-splits value (MSG_DECODE_SPLITS, record field "splits"; 0 = the
- *            launcher's own choice, the default) and on each --decode-kernels kernel
- *            (MSG_DECODE_KERNEL, record field "decode_kernel").
+ *            one MINISGL_FA3_VARIANT names, else 1, 3, 4, 5 and 6). The decode kernel is timed on
+ *            each --decode-kernels kernel (MSG_DECODE_KERNEL, record field "decode_kernel"):
+ *            balanced at each --decode-blocks grid size (MSG_DECODE_BLOCKS, field "blocks"),
+ *            grid at each --decode-splits value (MSG_DECODE_SPLITS, field "splits"), both at
+ *            each --decode-keys minimum (MSG_DECODE_SPLIT_KEYS, field "min_keys"); 0 = the
+ *            launcher's own choice, the default of each.
  *
  * Timing: CUDA events around `--iters` calls, median of `--repeats`, after a warm-up.
  *
@@ -23,8 +25,8 @@
  *            under --attn fa2 and fa3.
  *
  *   deno run -A bench/attention.ts [--page 1] [--repeats 9] [--only prefill|decode]
- *     [--no-peer] [--fa3 1,3,4] [--decode-splits 0,16,32,64]
- *     [--decode-kernels auto,direct,pipelined]
+ *     [--no-peer] [--fa3 1,3,4] [--decode-kernels balanced,grid]
+ *     [--decode-splits 0,16,32,64] [--decode-blocks 0,264,528] [--decode-keys 0,256]
  *     [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768]
  *     [--out FILE]
  */
@@ -55,7 +57,9 @@ const { values: a } = parseArgs({
     out: { type: "string" },
     fa3: { type: "string" },
     "decode-splits": { type: "string", default: "0" },
-    "decode-kernels": { type: "string", default: "auto,direct,pipelined" },
+    "decode-blocks": { type: "string", default: "0" },
+    "decode-keys": { type: "string", default: "0" },
+    "decode-kernels": { type: "string", default: "balanced,grid" },
   },
   strict: true,
 });
@@ -234,34 +238,44 @@ for (const s of doPrefill ? prefillShapes : []) {
   free();
 }
 const bw = copyBandwidth();
-// The library reads MSG_DECODE_SPLITS and MSG_DECODE_KERNEL (auto, direct: loads straight
-// into mma fragments, pipelined: a cp.async ring in shared memory) at every launch.
-const splitCounts = a["decode-splits"].split(",").map(Number);
+// The library reads MSG_DECODE_KERNEL (balanced: an even share of every request's keys per
+// block, grid: (splits, head groups, requests)), MSG_DECODE_SPLITS (grid), MSG_DECODE_BLOCKS
+// (balanced) and MSG_DECODE_SPLIT_KEYS (both: keys per split or block, at least) at every launch.
+const list = (v: string) => v.split(",").map(Number);
+const splitCounts = list(a["decode-splits"]), blockCounts = list(a["decode-blocks"]);
+const keyCounts = list(a["decode-keys"]);
 const decodeKernels = a["decode-kernels"].split(",");
 for (const s of doDecode ? decodeShapes : []) {
   const { args, free } = setup(s.batch, 1, s.ctx, true);
   const bytes = 2 * s.batch * s.ctx * HKV * HD * 2;
   for (const variant of decodeKernels) {
     Deno.env.set("MSG_DECODE_KERNEL", variant);
-    for (const splits of splitCounts) {
-      Deno.env.set("MSG_DECODE_SPLITS", String(splits));
-      const ms = timeMs(() => attentionDecode(ops, args));
-      const gbs = bytes / (ms / 1e3) / 1e9;
-      records.push({
-        name: "attn_decode",
-        model: s.model,
-        kernel: "flashdecode",
-        decode_kernel: variant,
-        splits: splits > 0 ? splits : "auto",
-        page_size: PAGE,
-        ms,
-        kv_gbs: gbs,
-        copy_bandwidth_gbs: bw / 1e9,
-        bw_frac: gbs / (bw / 1e9),
-      });
+    const knob = variant === "grid" ? "MSG_DECODE_SPLITS" : "MSG_DECODE_BLOCKS";
+    for (const count of variant === "grid" ? splitCounts : blockCounts) {
+      for (const keys of keyCounts) {
+        Deno.env.set(knob, String(count));
+        Deno.env.set("MSG_DECODE_SPLIT_KEYS", String(keys));
+        const ms = timeMs(() => attentionDecode(ops, args));
+        const gbs = bytes / (ms / 1e3) / 1e9;
+        records.push({
+          name: "attn_decode",
+          model: s.model,
+          kernel: "flashdecode",
+          decode_kernel: variant,
+          [variant === "grid" ? "splits" : "blocks"]: count > 0 ? count : "auto",
+          min_keys: keys > 0 ? keys : "auto",
+          page_size: PAGE,
+          ms,
+          kv_gbs: gbs,
+          copy_bandwidth_gbs: bw / 1e9,
+          bw_frac: gbs / (bw / 1e9),
+        });
+      }
+    }
+    for (const k of ["MSG_DECODE_SPLITS", "MSG_DECODE_BLOCKS", "MSG_DECODE_SPLIT_KEYS"]) {
+      Deno.env.delete(k);
     }
   }
-  Deno.env.delete("MSG_DECODE_SPLITS");
   Deno.env.delete("MSG_DECODE_KERNEL");
   free();
 }
@@ -338,7 +352,11 @@ for (const r of records) {
     }`
     : `${(r.kv_gbs as number).toFixed(0)} GB/s, bw_frac ${(r.bw_frac as number).toFixed(3)}`;
   const kernel = `${r.kernel}${r.variant ? ` v${r.variant}` : ""}${
-    r.decode_kernel ? ` ${r.decode_kernel} splits=${r.splits}` : ""
+    r.decode_kernel
+      ? ` ${r.decode_kernel} ${
+        r.splits ? `splits=${r.splits}` : `blocks=${r.blocks}`
+      } keys=${r.min_keys}`
+      : ""
   }`;
   console.log(`${r.name} ${r.model} ${kernel}: ${(r.ms as number).toFixed(3)} ms, ${fig}`);
 }

@@ -10,12 +10,13 @@
 # Steps (default: all, in this order; estimated wall time on one H200 in brackets):
 #   build   CUDA library for sm_90a only ($MINISGL_CUDA_ARCHS) + CPU library   [~2 min]
 #   test    tests/device/attention_extend_test.ts, attention_mixed_test.ts and the decode
-#           kernel's attention_test.ts (every case on the direct and the pipelined kernel, then
+#           kernel's attention_test.ts (every case on the balanced and the grid kernel, then
 #           both kernels' timings) and attention_pdl_test.ts (loads before the PDL wait) [~3 min]
 #   bench   deno task bench attention: native and fa3 v1, v3-v6 in one run (v3-v6 only when
 #           their test passed in the test step; v1 alone when it did not run), and the decode
-#           kernel at its own split count and at 8..64 splits; then prefill alone at page
-#           sizes 16 and 64  [~3.5 min]
+#           kernels (balanced at its own grid size and at 1-4 blocks per SM, and at 64-512 keys
+#           per block at least; grid at its own splits); then prefill alone at page sizes 16
+#           and 64  [~3.5 min]
 # A variant whose kernel hangs is bounded by the timeouts below (an mbarrier wait gives up by
 # itself; a named-barrier deadlock does not): its test then fails and the bench skips it.
 set -uo pipefail
@@ -48,7 +49,7 @@ if has test; then
 fi
 if has bench; then
   say "bench (fa3 variants: $variants)"
-  run 480 deno task bench attention --fa3 "${variants// /,}" --decode-splits 0,1,2,4,8,16,32,64 --decode-kernels auto,direct,pipelined \
+  run 480 deno task bench attention --fa3 "${variants// /,}" --decode-kernels balanced,grid --decode-blocks 0,132,264,396,528 --decode-keys 0,64,256,512 \
     --out "$OUT/attention.json"
   # Paged prefill: page 16 (the benchmarks' setting: tiles gathered from 8 pages each) and 64
   # (a tile from one page), beside page 1 above; PyTorch's figures are the same shapes.

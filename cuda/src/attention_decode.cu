@@ -1,17 +1,22 @@
 // attention_decode.cu — one query per request over its paged KV cache (flash-decoding on
 // tensor cores).
 //
-// Work split. Grid (splits, kv heads x head-chunks, requests); a block (4 warps) owns one
-// KV head of one request, all the q heads sharing it (GQA: up to 8, or 16 when the group is
-// larger, so K/V are read once per group) and one share of the keys. `splits` (the grid)
-// depends only on max_seq_len and the batch shape, so the launch is the same for every
-// replay of a captured graph; the number of ACTIVE splits of a request is computed on the
-// device from its real seq_len (at least `min_keys` keys per split, 128 by default, shares
-// rounded to 64 keys), the other blocks exit at once. A request with one active split is
-// written directly; otherwise every split writes (o, lse) partials and the LAST block of the
-// request's head group to finish (an atomic counter per group in the scratch buffer, reset
-// by that block) merges the active splits — no second kernel, and a short sequence under a
-// large max_seq_len costs about what it costs under a small one.
+// Work split. A "segment" is one request's keys for one group of q heads sharing a KV head
+// (GQA: up to 8 heads, or 16 when the group is larger, so K/V are read once per group). The
+// keys are cut into chunks of kRound = 64. Two kernels share the per-block math below:
+// - balanced (default): a grid of at most the resident block count; block i takes the chunks
+//   [i C / G, (i + 1) C / G) of the concatenation of every segment's chunks (C in all, counted on
+//   the device from the real seq_lens, before the PDL wait), so every block streams the same
+//   number of keys whatever the lengths: no wave tail (512 equal blocks over 396 resident slots
+//   ran 1.3 waves before), no idle blocks for short requests under a long max_seq_len, and long
+//   segments spread over many blocks at batch 1. A block walks its range segment by segment. A
+//   segment inside one block's range is written directly; a segment cut by block boundaries
+//   leaves one (o, lse) partial per piece (slot 2 i + 1 for the piece of the block where it
+//   starts, slot 2 i for a piece that started before block i's range) and the LAST piece to
+//   arrive (an atomic counter per segment, reset by that block) merges them. G depends only on
+//   the batch shape and max_seq_len, so graph replays launch the same grid.
+// - grid (MSG_DECODE_KERNEL=grid): the earlier launch, grid (splits, head groups, requests);
+//   the active splits of a request come from its real length, the others exit at once.
 //
 // Inside a block each warp takes tiles of 16 consecutive keys (tile i of the block's share
 // goes to warp i % 4) with its own online-softmax state; the 4 states are merged in shared
@@ -22,30 +27,12 @@
 // order the dims are summed, so K rows are read in a permuted dim order (Q is loaded in the
 // same order), and V is transposed in registers with byte permutes (lanes that share an
 // mma row read the same 8 dims of 4 different keys). The score softmax thus costs one
-// exp2 per (head, key) instead of one per lane, which is what made the previous CUDA-core
-// kernel (one lane group per key, 16 shuffles per key) compute-bound at ~60% of copy
-// bandwidth. Page lookups for tile i+1 are issued before tile i's math so their latency
-// hides behind it.
+// exp2 per (head, key) instead of one per lane. Page lookups for tile i+1 are issued before
+// tile i's math so their latency hides behind it. (A variant that copied K/V through a
+// cp.async ring in shared memory lost in every shape on an H200 and was removed, 2026-12-05.)
 //
-// A pipelined variant (PIPE, MSG_DECODE_KERNEL=pipelined; slower than the direct one on an H200)
-// copies each lane's K/V chunks through a cp.async ring of up to 8 tiles in shared memory
-// instead, so several tiles per warp are in flight during the math (see the loop and
-// bench/notes/attention.md). The figures below are the direct kernel's.
-//
-// Measured on an H100 SXM (tests/device/attention_test.ts: graph replays over > 256 MB of
-// KV, median; Llama-3-8B shapes: 32 q / 8 kv heads, head_dim 128, bf16, page 16; d2d copy
-// 2,993 GB/s). us and % of copy bandwidth for K+V read, at the splits chosen below:
-//   seq 4096:  bs 1: 18.9 us (30%)  bs 8: 55.3 (81%)  bs 16: 100.7 (89%)  bs 32: 187.9 (95%)
-//              bs 64: 377 (95%)  bs 128: 732 (98%)
-//   seq 16384: bs 1: 38.5 (58%)  bs 8: 189 (95%)  bs 64: 1466 (98%)  bs 128: 2900 (99%)
-//   seq 512:   bs 1: 10.4 (7%)  bs 8: 15.8 (35%)  bs 32: 29.5 (76%)  bs 128: 101 (89%)
-//   300..900 keys under max_seq_len 8192 cost the same as under their own maximum
-//   (bs 1: 11.7 vs 11.4 us, bs 8: 18.9 vs 18.9).
-// The previous kernel (CUDA cores): seq 4096 bs 1: 26.7 us (21%), 8: 108 (41%), 32: 295
-// (60%), 64: 617 (58%). Small batches are now latency-bound: a block's chain of dependent
-// loads (seq_lens, page table, K/V, then partials). The merge now issues its partials' loads
-// eight at a time (it read them one split after another when the figures above were taken),
-// and the kernel is launched with programmatic dependent launch; neither is measured yet.
+// Measured (the grid kernel) on an H200, 2026-12-05, 32 q / 8 kv heads, hd 128, bf16, page 1,
+// of copy bandwidth: bs1-ctx32k 0.54, bs64-ctx1k 0.73, bs64-ctx8k 1.0 (bench/attention.ts).
 
 #include <cstdlib>
 #include <cstring>
@@ -58,34 +45,39 @@
 namespace {
 
 const int kWarps = 4;
+const int kThreads = kWarps * 32;
 const int kTile = 16;                  // keys per warp per step
-const int kRound = kWarps * kTile;     // keys per block per step; shares are multiples
-const int kMaxSplits = 64;
-const int kDefaultMinKeys = 128;       // keys per active split, at least
-const int kBlockCostKeys = 64;         // fixed cost of a block, in keys' worth of time
-const int kMergeCostKeys = 2;          // cost of merging one more split, in keys
-const int kSmallMaxSplits = 16;        // splits at most when blocks <= 2 per SM
+const int kRound = kWarps * kTile;     // keys per block per step = one chunk
+const int kMaxSplits = 64;             // grid kernel
+const int kDefaultMinKeys = 128;       // grid: keys per active split; balanced: per block
+const int kBlockCostKeys = 64;         // grid: fixed cost of a block, in keys' worth of time
+const int kMergeCostKeys = 2;          // grid: cost of merging one more split, in keys
+const int kSmallMaxSplits = 16;        // grid: splits at most when blocks <= 2 per SM
 const size_t kScratch = 64u << 20;
-const size_t kCounterBytes = 1u << 20; // per-(request, head group) arrival counters
+const size_t kCounterBytes = 1u << 20; // per-segment arrival counters
 const float kLog2e = 1.4426950408889634f;
 
 struct Params {
   void* out;
-  float* part_o;     // [batch * hq * splits, D]
-  float* part_lse;   // [batch * hq * splits] (log2 units)
-  int* counters;     // [batch * gridDim.y], zero between launches
+  float* part_o;     // [pieces, HPB, D]
+  float* part_lse;   // [pieces, HPB] (log2 units)
+  int* counters;     // [batch * groups], zero between launches
   const void* q;
   const void* k;
   const void* v;
   const int32_t* page_table;
   const int32_t* rows;
   const int32_t* seq_lens;
-  int q_row_stride, pt_stride, hq, hkv, page_size, page_shift, splits, min_keys;
-  int stages;   // cp.async stages per warp (pipelined kernel only)
-  float scale;  // softmax scale * log2(e)
+  int q_row_stride, pt_stride, hq, hkv, page_size, page_shift;
+  int batch;
+  int groups;    // head groups (segments) per request: hkv x chunks of HPB heads
+  int splits;    // grid kernel: splits per segment
+  int min_keys;  // grid: keys per active split; balanced: keys per block (at least)
+  float scale;   // softmax scale * log2(e)
 };
 
-// Active splits of a request of `seq` keys and the keys of each (a multiple of kRound).
+// Grid kernel: active splits of a request of `seq` keys and the keys of each (a multiple of
+// kRound).
 __device__ __forceinline__ void split_plan(int seq, int splits, int min_keys, int* n, int* per) {
   int want = (seq + min_keys - 1) / min_keys;
   want = max(1, min(want, splits));
@@ -110,31 +102,6 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
 }
 __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
-// 16 bytes global -> shared without registers (L2 only); `ok` false writes zeros and reads
-// nothing (src must still be a valid address).
-__device__ __forceinline__ void cp_async16(uint4* dst, const void* src, bool ok) {
-  uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src),
-               "r"(ok ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;" ::: "memory");
-}
-// Waits until at most n of this thread's groups are pending (n is a PTX immediate).
-__device__ __forceinline__ void cp_async_wait_upto(int n) {
-  switch (n) {
-    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
-    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
-    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
-    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
-    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
-    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
-    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
-    default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
-  }
 }
 
 template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
@@ -175,28 +142,46 @@ __device__ __forceinline__ void mma(float* c, uint32_t a0, uint32_t a1, uint32_t
 // - O^T (M = dim, N = head, K = key): A = V^T, lane (r, t) reads keys 2t, 2t+1, 2t+8,
 //   2t+9 at dims 64c + 8r .. +7 (c < D/64); m-tile 4c + w has row r = dim 64c + 8r + 2w,
 //   row r + 8 = that dim + 1. B = P^T is exactly S's C fragment (head r, keys 2t.., 8+2t..).
-template <typename T, int D, int NT, bool PIPE>
-__global__ void __launch_bounds__(kWarps * 32, PIPE || D >= 256 ? 1 : (NT == 1 ? 3 : 2))
-    decode_kernel(Params a) {
-  constexpr int KC = D / 32, VC = D / 64, MT = D / 16, HPB = 8 * NT;
-  constexpr int NCH = 2 * KC + 4 * VC;  // 16-byte chunks a lane loads per tile
-  // Launched with programmatic dependent launch (pdl.cuh): resident while the kernel before
-  // it (rope + KV store) finishes. Before the wait it reads only what kernels at least two
-  // back wrote (pdl.cuh's rule): seq_lens, rows, the page table and the K/V of every key but
-  // the newest (seq - 1), so the chain seq_lens -> page table -> K/V overlaps that kernel. q
-  // and the newest key's K/V (written by the kernel just before) are read after the wait.
-  const int split = blockIdx.x, b = blockIdx.z;
-  const int group = a.hq / a.hkv, chunks = (group + HPB - 1) / HPB;
-  const int kvh = blockIdx.y / chunks;
-  const int h0 = kvh * group + (blockIdx.y % chunks) * HPB;
-  const int nh = min(HPB, kvh * group + group - h0);
-  const int seq = a.seq_lens[b];
-  int nact, per;
-  split_plan(seq, a.splits, a.min_keys, &nact, &per);
-  if (split >= nact) return;
-  const int start = split * per, end = min(start + per, seq);
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, r = lane >> 2, t = lane & 3;
 
+// Slots of the tile at key kb of a share ending at `end`, for lane (r, t): K keys r, 8 + r;
+// V keys 2t, 2t+1, 2t+8, 2t+9 (-1: past end).
+__device__ __forceinline__ void tile_slots(const int32_t* pt, int kb, int end, int ps, int shift,
+                                           int r, int t, int* sk, int* sv) {
+#pragma unroll
+  for (int j = 0; j < 2; j++) {
+    int key = kb + 8 * j + r;
+    sk[j] = key < end ? slot_of(pt, key, ps, shift) : -1;
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    int key = kb + 2 * t + (i & 1) + 8 * (i >> 1);
+    sv[i] = key < end ? slot_of(pt, key, ps, shift) : -1;
+  }
+}
+
+// Shared memory of a block: the warps' states for the in-block merge, the piece merge's
+// weights.
+template <int D, int HPB>
+struct Smem {
+  float acc[kWarps][HPB][D];
+  float m[kWarps][HPB], l[kWarps][HPB];
+  float mu[HPB], tot[HPB];
+  float w[HPB][32];
+  long long scan[kWarps];
+  long long found_base;
+  int found;
+  int last;
+};
+
+// The keys [start, end) of request b for the q heads h0 .. h0 + nh - 1 (sharing KV head kvh),
+// with the first tile's slots in sk/sv. Writes out (whole) or the partial `pidx`, then
+// returns after a __syncthreads (shared memory free again). Called after the PDL wait.
+template <typename T, int D, int NT>
+__device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int b, int kvh,
+                                       int h0, int nh, int start, int end, int* sk, int* sv,
+                                       bool whole, size_t pidx) {
+  constexpr int KC = D / 32, VC = D / 64, MT = D / 16, HPB = 8 * NT;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, r = lane >> 2, t = lane & 3;
   float acc[MT][NT][4];
   float m[NT], l[NT];
 #pragma unroll
@@ -208,80 +193,10 @@ __global__ void __launch_bounds__(kWarps * 32, PIPE || D >= 256 ? 1 : (NT == 1 ?
 #pragma unroll
       for (int e = 0; e < 4; e++) acc[i][rb][e] = 0.f;
   }
-
   const int32_t* pt = a.page_table + (size_t)a.rows[b] * a.pt_stride;
   const T* kbase = (const T*)a.k + (size_t)kvh * D;
   const T* vbase = (const T*)a.v + (size_t)kvh * D;
   const size_t sstride = (size_t)a.hkv * D;
-  // Slots of the current tile: K keys r, 8 + r; V keys 2t, 2t+1, 2t+8, 2t+9 (-1: past end).
-  auto slots = [&](int kb, int* sk, int* sv) {
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-      int key = kb + 8 * j + r;
-      sk[j] = key < end ? slot_of(pt, key, a.page_size, a.page_shift) : -1;
-    }
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      int key = kb + 2 * t + (i & 1) + 8 * (i >> 1);
-      sv[i] = key < end ? slot_of(pt, key, a.page_size, a.page_shift) : -1;
-    }
-  };
-  int sk[2], sv[4];
-  slots(start + warp * kTile, sk, sv);
-
-  // Pipelined kernel: each lane copies the very 16-byte chunks it will feed to its mma
-  // fragments into its own slots of a ring of `stages` tiles in shared memory (chunk ch of
-  // stage st of thread tid at stage_buf[(st * NCH + ch) * 128 + tid]: consecutive lanes,
-  // consecutive 16 bytes, no bank conflicts), `stages - 1` tiles ahead of the math. A thread
-  // reads only what it copied itself, so cp.async.wait_group is the only synchronisation.
-  // The page-table lookups of a tile are issued one step before its copies.
-  extern __shared__ uint4 stage_buf[];
-  const int S = PIPE ? a.stages : 1;
-  auto issue = [&](int st) {
-    uint4* dst = stage_buf + (size_t)st * NCH * (kWarps * 32) + tid;
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-      const T* p = kbase + (size_t)max(sk[j], 0) * sstride + 8 * t;
-#pragma unroll
-      for (int c = 0; c < KC; c++) {
-        cp_async16(dst + (j * KC + c) * (kWarps * 32), p + 32 * c, sk[j] >= 0);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const T* p = vbase + (size_t)max(sv[i], 0) * sstride + 8 * r;
-#pragma unroll
-      for (int c = 0; c < VC; c++) {
-        cp_async16(dst + (2 * KC + i * VC + c) * (kWarps * 32), p + 64 * c, sv[i] >= 0);
-      }
-    }
-  };
-  int kb_issue = start + warp * kTile, st_issue = 0;
-  if constexpr (PIPE) {
-    for (int s0 = 0; s0 < S - 1; s0++) {
-      // A tile holding the newest key (seq - 1) is copied only after the wait.
-      if (kb_issue + kTile >= seq) msg::pdl_wait();
-      if (kb_issue < end) issue(st_issue);
-      cp_async_commit();
-      kb_issue += kRound;
-      st_issue++;
-      if (kb_issue < end) slots(kb_issue, sk, sv);
-    }
-  }
-  int st_use = 0;
-  // Every copy and load from here on may read what the kernel before wrote (a second wait
-  // after one in the prologue returns at once). The trigger follows the wait (pdl.cuh).
-  msg::pdl_wait();
-  msg::pdl_trigger();
-  // ld_stream is a plain asm (no memory clobber), free to move above the wait while its
-  // address depends only on pre-wait values: the direct kernel's first-tile slots are passed
-  // through an empty volatile asm here so its loads stay after the wait.
-  if constexpr (!PIPE) {
-#pragma unroll
-    for (int j = 0; j < 2; j++) asm volatile("" : "+r"(sk[j])::"memory");
-#pragma unroll
-    for (int i = 0; i < 4; i++) asm volatile("" : "+r"(sv[i])::"memory");
-  }
 
   // Q fragments: qa[rb][ks][0] = dims (2t, 2t+1) of k-step ks for head r + 8 rb, [1] = +8.
   uint32_t qa[NT][MT][2];
@@ -301,45 +216,23 @@ __global__ void __launch_bounds__(kWarps * 32, PIPE || D >= 256 ? 1 : (NT == 1 ?
 
   for (int kb = start + warp * kTile; kb < end; kb += kRound) {
     uint4 kr[2][KC], vr[4][VC];
-    if constexpr (PIPE) {
-      if (kb_issue < end) issue(st_issue);
-      cp_async_commit();
-      kb_issue += kRound;
-      st_issue = st_issue + 1 == S ? 0 : st_issue + 1;
-      if (kb_issue < end) slots(kb_issue, sk, sv);
-      // Tile kb's group is complete once at most S - 1 newer ones are pending. The stage
-      // just reissued was read into registers last step (ld.shared before this cp.async in
-      // program order, and its values already consumed by that step's mma).
-      cp_async_wait_upto(S - 1);
-      const uint4* src = stage_buf + (size_t)st_use * NCH * (kWarps * 32) + tid;
 #pragma unroll
-      for (int j = 0; j < 2; j++)
+    for (int j = 0; j < 2; j++) {
+      const T* p = kbase + (size_t)sk[j] * sstride + 8 * t;
 #pragma unroll
-        for (int c = 0; c < KC; c++) kr[j][c] = src[(j * KC + c) * (kWarps * 32)];
-#pragma unroll
-      for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int c = 0; c < VC; c++) vr[i][c] = src[(2 * KC + i * VC + c) * (kWarps * 32)];
-      st_use = st_use + 1 == S ? 0 : st_use + 1;
-    } else {
-#pragma unroll
-      for (int j = 0; j < 2; j++) {
-        const T* p = kbase + (size_t)sk[j] * sstride + 8 * t;
-#pragma unroll
-        for (int c = 0; c < KC; c++) {
-          kr[j][c] = sk[j] >= 0 ? ld_stream(p + 32 * c) : make_uint4(0, 0, 0, 0);
-        }
+      for (int c = 0; c < KC; c++) {
+        kr[j][c] = sk[j] >= 0 ? ld_stream(p + 32 * c) : make_uint4(0, 0, 0, 0);
       }
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const T* p = vbase + (size_t)sv[i] * sstride + 8 * r;
-#pragma unroll
-        for (int c = 0; c < VC; c++) {
-          vr[i][c] = sv[i] >= 0 ? ld_stream(p + 64 * c) : make_uint4(0, 0, 0, 0);
-        }
-      }
-      if (kb + kRound < end) slots(kb + kRound, sk, sv);
     }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const T* p = vbase + (size_t)sv[i] * sstride + 8 * r;
+#pragma unroll
+      for (int c = 0; c < VC; c++) {
+        vr[i][c] = sv[i] >= 0 ? ld_stream(p + 64 * c) : make_uint4(0, 0, 0, 0);
+      }
+    }
+    if (kb + kRound < end) tile_slots(pt, kb + kRound, end, a.page_size, a.page_shift, r, t, sk, sv);
 
     // S: s[j][0..1] = head r, keys kb + 8j + 2t + {0,1}; s[j][2..3] = head r + 8.
     float s[2][4];
@@ -407,104 +300,293 @@ __global__ void __launch_bounds__(kWarps * 32, PIPE || D >= 256 ? 1 : (NT == 1 ?
     }
   }
 
-  // Merge the 4 warps in shared memory. The pipelined kernel puts the warps' accumulators in
-  // its ring (free once every copy has landed and every warp has read its last tile), which
-  // leaves room for a deeper ring or a second block per SM.
-  __shared__ float sh_acc_own[PIPE ? 1 : kWarps * HPB * D];
-  float(*sh_acc)[HPB][D] = reinterpret_cast<float(*)[HPB][D]>(sh_acc_own);
-  if constexpr (PIPE) {
-    static_assert(2 * NCH * kWarps * 32 * 16 >= sizeof(float) * kWarps * HPB * D,
-                  "two stages hold the accumulators");
-    cp_async_wait_upto(0);
-    __syncthreads();
-    sh_acc = reinterpret_cast<float(*)[HPB][D]>(stage_buf);
-  }
-  __shared__ float sh_m[kWarps][HPB], sh_l[kWarps][HPB];
-  __shared__ float sh_w[HPB][kMaxSplits];
-  __shared__ float sh_tot[HPB];
-  __shared__ int sh_last;
+  // Merge the 4 warps in shared memory.
 #pragma unroll
   for (int rb = 0; rb < NT; rb++) {
     l[rb] += __shfl_xor_sync(0xffffffffu, l[rb], 1);
     l[rb] += __shfl_xor_sync(0xffffffffu, l[rb], 2);
     if (t == 0) {
-      sh_m[warp][r + 8 * rb] = m[rb];
-      sh_l[warp][r + 8 * rb] = l[rb];
+      sh.m[warp][r + 8 * rb] = m[rb];
+      sh.l[warp][r + 8 * rb] = l[rb];
     }
 #pragma unroll
     for (int i = 0; i < MT; i++) {
       int d = 64 * (i / 4) + 8 * r + 2 * (i % 4);
       int h = 8 * rb + 2 * t;
-      sh_acc[warp][h][d] = acc[i][rb][0];
-      sh_acc[warp][h + 1][d] = acc[i][rb][1];
-      sh_acc[warp][h][d + 1] = acc[i][rb][2];
-      sh_acc[warp][h + 1][d + 1] = acc[i][rb][3];
+      sh.acc[warp][h][d] = acc[i][rb][0];
+      sh.acc[warp][h + 1][d] = acc[i][rb][1];
+      sh.acc[warp][h][d + 1] = acc[i][rb][2];
+      sh.acc[warp][h + 1][d + 1] = acc[i][rb][3];
     }
   }
   __syncthreads();
-  for (int i = tid; i < nh * D; i += kWarps * 32) {
+  for (int i = tid; i < nh * D; i += kThreads) {
     int g = i / D, d = i % D;
     float mm = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; w++) mm = fmaxf(mm, sh_m[w][g]);
+    for (int w = 0; w < kWarps; w++) mm = fmaxf(mm, sh.m[w][g]);
     float mu = mm == -INFINITY ? 0.f : mm, ls = 0.f, o = 0.f;
 #pragma unroll
     for (int w = 0; w < kWarps; w++) {
-      float c = exp2f(sh_m[w][g] - mu);
-      ls += sh_l[w][g] * c;
-      o += sh_acc[w][g][d] * c;
+      float c = exp2f(sh.m[w][g] - mu);
+      ls += sh.l[w][g] * c;
+      o += sh.acc[w][g][d] * c;
     }
-    size_t row = (size_t)b * a.hq + h0 + g;
-    if (nact == 1) {
+    if (whole) {
+      size_t row = (size_t)b * a.hq + h0 + g;
       ((T*)a.out)[row * D + d] = msg::from_f<T>(ls > 0.f ? o / ls : 0.f);
     } else {
-      size_t idx = row * a.splits + split;
+      size_t idx = pidx * HPB + g;
       a.part_o[idx * D + d] = ls > 0.f ? o / ls : 0.f;
       if (d == 0) a.part_lse[idx] = ls > 0.f ? mm + log2f(ls) : -INFINITY;
     }
   }
-  if (nact == 1) return;
+  __syncthreads();
+}
 
-  // The last split of this (request, head group) to arrive merges all active splits.
+// After a partial of segment `seg` was written: counts this piece in and, when it is the last
+// of the segment's `np` pieces to arrive, merges them (piece p at partial slot pidx(p)) into
+// out rows of request b, heads h0 .. h0 + nh - 1. Every thread of the block calls it.
+template <typename T, int D, int NT, typename Slot>
+__device__ __forceinline__ void arrive_and_merge(const Params& a, Smem<D, 8 * NT>& sh, size_t seg,
+                                                 int np, int b, int h0, int nh, Slot pidx) {
+  constexpr int HPB = 8 * NT;
+  const int tid = threadIdx.x;
   __threadfence();
   __syncthreads();
   if (tid == 0) {
-    int* cnt = a.counters + (size_t)b * gridDim.y + blockIdx.y;
+    int* cnt = a.counters + seg;
     int old = atomicAdd(cnt, 1);
-    sh_last = old == nact - 1;
-    if (sh_last) *cnt = 0;  // every split has arrived: ready for the next launch
+    sh.last = old == np - 1;
+    if (sh.last) *cnt = 0;  // every piece has arrived: ready for the next launch
   }
   __syncthreads();
-  if (!sh_last) return;
+  if (!sh.last) return;
   __threadfence();
-  // The partials are in L2. Their loads are independent: the split loops are unrolled 8 deep
-  // so that eight are in flight at once instead of one L2 round trip per split.
-  for (int g = tid; g < nh; g += kWarps * 32) {
-    size_t base = ((size_t)b * a.hq + h0 + g) * a.splits;
+  // The partials are in L2 (__ldcg). Head g's weights: 2^(lse_p - max) over the pieces.
+  for (int g = tid; g < nh; g += kThreads) {
     float mm = -INFINITY;
 #pragma unroll 8
-    for (int s2 = 0; s2 < nact; s2++) {
-      float x = __ldcg(a.part_lse + base + s2);
-      sh_w[g][s2] = x;
-      mm = fmaxf(mm, x);
-    }
+    for (int p = 0; p < np; p++) mm = fmaxf(mm, __ldcg(a.part_lse + pidx(p) * HPB + g));
     float mu = mm == -INFINITY ? 0.f : mm, tot = 0.f;
-    for (int s2 = 0; s2 < nact; s2++) {
-      float w = exp2f(sh_w[g][s2] - mu);
-      sh_w[g][s2] = w;
-      tot += w;
+#pragma unroll 8
+    for (int p = 0; p < np; p++) tot += exp2f(__ldcg(a.part_lse + pidx(p) * HPB + g) - mu);
+    sh.mu[g] = mu;
+    sh.tot[g] = tot;
+  }
+  // Each thread owns elements tid, tid + kThreads, ... of the nh x D outputs (at most
+  // HPB * D / kThreads of them); pieces go 32 at a time through shared memory weights.
+  constexpr int kPer = HPB * D / kThreads;
+  float o[kPer];
+#pragma unroll
+  for (int e = 0; e < kPer; e++) o[e] = 0.f;
+  for (int p0 = 0; p0 < np; p0 += 32) {
+    const int n = min(32, np - p0);
+    __syncthreads();
+    for (int i = tid; i < nh * 32; i += kThreads) {
+      int g = i / 32, j = i % 32;
+      sh.w[g][j] = j < n ? exp2f(__ldcg(a.part_lse + pidx(p0 + j) * HPB + g) - sh.mu[g]) : 0.f;
     }
-    sh_tot[g] = tot;
+    __syncthreads();
+#pragma unroll
+    for (int e = 0; e < kPer; e++) {
+      int i = tid + e * kThreads, g = i / D, d = i % D;
+      if (g >= nh) continue;
+      float x = 0.f;
+#pragma unroll 8
+      for (int j = 0; j < n; j++) x += sh.w[g][j] * __ldcg(a.part_o + (pidx(p0 + j) * HPB + g) * D + d);
+      o[e] += x;
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < kPer; e++) {
+    int i = tid + e * kThreads, g = i / D, d = i % D;
+    if (g >= nh) continue;
+    size_t row = (size_t)b * a.hq + h0 + g;
+    ((T*)a.out)[row * D + d] = msg::from_f<T>(sh.tot[g] > 0.f ? o[e] / sh.tot[g] : 0.f);
   }
   __syncthreads();
-  for (int i = tid; i < nh * D; i += kWarps * 32) {
-    int g = i / D, d = i % D;
-    size_t row = (size_t)b * a.hq + h0 + g;
-    const float* po = a.part_o + row * a.splits * D + d;
-    float o = 0.f;
-#pragma unroll 8
-    for (int s2 = 0; s2 < nact; s2++) o += sh_w[g][s2] * __ldcg(po + (size_t)s2 * D);
-    ((T*)a.out)[row * D + d] = msg::from_f<T>(sh_tot[g] > 0.f ? o / sh_tot[g] : 0.f);
+}
+
+// The q heads of head group y (of a.groups per request): KV head, first head, head count.
+__device__ __forceinline__ void group_heads(const Params& a, int y, int* kvh, int* h0, int* nh,
+                                            int hpb) {
+  const int group = a.hq / a.hkv, chunks = (group + hpb - 1) / hpb;
+  *kvh = y / chunks;
+  *h0 = *kvh * group + (y % chunks) * hpb;
+  *nh = min(hpb, *kvh * group + group - *h0);
+}
+
+// The grid kernel: block (split, y, b).
+template <typename T, int D, int NT>
+__global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : (NT == 1 ? 3 : 2))
+    decode_grid_kernel(Params a) {
+  // Launched with programmatic dependent launch (pdl.cuh): resident while the kernel before it
+  // (rope + KV store) finishes. Before the wait it reads only what kernels at least two back
+  // wrote (pdl.cuh's rule): seq_lens, rows and the page table. q and every K/V (the newest key's
+  // are written by the kernel just before) are read after the wait.
+  __shared__ Smem<D, 8 * NT> sh;
+  const int split = blockIdx.x, y = blockIdx.y, b = blockIdx.z;
+  int kvh, h0, nh;
+  group_heads(a, y, &kvh, &h0, &nh, 8 * NT);
+  const int seq = a.seq_lens[b];
+  int nact, per;
+  split_plan(seq, a.splits, a.min_keys, &nact, &per);
+  if (split >= nact) return;  // split 0 always waits (pdl.cuh's rule)
+  const int start = split * per, end = min(start + per, seq);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int sk[2], sv[4];
+  tile_slots(a.page_table + (size_t)a.rows[b] * a.pt_stride, start + warp * kTile, end,
+             a.page_size, a.page_shift, lane >> 2, lane & 3, sk, sv);
+  msg::pdl_wait();
+  msg::pdl_trigger();
+  // ld_stream is a plain asm (no memory clobber), free to move above the wait while its
+  // address depends only on pre-wait values: the first tile's slots pass through an empty
+  // volatile asm here so that its K/V loads stay after the wait.
+#pragma unroll
+  for (int j = 0; j < 2; j++) asm volatile("" : "+r"(sk[j])::"memory");
+#pragma unroll
+  for (int i = 0; i < 4; i++) asm volatile("" : "+r"(sv[i])::"memory");
+  const size_t seg = (size_t)b * a.groups + y;
+  attend<T, D, NT>(a, sh, b, kvh, h0, nh, start, end, sk, sv, nact == 1, seg * a.splits + split);
+  if (nact == 1) return;
+  arrive_and_merge<T, D, NT>(a, sh, seg, nact, b, h0, nh,
+                             [&](int p) { return seg * a.splits + p; });
+}
+
+// Requests of no keys get zeros (they have no chunks): blocks take them in turn. After the wait.
+template <typename T, int D>
+__device__ __forceinline__ void zero_empty_rows(const Params& a) {
+  for (int i = blockIdx.x; i < a.batch; i += gridDim.x) {
+    if (a.seq_lens[i] != 0) continue;
+    T* o = (T*)a.out + (size_t)i * a.hq * D;
+    for (int e = threadIdx.x; e < a.hq * D; e += kThreads) o[e] = msg::from_f<T>(0.f);
+  }
+}
+
+// Chunks of a request of `seq` keys per head group.
+__device__ __forceinline__ int chunks_of(int seq) { return (seq + kRound - 1) / kRound; }
+
+// Block-wide exclusive scan of v over the block's threads; returns the prefix, total in *sum.
+__device__ __forceinline__ long long block_scan(long long v, long long* scan, long long* sum) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  long long x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    long long y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
+  }
+  if (lane == 31) scan[warp] = x;
+  __syncthreads();
+  long long before = 0, total = 0;
+#pragma unroll
+  for (int w = 0; w < kWarps; w++) {
+    before += w < warp ? scan[w] : 0;
+    total += scan[w];
+  }
+  __syncthreads();
+  *sum = total;
+  return before + x - v;
+}
+
+// The balanced kernel: blocks 0 .. gridDim.x - 1 share the chunks evenly (top of the file).
+template <typename T, int D, int NT>
+__global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : (NT == 1 ? 3 : 2))
+    decode_balanced_kernel(Params a) {
+  // PDL as in the grid kernel: seq_lens, rows and the page table before the wait.
+  __shared__ Smem<D, 8 * NT> sh;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int Y = a.groups;
+  // Total chunks C and requests with keys: one pass over seq_lens.
+  long long c_all = 0, busy = 0;
+  for (int i0 = 0; i0 < a.batch; i0 += kThreads) {
+    int i = i0 + tid;
+    int n = i < a.batch ? chunks_of(a.seq_lens[i]) : 0;
+    long long s1, s2;
+    block_scan((long long)n * Y, sh.scan, &s1);
+    block_scan(n > 0 ? 1 : 0, sh.scan, &s2);
+    c_all += s1;
+    busy += s2;
+  }
+  // Blocks in use: at least min_keys keys each, but no fewer than the busy segments.
+  long long want = (c_all * kRound + a.min_keys - 1) / a.min_keys;
+  if (want < busy * Y) want = busy * Y;
+  if (want > c_all) want = c_all;
+  const long long G = want < (long long)gridDim.x ? want : (long long)gridDim.x;
+  const long long blk = blockIdx.x;
+  if (blk >= G) {  // no chunks for this block
+    msg::pdl_wait();
+    zero_empty_rows<T, D>(a);
+    return;
+  }
+  const long long c0 = blk * c_all / G, c1 = (blk + 1) * c_all / G;
+  // The request holding chunk c0: exclusive prefix P[b] <= c0 < P[b] + n_b Y.
+  if (tid == 0) sh.found = -1;
+  long long carry = 0;
+  for (int i0 = 0; i0 < a.batch; i0 += kThreads) {
+    int i = i0 + tid;
+    long long n = i < a.batch ? (long long)chunks_of(a.seq_lens[i]) * Y : 0, tile;
+    long long pre = carry + block_scan(n, sh.scan, &tile);
+    if (n > 0 && pre <= c0 && c0 < pre + n) {
+      sh.found = i;
+      sh.found_base = pre;
+    }
+    carry += tile;
+    __syncthreads();
+    if (sh.found >= 0) break;
+  }
+  int b = sh.found;
+  long long pb = sh.found_base;  // first chunk of request b
+  int seq = a.seq_lens[b], nc = chunks_of(seq);
+  int y = (int)((c0 - pb) / nc), cs = (int)((c0 - pb) % nc);
+  long long c = c0;
+  // The piece of the current segment in this block's range: chunks [cs, ce), keys [.., kend).
+  int ce, kend, kvh, h0, nh, sk[2], sv[4];
+  auto next_piece = [&]() {
+    ce = (int)min((long long)nc, cs + (c1 - c));
+    kend = min(ce * kRound, seq);
+    group_heads(a, y, &kvh, &h0, &nh, 8 * NT);
+    tile_slots(a.page_table + (size_t)a.rows[b] * a.pt_stride, cs * kRound + warp * kTile, kend,
+               a.page_size, a.page_shift, lane >> 2, lane & 3, sk, sv);
+  };
+  next_piece();
+  msg::pdl_wait();
+  msg::pdl_trigger();
+  zero_empty_rows<T, D>(a);
+  // See the grid kernel: the first tile's K/V loads stay after the wait.
+#pragma unroll
+  for (int j = 0; j < 2; j++) asm volatile("" : "+r"(sk[j])::"memory");
+#pragma unroll
+  for (int i = 0; i < 4; i++) asm volatile("" : "+r"(sv[i])::"memory");
+  // Block i's first chunk: i C / G; the block holding chunk c is the last i with that <= c.
+  auto block_of = [&](long long c) {
+    long long i = ((c + 1) * G - 1) / c_all;
+    return i < G ? i : G - 1;
+  };
+  for (;;) {
+    const long long s0 = pb + (long long)y * nc;  // the segment's first chunk
+    const long long i0 = block_of(s0), i1 = block_of(s0 + nc - 1);
+    const int np = (int)(i1 - i0 + 1);
+    const size_t slot = 2 * (size_t)blk + (s0 < c0 ? 0 : 1);
+    attend<T, D, NT>(a, sh, b, kvh, h0, nh, cs * kRound, kend, sk, sv, np == 1, slot);
+    if (np > 1) {
+      arrive_and_merge<T, D, NT>(a, sh, (size_t)b * Y + y, np, b, h0, nh, [&](int p) {
+        return 2 * (size_t)(i0 + p) + (p == 0 ? 1 : 0);
+      });
+    }
+    c += ce - cs;
+    if (c >= c1) break;
+    // The next segment: the next head group, or the next request with keys.
+    cs = 0;
+    if (++y == Y) {
+      y = 0;
+      pb += (long long)nc * Y;
+      do {
+        seq = a.seq_lens[++b];
+        nc = chunks_of(seq);
+      } while (nc == 0);
+    }
+    next_piece();
   }
 }
 
@@ -522,94 +604,102 @@ int sm_count() {
 }
 
 // Scratch buffers whose counters were zeroed (per device): the counters then stay zero
-// between launches because the last block of each group resets its own.
+// between launches because the last block of each segment resets its own.
 std::mutex g_zero_mu;
 void* g_zeroed[64];
 
-// Tuning knobs for benchmarks, read per call: MSG_DECODE_SPLIT_KEYS (minimum keys per active
-// split, default kDefaultMinKeys) and MSG_DECODE_SPLITS (force the grid's splits).
+// Tuning knobs for benchmarks and tests, read per call: MSG_DECODE_KERNEL (balanced | grid;
+// unset or auto: balanced), MSG_DECODE_SPLIT_KEYS (grid: minimum keys per active split;
+// balanced: per block; default kDefaultMinKeys), MSG_DECODE_SPLITS (grid: force the splits),
+// MSG_DECODE_BLOCKS (balanced: force the grid size).
 int env_int(const char* name) {
   const char* e = getenv(name);
   return e ? atoi(e) : 0;
 }
 
-// Resident blocks per SM of a kernel at `smem` dynamic bytes (0 when it cannot run).
-template <typename T, int D, int NT, bool PIPE>
-int blocks_per_sm(size_t smem) {
+// Resident blocks per SM of a kernel (computed once; 0 when it cannot run).
+template <typename K>
+int blocks_per_sm(K kernel) {
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_kernel<T, D, NT, PIPE>,
-                                                    kWarps * 32, smem) != cudaSuccess) {
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0) != cudaSuccess) {
     cudaGetLastError();
     return 0;
   }
   return n;
 }
 
-// Which kernel (MSG_DECODE_KERNEL, read per call): "direct" loads K/V straight into mma
-// fragments, "pipelined" copies them through a cp.async ring in shared memory; unset or
-// "auto": direct. On one H200 (2026-12-05, bench/attention.ts) the pipelined kernel lost in
-// every shape: bs1-ctx32k 0.449 of copy bandwidth against 0.537, bs64-ctx1k 0.567 against
-// 0.728, bs64-ctx8k 0.613 against 0.989.
-enum class Kind { kAuto, kDirect, kPipelined };
-Kind kernel_choice() {
-  const char* e = getenv("MSG_DECODE_KERNEL");
-  if (e == nullptr || *e == 0 || strcmp(e, "auto") == 0) return Kind::kAuto;
-  return strcmp(e, "direct") == 0 ? Kind::kDirect : Kind::kPipelined;
+// The per-device scratch (counters zeroed on first use, outside graph capture).
+int scratch(Params* p, size_t bytes, cudaStream_t st) {
+  void* ws = nullptr;
+  if (bytes > kScratch) return msg::fail(msg::ERR_ARG, "msg_attention_decode: scratch too small");
+  int rc = msg::device_scratch(msg::SCRATCH_DECODE, kScratch, &ws);
+  if (rc) return rc;
+  int dev = 0;
+  MSG_CUDA(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(g_zero_mu);
+  if (dev < 64 && g_zeroed[dev] != ws) {
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    MSG_CUDA(cudaStreamIsCapturing(st, &cs));
+    if (cs != cudaStreamCaptureStatusNone) {
+      return msg::fail(msg::ERR_ARG, "msg_attention_decode: call it once with this shape "
+                       "before graph capture (its scratch counters must be zeroed)");
+    }
+    MSG_CUDA(cudaMemsetAsync(ws, 0, kCounterBytes, st));
+    g_zeroed[dev] = ws;
+  }
+  p->counters = (int*)ws;
+  return 0;
 }
 
 template <typename T, int D, int NT>
 int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
-  int group = p.hq / p.hkv, chunks = (group + 8 * NT - 1) / (8 * NT);
-  int base_blocks = batch * p.hkv * chunks;
-  constexpr size_t kStageBytes = (size_t)kWarps * 32 * (2 * (D / 32) + 4 * (D / 64)) * 16;
-  // Stages of the pipelined kernel (at least 2, at most 8): at one block per SM as many as
-  // fit in 192 KB (the merge's few static buffers take < 5 KB more, a Hopper SM has 227 KB
-  // for a block), at two blocks per SM as many as fit in 96 KB. Head_dim 128: 6 and 3 tiles
-  // of 16 keys per warp, so 5 or 2 tiles in flight per warp.
-  constexpr int kFitOne = (int)(192u * 1024 / kStageBytes);
-  constexpr int kFitTwo = (int)(96u * 1024 / kStageBytes);
-  constexpr int kStagesOne = kFitOne > 8 ? 8 : kFitOne < 2 ? 2 : kFitOne;
-  constexpr int kStagesTwo = kFitTwo > 8 ? 8 : kFitTwo < 2 ? 2 : kFitTwo;
-  // The shared-memory limit is an attribute of the function on each device: set it once per
-  // device (resident blocks are then the same for every device of a process).
-  static int per_sm_direct = 0, per_sm_pipe_one = 0, per_sm_pipe_two = 0;
-  static bool attr_set[64];
-  static std::mutex attr_mu;
-  {
-    int dev = 0;
-    MSG_CUDA(cudaGetDevice(&dev));
-    std::lock_guard<std::mutex> lock(attr_mu);
-    if (dev >= 0 && dev < 64 && !attr_set[dev]) {
-      attr_set[dev] = true;
-      cudaFuncSetAttribute(decode_kernel<T, D, NT, true>,
-                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           (int)(kStagesOne * kStageBytes));
-      cudaGetLastError();  // too large for this GPU: the occupancy below is 0, direct runs
-      per_sm_direct = blocks_per_sm<T, D, NT, false>(0);
-      per_sm_pipe_one = blocks_per_sm<T, D, NT, true>(kStagesOne * kStageBytes);
-      per_sm_pipe_two = blocks_per_sm<T, D, NT, true>(kStagesTwo * kStageBytes);
-    }
+  constexpr int HPB = 8 * NT;
+  const int group = p.hq / p.hkv, chunks = (group + HPB - 1) / HPB;
+  p.groups = p.hkv * chunks;
+  p.batch = batch;
+  const long long segments = (long long)batch * p.groups;
+  const size_t piece_bytes = (size_t)HPB * (D + 1) * sizeof(float);
+  static const int per_sm_grid = blocks_per_sm(decode_grid_kernel<T, D, NT>);
+  static const int per_sm_bal = blocks_per_sm(decode_balanced_kernel<T, D, NT>);
+  const int sms = sm_count();
+  int keys = env_int("MSG_DECODE_SPLIT_KEYS");
+  if (keys < 16) keys = kDefaultMinKeys;
+  p.min_keys = keys;
+  const char* kind = getenv("MSG_DECODE_KERNEL");
+  bool grid = kind != nullptr && strcmp(kind, "grid") == 0;
+  if (kind != nullptr && *kind && !grid && strcmp(kind, "auto") != 0 &&
+      strcmp(kind, "balanced") != 0) {
+    return msg::fail(msg::ERR_ARG, "MSG_DECODE_KERNEL=%s: auto, balanced or grid", kind);
   }
-  int sms = sm_count();
-  Kind kind = kernel_choice();
-  bool pipe = kind == Kind::kPipelined;
-  if (per_sm_pipe_one < 1) pipe = false;  // the ring does not fit (should not happen)
-  // The pipelined kernel runs a deep ring at one block per SM, or a ring half as deep at two
-  // when the grid has more blocks than SMs (decided again below once the splits are known).
-  bool two = pipe && base_blocks > sms && per_sm_pipe_two >= 2;
-  int per_sm = pipe ? (two ? per_sm_pipe_two : per_sm_pipe_one) : per_sm_direct;
-  if (per_sm < 1) per_sm = pipe ? 1 : 2;
-  // Splits from a sweep on an H100 (see the top of the file). Up to 2 blocks per SM:
-  // as many splits as give about 2 blocks per SM, at most kSmallMaxSplits (the merge of
-  // the last block reads the splits' partials one after another, so more cost more than
-  // they bring). Larger batches: blocks of equal lengths do equal work, so time ~ waves x
+  // Counters of more segments than fit: the grid kernel at one split (no merge).
+  if ((size_t)segments * sizeof(int) > kCounterBytes) grid = true;
+
+  if (!grid) {
+    // As many blocks as are resident at once, never more than there are chunks.
+    long long g = (long long)sms * (per_sm_bal > 0 ? per_sm_bal : 1);
+    long long upper = segments * ((max_seq_len + kRound - 1) / kRound);
+    if (g > upper) g = upper;
+    int forced = env_int("MSG_DECODE_BLOCKS");
+    if (forced > 0) g = forced;
+    if (g > 65535) g = 65535;
+    if (g < 1) g = 1;
+    int rc = scratch(&p, kCounterBytes + 2 * (size_t)g * piece_bytes, st);
+    if (rc) return rc;
+    p.part_o = (float*)((char*)p.counters + kCounterBytes);
+    p.part_lse = p.part_o + 2 * (size_t)g * HPB * D;
+    MSG_CUDA(msg::launch_pdl(decode_balanced_kernel<T, D, NT>, dim3((unsigned)g),
+                             dim3(kThreads), 0, st, p));
+    return 0;
+  }
+
+  // Grid kernel. Up to 2 blocks per SM: as many splits as give about 2 blocks per SM, at most
+  // kSmallMaxSplits. Larger batches: blocks of equal lengths do equal work, so time ~ waves x
   // (keys per split + a fixed cost per block, in keys) with waves = ceil(blocks / resident
   // blocks), plus the merge's reads per split. Never more splits than the longest sequence
   // can use with `keys` keys each.
-  int cap = sms * per_sm;
+  const int base_blocks = (int)segments;
+  int cap = sms * (per_sm_grid > 0 ? per_sm_grid : 2);
   if (cap < 1) cap = 1;
-  int keys = env_int("MSG_DECODE_SPLIT_KEYS");
-  if (keys < 16) keys = kDefaultMinKeys;
   int by_len = (max_seq_len + keys - 1) / keys;
   if (by_len > kMaxSplits) by_len = kMaxSplits;
   int splits = 1;
@@ -629,48 +719,22 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
       }
     }
   }
-  if (splits < 1) splits = 1;
   int forced = env_int("MSG_DECODE_SPLITS");
   if (forced > 0) splits = forced < kMaxSplits ? forced : kMaxSplits;
-  if ((size_t)batch * p.hkv * chunks * sizeof(int) > kCounterBytes) splits = 1;
-  size_t per_split = (size_t)batch * p.hq * (D + 1) * sizeof(float);
-  if (splits > 1 && kCounterBytes + (size_t)splits * per_split > kScratch) {
-    splits = (int)((kScratch - kCounterBytes) / per_split);
+  if ((size_t)segments * sizeof(int) > kCounterBytes) splits = 1;
+  if (splits > 1 && kCounterBytes + (size_t)segments * splits * piece_bytes > kScratch) {
+    splits = (int)((kScratch - kCounterBytes) / ((size_t)segments * piece_bytes));
   }
   if (splits < 1) splits = 1;
-  two = pipe && base_blocks * splits > sms && per_sm_pipe_two >= 2;
-  const int stages = two ? kStagesTwo : kStagesOne;
-  p.stages = stages;
   p.splits = splits;
-  p.min_keys = keys;
   if (splits > 1) {
-    void* ws = nullptr;
-    int rc = msg::device_scratch(msg::SCRATCH_DECODE, kScratch, &ws);
+    int rc = scratch(&p, kCounterBytes + (size_t)segments * splits * piece_bytes, st);
     if (rc) return rc;
-    int dev = 0;
-    MSG_CUDA(cudaGetDevice(&dev));
-    std::lock_guard<std::mutex> lock(g_zero_mu);
-    if (dev < 64 && g_zeroed[dev] != ws) {
-      cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-      MSG_CUDA(cudaStreamIsCapturing(st, &cs));
-      if (cs != cudaStreamCaptureStatusNone) {
-        return msg::fail(msg::ERR_ARG, "msg_attention_decode: call it once with this shape "
-                         "before graph capture (its scratch counters must be zeroed)");
-      }
-      MSG_CUDA(cudaMemsetAsync(ws, 0, kCounterBytes, st));
-      g_zeroed[dev] = ws;
-    }
-    p.counters = (int*)ws;
-    p.part_o = (float*)((char*)ws + kCounterBytes);
-    p.part_lse = p.part_o + (size_t)batch * p.hq * splits * D;
+    p.part_o = (float*)((char*)p.counters + kCounterBytes);
+    p.part_lse = p.part_o + (size_t)segments * splits * HPB * D;
   }
-  dim3 grid(splits, p.hkv * chunks, batch);
-  if (pipe) {
-    MSG_CUDA(msg::launch_pdl(decode_kernel<T, D, NT, true>, grid, dim3(kWarps * 32),
-                             (size_t)stages * kStageBytes, st, p));
-  } else {
-    MSG_CUDA(msg::launch_pdl(decode_kernel<T, D, NT, false>, grid, dim3(kWarps * 32), 0, st, p));
-  }
+  dim3 grid_dim(splits, p.groups, batch);
+  MSG_CUDA(msg::launch_pdl(decode_grid_kernel<T, D, NT>, grid_dim, dim3(kThreads), 0, st, p));
   return 0;
 }
 
@@ -706,7 +770,7 @@ extern "C" int msg_attention_decode(void* out, const void* q, int q_row_stride,
     while ((1 << shift) < page_size) shift++;
   }
   Params p{out, nullptr, nullptr, nullptr, q, k_cache, v_cache, page_table, rows, seq_lens,
-           q_row_stride, pt_stride, hq, hkv, page_size, shift, 1, kDefaultMinKeys, 1,
+           q_row_stride, pt_stride, hq, hkv, page_size, shift, batch, 1, 1, kDefaultMinKeys,
            scale * kLog2e};
   cudaStream_t st = msg::as_stream(stream);
   return MSG_DISPATCH_HALF(dtype, T,

@@ -2,8 +2,9 @@
  * Paged decode attention (msg_attention_decode, cuda/src/attention_decode.cu) against the
  * CPU twin on random inputs: page sizes 1, 7, 16, 64; MHA and GQA 2:1 (Qwen3-0.6B), 4:1
  * (Llama-3-8B), 8:1, 16:1; head_dim 64, 128, 256; ragged seq_lens with 0, 1 and lengths that
- * are not multiples of the page size; shuffled page ids; bf16 and f16. GPU outputs are
- * poisoned (NaN) first. Then graph replays: a graph captured with max_seq_len 8192 replayed
+ * are not multiples of the page size; shuffled page ids; bf16 and f16; each case on both
+ * kernels (MSG_DECODE_KERNEL=balanced, the default, and grid), and the balanced kernel at forced
+ * grid sizes (MSG_DECODE_BLOCKS). GPU outputs are poisoned (NaN) first. Then graph replays: a graph captured with max_seq_len 8192 replayed
  * with short sequences must match the CPU and stay correct over many replays (the split
  * merge's counters reset themselves). Then timings (events around graph replays of calls
  * that rotate over > 256 MB of KV so that L2 cannot hold it; median of 15) for batch 1..128
@@ -162,9 +163,8 @@ Deno.test({
       dtype: BF16,
       env: { MSG_DECODE_SPLITS: "61", MSG_DECODE_SPLIT_KEYS: "16" },
     });
-    // The pipelined kernel's other paths: page size 256 (a 16-key tile inside one page), GQA
-    // 1 and 8, head_dim 64 and 256 in f16, and a grid of more blocks than SMs (its two-blocks-
-    // per-SM ring; 20 requests x 8 KV heads > 132 SMs).
+    // Page size 256 (a 16-key tile inside one page), GQA 1 and 8, head_dim 64 and 256 in f16,
+    // and more blocks than SMs (20 requests x 8 KV heads > 132).
     add(128, 256, 32, 8, ragged(4, 3000));
     add(128, 16, 8, 8, ragged(3, 2000)); // GQA 1 at head_dim 128
     add(128, 1, 64, 8, ragged(3, 1500)); // GQA 8
@@ -172,11 +172,31 @@ Deno.test({
     for (const hd of [64, 256]) {
       cases.push({ hd, ps: 16, hq: 16, hkv: 4, seqs: ragged(4, 2200), maxSeq: 2200, dtype: F16 });
     }
+    // The balanced kernel's grid forced (it reads MSG_DECODE_BLOCKS per call): 1 block walks
+    // every segment (empty requests between), 7 cut segments at odd places, 1000 cut each of
+    // 9000 keys into ~125 pieces (the merge takes pieces 32 at a time), and 16 keys per block.
+    const bal = (seqs: number[], blocks: number, keys = 16, hq = 32, hkv = 8) =>
+      cases.push({
+        hd: 128,
+        ps: 16,
+        hq,
+        hkv,
+        seqs,
+        maxSeq: Math.max(...seqs),
+        dtype: BF16,
+        env: { MSG_DECODE_BLOCKS: String(blocks), MSG_DECODE_SPLIT_KEYS: String(keys) },
+      });
+    bal([700, 0, 65, 1, 0, 300], 1);
+    bal([700, 0, 65, 1, 0, 300], 7);
+    bal([9000], 1000);
+    bal(ragged(6, 2000), 33, 16, 64, 4); // 16 heads per block (GQA 16)
+    bal(Array(40).fill(0).map((_, i) => 1 + i * 53), 131, 64);
     // Every case on both kernels (MSG_DECODE_KERNEL, read per call).
     for (const c of cases) {
       const inp = makeInputs(c);
       const ref = from16(runCase(cpu, c, inp), c.dtype);
-      for (const kernel of ["direct", "pipelined"]) {
+      for (const kernel of ["balanced", "grid"]) {
+        if (kernel === "grid" && c.env?.MSG_DECODE_BLOCKS) continue;
         const env = { ...c.env, MSG_DECODE_KERNEL: kernel };
         for (const [k, v] of Object.entries(env)) Deno.env.set(k, v);
         let got: Float32Array;
@@ -328,7 +348,7 @@ Deno.test({
 
     // Correctness of a graph captured at max_seq_len 8192 and replayed with short sequences
     // (many replays: the counters of the split merge must reset themselves), on each kernel.
-    for (const kernel of ["direct", "pipelined"]) {
+    for (const kernel of ["balanced", "grid"]) {
       Deno.env.set("MSG_DECODE_KERNEL", kernel);
       const seqs = [1, 300, 611, 4000, 8192, 97, 1500, 16];
       const bs = seqs.length, pt = tables(seqs, 1)[0], lens = Dev.of(gpu, Int32Array.from(seqs));
@@ -409,7 +429,7 @@ Deno.test({
     for (const seq of [512, 1024, 4096, 16384, 32768]) {
       for (const bs of [1, 8, 32, 64, 128]) {
         if (bs * seq > 128 * 16384) continue;
-        for (const kernel of ["auto", "direct", "pipelined"]) {
+        for (const kernel of ["balanced", "grid"]) {
           Deno.env.set("MSG_DECODE_KERNEL", kernel);
           line(`bs=${bs} seq=${seq} ${kernel}`, timeCase(Array(bs).fill(seq), seq));
         }
@@ -422,52 +442,6 @@ Deno.test({
       line(`bs=${bs} seq 300..900, max_seq ${mx}`, timeCase(seqs, mx));
       line(`bs=${bs} seq 300..900, max_seq 8192`, timeCase(seqs, 8192));
     }
-    // Tuning sweeps (knobs read per call by the library): the grid's splits forced
-    // (MSG_DECODE_SPLITS, with 16 keys minimum so that all are active), then the minimum
-    // keys per active split (MSG_DECODE_SPLIT_KEYS) for short sequences under a large max.
-    const shapes = [
-      [1, 4096],
-      [8, 4096],
-      [16, 4096],
-      [32, 4096],
-      [64, 4096],
-      [128, 4096],
-      [
-        1,
-        16384,
-      ],
-      [8, 16384],
-      [1, 512],
-      [8, 512],
-      [32, 512],
-      [128, 512],
-    ];
-    Deno.env.set("MSG_DECODE_SPLIT_KEYS", "16");
-    for (const [bs, seq] of shapes) {
-      const cells: string[] = [];
-      for (const sp of [1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64]) {
-        if (sp * 64 > seq) continue;
-        Deno.env.set("MSG_DECODE_SPLITS", String(sp));
-        cells.push(`${sp}:${timeCase(Array(bs).fill(seq), seq).us.toFixed(1)}`);
-      }
-      console.log(`sweep splits bs=${bs} seq=${seq} (splits:us) ${cells.join(" ")}`);
-    }
-    Deno.env.delete("MSG_DECODE_SPLITS");
-    for (const keys of [64, 128, 256, 512]) {
-      Deno.env.set("MSG_DECODE_SPLIT_KEYS", String(keys));
-      const cells: string[] = [];
-      for (const bs of [1, 8, 32]) {
-        const seqs = Array.from({ length: bs }, () => 300 + (rand() * 600 | 0));
-        for (const mx of [Math.max(...seqs), 8192]) {
-          cells.push(`bs${bs}/max${mx}:${timeCase(seqs, mx).us.toFixed(1)}`);
-        }
-      }
-      for (const [bs, seq] of [[1, 4096], [8, 4096], [1, 16384]]) {
-        cells.push(`bs${bs}/${seq}:${timeCase(Array(bs).fill(seq), seq).us.toFixed(1)}`);
-      }
-      console.log(`sweep split_keys=${keys} (us) ${cells.join(" ")}`);
-    }
-    Deno.env.delete("MSG_DECODE_SPLIT_KEYS");
     [kc, vc, q, o, rowsDev].forEach((d) => d.free());
     chk(s.msg_stream_destroy(st), "stream destroy");
   },
