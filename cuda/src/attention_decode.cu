@@ -374,12 +374,14 @@ __device__ __forceinline__ void arrive_and_merge(const Params& a, Smem<D, 8 * NT
     sh.mu[g] = mu;
     sh.tot[g] = tot;
   }
-  // Each thread owns elements tid, tid + kThreads, ... of the nh x D outputs (at most
-  // HPB * D / kThreads of them); pieces go 32 at a time through shared memory weights.
-  constexpr int kPer = HPB * D / kThreads;
-  float o[kPer];
+  // Each thread owns float4s tid, tid + kThreads, ... of the nh x D outputs (at most
+  // HPB * D / 4 / kThreads of them); pieces go 32 at a time through shared memory weights, their
+  // loads 8 pieces deep (16-byte loads: a segment of batch 1 can have ~50 pieces).
+  constexpr int kPer = (HPB * D / 4 + kThreads - 1) / kThreads;
+  const int n4 = nh * D / 4;
+  float4 o[kPer];
 #pragma unroll
-  for (int e = 0; e < kPer; e++) o[e] = 0.f;
+  for (int e = 0; e < kPer; e++) o[e] = make_float4(0.f, 0.f, 0.f, 0.f);
   for (int p0 = 0; p0 < np; p0 += 32) {
     const int n = min(32, np - p0);
     __syncthreads();
@@ -390,20 +392,30 @@ __device__ __forceinline__ void arrive_and_merge(const Params& a, Smem<D, 8 * NT
     __syncthreads();
 #pragma unroll
     for (int e = 0; e < kPer; e++) {
-      int i = tid + e * kThreads, g = i / D, d = i % D;
-      if (g >= nh) continue;
-      float x = 0.f;
+      const int f = tid + e * kThreads, g = f / (D / 4);
+      if (f >= n4) continue;
 #pragma unroll 8
-      for (int j = 0; j < n; j++) x += sh.w[g][j] * __ldcg(a.part_o + (pidx(p0 + j) * HPB + g) * D + d);
-      o[e] += x;
+      for (int j = 0; j < n; j++) {
+        const float4 x =
+            __ldcg(reinterpret_cast<const float4*>(a.part_o + pidx(p0 + j) * HPB * D) + f);
+        const float w = sh.w[g][j];
+        o[e].x += w * x.x;
+        o[e].y += w * x.y;
+        o[e].z += w * x.z;
+        o[e].w += w * x.w;
+      }
     }
   }
 #pragma unroll
   for (int e = 0; e < kPer; e++) {
-    int i = tid + e * kThreads, g = i / D, d = i % D;
-    if (g >= nh) continue;
-    size_t row = (size_t)b * a.hq + h0 + g;
-    ((T*)a.out)[row * D + d] = msg::from_f<T>(sh.tot[g] > 0.f ? o[e] / sh.tot[g] : 0.f);
+    const int f = tid + e * kThreads, g = f / (D / 4);
+    if (f >= n4) continue;
+    const float inv = sh.tot[g] > 0.f ? 1.f / sh.tot[g] : 0.f;
+    T* dst = (T*)a.out + ((size_t)b * a.hq + h0) * D + (size_t)f * 4;
+    dst[0] = msg::from_f<T>(o[e].x * inv);
+    dst[1] = msg::from_f<T>(o[e].y * inv);
+    dst[2] = msg::from_f<T>(o[e].z * inv);
+    dst[3] = msg::from_f<T>(o[e].w * inv);
   }
   __syncthreads();
 }
