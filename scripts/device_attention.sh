@@ -49,7 +49,7 @@ if has test; then
 fi
 if has bench; then
   say "bench (fa3 variants: $variants)"
-  run 480 deno task bench attention --fa3 "${variants// /,}" --decode-kernels balanced,grid --decode-blocks 0,132,264,396,528 --decode-keys 0,64,256,512 \
+  run 480 deno task bench attention --fa3 "${variants// /,}" --decode-kernels balanced,balanced-pf,grid --decode-blocks 0,132,264,396,528 --decode-keys 0,64,256,512 \
     --out "$OUT/attention.json"
   # Paged prefill: page 16 (the benchmarks' setting: tiles gathered from 8 pages each) and 64
   # (a tile from one page), beside page 1 above; PyTorch's figures are the same shapes.

@@ -176,7 +176,7 @@ struct Smem {
 // The keys [start, end) of request b for the q heads h0 .. h0 + nh - 1 (sharing KV head kvh),
 // with the first tile's slots in sk/sv. Writes out (whole) or the partial `pidx`, then
 // returns after a __syncthreads (shared memory free again). Called after the PDL wait.
-template <typename T, int D, int NT>
+template <typename T, int D, int NT, bool PF>
 __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int b, int kvh,
                                        int h0, int nh, int start, int end, int* sk, int* sv,
                                        bool whole, size_t pidx) {
@@ -214,8 +214,9 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
     }
   }
 
-  for (int kb = start + warp * kTile; kb < end; kb += kRound) {
-    uint4 kr[2][KC], vr[4][VC];
+  using KRegs = uint4[2][KC];
+  using VRegs = uint4[4][VC];
+  auto load_tile = [&](KRegs& kr, VRegs& vr, const int* sk, const int* sv) {
 #pragma unroll
     for (int j = 0; j < 2; j++) {
       const T* p = kbase + (size_t)sk[j] * sstride + 8 * t;
@@ -232,8 +233,8 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
         vr[i][c] = sv[i] >= 0 ? ld_stream(p + 64 * c) : make_uint4(0, 0, 0, 0);
       }
     }
-    if (kb + kRound < end) tile_slots(pt, kb + kRound, end, a.page_size, a.page_shift, r, t, sk, sv);
-
+  };
+  auto compute = [&](const KRegs& kr, const VRegs& vr, int kb) {
     // S: s[j][0..1] = head r, keys kb + 8j + 2t + {0,1}; s[j][2..3] = head r + 8.
     float s[2][4];
 #pragma unroll
@@ -297,6 +298,46 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
       uint32_t a2 = __byte_perm(x2, x3, 0x5410), a3 = __byte_perm(x2, x3, 0x7632);
 #pragma unroll
       for (int rb = 0; rb < NT; rb++) mma<T>(acc[i][rb], a0, a1, a2, a3, pb[rb][0], pb[rb][1]);
+    }
+  };
+  const int kb0 = start + warp * kTile;
+  if constexpr (PF) {
+    // Two tiles per warp in flight: tile i + 1's loads are issued before tile i's math, and
+    // the slots of tile i + 2 are looked up then (a load's address must not wait on its
+    // page-table read at issue).
+    KRegs kr;
+    VRegs vr;
+    if (kb0 < end) load_tile(kr, vr, sk, sv);
+    if (kb0 + kRound < end) tile_slots(pt, kb0 + kRound, end, a.page_size, a.page_shift, r, t, sk, sv);
+    for (int kb = kb0; kb < end; kb += kRound) {
+      KRegs kn;
+      VRegs vn;
+      const bool more = kb + kRound < end;
+      if (more) {
+        load_tile(kn, vn, sk, sv);
+        if (kb + 2 * kRound < end) {
+          tile_slots(pt, kb + 2 * kRound, end, a.page_size, a.page_shift, r, t, sk, sv);
+        }
+      }
+      compute(kr, vr, kb);
+      if (more) {
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+          for (int c = 0; c < KC; c++) kr[j][c] = kn[j][c];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+          for (int c = 0; c < VC; c++) vr[i][c] = vn[i][c];
+      }
+    }
+  } else {
+    for (int kb = kb0; kb < end; kb += kRound) {
+      KRegs kr;
+      VRegs vr;
+      load_tile(kr, vr, sk, sv);
+      if (kb + kRound < end) tile_slots(pt, kb + kRound, end, a.page_size, a.page_shift, r, t, sk, sv);
+      compute(kr, vr, kb);
     }
   }
 
@@ -460,7 +501,8 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : (NT == 1 ? 3 : 2))
 #pragma unroll
   for (int i = 0; i < 4; i++) asm volatile("" : "+r"(sv[i])::"memory");
   const size_t seg = (size_t)b * a.groups + y;
-  attend<T, D, NT>(a, sh, b, kvh, h0, nh, start, end, sk, sv, nact == 1, seg * a.splits + split);
+  attend<T, D, NT, false>(a, sh, b, kvh, h0, nh, start, end, sk, sv, nact == 1,
+                          seg * a.splits + split);
   if (nact == 1) return;
   arrive_and_merge<T, D, NT>(a, sh, seg, nact, b, h0, nh,
                              [&](int p) { return seg * a.splits + p; });
@@ -502,8 +544,9 @@ __device__ __forceinline__ long long block_scan(long long v, long long* scan, lo
 }
 
 // The balanced kernel: blocks 0 .. gridDim.x - 1 share the chunks evenly (top of the file).
-template <typename T, int D, int NT>
-__global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : (NT == 1 ? 3 : 2))
+// PF: two tiles per warp in flight (attend), at two blocks per SM.
+template <typename T, int D, int NT, bool PF>
+__global__ void __launch_bounds__(kThreads, PF ? 2 : D >= 256 ? 1 : (NT == 1 ? 3 : 2))
     decode_balanced_kernel(Params a) {
   // PDL as in the grid kernel: seq_lens, rows and the page table before the wait.
   __shared__ Smem<D, 8 * NT> sh;
@@ -580,7 +623,7 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : (NT == 1 ? 3 : 2))
     const long long i0 = block_of(s0), i1 = block_of(s0 + nc - 1);
     const int np = (int)(i1 - i0 + 1);
     const size_t slot = 2 * (size_t)blk + (s0 < c0 ? 0 : 1);
-    attend<T, D, NT>(a, sh, b, kvh, h0, nh, cs * kRound, kend, sk, sv, np == 1, slot);
+    attend<T, D, NT, PF>(a, sh, b, kvh, h0, nh, cs * kRound, kend, sk, sv, np == 1, slot);
     if (np > 1) {
       arrive_and_merge<T, D, NT>(a, sh, (size_t)b * Y + y, np, b, h0, nh, [&](int p) {
         return 2 * (size_t)(i0 + p) + (p == 0 ? 1 : 0);
@@ -620,8 +663,9 @@ int sm_count() {
 std::mutex g_zero_mu;
 void* g_zeroed[64];
 
-// Tuning knobs for benchmarks and tests, read per call: MSG_DECODE_KERNEL (balanced | grid;
-// unset or auto: balanced), MSG_DECODE_SPLIT_KEYS (grid: minimum keys per active split;
+// Tuning knobs for benchmarks and tests, read per call: MSG_DECODE_KERNEL (balanced |
+// balanced-pf: two tiles per warp in flight, head_dim <= 128 and at most 8 heads per block,
+// else balanced | grid; unset or auto: balanced), MSG_DECODE_SPLIT_KEYS (grid: minimum keys per active split;
 // balanced: per block; default kDefaultMinKeys), MSG_DECODE_SPLITS (grid: force the splits),
 // MSG_DECODE_BLOCKS (balanced: force the grid size).
 int env_int(const char* name) {
@@ -666,29 +710,35 @@ int scratch(Params* p, size_t bytes, cudaStream_t st) {
 template <typename T, int D, int NT>
 int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
   constexpr int HPB = 8 * NT;
+  // Two tiles in flight per warp (balanced-pf) only where the registers allow.
+  constexpr bool kPrefetchable = NT == 1 && D <= 128;
   const int group = p.hq / p.hkv, chunks = (group + HPB - 1) / HPB;
   p.groups = p.hkv * chunks;
   p.batch = batch;
   const long long segments = (long long)batch * p.groups;
   const size_t piece_bytes = (size_t)HPB * (D + 1) * sizeof(float);
   static const int per_sm_grid = blocks_per_sm(decode_grid_kernel<T, D, NT>);
-  static const int per_sm_bal = blocks_per_sm(decode_balanced_kernel<T, D, NT>);
+  static const int per_sm_bal = blocks_per_sm(decode_balanced_kernel<T, D, NT, false>);
+  static const int per_sm_pf = blocks_per_sm(decode_balanced_kernel<T, D, NT, kPrefetchable>);
   const int sms = sm_count();
   int keys = env_int("MSG_DECODE_SPLIT_KEYS");
   if (keys < 16) keys = kDefaultMinKeys;
   p.min_keys = keys;
   const char* kind = getenv("MSG_DECODE_KERNEL");
   bool grid = kind != nullptr && strcmp(kind, "grid") == 0;
+  const bool pf = kPrefetchable && kind != nullptr && strcmp(kind, "balanced-pf") == 0;
   if (kind != nullptr && *kind && !grid && strcmp(kind, "auto") != 0 &&
-      strcmp(kind, "balanced") != 0) {
-    return msg::fail(msg::ERR_ARG, "MSG_DECODE_KERNEL=%s: auto, balanced or grid", kind);
+      strcmp(kind, "balanced") != 0 && strcmp(kind, "balanced-pf") != 0) {
+    return msg::fail(msg::ERR_ARG, "MSG_DECODE_KERNEL=%s: auto, balanced, balanced-pf or grid",
+                     kind);
   }
   // Counters of more segments than fit: the grid kernel at one split (no merge).
   if ((size_t)segments * sizeof(int) > kCounterBytes) grid = true;
 
   if (!grid) {
     // As many blocks as are resident at once, never more than there are chunks.
-    long long g = (long long)sms * (per_sm_bal > 0 ? per_sm_bal : 1);
+    const int per_sm = pf ? per_sm_pf : per_sm_bal;
+    long long g = (long long)sms * (per_sm > 0 ? per_sm : 1);
     long long upper = segments * ((max_seq_len + kRound - 1) / kRound);
     if (g > upper) g = upper;
     int forced = env_int("MSG_DECODE_BLOCKS");
@@ -699,8 +749,13 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
     if (rc) return rc;
     p.part_o = (float*)((char*)p.counters + kCounterBytes);
     p.part_lse = p.part_o + 2 * (size_t)g * HPB * D;
-    MSG_CUDA(msg::launch_pdl(decode_balanced_kernel<T, D, NT>, dim3((unsigned)g),
-                             dim3(kThreads), 0, st, p));
+    if (pf) {
+      MSG_CUDA(msg::launch_pdl(decode_balanced_kernel<T, D, NT, kPrefetchable>, dim3((unsigned)g),
+                               dim3(kThreads), 0, st, p));
+    } else {
+      MSG_CUDA(msg::launch_pdl(decode_balanced_kernel<T, D, NT, false>, dim3((unsigned)g),
+                               dim3(kThreads), 0, st, p));
+    }
     return 0;
   }
 

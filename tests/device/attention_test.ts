@@ -195,7 +195,7 @@ Deno.test({
     for (const c of cases) {
       const inp = makeInputs(c);
       const ref = from16(runCase(cpu, c, inp), c.dtype);
-      for (const kernel of ["balanced", "grid"]) {
+      for (const kernel of ["balanced", "balanced-pf", "grid"]) {
         if (kernel === "grid" && c.env?.MSG_DECODE_BLOCKS) continue;
         const env = { ...c.env, MSG_DECODE_KERNEL: kernel };
         for (const [k, v] of Object.entries(env)) Deno.env.set(k, v);
@@ -348,7 +348,7 @@ Deno.test({
 
     // Correctness of a graph captured at max_seq_len 8192 and replayed with short sequences
     // (many replays: the counters of the split merge must reset themselves), on each kernel.
-    for (const kernel of ["balanced", "grid"]) {
+    for (const kernel of ["balanced", "balanced-pf", "grid"]) {
       Deno.env.set("MSG_DECODE_KERNEL", kernel);
       const seqs = [1, 300, 611, 4000, 8192, 97, 1500, 16];
       const bs = seqs.length, pt = tables(seqs, 1)[0], lens = Dev.of(gpu, Int32Array.from(seqs));
@@ -429,7 +429,7 @@ Deno.test({
     for (const seq of [512, 1024, 4096, 16384, 32768]) {
       for (const bs of [1, 8, 32, 64, 128]) {
         if (bs * seq > 128 * 16384) continue;
-        for (const kernel of ["balanced", "grid"]) {
+        for (const kernel of ["balanced", "balanced-pf", "grid"]) {
           Deno.env.set("MSG_DECODE_KERNEL", kernel);
           line(`bs=${bs} seq=${seq} ${kernel}`, timeCase(Array(bs).fill(seq), seq));
         }
