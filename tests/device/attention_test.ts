@@ -2,9 +2,10 @@
  * Paged decode attention (msg_attention_decode, cuda/src/attention_decode.cu) against the
  * CPU twin on random inputs: page sizes 1, 7, 16, 64; MHA and GQA 2:1 (Qwen3-0.6B), 4:1
  * (Llama-3-8B), 8:1, 16:1; head_dim 64, 128, 256; ragged seq_lens with 0, 1 and lengths that
- * are not multiples of the page size; shuffled page ids; bf16 and f16; each case on both
- * kernels (MSG_DECODE_KERNEL=balanced, the default, and grid), and the balanced kernel at forced
- * grid sizes (MSG_DECODE_BLOCKS). GPU outputs are poisoned (NaN) first. Then graph replays: a graph captured with max_seq_len 8192 replayed
+ * are not multiples of the page size; shuffled page ids; bf16 and f16; each case on every
+ * kernel (MSG_DECODE_KERNEL=grid, the default, balanced and balanced-pf), and the balanced
+ * kernels at forced grid sizes (MSG_DECODE_BLOCKS). GPU outputs are poisoned (NaN) first.
+ * Then graph replays: a graph captured with max_seq_len 8192 replayed
  * with short sequences must match the CPU and stay correct over many replays (the split
  * merge's counters reset themselves). Then timings (events around graph replays of calls
  * that rotate over > 256 MB of KV so that L2 cannot hold it; median of 15) for batch 1..128
