@@ -11,7 +11,7 @@
  *            device-to-device copy bandwidth (bytes read + written) measured in this run.
  *
  *            fa3 is timed in the variants --fa3 lists (record field "variant"; default: the
- *            one MINISGL_FA3_VARIANT names, else 1, 3, 4, 5 and 6). The decode kernel is timed on
+ *            one MINISGL_FA3_VARIANT names, else 5 and 6). The decode kernel is timed on
  *            each --decode-kernels kernel (MSG_DECODE_KERNEL, record field "decode_kernel"):
  *            balanced at each --decode-blocks grid size (MSG_DECODE_BLOCKS, field "blocks"),
  *            grid at each --decode-splits value (MSG_DECODE_SPLITS, field "splits"), both at
@@ -25,7 +25,7 @@
  *            under --attn fa2 and fa3.
  *
  *   deno run -A bench/attention.ts [--page 1] [--repeats 9] [--only prefill|decode]
- *     [--no-peer] [--fa3 1,3,4] [--decode-kernels balanced,grid]
+ *     [--no-peer] [--fa3 5,6|none] [--decode-kernels balanced,grid]
  *     [--decode-splits 0,16,32,64] [--decode-blocks 0,264,528] [--decode-keys 0,256]
  *     [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768]
  *     [--out FILE]
@@ -161,12 +161,15 @@ function setup(batch: number, qLen: number, seqLen: number, decode: boolean) {
 }
 
 /** The extend entry points of the ABI, by the backend name that uses them and the fa3
- *  variant: those --fa3 lists, else the one MINISGL_FA3_VARIANT names, else every variant. */
-const fa3Timed: Fa3Variant[] = a.fa3
+ *  variant: those --fa3 lists ("none": native alone), else the one MINISGL_FA3_VARIANT names,
+ *  else every variant. */
+const fa3Timed: Fa3Variant[] = a.fa3 === "none"
+  ? []
+  : a.fa3
   ? a.fa3.split(",").map(parseFa3Variant)
   : Deno.env.get("MINISGL_FA3_VARIANT")
   ? [fa3Variant()]
-  : [1, 3, 4, 5, 6];
+  : [5, 6];
 const prefillKernels: { kernel: string; variant?: Fa3Variant; run: (x: AttentionArgs) => void }[] =
   [
     { kernel: "native", run: (x) => attentionExtend(ops, x, "native") },

@@ -67,9 +67,6 @@ export const symbols = {
   msg_compute_slots: { parameters: [P, P, P, I, P, P, P, I, I, I, P], result: I },
   msg_attention_extend: EXTEND,
   msg_attention_has_hopper: { parameters: [P], result: I },
-  msg_attention_extend_hopper: EXTEND,
-  msg_attention_extend_hopper_v3: EXTEND,
-  msg_attention_extend_hopper_v4: EXTEND,
   msg_attention_extend_hopper_v5: EXTEND,
   msg_attention_extend_hopper_v6: EXTEND,
   msg_attention_decode: {

@@ -359,19 +359,14 @@ export interface AttentionArgs {
 }
 
 /** Which extend kernel of the ABI: "native" (msg_attention_extend, mma/WMMA, any GPU),
- *  "hopper" (msg_attention_extend_hopper, fa3 v1: wgmma on sm_90, the native one elsewhere),
- *  "hopper3" (msg_attention_extend_hopper_v3, fa3 v3: warp-specialised, ping-pong) or
- *  "hopper4" (msg_attention_extend_hopper_v4, fa3 v4: v3 + intra-warpgroup overlap) or
- *  "hopper5" (msg_attention_extend_hopper_v5, fa3 v5: v3 on a persistent grid) or
- *  "hopper6" (msg_attention_extend_hopper_v6, fa3 v6: v5 with O stored through shared memory). */
-export type ExtendKernel = "native" | "hopper" | "hopper3" | "hopper4" | "hopper5" | "hopper6";
+ *  "hopper5" (msg_attention_extend_hopper_v5, fa3 v5: wgmma, warp-specialised, ping-pong, on a
+ *  persistent grid; the native one where it does not apply) or "hopper6"
+ *  (msg_attention_extend_hopper_v6, fa3 v6: v5 with O stored through shared memory). */
+export type ExtendKernel = "native" | "hopper5" | "hopper6";
 
 /** The ABI entry point of each extend kernel. */
 const EXTEND_SYMBOLS = {
   native: "msg_attention_extend",
-  hopper: "msg_attention_extend_hopper",
-  hopper3: "msg_attention_extend_hopper_v3",
-  hopper4: "msg_attention_extend_hopper_v4",
   hopper5: "msg_attention_extend_hopper_v5",
   hopper6: "msg_attention_extend_hopper_v6",
 } as const satisfies Record<ExtendKernel, string>;

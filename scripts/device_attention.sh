@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU machine's attention run: build, the extend kernels against the CPU twin (one test per
-# entry point: native, fa3 v1, v3, v4, v5, v6 (v5 and v6 also at 1 and 5 blocks); then mixed
+# entry point: native, fa3 v5, v6 (each also at 1 and 5 blocks); then mixed
 # batches), then bench/attention.ts timing
 # native and every fa3 variant that passed beside PyTorch SDPA in one run. Records go to
 # $OUT/attention.json, the log to $OUT/attention.log.
@@ -12,8 +12,8 @@
 #   test    tests/device/attention_extend_test.ts, attention_mixed_test.ts and the decode
 #           kernel's attention_test.ts (every case on the balanced and the grid kernel, then
 #           both kernels' timings) and attention_pdl_test.ts (loads before the PDL wait) [~3 min]
-#   bench   deno task bench attention: native and fa3 v1, v3-v6 in one run (v3-v6 only when
-#           their test passed in the test step; v1 alone when it did not run), and the decode
+#   bench   deno task bench attention: native and fa3 v5, v6 in one run (each only when its
+#           test passed in the test step; both when the step did not run), and the decode
 #           kernels (balanced at its own grid size and at 1-4 blocks per SM, and at 64-512 keys
 #           per block at least; grid at its own splits); then prefill alone at page sizes 16
 #           and 64  [~3.5 min]
@@ -35,7 +35,7 @@ if has build; then
   run 300 deno task build
   tail -3 "$LOG"
 fi
-variants="1"
+variants="5 6"
 if has test; then
   say test
   MINISGL_REQUIRE_CUDA=1 run 480 deno test -A tests/device/attention_extend_test.ts
@@ -43,18 +43,20 @@ if has test; then
   MINISGL_REQUIRE_CUDA=1 run 420 deno test -A tests/device/attention_test.ts
   MINISGL_REQUIRE_CUDA=1 run 120 deno test -A tests/device/attention_pdl_test.ts
   grep -E "^attention .*(ok|FAILED)|cases failed|relative L2" "$LOG" | tail -28
-  for v in 3 4 5 6; do
+  variants=""
+  for v in 5 6; do
     if grep -qE "msg_attention_extend_hopper_v$v = CPU .* ok" "$LOG"; then variants="$variants $v"; fi
   done
 fi
 if has bench; then
-  say "bench (fa3 variants: $variants)"
-  run 480 deno task bench attention --fa3 "${variants// /,}" --decode-kernels balanced,balanced-pf,grid --decode-blocks 0,132,264,396,528 --decode-keys 0,64,256,512 \
+  fa3=$(echo $variants | tr " " ",")
+  say "bench (fa3 variants: ${fa3:-none})"
+  run 480 deno task bench attention --fa3 "${fa3:-none}" --decode-kernels balanced,balanced-pf,grid --decode-blocks 0,132,264,396,528 --decode-keys 0,64,256,512 \
     --out "$OUT/attention.json"
   # Paged prefill: page 16 (the benchmarks' setting: tiles gathered from 8 pages each) and 64
   # (a tile from one page), beside page 1 above; PyTorch's figures are the same shapes.
   for ps in 16 64; do
-    run 240 deno task bench attention --fa3 "${variants// /,}" --only prefill --page $ps \
+    run 240 deno task bench attention --fa3 "${fa3:-none}" --only prefill --page $ps \
       --out "$OUT/attention.json"
   done
   grep -E "^attn_" "$LOG" | tail -20

@@ -334,9 +334,6 @@ int msg_attention_has_hopper(int* has) {
                                 max_seq_len, hq, hkv, head_dim, page_size, scale, dtype,        \
                                 stream);                                                        \
   }
-MSG_EXTEND_ALIAS(msg_attention_extend_hopper)
-MSG_EXTEND_ALIAS(msg_attention_extend_hopper_v3)
-MSG_EXTEND_ALIAS(msg_attention_extend_hopper_v4)
 MSG_EXTEND_ALIAS(msg_attention_extend_hopper_v5)
 MSG_EXTEND_ALIAS(msg_attention_extend_hopper_v6)
 #undef MSG_EXTEND_ALIAS

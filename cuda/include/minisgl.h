@@ -186,46 +186,15 @@ MSG_API int msg_attention_extend(void* out, const void* q, int q_row_stride,
                                  int max_q_len, int max_seq_len, int hq, int hkv,
                                  int head_dim, int page_size, float scale, int dtype,
                                  void* stream);
-/** *has = 1 when msg_attention_extend_hopper runs its wgmma kernel on the current device
- *  (compute capability 9.x), else 0 (always 0 on the CPU). */
+/** *has = 1 when the fa3 entries (msg_attention_extend_hopper_v5/_v6) run their wgmma kernels
+ *  on the current device (compute capability 9.x), else 0 (always 0 on the CPU). */
 MSG_API int msg_attention_has_hopper(int* has);
-/** Same contract as msg_attention_extend, by the Hopper kernel (wgmma, sm_90a) where it
- *  applies (compute capability 9.x, head_dim 64 or 128); otherwise it runs
- *  msg_attention_extend. The CPU library runs its one extend kernel. */
-MSG_API int msg_attention_extend_hopper(void* out, const void* q, int q_row_stride,
-                                        const void* k_cache, const void* v_cache,
-                                        const int32_t* page_table, int pt_stride,
-                                        const int32_t* rows, const int32_t* seq_lens,
-                                        const int32_t* q_starts, int batch, int total_q,
-                                        int max_q_len, int max_seq_len, int hq, int hkv,
-                                        int head_dim, int page_size, float scale, int dtype,
-                                        void* stream);
-/** fa3 v3, same contract as msg_attention_extend_hopper: warp-specialised (a cp.async
- *  producer warpgroup feeding an mbarrier ring of 128-key tiles, two ping-pong consumer
- *  warpgroups; attention_extend_hopper_v3.cu). Where it does not apply it runs
- *  msg_attention_extend_hopper. The CPU library runs its one extend kernel. */
-MSG_API int msg_attention_extend_hopper_v3(void* out, const void* q, int q_row_stride,
-                                           const void* k_cache, const void* v_cache,
-                                           const int32_t* page_table, int pt_stride,
-                                           const int32_t* rows, const int32_t* seq_lens,
-                                           const int32_t* q_starts, int batch, int total_q,
-                                           int max_q_len, int max_seq_len, int hq, int hkv,
-                                           int head_dim, int page_size, float scale,
-                                           int dtype, void* stream);
-/** fa3 v4, same contract: v3 plus FlashAttention-3's intra-warpgroup overlap (each consumer
- *  issues S of tile j and P V of tile j-1 together and runs the softmax of S(j) while P V
- *  is in the tensor pipe). Where it does not apply it runs msg_attention_extend_hopper. */
-MSG_API int msg_attention_extend_hopper_v4(void* out, const void* q, int q_row_stride,
-                                           const void* k_cache, const void* v_cache,
-                                           const int32_t* page_table, int pt_stride,
-                                           const int32_t* rows, const int32_t* seq_lens,
-                                           const int32_t* q_starts, int batch, int total_q,
-                                           int max_q_len, int max_seq_len, int hq, int hkv,
-                                           int head_dim, int page_size, float scale,
-                                           int dtype, void* stream);
-/** fa3 v5, same contract: v3 on a persistent grid (one block per SM walking a global
- *  heavy-first list of (q tile, request, head); attention_extend_hopper_v5.cu). Where it does
- *  not apply it runs msg_attention_extend_hopper. */
+/** fa3 v5, same contract as msg_attention_extend, by the Hopper kernel (wgmma, sm_90a): a
+ *  cp.async producer warpgroup feeding an mbarrier ring of 128-key tiles, two ping-pong consumer
+ *  warpgroups, on a persistent grid (one block per SM walking a global heavy-first list of
+ *  (q tile, request, head); attention_extend_hopper_v5.cu). Where it does not apply (compute
+ *  capability other than 9.x, head_dim 256) it runs msg_attention_extend. The CPU library runs
+ *  its one extend kernel. */
 MSG_API int msg_attention_extend_hopper_v5(void* out, const void* q, int q_row_stride,
                                            const void* k_cache, const void* v_cache,
                                            const int32_t* page_table, int pt_stride,
@@ -236,7 +205,7 @@ MSG_API int msg_attention_extend_hopper_v5(void* out, const void* q, int q_row_s
                                            int dtype, void* stream);
 /** fa3 v6, same contract: v5 with the output tile written through shared memory in
  *  16-byte coalesced stores (attention_extend_hopper_v6.cu). Where it does not apply it runs
- *  msg_attention_extend_hopper (v5 for an output not 16-byte aligned). */
+ *  msg_attention_extend (v5 for an output not 16-byte aligned). */
 MSG_API int msg_attention_extend_hopper_v6(void* out, const void* q, int q_row_stride,
                                            const void* k_cache, const void* v_cache,
                                            const int32_t* page_table, int pt_stride,

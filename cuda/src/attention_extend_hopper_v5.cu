@@ -21,7 +21,10 @@
 // Softmax: exp2 as ex2.approx.ftz (one instruction, ftz is harmless for probabilities) of one
 // FFMA; O is rescaled only when some row maximum of the warp moved.
 //
-// Same contract as msg_attention_extend_hopper (v1); shapes it does not take go there.
+// v1 (one warpgroup per 64 rows), v3 (this kernel on a one-block-per-tile grid) and v4 (v3 with
+// the intra-warpgroup overlap) were measured slower and deleted on 2026-12-05 (their code is in
+// git history before that date; figures in bench/notes/attention.md). Same contract as
+// msg_attention_extend; shapes it does not take (pre-Hopper GPUs, head_dim 256) go there.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -32,14 +35,14 @@
 #include <algorithm>
 #include <cstdlib>
 
-extern "C" int msg_attention_extend_hopper(void* out, const void* q, int q_row_stride,
-                                           const void* k_cache, const void* v_cache,
-                                           const int32_t* page_table, int pt_stride,
-                                           const int32_t* rows, const int32_t* seq_lens,
-                                           const int32_t* q_starts, int batch, int total_q,
-                                           int max_q_len, int max_seq_len, int hq, int hkv,
-                                           int head_dim, int page_size, float scale, int dtype,
-                                           void* stream);
+extern "C" int msg_attention_extend(void* out, const void* q, int q_row_stride,
+                                    const void* k_cache, const void* v_cache,
+                                    const int32_t* page_table, int pt_stride,
+                                    const int32_t* rows, const int32_t* seq_lens,
+                                    const int32_t* q_starts, int batch, int total_q,
+                                    int max_q_len, int max_seq_len, int hq, int hkv,
+                                    int head_dim, int page_size, float scale, int dtype,
+                                    void* stream);
 
 namespace {
 
@@ -440,7 +443,8 @@ int launch(void* out, const void* q, int q_row_stride, const void* k_cache, cons
 
 }  // namespace
 
-/** fa3 v5: checks, the v1 fallback, dispatch on dtype and head_dim. */
+/** fa3 v5: checks, the native fallback (pre-Hopper GPUs, head_dim 256, other dtypes), dispatch
+ *  on dtype and head_dim. */
 extern "C" int msg_attention_extend_hopper_v5(void* out, const void* q, int q_row_stride,
                                               const void* k_cache, const void* v_cache,
                                               const int32_t* page_table, int pt_stride,
@@ -453,10 +457,9 @@ extern "C" int msg_attention_extend_hopper_v5(void* out, const void* q, int q_ro
   bool takes = hopper_device() && (head_dim == 64 || head_dim == 128) &&
                (dtype == MSG_BF16 || dtype == MSG_F16);
   if (!takes) {
-    return msg_attention_extend_hopper(out, q, q_row_stride, k_cache, v_cache, page_table,
-                                       pt_stride, rows, seq_lens, q_starts, batch, total_q,
-                                       max_q_len, max_seq_len, hq, hkv, head_dim, page_size,
-                                       scale, dtype, stream);
+    return msg_attention_extend(out, q, q_row_stride, k_cache, v_cache, page_table, pt_stride,
+                                rows, seq_lens, q_starts, batch, total_q, max_q_len,
+                                max_seq_len, hq, hkv, head_dim, page_size, scale, dtype, stream);
   }
   MSG_REQUIRE(batch >= 0 && batch <= 65535 && hq > 0 && hkv > 0 && hq % hkv == 0 &&
                   page_size > 0 && max_q_len >= 0,
@@ -474,4 +477,10 @@ extern "C" int msg_attention_extend_hopper_v5(void* out, const void* q, int q_ro
     return launch<T, 128>(MSG_HOPPER_ARGS);
   );
 #undef MSG_HOPPER_ARGS
+}
+
+extern "C" int msg_attention_has_hopper(int* has) {
+  MSG_REQUIRE(has, "msg_attention_has_hopper: NULL pointer");
+  *has = hopper_device() ? 1 : 0;
+  return 0;
 }

@@ -22,14 +22,14 @@
 #include <algorithm>
 #include <cstdlib>
 
-extern "C" int msg_attention_extend_hopper(void* out, const void* q, int q_row_stride,
-                                           const void* k_cache, const void* v_cache,
-                                           const int32_t* page_table, int pt_stride,
-                                           const int32_t* rows, const int32_t* seq_lens,
-                                           const int32_t* q_starts, int batch, int total_q,
-                                           int max_q_len, int max_seq_len, int hq, int hkv,
-                                           int head_dim, int page_size, float scale, int dtype,
-                                           void* stream);
+extern "C" int msg_attention_extend(void* out, const void* q, int q_row_stride,
+                                    const void* k_cache, const void* v_cache,
+                                    const int32_t* page_table, int pt_stride,
+                                    const int32_t* rows, const int32_t* seq_lens,
+                                    const int32_t* q_starts, int batch, int total_q,
+                                    int max_q_len, int max_seq_len, int hq, int hkv,
+                                    int head_dim, int page_size, float scale, int dtype,
+                                    void* stream);
 
 extern "C" int msg_attention_extend_hopper_v5(void* out, const void* q, int q_row_stride,
                                               const void* k_cache, const void* v_cache,
@@ -454,8 +454,8 @@ int launch(void* out, const void* q, int q_row_stride, const void* k_cache, cons
 
 }  // namespace
 
-/** fa3 v6: checks, the v1 fallback (v5 for an output not 16-byte aligned), dispatch on dtype
- *  and head_dim. */
+/** fa3 v6: checks, the native fallback (v5 for an output not 16-byte aligned), dispatch on
+ *  dtype and head_dim. */
 extern "C" int msg_attention_extend_hopper_v6(void* out, const void* q, int q_row_stride,
                                               const void* k_cache, const void* v_cache,
                                               const int32_t* page_table, int pt_stride,
@@ -474,10 +474,9 @@ extern "C" int msg_attention_extend_hopper_v6(void* out, const void* q, int q_ro
                                           scale, dtype, stream);
   }
   if (!takes) {
-    return msg_attention_extend_hopper(out, q, q_row_stride, k_cache, v_cache, page_table,
-                                       pt_stride, rows, seq_lens, q_starts, batch, total_q,
-                                       max_q_len, max_seq_len, hq, hkv, head_dim, page_size,
-                                       scale, dtype, stream);
+    return msg_attention_extend(out, q, q_row_stride, k_cache, v_cache, page_table, pt_stride,
+                                rows, seq_lens, q_starts, batch, total_q, max_q_len,
+                                max_seq_len, hq, hkv, head_dim, page_size, scale, dtype, stream);
   }
   MSG_REQUIRE(batch >= 0 && batch <= 65535 && hq > 0 && hkv > 0 && hq % hkv == 0 &&
                   page_size > 0 && max_q_len >= 0,

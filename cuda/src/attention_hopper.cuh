@@ -1,5 +1,5 @@
 // attention_hopper.cuh — the building blocks of the Hopper extend kernel
-// (attention_extend_hopper.cu, and the variants tuned beside it): tile sizes, the swizzled shared-memory layout, cp.async,
+// (attention_extend_hopper_v5.cu, _v6.cu): tile sizes, the swizzled shared-memory layout, cp.async,
 // 16-bit packing, the two wgmma shapes (S = Q K^T, O += P V) and the device check.
 #pragma once
 #include <cuda_bf16.h>

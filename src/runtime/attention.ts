@@ -181,17 +181,13 @@ export function resolveAttention(spec: string, dev: AttentionDevice): ResolvedAt
   };
 }
 
-/** Variants of the fa3 kernel and the ABI entry point of each: 1 (v1: one warpgroup does
- *  everything), 3 (v3: a producer warpgroup, 128-key tiles, ping-pong consumers), 4 (v3 plus
- *  the intra-warpgroup overlap of softmax and P V), 5 (v3 on a persistent grid over a global
- *  heavy-first work list) and 6 (v5 with O written through shared memory in 16-byte coalesced
- *  stores; the default). H200, 2026-12-05, 8k causal TFLOP/s: v1 350, v4 400, v3 413, v6 495,
- *  v5 501; 16 chunks of 1k: v3 288, v5 335, v6 379 (bench/notes/attention.md). (v2 was
- *  measured slower than v1 and deleted.) */
+/** Variants of the fa3 kernel and the ABI entry point of each: 5 (a producer warpgroup,
+ *  128-key tiles, ping-pong consumers, on a persistent grid over a global heavy-first work list)
+ *  and 6 (v5 with O written through shared memory in 16-byte coalesced stores; the default).
+ *  H200, 2026-12-05, 8k causal TFLOP/s: v6 495, v5 501; 16 chunks of 1k: v5 335, v6 379. v1,
+ *  v3 and v4 (350, 413 and 400 at 8k) were deleted that day, v2 before
+ *  (bench/notes/attention.md). */
 export const FA3_VARIANTS = {
-  1: "hopper",
-  3: "hopper3",
-  4: "hopper4",
   5: "hopper5",
   6: "hopper6",
 } as const satisfies Record<number, ExtendKernel>;
@@ -282,7 +278,7 @@ export function attentionSegments(
   return out;
 }
 
-/** The library's own kernels: an extend kernel (`extend`: wgmma "hopper" or "native") for
+/** The library's own kernels: an extend kernel (`extend`: fa3 "hopper5"/"hopper6" or "native") for
  *  prefill/mixed batches, split-K decode. They read seq_lens and the page table on the
  *  device, so there is no metadata to prepare. */
 export class NativeAttention implements AttentionBackend {

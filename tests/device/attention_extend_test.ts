@@ -1,15 +1,14 @@
 /**
  * Paged extend attention against the CPU twin on random inputs, for the extend entry points
- * of the ABI: msg_attention_extend (mma/WMMA, any GPU), msg_attention_extend_hopper (fa3 v1,
- * wgmma on sm_90; the first one elsewhere), msg_attention_extend_hopper_v3, _v4, _v5 and _v6
- * (fa3 v3 and v4, warp-specialised, v5 = v3 on a persistent grid, v6 = v5 storing O through
- * shared memory; MINISGL_FA3_VARIANT=3 to 6). Page sizes 1, 7, 16, 64, 256;
+ * of the ABI: msg_attention_extend (mma/WMMA, any GPU), msg_attention_extend_hopper_v5 and _v6
+ * (fa3 v5, warp-specialised on a persistent grid, and v6 = v5 storing O through shared memory;
+ * MINISGL_FA3_VARIANT=5 or 6; the first one where they do not apply). Page sizes 1, 7, 16, 64, 256;
  * GQA 1, 2, 4, 7, 8; head_dim 64, 128 and 256 (the Hopper entries' fallback); ragged batches
  * whose requests have no prefix, a prefix ending inside a page, or a prefix of many pages;
- * bf16 and f16. For v3/v4 also: key tiles that wrap its K/V ring several times (2 slots at
- * hd128, 4 at hd64), partial last tiles, blocks whose second consumer has only padding rows,
- * and prefixes that leave the first consumer a fully masked last tile; for v5 and v6 more work
- * items than SMs, and every case again with the grid capped at 1 and 5 blocks. GPU outputs are
+ * bf16 and f16. For v5 and v6 also: key tiles that wrap their K/V ring several times (2 slots
+ * at hd128, 4 at hd64), partial last tiles, items whose second consumer has only padding rows,
+ * prefixes that leave the first consumer a fully masked last tile, more work items than SMs,
+ * and every case again with the grid capped at 1 and 5 blocks. GPU outputs are
  * poisoned (NaN) before every run.
  *
  * Skipped unless the CUDA library loads and sees a device. MINISGL_KERNELS_SELF=1 runs the
@@ -71,17 +70,11 @@ function makeInputs(c: Case) {
 
 type Entry =
   | "msg_attention_extend"
-  | "msg_attention_extend_hopper"
-  | "msg_attention_extend_hopper_v3"
-  | "msg_attention_extend_hopper_v4"
   | "msg_attention_extend_hopper_v5"
   | "msg_attention_extend_hopper_v6";
 /** The CUDA entry points under test: the mma/WMMA kernel and the fa3 variants. */
 const ENTRIES: Entry[] = [
   "msg_attention_extend",
-  "msg_attention_extend_hopper",
-  "msg_attention_extend_hopper_v3",
-  "msg_attention_extend_hopper_v4",
   "msg_attention_extend_hopper_v5",
   "msg_attention_extend_hopper_v6",
 ];
@@ -156,7 +149,7 @@ function cases(): Case[] {
   out.push({ hd: 128, ps: 16, hq: 16, hkv: 8, reqs: [[0, 1100], [200, 513]], dtype: BF16 });
   out.push({ hd: 256, ps: 16, hq: 8, hkv: 2, reqs: [[0, 150], [20, 33]], dtype: BF16 });
   out.push({ hd: 128, ps: 7, hq: 14, hkv: 2, reqs: [[3, 90], [0, 200]], dtype: F16 });
-  // fa3 v3's ring and consumer split: 1,300 keys are 11 tiles of 128 (wraps the 2-slot ring
+  // fa3 v5/v6 ring and consumer split: 1,300 keys are 11 tiles of 128 (wraps the 2-slot ring
   // 5 times, the 4-slot one twice) ending in a partial tile; prefix 64 puts every block's
   // 128-row diagonal across a tile boundary, so the first consumer's last tile is all
   // masked; 40 and 1 new tokens leave the second consumer only padding rows.
