@@ -35,15 +35,6 @@
 #include <algorithm>
 #include <cstdlib>
 
-extern "C" int msg_attention_extend(void* out, const void* q, int q_row_stride,
-                                    const void* k_cache, const void* v_cache,
-                                    const int32_t* page_table, int pt_stride,
-                                    const int32_t* rows, const int32_t* seq_lens,
-                                    const int32_t* q_starts, int batch, int total_q,
-                                    int max_q_len, int max_seq_len, int hq, int hkv,
-                                    int head_dim, int page_size, float scale, int dtype,
-                                    void* stream);
-
 namespace {
 
 using namespace msg::hopper;
