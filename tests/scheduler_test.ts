@@ -10,6 +10,7 @@
  */
 import assert from "node:assert/strict";
 import { type Plan, Scheduler, type SchedulerConfig } from "../src/scheduler/scheduler.ts";
+import { SchedulerLoop } from "../src/scheduler/loop.ts";
 import type { ForwardResult } from "../src/ipc/batch.ts";
 import { encodeBatch } from "../src/ipc/batch_codec.ts";
 import {
@@ -406,4 +407,33 @@ Deno.test("scheduler (CPU worker): 200 concurrent requests through a small pool 
   assert.ok(m.cachedTokensTotal > 5000, `prefix hits: ${m.cachedTokensTotal}`);
   assert.equal(m.cachedTokensTotal, runs.reduce((s, r) => s + r.finish.cachedTokens, 0));
   assert.equal(m.generatedTokensTotal >= runs.reduce((s, r) => s + r.tokens.length, 0), true);
+});
+
+Deno.test("scheduler loop: a dead worker is reported before the requests are aborted", async () => {
+  // The engine turns a stream's abort into a 503 only if it already knows the engine died;
+  // an abort seen first is the request's own rejection (a 400). So onFatal must come first.
+  const s = new Scheduler(config());
+  for (const r of requests(3, 11)) s.submit(r);
+  const seen: string[] = [];
+  const loop = new SchedulerLoop(
+    s,
+    {
+      send: () => Promise.reject(new Error("the GPU worker stopped")),
+      recv: () => Promise.resolve(null),
+    },
+    true,
+    (events) => {
+      for (const [id, ev] of events) {
+        if (ev.finish?.error) seen.push(`abort ${id}: ${ev.finish.error}`);
+      }
+    },
+    (message) => seen.push(`fatal: ${message}`),
+  );
+  await assert.rejects(loop.run(), /the GPU worker stopped/);
+  assert.equal(seen[0], "fatal: the GPU worker stopped");
+  assert.deepEqual(seen.slice(1).sort(), [
+    "abort r0: the GPU worker stopped",
+    "abort r1: the GPU worker stopped",
+    "abort r2: the GPU worker stopped",
+  ]);
 });

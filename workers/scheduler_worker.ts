@@ -8,7 +8,8 @@
  * {type:"submit", req}, {type:"abort", id}, {type:"metrics", seq}, {type:"flush", seq},
  * {type:"ping"}, {type:"shutdown", abort}. Worker -> main: {type:"ready"},
  * {type:"events", events}, {type:"metrics", seq, metrics}, {type:"flushed", seq, ok},
- * {type:"pong"}, {type:"stopped", error?}.
+ * {type:"pong"}, {type:"failing", error} (the loop died: sent before its requests' aborts),
+ * {type:"stopped", error?}.
  */
 import { Scheduler, type SchedulerConfig } from "../src/scheduler/scheduler.ts";
 import { SchedulerLoop, type Transport } from "../src/scheduler/loop.ts";
@@ -78,6 +79,7 @@ function start(m: Extract<InMessage, { type: "init" }>): void {
     ringTransport(to, from, m.fault),
     m.overlap,
     (events) => self.postMessage({ type: "events", events }),
+    (error) => self.postMessage({ type: "failing", error }),
   );
   loop = l;
   self.postMessage({ type: "ready" });

@@ -157,6 +157,8 @@ class EngineImpl implements Engine {
         this.#flushWaiters.get(m.seq)?.(m.ok);
         this.#flushWaiters.delete(m.seq);
       } else if (m.type === "pong") this.#lastPong = performance.now();
+      // The loop died: fail (ending every stream as the engine's error) before its aborts.
+      else if (m.type === "failing") this.#fail(`scheduler: ${m.error}`);
       else if (m.type === "ready") onReady();
       else if (m.type === "stopped") {
         if (m.error) this.#fail(`scheduler: ${m.error}`);

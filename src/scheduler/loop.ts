@@ -42,6 +42,9 @@ export class SchedulerLoop {
     readonly transport: Transport,
     readonly overlap: boolean,
     readonly post: (events: [string, TokenEvent][]) => void,
+    /** Told of a fatal error BEFORE the requests are aborted with it, so that whoever ends
+     *  their streams already knows the engine died (a 503, not the request's own 400). */
+    readonly onFatal: (message: string) => void = () => {},
   ) {}
 
   /** Something new to do (a submit or an abort). */
@@ -76,7 +79,7 @@ export class SchedulerLoop {
   }
 
   /** Run until stop() and no work is left. Throws when the worker is gone (after
-   *  aborting every request with that error). */
+   *  onFatal, then aborting every request with that error). */
   async run(): Promise<void> {
     const inflight: Plan[] = [];
     const limit = this.overlap ? 1 : 0;
@@ -110,6 +113,7 @@ export class SchedulerLoop {
         }
       }
     } catch (e) {
+      this.onFatal((e as Error).message);
       this.sched.abortAll((e as Error).message);
       this.#flush();
       throw e;
