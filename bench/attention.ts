@@ -25,7 +25,7 @@
  *            under --attn fa2 and fa3.
  *
  *   deno run -A bench/attention.ts [--page 1] [--repeats 9] [--only prefill|decode]
- *     [--no-peer] [--fa3 5,6|none] [--decode-kernels balanced,grid]
+ *     [--no-peer] [--fa3 5,6|none] [--decode-kernels auto,balanced,balanced-pf,grid]
  *     [--decode-splits 0,16,32,64] [--decode-blocks 0,264,528] [--decode-keys 0,256]
  *     [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768]
  *     [--out FILE]
@@ -59,7 +59,7 @@ const { values: a } = parseArgs({
     "decode-splits": { type: "string", default: "0" },
     "decode-blocks": { type: "string", default: "0" },
     "decode-keys": { type: "string", default: "0" },
-    "decode-kernels": { type: "string", default: "balanced,grid" },
+    "decode-kernels": { type: "string", default: "auto,balanced,balanced-pf" },
   },
   strict: true,
 });
@@ -253,9 +253,11 @@ for (const s of doDecode ? decodeShapes : []) {
   const bytes = 2 * s.batch * s.ctx * HKV * HD * 2;
   for (const variant of decodeKernels) {
     Deno.env.set("MSG_DECODE_KERNEL", variant);
+    // auto (what the engine runs) at the launcher's own choices only; the others at each knob.
     const knob = variant === "grid" ? "MSG_DECODE_SPLITS" : "MSG_DECODE_BLOCKS";
-    for (const count of variant === "grid" ? splitCounts : blockCounts) {
-      for (const keys of keyCounts) {
+    const counts = variant === "auto" ? [0] : variant === "grid" ? splitCounts : blockCounts;
+    for (const count of counts) {
+      for (const keys of variant === "auto" ? [0] : keyCounts) {
         Deno.env.set(knob, String(count));
         Deno.env.set("MSG_DECODE_SPLIT_KEYS", String(keys));
         const ms = timeMs(() => attentionDecode(ops, args));
@@ -265,7 +267,9 @@ for (const s of doDecode ? decodeShapes : []) {
           model: s.model,
           kernel: "flashdecode",
           decode_kernel: variant,
-          [variant === "grid" ? "splits" : "blocks"]: count > 0 ? count : "auto",
+          ...(variant === "auto"
+            ? {}
+            : { [knob === "MSG_DECODE_SPLITS" ? "splits" : "blocks"]: count > 0 ? count : "auto" }),
           min_keys: keys > 0 ? keys : "auto",
           page_size: PAGE,
           ms,

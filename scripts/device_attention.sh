@@ -51,7 +51,7 @@ fi
 if has bench; then
   fa3=$(echo $variants | tr " " ",")
   say "bench (fa3 variants: ${fa3:-none})"
-  run 480 deno task bench attention --fa3 "${fa3:-none}" --decode-kernels balanced,balanced-pf,grid --decode-blocks 0,132,264,396,528 --decode-keys 0,64,256,512 \
+  run 480 deno task bench attention --fa3 "${fa3:-none}" --decode-kernels auto,balanced,balanced-pf --decode-blocks 0,132,264,396,528 --decode-keys 0,64,256,512 \
     --out "$OUT/attention.json"
   # Paged prefill: page 16 (the benchmarks' setting: tiles gathered from 8 pages each) and 64
   # (a tile from one page), beside page 1 above; PyTorch's figures are the same shapes.
