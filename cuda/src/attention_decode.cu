@@ -646,19 +646,6 @@ __global__ void __launch_bounds__(kThreads, PF ? 2 : D >= 256 ? 1 : (NT == 1 ? 3
   }
 }
 
-int sm_count() {
-  static thread_local int dev_cached = -1, count = 0;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-  if (dev != dev_cached) {
-    if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-      count = 0;
-    }
-    dev_cached = dev;
-  }
-  return count;
-}
-
 // Scratch buffers whose counters were zeroed (per device): the counters then stay zero
 // between launches because the last block of each segment resets its own.
 std::mutex g_zero_mu;
@@ -721,7 +708,7 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
   static const int per_sm_grid = blocks_per_sm(decode_grid_kernel<T, D, NT>);
   static const int per_sm_bal = blocks_per_sm(decode_balanced_kernel<T, D, NT, false>);
   static const int per_sm_pf = blocks_per_sm(decode_balanced_kernel<T, D, NT, kPrefetchable>);
-  const int sms = sm_count();
+  const int sms = msg::sm_count();
   int keys = env_int("MSG_DECODE_SPLIT_KEYS");
   if (keys < 16) keys = kDefaultMinKeys;
   p.min_keys = keys;

@@ -391,18 +391,6 @@ __global__ void __launch_bounds__(384, 1) extend_hopper_v6_kernel(
 #endif
 }
 
-/** Multiprocessors of the current device, read once per device. */
-int sm_count_v6() {
-  static thread_local int dev_cached = -1, sms = 0;
-  int dev = 0;
-  MSG_CUDA(cudaGetDevice(&dev));
-  if (dev != dev_cached) {
-    MSG_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    dev_cached = dev;
-  }
-  return sms;
-}
-
 template <typename T, int D>
 int launch(void* out, const void* q, int q_row_stride, const void* k_cache, const void* v_cache,
            const int32_t* page_table, int pt_stride, const int32_t* rows,
@@ -425,7 +413,8 @@ int launch(void* out, const void* q, int q_row_stride, const void* k_cache, cons
   // MINISGL_FA3_V6_BLOCKS caps the grid (tests force long item chains per block with it).
   const char* cap_env = getenv("MINISGL_FA3_V6_BLOCKS");
   int cap = cap_env && *cap_env ? atoi(cap_env) : 0;
-  int blocks = cap > 0 ? std::min(cap, sm_count_v6()) : sm_count_v6();
+  const int sms = std::max(1, msg::sm_count());
+  int blocks = cap > 0 ? std::min(cap, sms) : sms;
   int grid = (int)std::min<long long>(n_items, blocks);
   kern<<<grid, L::NT, smem, st>>>((T*)out, (const T*)q, q_row_stride, (const T*)k_cache,
                                   (const T*)v_cache, page_table, pt_stride, rows, seq_lens,

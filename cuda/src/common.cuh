@@ -23,6 +23,9 @@ int fail_cuda(cudaError_t e, const char* what);
  *  the life of the process (so that graph replays see the same address). Allocates only
  *  when it must grow; callers warm up outside capture with the largest shape. */
 int device_scratch(int slot, size_t bytes, void** ptr);
+/** Multiprocessors of the current device, read once per device; 0 when they cannot be read
+ *  (the CUDA error is cleared). */
+int sm_count();
 /** Scratch slots. */
 enum { SCRATCH_GEMM = 0, SCRATCH_DECODE = 1, SCRATCH_SAMPLE = 2, SCRATCH_COUNT = 3 };
 

@@ -55,20 +55,6 @@ int gemv_max_m() {
   return v;
 }
 
-int sm_count() {
-  static std::atomic<int> counts[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
-  int c = counts[dev].load(std::memory_order_relaxed);
-  if (c > 0) return c;
-  if (cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || c <= 0) {
-    cudaGetLastError();
-    c = 132;
-  }
-  counts[dev].store(c, std::memory_order_relaxed);
-  return c;
-}
-
 // Streaming 16-byte weight load: read-only path, no L1 allocation, 256-byte L2 fetches.
 __device__ __forceinline__ uint4 ld_weight(const uint4* p) {
   uint4 r;
@@ -244,7 +230,8 @@ int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cud
   constexpr int R = M == 1 ? 1 : M == 2 ? 2 : 4;
   constexpr int U = 8 / R;
   const long groups = (N + R - 1) / R;
-  const long want = (long)sm_count() * 16;  // warps that keep every SM's loads busy
+  const int sms = msg::sm_count();
+  const long want = (long)(sms > 0 ? sms : 132) * 16;  // warps that keep every SM's loads busy
   const int K8 = K / 8;
   int wk = 1;
   // Split K only while each warp still keeps >= 2 vectors per lane.

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <atomic>
 #include <mutex>
 
 #include "common.cuh"
@@ -37,6 +38,23 @@ const char* dtype_name(int d) {
     case MSG_U8: return "u8";
     default: return "unknown";
   }
+}
+
+int sm_count() {
+  static std::atomic<int> counts[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+    cudaGetLastError();
+    return 0;
+  }
+  int c = counts[dev].load(std::memory_order_relaxed);
+  if (c > 0) return c;
+  if (cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || c <= 0) {
+    cudaGetLastError();
+    return 0;
+  }
+  counts[dev].store(c, std::memory_order_relaxed);
+  return c;
 }
 
 // Scratch buffers per (device, slot); never freed (they back captured graphs).
