@@ -118,6 +118,27 @@ export class Ops {
     );
   }
 
+  /** out[M, I] = silu(a @ w[:I]^T) * (a @ w[I:]^T) for w [2I, K]; gateUp [M, 2I] is the
+   *  call's scratch (see msg_gemm_silu). */
+  gemmSilu(out: Tensor, gateUp: Tensor, a: Tensor, w: Tensor, M: number): void {
+    const [N2, K] = w.shape;
+    this.dev.check(
+      this.s.msg_gemm_silu(
+        out.ptr,
+        gateUp.ptr,
+        a.ptr,
+        a.dtype,
+        w.ptr,
+        w.dtype,
+        M,
+        N2 / 2,
+        K,
+        this.stream,
+      ),
+      `gemm_silu ${M}x${N2}x${K}`,
+    );
+  }
+
   ropeStoreKv(
     qkv: Tensor,
     positions: Tensor,

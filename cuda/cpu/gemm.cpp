@@ -10,6 +10,9 @@
 //   per 2 vector loads. A panel (KC x 16 floats = 16 KB) stays in L1 while the tile's
 //   MC rows of A (L2) stream past it. Partial sums live in an fp32 tile buffer until the
 //   last slice, where the bias is added and the tile is stored in the output dtype.
+#include <algorithm>
+#include <cmath>
+
 #include "common.h"
 
 using namespace msg;
@@ -234,3 +237,38 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
 
 // One GEMM path on the CPU: the GEMV threshold of the CUDA backend has no meaning here.
 extern "C" int msg_gemv_max_m(int) { return 0; }
+
+// The gated MLP's gate_up projection and activation: fp32 sums of a row chunk (msg_gemm into
+// fp32), then silu(gate) * up rounded once into out. gate_up (the CUDA backend's scratch) is
+// not used.
+extern "C" int msg_gemm_silu(void* out, void*, const void* a, int a_dtype, const void* w,
+                             int w_dtype, int M, int inter, int K, void* stream) {
+  MSG_REQUIRE(is_float_dtype(a_dtype), "msg_gemm_silu: unsupported dtype %s",
+              dtype_name(a_dtype));
+  MSG_REQUIRE(M >= 0 && inter > 0 && K > 0, "msg_gemm_silu: bad sizes M=%d inter=%d K=%d", M,
+              inter, K);
+  if (M == 0) return 0;
+  MSG_REQUIRE(out && a && w, "msg_gemm_silu: NULL pointer");
+  MSG_TRY
+  constexpr int kRows = 256;  // rows per chunk: bounds the fp32 buffer, keeps GEMM tiles whole
+  thread_local std::vector<float> gu;
+  const int64_t n2 = 2 * (int64_t)inter;
+  gu.resize((size_t)std::min(M, kRows) * n2);
+  float* buf = gu.data();  // not gu in the lambda: thread_local names the worker's own
+  for (int m0 = 0; m0 < M; m0 += kRows) {
+    const int mc = std::min(kRows, M - m0);
+    const char* am = (const char*)a + (size_t)m0 * K * dtype_size(a_dtype);
+    int rc = msg_gemm(buf, MSG_F32, am, a_dtype, w, w_dtype, nullptr, mc, (int)n2, K,
+                      stream);
+    if (rc) return rc;
+    parallel_for(mc, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; r++) {
+        float* g = buf + r * n2;
+        for (int64_t i = 0; i < inter; i++) g[i] = g[i] / (1.0f + std::exp(-g[i])) * g[inter + i];
+        store_f32(out, a_dtype, (m0 + r) * inter, g, inter);
+      }
+    });
+  }
+  return 0;
+  MSG_CATCH
+}

@@ -138,6 +138,15 @@ MSG_API int msg_silu_mul(void* out, const void* gate_up, int rows, int inter, in
 MSG_API int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const void* w,
                      int w_dtype, const void* bias, int M, int N, int K, void* stream);
 
+/** out[M, inter] = silu(a @ w[:inter]^T) * (a @ w[inter:]^T): a gated MLP's gate_up
+ *  projection and activation in one call. w is [2 * inter, K] (the gate rows, then the up
+ *  rows); a and out in a_dtype. gate_up [M, 2 * inter] (a_dtype) is the call's scratch: where
+ *  msg_gemm would run its GEMV kernels the product is formed from fp32 sums and gate_up is
+ *  not touched; otherwise it is msg_gemm into gate_up, then msg_silu_mul. The CPU backend
+ *  always forms it from fp32 sums. */
+MSG_API int msg_gemm_silu(void* out, void* gate_up, const void* a, int a_dtype, const void* w,
+                          int w_dtype, int M, int inter, int K, void* stream);
+
 /** Tuning knob: msg_gemm sends M <= m with 16-bit a and w to its GEMV kernels (CUDA;
  *  0 = always cuBLASLt, at most 8); m < 0 only reads it. Returns the previous value. The
  *  CPU backend has one GEMM path and returns 0. */

@@ -235,6 +235,9 @@ namespace msg {
 bool gemv_takes(int M, int a_dtype, int w_dtype, int out_dtype);
 int gemv(void* out, int out_dtype, const void* a, const void* w, int w_dtype, const void* bias,
          int M, int N, int K, cudaStream_t st);
+bool gemv_silu_takes(int M, int dtype, const void* a, const void* w, int K);
+int gemv_silu(void* out, const void* a, const void* w, int dtype, int M, int N, int K,
+              cudaStream_t st);
 }  // namespace msg
 
 extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const void* w,
@@ -288,4 +291,19 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
       return 0;););
   }
   return 0;
+}
+
+extern "C" int msg_gemm_silu(void* out, void* gate_up, const void* a, int a_dtype,
+                             const void* w, int w_dtype, int M, int inter, int K,
+                             void* stream) {
+  MSG_REQUIRE(M >= 0 && inter > 0 && K > 0, "msg_gemm_silu: bad sizes M=%d inter=%d K=%d", M,
+              inter, K);
+  if (M == 0) return 0;
+  // The GEMV forms silu(gate) * up from its fp32 sums; past its range, the GEMM writes
+  // gate_up in the activation dtype and silu_mul reads it back.
+  if (a_dtype == w_dtype && msg::gemv_silu_takes(M, w_dtype, a, w, K)) {
+    return msg::gemv_silu(out, a, w, w_dtype, M, inter, K, msg::as_stream(stream));
+  }
+  int rc = msg_gemm(gate_up, a_dtype, a, a_dtype, w, w_dtype, nullptr, M, 2 * inter, K, stream);
+  return rc ? rc : msg_silu_mul(out, gate_up, M, inter, a_dtype, stream);
 }

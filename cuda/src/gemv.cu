@@ -108,20 +108,27 @@ __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq
   }
 }
 
-template <typename T, typename TO, int M, int R, int U>
+// GATED: w is [2N, K] (N gate rows, then N up rows) and out[m, j] = silu(g) * u of output
+// column j's gate row j and up row N + j: a group's R rows are R/2 gate rows and the R/2 up
+// rows of the same columns, so the product is formed in fp32 in the epilogue (no bias).
+template <typename T, typename TO, int M, int R, int U, bool GATED>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_vec_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
                     const T* __restrict__ bias, int N, int K, int wk, int prefetch) {
   constexpr int P = M * R >= 4 ? 1 : 4 / (M * R);  // independent accumulators per output
+  constexpr int C = GATED ? R / 2 : R;              // output columns per group
+  static_assert(!GATED || R % 2 == 0, "a gated group pairs gate and up rows");
   __shared__ float part[kWarps][M * R];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int row0 = (blockIdx.x * (kWarps / wk) + warp / wk) * R;
+  const int col0 = (blockIdx.x * (kWarps / wk) + warp / wk) * C;
   const int kw = warp % wk, K8 = K >> 3, stride = wk * 32;
   const uint4* wr[R];
 #pragma unroll
   for (int r = 0; r < R; r++) {
-    // Rows past N (last group) read row N-1 and are never written: no divergence in the loop.
-    int row = row0 + r < N ? row0 + r : N - 1;
+    // Columns past N (last group) read column N-1 and are never written: no divergence in
+    // the loop.
+    const int c = col0 + r % C < N ? col0 + r % C : N - 1;
+    const int row = GATED && r >= C ? N + c : c;
     wr[r] = reinterpret_cast<const uint4*>(w) + (size_t)row * K8;
   }
   // Weights are never written by a kernel, so they may be fetched before the previous kernel
@@ -184,13 +191,19 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   __syncthreads();
   if (kw != 0) return;
-  for (int i = lane; i < M * R; i += 32) {
-    int m = i / R, row = row0 + i % R;
-    if (row >= N) continue;
-    float s = part[warp][i];
-    for (int j = 1; j < wk; j++) s += part[warp + j][i];  // fixed order: deterministic
-    if (bias) s += msg::to_f(bias[row]);
-    out[(size_t)m * N + row] = msg::from_f<TO>(s);
+  for (int i = lane; i < M * C; i += 32) {
+    const int m = i / C, c = i % C, col = col0 + c;
+    if (col >= N) continue;
+    float s = part[warp][m * R + c];
+    for (int j = 1; j < wk; j++) s += part[warp + j][m * R + c];  // fixed order: deterministic
+    if (GATED) {
+      float u = part[warp][m * R + C + c];
+      for (int j = 1; j < wk; j++) u += part[warp + j][m * R + C + c];
+      s = s / (1.f + __expf(-s)) * u;
+    } else if (bias) {
+      s += msg::to_f(bias[col]);
+    }
+    out[(size_t)m * N + col] = msg::from_f<TO>(s);
   }
 }
 
@@ -225,11 +238,13 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-template <typename T, typename TO, int M>
+// N: output columns (for GATED, w has 2N rows).
+template <typename T, typename TO, int M, bool GATED>
 int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cudaStream_t st) {
-  constexpr int R = M == 1 ? 1 : M == 2 ? 2 : 4;
+  constexpr int R = M == 1 ? (GATED ? 2 : 1) : M == 2 ? 2 : 4;
   constexpr int U = 8 / R;
-  const long groups = (N + R - 1) / R;
+  constexpr int C = GATED ? R / 2 : R;
+  const long groups = (N + C - 1) / C;
   const int sms = msg::sm_count();
   const long want = (long)(sms > 0 ? sms : 132) * 16;  // warps that keep every SM's loads busy
   const int K8 = K / 8;
@@ -240,10 +255,26 @@ int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cud
   const unsigned blocks = (unsigned)((groups + gpb - 1) / gpb);
   // Prefetch only what L2 (50 MB on an H100/H200) holds next to the running kernel's stream:
   // a larger matrix's prefetched lines could be evicted before use and read twice.
-  const int prefetch = msg::pdl_enabled() && (size_t)N * K * sizeof(T) <= kPrefetchMaxBytes;
-  MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U>, dim3(blocks), dim3(kWarps * 32), 0,
-                           st, out, x, w, bias, N, K, wk, prefetch));
+  const int prefetch =
+      msg::pdl_enabled() && (GATED ? 2 : 1) * (size_t)N * K * sizeof(T) <= kPrefetchMaxBytes;
+  MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U, GATED>, dim3(blocks),
+                           dim3(kWarps * 32), 0, st, out, x, w, bias, N, K, wk, prefetch));
   return 0;
+}
+
+template <typename T, typename TO, bool GATED>
+int launch_m(TO* o, const T* x, const T* wt, const T* b, int M, int N, int K, cudaStream_t st) {
+  switch (M) {
+    case 1: return launch_vec<T, TO, 1, GATED>(o, x, wt, b, N, K, st);
+    case 2: return launch_vec<T, TO, 2, GATED>(o, x, wt, b, N, K, st);
+    case 3: return launch_vec<T, TO, 3, GATED>(o, x, wt, b, N, K, st);
+    case 4: return launch_vec<T, TO, 4, GATED>(o, x, wt, b, N, K, st);
+    case 5: return launch_vec<T, TO, 5, GATED>(o, x, wt, b, N, K, st);
+    case 6: return launch_vec<T, TO, 6, GATED>(o, x, wt, b, N, K, st);
+    case 7: return launch_vec<T, TO, 7, GATED>(o, x, wt, b, N, K, st);
+    case 8: return launch_vec<T, TO, 8, GATED>(o, x, wt, b, N, K, st);
+    default: return msg::fail(msg::ERR_INTERNAL, "gemv: M=%d out of range", M);
+  }
 }
 
 template <typename T, typename TO>
@@ -256,17 +287,7 @@ int launch(void* out, const void* a, const void* w, const void* bias, int M, int
                              dim3(kWarps * 32), 0, st, o, x, wt, b, M, N, K));
     return 0;
   }
-  switch (M) {
-    case 1: return launch_vec<T, TO, 1>(o, x, wt, b, N, K, st);
-    case 2: return launch_vec<T, TO, 2>(o, x, wt, b, N, K, st);
-    case 3: return launch_vec<T, TO, 3>(o, x, wt, b, N, K, st);
-    case 4: return launch_vec<T, TO, 4>(o, x, wt, b, N, K, st);
-    case 5: return launch_vec<T, TO, 5>(o, x, wt, b, N, K, st);
-    case 6: return launch_vec<T, TO, 6>(o, x, wt, b, N, K, st);
-    case 7: return launch_vec<T, TO, 7>(o, x, wt, b, N, K, st);
-    case 8: return launch_vec<T, TO, 8>(o, x, wt, b, N, K, st);
-    default: return msg::fail(msg::ERR_INTERNAL, "gemv: M=%d out of range", M);
-  }
+  return launch_m<T, TO, false>(o, x, wt, b, M, N, K, st);
 }
 
 }  // namespace
@@ -287,6 +308,21 @@ int gemv(void* out, int out_dtype, const void* a, const void* w, int w_dtype, co
               K);
   return MSG_DISPATCH_HALF(w_dtype, T, return MSG_DISPATCH_FLOAT(out_dtype, TO,
     return launch<T, TO>(out, a, w, bias, M, N, K, st);););
+}
+
+/** True when gemv_silu takes this call: what gemv_takes takes (a, w and out of one 16-bit
+ *  dtype), K a multiple of 8, a and w 16-byte aligned. */
+bool gemv_silu_takes(int M, int dtype, const void* a, const void* w, int K) {
+  return gemv_takes(M, dtype, dtype, dtype) && K % 8 == 0 && aligned16_ptr(a) &&
+         aligned16_ptr(w);
+}
+
+/** out[M, N] = silu(a @ w[:N]^T) * (a @ w[N:]^T) for w [2N, K] (see GATED); only where
+ *  gemv_silu_takes. */
+int gemv_silu(void* out, const void* a, const void* w, int dtype, int M, int N, int K,
+              cudaStream_t st) {
+  return MSG_DISPATCH_HALF(dtype, T,
+    return launch_m<T, T, true>((T*)out, (const T*)a, (const T*)w, nullptr, M, N, K, st););
 }
 
 }  // namespace msg

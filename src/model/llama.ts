@@ -75,7 +75,7 @@ export function forward(
   tp: TensorParallel | null = null,
 ): Tensor {
   const n = meta.numTokens;
-  const { eps, numHeads: hq, numKvHeads: hkv, headDim, intermediate } = shape;
+  const { eps, numHeads: hq, numKvHeads: hkv, headDim } = shape;
   // The residual stream is fp32 (see Workspace); it starts at zero and every layer's
   // output, the embedding first, is added into it.
   // Row-parallel outputs (and the vocab-parallel embedding) are partial sums over ranks.
@@ -94,8 +94,7 @@ export function forward(
     reduce(ws.delta);
 
     ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.postNorm, n, eps);
-    ops.gemm(ws.gateUp, ws.normed, L.gateUp, null, n);
-    ops.siluMul(ws.act, ws.gateUp, n, intermediate);
+    ops.gemmSilu(ws.act, ws.gateUp, ws.normed, L.gateUp, n);
     ops.gemm(ws.delta, ws.act, L.down, null, n);
     reduce(ws.delta);
   }

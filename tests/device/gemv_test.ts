@@ -138,6 +138,58 @@ Deno.test({
     }),
 });
 
+/** msg_gemm_silu of M rows, `inter` outputs, K inputs on `lib` (output fp32; starts NaN). */
+function gemmSiluOn(
+  lib: NativeLib,
+  M: number,
+  inter: number,
+  K: number,
+  dt: number,
+  x: { a: Uint16Array; w: Uint16Array },
+  off = 0,
+): Float32Array {
+  const a = Buf.of(lib, x.a, off), w = Buf.of(lib, x.w, off);
+  const o = new Buf(lib, M * inter * 2), gu = new Buf(lib, M * 2 * inter * 2);
+  lib.check(lib.sym.msg_memset(o.p, 0xff, BigInt(M * inter * 2), null), "poison");
+  lib.check(lib.sym.msg_gemm_silu(o.p, gu.p, a.p, dt, w.p, dt, M, inter, K, null), "gemm_silu");
+  const raw = o.read(new Uint16Array(M * inter));
+  [a, w, o, gu].forEach((d) => d.free());
+  return toF32(raw, dt);
+}
+
+Deno.test({
+  name: "cuda gemv: gemm_silu (gate and up rows in one GEMV) matches the CPU library",
+  ...ig,
+  fn: () =>
+    withMaxM(8, () => {
+      // M, inter, K, dtype, pointer offset: GEMV paths (odd inter: a last group of one column),
+      // split-K (small inter), then the GEMM + silu_mul fallbacks (M past the threshold, K % 8,
+      // misaligned pointers).
+      const cases: [number, number, number, number, number][] = [];
+      for (const M of [1, 2, 3, 4, 5, 8]) {
+        cases.push([M, 1003, 1024, BF16, 0], [M, 259, 4096, F16, 0]);
+      }
+      cases.push([1, 3, 3072, BF16, 0], [9, 300, 512, BF16, 0], [4, 100, 1003, BF16, 0]);
+      cases.push([2, 100, 512, F16, 2]);
+      for (const [M, inter, K, dt, off] of cases) {
+        const what = `gemm_silu M=${M} inter=${inter} K=${K} dt=${dt} off=${off}`;
+        const x = { a: rand16(M * K, dt), w: rand16(2 * inter * K, dt, 0.05) };
+        const ref = gemmSiluOn(cpu, M, inter, K, dt, x, off);
+        const got = gemmSiluOn(gpu, M, inter, K, dt, x, off);
+        // The CPU forms silu(g) * u from fp32 sums, as the GEMV does; the fallbacks round g and
+        // u to 16 bits first.
+        const tol = dt === F16 ? 3e-3 : 1.5e-2;
+        const err = relErr(ref, got, what);
+        assert.ok(err <= tol, `${what}: relative L2 error ${err.toExponential(3)} > ${tol}`);
+        assert.deepEqual(
+          gemmSiluOn(gpu, M, inter, K, dt, x, off),
+          got,
+          `${what}: not deterministic`,
+        );
+      }
+    }),
+});
+
 /** Stream, events and graph helpers of the CUDA library. */
 function gpuTools() {
   const s = gpu.sym, chk = gpu.check.bind(gpu), h = new BigUint64Array(4);
@@ -288,6 +340,41 @@ Deno.test({
         );
       }
     }
+    // The gated MLP's activation: gate_up GEMV + silu_mul (two kernels) against gemm_silu.
+    const act = new Buf(gpu, 8 * 14336 * 2);
+    for (const [inter, K, what] of [[14336, 4096, "8B"], [3072, 1024, "0.6B"]] as const) {
+      const wBytes = 2 * inter * K * 2, nBuf = Math.max(1, Math.ceil(2.5e8 / wBytes));
+      const calls = nBuf * Math.max(1, Math.ceil(24 / nBuf));
+      for (const M of [1, 4]) {
+        const timeOf = (fused: boolean) =>
+          withMaxM(8, () => {
+            const call = (i: number) => {
+              const w = Deno.UnsafePointer.offset(pool.p!, (i % nBuf) * wBytes);
+              if (fused) {
+                chk(s.msg_gemm_silu(act.p, o.p, a.p, BF16, w, BF16, M, inter, K, st), "gemm_silu");
+              } else {
+                chk(s.msg_gemm(o.p, BF16, a.p, BF16, w, BF16, null, M, 2 * inter, K, st), "gemm");
+                chk(s.msg_silu_mul(act.p, o.p, M, inter, BF16, st), "silu_mul");
+              }
+            };
+            call(0);
+            chk(s.msg_stream_sync(st), "sync");
+            const g = graphOf(() => {
+              for (let i = 0; i < calls; i++) call(i);
+            });
+            const us = medianMs(() => chk(s.msg_graph_launch(g, st), "launch"), 9) / calls * 1000;
+            chk(s.msg_graph_destroy(g), "graph destroy");
+            return us;
+          });
+        const two = timeOf(false), one = timeOf(true);
+        console.log(
+          `${what} gate_up + silu M=${M}: gemm + silu_mul ${two.toFixed(1)} us, gemm_silu ${
+            one.toFixed(1)
+          } us (${(two / one).toFixed(2)}x)`,
+        );
+      }
+    }
+    act.free();
     // The GEMMs of one Llama-3-8B decode step at M = 1: 32 x (qkv, o, gate_up, down) + lm_head.
     const stepUs = (i: number) =>
       32 * ["qkv", "o", "gate_up", "down"].reduce((t, k) => t + m1.get(`8B ${k}`)![i], 0) +
