@@ -7,11 +7,14 @@
  *   prefill  hd128-causal-8k (1 request of 8,192 new tokens) and hd128-chunk1k-x16 (16 of
  *            1,024); 32 query / 8 KV heads, head_dim 128, causal, no prefix, bf16.
  *            tflops = 4 * hq * head_dim * (causal key-query pairs) / time.
- *   decode   bs1-ctx32k, bs64-ctx1k, bs64-ctx8k; bw_frac = K+V bytes / time over a
- *            device-to-device copy bandwidth (bytes read + written) measured in this run.
+ *   decode   bs1-ctx32k, bs64-ctx1k, bs64-ctx8k, and bs256-ctx100-2k (256 contexts uniform in
+ *            [100, 2048], seeded: the offline workload's ragged batches); bw_frac = K+V bytes
+ *            / time over a device-to-device copy bandwidth (bytes read + written) measured in
+ *            this run.
  *
  *            fa3 is timed in the variants --fa3 lists (record field "variant"; default: the
- *            one MINISGL_FA3_VARIANT names, else 5 and 6). The decode kernel is timed on
+ *            one MINISGL_FA3_VARIANT names, else auto, 5 and 6; auto is what the engine runs,
+ *            v5 or v6 by the longest request's keys). The decode kernel is timed on
  *            each --decode-kernels kernel (MSG_DECODE_KERNEL, record field "decode_kernel"):
  *            balanced at each --decode-blocks grid size (MSG_DECODE_BLOCKS, field "blocks"),
  *            grid at each --decode-splits value (MSG_DECODE_SPLITS, field "splits"), both at
@@ -25,7 +28,7 @@
  *            under --attn fa2 and fa3.
  *
  *   deno run -A bench/attention.ts [--page 1] [--repeats 9] [--only prefill|decode]
- *     [--no-peer] [--fa3 5,6|none] [--decode-kernels auto,balanced,balanced-pf,grid]
+ *     [--no-peer] [--fa3 auto,5,6|none] [--decode-kernels auto,balanced,balanced-pf,grid]
  *     [--decode-splits 0,16,32,64] [--decode-blocks 0,264,528] [--decode-keys 0,256]
  *     [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768]
  *     [--out FILE]
@@ -114,8 +117,9 @@ function fillRandom(t: Tensor, seed: number) {
   dev.sync(ops.stream);
 }
 
-/** Buffers and arguments of `batch` requests with `qLen` new tokens over `seqLen` keys. */
-function setup(batch: number, qLen: number, seqLen: number, decode: boolean) {
+/** Buffers and arguments of `batch` requests with `qLen` new tokens over `seqLen` keys each,
+ *  or over lens[i] keys (at most seqLen) where `lens` is given. */
+function setup(batch: number, qLen: number, seqLen: number, decode: boolean, lens?: Int32Array) {
   const pagesPer = Math.ceil(seqLen / PAGE), slots = batch * pagesPer * PAGE;
   const totalQ = batch * qLen;
   const t = {
@@ -134,7 +138,7 @@ function setup(batch: number, qLen: number, seqLen: number, decode: boolean) {
   // Each request on consecutive pages, as a fresh allocation gives them.
   dev.upload(t.pt, Int32Array.from({ length: batch * pagesPer }, (_, i) => i), ops.stream);
   dev.upload(t.rows, Int32Array.from({ length: batch }, (_, i) => i), ops.stream);
-  dev.upload(t.lens, new Int32Array(batch).fill(seqLen), ops.stream);
+  dev.upload(t.lens, lens ?? new Int32Array(batch).fill(seqLen), ops.stream);
   dev.upload(t.starts, Int32Array.from({ length: batch + 1 }, (_, i) => i * qLen), ops.stream);
   dev.sync(ops.stream);
   const args: AttentionArgs = {
@@ -169,7 +173,7 @@ const fa3Timed: Fa3Variant[] = a.fa3 === "none"
   ? a.fa3.split(",").map(parseFa3Variant)
   : Deno.env.get("MINISGL_FA3_VARIANT")
   ? [fa3Variant()]
-  : [5, 6];
+  : ["auto", 5, 6];
 const prefillKernels: { kernel: string; variant?: Fa3Variant; run: (x: AttentionArgs) => void }[] =
   [
     { kernel: "native", run: (x) => attentionExtend(ops, x, "native") },
@@ -183,11 +187,24 @@ const prefillKernels: { kernel: string; variant?: Fa3Variant; run: (x: Attention
 const prefillShapes = [
   { model: "hd128-causal-8k", batch: 1, qLen: 8192 },
   { model: "hd128-chunk1k-x16", batch: 16, qLen: 1024 },
+  // Where fa3 auto switches from v6 to v5 (FA3_AUTO_V6_MAX_KEYS).
+  { model: "hd128-causal-2k-x4", batch: 4, qLen: 2048 },
+  { model: "hd128-causal-4k-x2", batch: 2, qLen: 4096 },
 ];
-const decodeShapes = [
+/** `batch` context lengths uniform in [lo, hi] (seeded): the ragged batches of the offline
+ *  workload, whose requests are at every stage of their prompt and answer at once. */
+function raggedLens(batch: number, lo: number, hi: number): Int32Array {
+  let s = 12345;
+  return Int32Array.from({ length: batch }, () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return lo + Math.floor((s / 2 ** 32) * (hi - lo + 1));
+  });
+}
+const decodeShapes: { model: string; batch: number; ctx: number; lens?: Int32Array }[] = [
   { model: "bs1-ctx32k", batch: 1, ctx: 32768 },
   { model: "bs64-ctx1k", batch: 64, ctx: 1024 },
   { model: "bs64-ctx8k", batch: 64, ctx: 8192 },
+  { model: "bs256-ctx100-2k", batch: 256, ctx: 2048, lens: raggedLens(256, 100, 2048) },
 ];
 
 const doPrefill = a.only !== "decode", doDecode = a.only !== "prefill";
@@ -249,8 +266,9 @@ const splitCounts = list(a["decode-splits"]), blockCounts = list(a["decode-block
 const keyCounts = list(a["decode-keys"]);
 const decodeKernels = a["decode-kernels"].split(",");
 for (const s of doDecode ? decodeShapes : []) {
-  const { args, free } = setup(s.batch, 1, s.ctx, true);
-  const bytes = 2 * s.batch * s.ctx * HKV * HD * 2;
+  const { args, free } = setup(s.batch, 1, s.ctx, true, s.lens);
+  const keys = s.lens ? s.lens.reduce((x, y) => x + y, 0) : s.batch * s.ctx;
+  const bytes = 2 * keys * HKV * HD * 2;
   for (const variant of decodeKernels) {
     Deno.env.set("MSG_DECODE_KERNEL", variant);
     // auto (what the engine runs) at the launcher's own choices only; the others at each knob.

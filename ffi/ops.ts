@@ -381,16 +381,29 @@ export interface AttentionArgs {
 
 /** Which extend kernel of the ABI: "native" (msg_attention_extend, mma/WMMA, any GPU),
  *  "hopper5" (msg_attention_extend_hopper_v5, fa3 v5: wgmma, warp-specialised, ping-pong, on a
- *  persistent grid; the native one where it does not apply) or "hopper6"
- *  (msg_attention_extend_hopper_v6, fa3 v6: v5 with O stored through shared memory). */
-export type ExtendKernel = "native" | "hopper5" | "hopper6";
+ *  persistent grid; the native one where it does not apply), "hopper6"
+ *  (msg_attention_extend_hopper_v6, fa3 v6: v5 with O stored through shared memory) or
+ *  "hopper" (fa3 auto: v5 or v6 per call, see hopperFor). */
+export type ExtendKernel = "native" | "hopper5" | "hopper6" | "hopper";
 
-/** The ABI entry point of each extend kernel. */
+/** The ABI entry point of each extend kernel but "hopper". */
 const EXTEND_SYMBOLS = {
   native: "msg_attention_extend",
   hopper5: "msg_attention_extend_hopper_v5",
   hopper6: "msg_attention_extend_hopper_v6",
-} as const satisfies Record<ExtendKernel, string>;
+} as const satisfies Record<Exclude<ExtendKernel, "hopper">, string>;
+
+/** Longest key span at which fa3 auto runs v6; longer spans run v5. v6's staged O store pays
+ *  where a work item has few key tiles, v5 wins where items are long (H100, 2026-12-05, 3 runs:
+ *  16 chunks of 1k tokens v6 385 against v5 341-349 TFLOP/s; one 8k prompt v5 506-513 against
+ *  v6 447-469). */
+export const FA3_AUTO_V6_MAX_KEYS = 2048;
+
+/** The fa3 entry point "hopper" (auto) runs for a call whose longest request spans
+ *  `maxSeqLen` keys. */
+export function hopperFor(maxSeqLen: number): "hopper5" | "hopper6" {
+  return maxSeqLen > FA3_AUTO_V6_MAX_KEYS ? "hopper5" : "hopper6";
+}
 
 /** Whether the device has CUDA and the Hopper (wgmma) extend kernel. */
 export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
@@ -401,6 +414,7 @@ export function attentionDevice(ops: Ops): { cuda: boolean; hopper: boolean } {
 
 /** The attention entry points of the ABI. */
 export function attentionExtend(ops: Ops, a: AttentionArgs, kernel: ExtendKernel = "native"): void {
+  if (kernel === "hopper") kernel = hopperFor(a.maxSeqLen);
   const fn = ops.dev.sym[EXTEND_SYMBOLS[kernel]];
   ops.dev.check(
     fn(

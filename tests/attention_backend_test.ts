@@ -12,6 +12,7 @@ import {
   resolveAttention,
 } from "../src/runtime/attention.ts";
 import { FlagError, parseFlags } from "../src/cli/flags.ts";
+import { FA3_AUTO_V6_MAX_KEYS, hopperFor } from "../ffi/ops.ts";
 
 const HOPPER = { cuda: true, hopper: true };
 const AMPERE = { cuda: true, hopper: false };
@@ -81,16 +82,21 @@ Deno.test("--attn: an unknown name is a flag error, before anything loads", () =
   );
 });
 
-Deno.test("MINISGL_FA3_VARIANT: unset is v6, 5 and 6 pick the entry points, others fail", () => {
-  assert.equal(parseFa3Variant(undefined), 6);
-  assert.equal(parseFa3Variant(""), 6);
+Deno.test("MINISGL_FA3_VARIANT: unset is auto, auto/5/6 pick the entry points, others fail", () => {
+  assert.equal(parseFa3Variant(undefined), "auto");
+  assert.equal(parseFa3Variant(""), "auto");
+  assert.equal(parseFa3Variant("auto"), "auto");
   assert.equal(parseFa3Variant("5"), 5);
   assert.equal(parseFa3Variant("6"), 6);
-  assert.deepEqual(FA3_VARIANTS, {
-    5: "hopper5",
-    6: "hopper6",
-  });
-  for (const bad of ["1", "3", "4", "v5", "0", " 5", "7"]) {
-    assert.throws(() => parseFa3Variant(bad), /MINISGL_FA3_VARIANT must be 5 or 6/);
+  assert.deepEqual(FA3_VARIANTS, { auto: "hopper", 5: "hopper5", 6: "hopper6" });
+  for (const bad of ["1", "3", "4", "v5", "0", " 5", "7", "Auto"]) {
+    assert.throws(() => parseFa3Variant(bad), /MINISGL_FA3_VARIANT must be auto, 5 or 6/);
   }
+});
+
+Deno.test("fa3 auto: v6 up to FA3_AUTO_V6_MAX_KEYS keys, v5 past it", () => {
+  assert.equal(hopperFor(1), "hopper6");
+  assert.equal(hopperFor(FA3_AUTO_V6_MAX_KEYS), "hopper6");
+  assert.equal(hopperFor(FA3_AUTO_V6_MAX_KEYS + 1), "hopper5");
+  assert.equal(hopperFor(32768), "hopper5");
 });

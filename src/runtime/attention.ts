@@ -182,26 +182,25 @@ export function resolveAttention(spec: string, dev: AttentionDevice): ResolvedAt
 }
 
 /** Variants of the fa3 kernel and the ABI entry point of each: 5 (a producer warpgroup,
- *  128-key tiles, ping-pong consumers, on a persistent grid over a global heavy-first work list)
- *  and 6 (v5 with O written through shared memory in 16-byte coalesced stores; the default).
- *  H200, 2026-12-05, 8k causal TFLOP/s: v6 495, v5 501; 16 chunks of 1k: v5 335, v6 379. v1,
- *  v3 and v4 (350, 413 and 400 at 8k) were deleted that day, v2 before
+ *  128-key tiles, ping-pong consumers, on a persistent grid over a global heavy-first work list),
+ *  6 (v5 with O written through shared memory in 16-byte coalesced stores) and auto (the
+ *  default: v6 where the longest request spans at most FA3_AUTO_V6_MAX_KEYS keys, else v5).
+ *  H100, 2026-12-05, TFLOP/s: one 8k prompt v5 506-513, v6 447-469; 16 chunks of 1k v5 341-349,
+ *  v6 385. v1, v3 and v4 (350, 413 and 400 at 8k on an H200) were deleted that day, v2 before
  *  (bench/notes/attention.md). */
 export const FA3_VARIANTS = {
+  auto: "hopper",
   5: "hopper5",
   6: "hopper6",
-} as const satisfies Record<number, ExtendKernel>;
+} as const satisfies Record<string | number, ExtendKernel>;
 export type Fa3Variant = keyof typeof FA3_VARIANTS;
 
-/** The fa3 variant `MINISGL_FA3_VARIANT` names (unset or empty: 6); throws on other values. */
+/** The fa3 variant `MINISGL_FA3_VARIANT` names (unset or empty: auto); throws on other
+ *  values. */
 export function parseFa3Variant(value: string | undefined): Fa3Variant {
-  if (value === undefined || value === "") return 6;
-  if (Object.hasOwn(FA3_VARIANTS, value)) return Number(value) as Fa3Variant;
-  const names = Object.keys(FA3_VARIANTS);
-  throw new Error(
-    `MINISGL_FA3_VARIANT must be ${names.slice(0, -1).join(", ")} or ${names.at(-1)}, ` +
-      `got "${value}"`,
-  );
+  if (value === undefined || value === "" || value === "auto") return "auto";
+  if (value === "5" || value === "6") return Number(value) as 5 | 6;
+  throw new Error(`MINISGL_FA3_VARIANT must be auto, 5 or 6, got "${value}"`);
 }
 
 let fa3VariantOnce: Fa3Variant | null = null;
@@ -278,9 +277,9 @@ export function attentionSegments(
   return out;
 }
 
-/** The library's own kernels: an extend kernel (`extend`: fa3 "hopper5"/"hopper6" or "native") for
- *  prefill/mixed batches, split-K decode. They read seq_lens and the page table on the
- *  device, so there is no metadata to prepare. */
+/** The library's own kernels: an extend kernel (`extend`: fa3 "hopper"/"hopper5"/"hopper6" or
+ *  "native") for prefill/mixed batches, split-K decode. They read seq_lens and the page table
+ *  on the device, so there is no metadata to prepare. */
 export class NativeAttention implements AttentionBackend {
   constructor(
     private ops: Ops,

@@ -7,7 +7,7 @@
 import { Device, DType, dtypeSize, type Handle, Tensor } from "../../ffi/device.ts";
 import { DEFAULTS } from "../core/defaults.ts";
 import { Communicator, PeerAllReduce, type PeerBufferInfo } from "../../ffi/comm.ts";
-import { attentionDevice, Ops } from "../../ffi/ops.ts";
+import { attentionDevice, FA3_AUTO_V6_MAX_KEYS, Ops } from "../../ffi/ops.ts";
 import type { ForwardBatch, ForwardResult, WorkerInfo } from "../ipc/batch.ts";
 import {
   type DecoderShape,
@@ -380,7 +380,9 @@ export class ModelRunner {
         ),
     );
     this.attn = attn;
-    console.error(resolved.log + (resolved.prefill === "fa3" ? ` (fa3 v${fa3Variant()})` : ""));
+    const v = fa3Variant();
+    const fa3 = v === "auto" ? `auto: v6 up to ${FA3_AUTO_V6_MAX_KEYS} keys, else v5` : `v${v}`;
+    console.error(resolved.log + (resolved.prefill === "fa3" ? ` (fa3 ${fa3})` : ""));
     this.info.numPages = pool.numPages;
     this.info.maxSeqLen = pool.maxSeqLen;
     progress("KV pool", 1, 1);

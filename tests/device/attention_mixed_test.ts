@@ -53,7 +53,7 @@ Deno.test({
       for (const dtype of [BF16, F16] as DType[]) {
         const refs = order.map((b) => attendEntries(cpu, dtype, "native", inp, [b]));
         for (
-          const kernel of ["native", "hopper5", "hopper6"] as const
+          const kernel of ["native", "hopper5", "hopper6", "hopper"] as const
         ) {
           const got = attendEntries(gpu, dtype, kernel, inp, order);
           for (const b of order) {
