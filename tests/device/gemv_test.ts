@@ -302,6 +302,18 @@ Deno.test({
       [151936, 1024, "0.6B lm_head", F32],
     ];
     const a = Buf.of(gpu, rand16(8 * 14336, BF16)), o = new Buf(gpu, 8 * 151936 * 4);
+    /** Microseconds per call(i) in a graph of `calls` calls replayed, after one direct call
+     *  (plans and warm-up outside the capture). */
+    const graphUs = (call: (i: number) => void, calls: number) => {
+      call(0);
+      chk(s.msg_stream_sync(st), "sync");
+      const g = graphOf(() => {
+        for (let i = 0; i < calls; i++) call(i);
+      });
+      const us = medianMs(() => chk(s.msg_graph_launch(g, st), "launch"), 9) / calls * 1000;
+      chk(s.msg_graph_destroy(g), "graph destroy");
+      return us;
+    };
     const m1 = new Map<string, [number, number]>(); // M = 1 times (us): gemv, cuBLASLt
     for (const [N, K, what, ot] of shapes) {
       const wBytes = N * K * 2;
@@ -311,20 +323,11 @@ Deno.test({
       for (const M of [1, 2, 4, 8]) {
         const bytes = wBytes + M * K * 2 + M * N * (ot === F32 ? 4 : 2);
         const timeOne = (maxM: number) =>
-          withMaxM(maxM, () => {
-            const call = (i: number) => {
+          withMaxM(maxM, () =>
+            graphUs((i) => {
               const w = Deno.UnsafePointer.offset(pool.p!, (i % nBuf) * wBytes);
               chk(s.msg_gemm(o.p, ot, a.p, BF16, w, BF16, null, M, N, K, st), "gemm");
-            };
-            call(0); // plan / warm-up outside the capture
-            chk(s.msg_stream_sync(st), "sync");
-            const g = graphOf(() => {
-              for (let i = 0; i < calls; i++) call(i);
-            });
-            const us = medianMs(() => chk(s.msg_graph_launch(g, st), "launch"), 9) / calls * 1000;
-            chk(s.msg_graph_destroy(g), "graph destroy");
-            return us;
-          });
+            }, calls));
         const gv = timeOne(8), lt = timeOne(0);
         if (M === 1) m1.set(what, [gv, lt]);
         const col = (us: number) => {
@@ -347,8 +350,8 @@ Deno.test({
       const calls = nBuf * Math.max(1, Math.ceil(24 / nBuf));
       for (const M of [1, 4]) {
         const timeOf = (fused: boolean) =>
-          withMaxM(8, () => {
-            const call = (i: number) => {
+          withMaxM(8, () =>
+            graphUs((i) => {
               const w = Deno.UnsafePointer.offset(pool.p!, (i % nBuf) * wBytes);
               if (fused) {
                 chk(s.msg_gemm_silu(act.p, o.p, a.p, BF16, w, BF16, M, inter, K, st), "gemm_silu");
@@ -356,16 +359,7 @@ Deno.test({
                 chk(s.msg_gemm(o.p, BF16, a.p, BF16, w, BF16, null, M, 2 * inter, K, st), "gemm");
                 chk(s.msg_silu_mul(act.p, o.p, M, inter, BF16, st), "silu_mul");
               }
-            };
-            call(0);
-            chk(s.msg_stream_sync(st), "sync");
-            const g = graphOf(() => {
-              for (let i = 0; i < calls; i++) call(i);
-            });
-            const us = medianMs(() => chk(s.msg_graph_launch(g, st), "launch"), 9) / calls * 1000;
-            chk(s.msg_graph_destroy(g), "graph destroy");
-            return us;
-          });
+            }, calls));
         const two = timeOf(false), one = timeOf(true);
         console.log(
           `${what} gate_up + silu M=${M}: gemm + silu_mul ${two.toFixed(1)} us, gemm_silu ${
