@@ -4,8 +4,8 @@
 // Work split. A "segment" is one request's keys for one group of q heads sharing a KV head
 // (GQA: up to 8 heads, or 16 when the group is larger, so K/V are read once per group). The
 // keys are cut into chunks of kRound = 64. Two kernels share the per-block math below:
-// - balanced (MSG_DECODE_KERNEL=balanced; not yet run on a GPU, so not the default): a grid of
-//   at most the resident block count; block i takes the chunks [i C / G, (i + 1) C / G) of the
+// - balanced (MSG_DECODE_KERNEL=balanced or balanced-pf; not the default, see the figures
+//   below): a grid of at most the resident block count; block i takes the chunks [i C / G, (i + 1) C / G) of the
 //   concatenation of every segment's chunks (C in all, counted on the device from the real
 //   seq_lens, before the PDL wait), so every block streams the same number of keys whatever
 //   the lengths: no wave tail (512 equal blocks over 396 resident slots
@@ -32,8 +32,12 @@
 // tile i's math so their latency hides behind it. (A variant that copied K/V through a
 // cp.async ring in shared memory lost in every shape on an H200 and was removed, 2026-12-05.)
 //
-// Measured (the grid kernel) on an H200, 2026-12-05, 32 q / 8 kv heads, hd 128, bf16, page 1,
-// of copy bandwidth: bs1-ctx32k 0.54, bs64-ctx1k 0.73, bs64-ctx8k 1.0 (bench/attention.ts).
+// Measured, 32 q / 8 kv heads, hd 128, bf16, page 1, of copy bandwidth (bench/attention.ts):
+// the grid kernel on an H200 (16 splits at batch 1), 2026-12-05: bs1-ctx32k 0.54, bs64-ctx1k
+// 0.73, bs64-ctx8k 1.0. On an H100, 2026-12-05, grid / balanced / balanced-pf: bs1-ctx32k 0.741 /
+// 0.706 / 0.772, bs64-ctx1k 0.894 / 0.867 / 0.886, bs64-ctx8k 0.983 / 0.966 / 0.973, 256 ragged
+// contexts of 100-2048 keys 0.941 / 0.922 / 0.936; qwen3-0.6b end to end, batch 1 decode 1,035
+// tok/s with grid and 977 with balanced-pf, offline 19.9k and 20.3k. So grid stays auto.
 
 #include <cstdlib>
 #include <cstring>
@@ -53,7 +57,10 @@ const int kMaxSplits = 64;             // grid kernel
 const int kDefaultMinKeys = 128;       // grid: keys per active split; balanced: per block
 const int kBlockCostKeys = 64;         // grid: fixed cost of a block, in keys' worth of time
 const int kMergeCostKeys = 2;          // grid: cost of merging one more split, in keys
-const int kSmallMaxSplits = 16;        // grid: splits at most when blocks <= 2 per SM
+// grid: splits at most when blocks <= 2 per SM (batch 1 in practice). H200, bs1-ctx32k, of copy
+// bandwidth: 8 splits 0.33, 16 0.54, 32 0.61, 64 0.50 (two runs, 2026-12-05). Splits past a
+// request's own length (min_keys each) exit at once, so short contexts keep their few splits.
+const int kSmallMaxSplits = 32;
 const size_t kScratch = 64u << 20;
 const size_t kCounterBytes = 1u << 20; // per-segment arrival counters
 const float kLog2e = 1.4426950408889634f;
@@ -712,8 +719,7 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
   int keys = env_int("MSG_DECODE_SPLIT_KEYS");
   if (keys < 16) keys = kDefaultMinKeys;
   p.min_keys = keys;
-  // auto runs the grid kernel, the one measured on a GPU; balanced and balanced-pf are written
-  // and tested on the CPU side only (2026-12-05: no GPU was lent after they were written).
+  // auto runs the grid kernel (the figures at the top of the file).
   const char* kind = getenv("MSG_DECODE_KERNEL");
   bool grid = kind == nullptr || *kind == 0 || strcmp(kind, "auto") == 0 ||
               strcmp(kind, "grid") == 0;
