@@ -394,10 +394,10 @@ const EXTEND_SYMBOLS = {
 } as const satisfies Record<Exclude<ExtendKernel, "hopper">, string>;
 
 /** Longest key span at which fa3 auto runs v6; longer spans run v5. v6's staged O store pays
- *  where a work item has few key tiles, v5 wins where items are long (H100, 2026-12-05, 3 runs:
- *  16 chunks of 1k tokens v6 385 against v5 341-349 TFLOP/s; one 8k prompt v5 506-513 against
- *  v6 447-469). */
-export const FA3_AUTO_V6_MAX_KEYS = 2048;
+ *  where work items are short, v5 wins where they are long (H100, 2026-12-05, TFLOP/s: 16 chunks
+ *  of 1k v6 370-386 against v5 338-349 in four runs; 4 prompts of 2k v6 441 against 408 and 2 of
+ *  4k v6 491 against 472 in one run; one 8k prompt v5 475-513 against v6 447-469 in four runs). */
+export const FA3_AUTO_V6_MAX_KEYS = 4096;
 
 /** The fa3 entry point "hopper" (auto) runs for a call whose longest request spans
  *  `maxSeqLen` keys. */

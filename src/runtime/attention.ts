@@ -184,10 +184,10 @@ export function resolveAttention(spec: string, dev: AttentionDevice): ResolvedAt
 /** Variants of the fa3 kernel and the ABI entry point of each: 5 (a producer warpgroup,
  *  128-key tiles, ping-pong consumers, on a persistent grid over a global heavy-first work list),
  *  6 (v5 with O written through shared memory in 16-byte coalesced stores) and auto (the
- *  default: v6 where the longest request spans at most FA3_AUTO_V6_MAX_KEYS keys, else v5).
- *  H100, 2026-12-05, TFLOP/s: one 8k prompt v5 506-513, v6 447-469; 16 chunks of 1k v5 341-349,
- *  v6 385. v1, v3 and v4 (350, 413 and 400 at 8k on an H200) were deleted that day, v2 before
- *  (bench/notes/attention.md). */
+ *  default: v6 where the longest request spans at most FA3_AUTO_V6_MAX_KEYS = 4,096 keys, else
+ *  v5). H100, 2026-12-05, TFLOP/s: one 8k prompt v5 475-513, v6 447-469; 2 prompts of 4k v5
+ *  472, v6 491; 16 chunks of 1k v5 338-349, v6 370-386. v1, v3 and v4 (350, 413 and 400 at 8k on
+ *  an H200) were deleted that day, v2 before (bench/notes/attention.md). */
 export const FA3_VARIANTS = {
   auto: "hopper",
   5: "hopper5",
