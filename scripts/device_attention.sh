@@ -12,8 +12,8 @@
 #   test    tests/device/attention_extend_test.ts, attention_mixed_test.ts and the decode
 #           kernel's attention_test.ts (every case on the balanced and the grid kernel, then
 #           both kernels' timings) and attention_pdl_test.ts (loads before the PDL wait) [~3 min]
-#   bench   deno task bench attention: native and fa3 v5, v6 in one run (each only when its
-#           test passed in the test step; both when the step did not run), and the decode
+#   bench   deno task bench attention: native and fa3 auto, v5, v6 in one run (each only when
+#           its test passed in the test step; all when the step did not run), and the decode
 #           kernels (balanced at its own grid size and at 1-4 blocks per SM, and at 64-512 keys
 #           per block at least; grid at its own splits); then prefill alone at page sizes 16
 #           and 64  [~3.5 min]
@@ -50,6 +50,8 @@ if has test; then
 fi
 if has bench; then
   fa3=$(echo $variants | tr " " ",")
+  # auto (what the engine runs: v6 or v5 by length) only when both passed.
+  [ "$fa3" = "5,6" ] && fa3="auto,5,6"
   say "bench (fa3 variants: ${fa3:-none})"
   run 480 deno task bench attention --fa3 "${fa3:-none}" --decode-kernels auto,balanced,balanced-pf --decode-blocks 0,132,264,396,528 --decode-keys 0,64,256,512 \
     --out "$OUT/attention.json"
