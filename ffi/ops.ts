@@ -90,13 +90,6 @@ export class Ops {
     );
   }
 
-  siluMul(out: Tensor, gateUp: Tensor, rows: number, inter: number): void {
-    this.dev.check(
-      this.s.msg_silu_mul(out.ptr, gateUp.ptr, rows, inter, out.dtype, this.stream),
-      "silu_mul",
-    );
-  }
-
   /** out[M, N] = a[M, K] @ w[N, K]^T (+ bias). */
   gemm(out: Tensor, a: Tensor, w: Tensor, bias: Tensor | null, M: number): void {
     const [N, K] = w.shape;

@@ -22,6 +22,9 @@
 //   partials: results are deterministic. No atomics, no allocation, no host sync: the
 //   launch can be captured into a CUDA graph.
 // - K not a multiple of 8 or pointers not 16-byte aligned: a scalar kernel (warp per row).
+// - Gated (msg_gemm_silu, a gated MLP's gate_up): a group holds gate rows and the up rows of
+//   the same output columns, and the epilogue writes silu(gate) * up from the fp32 sums, so
+//   the activation needs no kernel of its own (H100: 7.6 -> 6.4 us a qwen3-0.6b layer at M = 1).
 //
 // msg_gemm (gemm.cu) routes here when msg::gemv_takes() says so: M <= 4 by default (H100,
 // 2026-11-27, bf16, graph replays over > 200 MB of weights: vs cuBLASLt 1.06-1.25x at M = 1
