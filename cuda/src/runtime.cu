@@ -40,10 +40,13 @@ const char* dtype_name(int d) {
   }
 }
 
+// Devices the per-device tables below hold.
+static const int kMaxDevices = 64;
+
 int sm_count() {
-  static std::atomic<int> counts[64];
+  static std::atomic<int> counts[kMaxDevices];
   int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) {
     cudaGetLastError();
     return 0;
   }
@@ -58,7 +61,6 @@ int sm_count() {
 }
 
 // Scratch buffers per (device, slot); never freed (they back captured graphs).
-static const int kMaxDevices = 64;
 static std::mutex g_scratch_mu;
 static void* g_scratch[kMaxDevices][SCRATCH_COUNT];
 static size_t g_scratch_size[kMaxDevices][SCRATCH_COUNT];
