@@ -132,6 +132,43 @@ export class Ops {
     );
   }
 
+  /** y = a @ w^T (+ bias); residual += y; out = rmsnorm(residual) * normW: a projection and
+   *  the residual add + RMSNorm after it (one kernel at decode sizes; msg_gemm_add_rmsnorm). */
+  gemmAddRmsnorm(
+    out: Tensor,
+    residual: Tensor,
+    y: Tensor,
+    a: Tensor,
+    w: Tensor,
+    bias: Tensor | null,
+    normW: Tensor,
+    M: number,
+    eps: number,
+  ): void {
+    const [N, K] = w.shape;
+    this.dev.check(
+      this.s.msg_gemm_add_rmsnorm(
+        out.ptr,
+        residual.ptr,
+        y.ptr,
+        a.ptr,
+        a.dtype,
+        w.ptr,
+        w.dtype,
+        ptr(bias),
+        normW.ptr,
+        normW.dtype,
+        residual.dtype,
+        M,
+        N,
+        K,
+        eps,
+        this.stream,
+      ),
+      `gemm_add_rmsnorm ${M}x${N}x${K}`,
+    );
+  }
+
   ropeStoreKv(
     qkv: Tensor,
     positions: Tensor,

@@ -272,3 +272,13 @@ extern "C" int msg_gemm_silu(void* out, void*, const void* a, int a_dtype, const
   return 0;
   MSG_CATCH
 }
+
+extern "C" int msg_gemm_add_rmsnorm(void* out, void* residual, void* y, const void* a,
+                                    int a_dtype, const void* w, int w_dtype, const void* bias,
+                                    const void* norm_w, int norm_dtype, int res_dtype, int M,
+                                    int N, int K, float eps, void* stream) {
+  // The two calls (what the CUDA kernel's result bits equal).
+  int rc = msg_gemm(y, a_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, stream);
+  return rc ? rc : msg_add_rmsnorm(out, residual, y, norm_w, M, N, eps, a_dtype, res_dtype,
+                                   norm_dtype, stream);
+}

@@ -147,6 +147,18 @@ MSG_API int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const
 MSG_API int msg_gemm_silu(void* out, void* gate_up, const void* a, int a_dtype, const void* w,
                           int w_dtype, int M, int inter, int K, void* stream);
 
+/** y[M, N] = a @ w^T (+ bias), then msg_add_rmsnorm(out, residual, y, norm_w, M, N, eps): a
+ *  projection and the residual add + RMSNorm after it in one call. a, y, out in a_dtype; w and
+ *  bias in w_dtype; norm_w in norm_dtype; residual in res_dtype (a_dtype or f32). Where
+ *  msg_gemm would run its GEMV kernels (and residual is f32, norm_w in a_dtype, N a multiple
+ *  of 8, pointers 16-byte aligned) one kernel does both, the add and norm in the grid's last
+ *  block, with the same result bits as the two calls; then it must not run concurrently on two
+ *  streams of one device. Otherwise it is the two calls. */
+MSG_API int msg_gemm_add_rmsnorm(void* out, void* residual, void* y, const void* a,
+                                 int a_dtype, const void* w, int w_dtype, const void* bias,
+                                 const void* norm_w, int norm_dtype, int res_dtype, int M, int N,
+                                 int K, float eps, void* stream);
+
 /** Tuning knob: msg_gemm sends M <= m with 16-bit a and w to its GEMV kernels (CUDA;
  *  0 = always cuBLASLt, at most 8); m < 0 only reads it. Returns the previous value. The
  *  CPU backend has one GEMM path and returns 0. */

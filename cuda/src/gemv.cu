@@ -35,8 +35,10 @@
 #include <stdlib.h>
 
 #include <atomic>
+#include <type_traits>
 
 #include "common.cuh"
+#include "norm.cuh"
 #include "pdl.cuh"
 
 namespace {
@@ -111,13 +113,47 @@ __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq
   }
 }
 
+// The residual add + RMSNorm after a projection (msg_gemm_add_rmsnorm); res == nullptr: none.
+template <typename T>
+struct NormTail {
+  float* res;   // [M, N] fp32 residual stream: res += out
+  T* out;       // [M, N]: rmsnorm(res) * w
+  const T* w;   // [N]
+  float eps;
+};
+
+// Blocks of the running fused GEMV that have written their outputs (per device; the grid's
+// last block resets it, so it is zero between launches and graph-safe; one stream at a time).
+__device__ unsigned int g_arrivals;
+
+// Every block calls it once its outputs y [M, N] are written; the grid's last block to arrive
+// then sees all of y and runs the residual add + RMSNorm of each row (norm.cu's row function:
+// the same bits as msg_add_rmsnorm after the GEMV).
+template <typename T>
+__device__ __forceinline__ void norm_tail(const NormTail<T>& nt, const T* y, int M, int N) {
+  __shared__ float sh[33];
+  __shared__ bool last;
+  __threadfence();  // this thread's outputs are visible device-wide before the block arrives
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&g_arrivals, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int m = 0; m < M; m++) {
+    const size_t o = (size_t)m * N;
+    msg::rmsnorm_row<true, true, true>(nt.out + o, nt.res + o, y + o, nt.w, N, nt.eps, sh);
+  }
+  if (threadIdx.x == 0) g_arrivals = 0;
+}
+
 // GATED: w is [2N, K] (N gate rows, then N up rows) and out[m, j] = silu(g) * u of output
 // column j's gate row j and up row N + j: a group's R rows are R/2 gate rows and the R/2 up
 // rows of the same columns, so the product is formed in fp32 in the epilogue (no bias).
 template <typename T, typename TO, int M, int R, int U, bool GATED>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_vec_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
-                    const T* __restrict__ bias, int N, int K, int wk, int prefetch) {
+                    const T* __restrict__ bias, int N, int K, int wk, int prefetch,
+                    NormTail<TO> nt) {
   constexpr int P = M * R >= 4 ? 1 : 4 / (M * R);  // independent accumulators per output
   constexpr int C = GATED ? R / 2 : R;              // output columns per group
   static_assert(!GATED || R % 2 == 0, "a gated group pairs gate and up rows");
@@ -193,20 +229,24 @@ __global__ void __launch_bounds__(kWarps * 32)
       if (lane == 0) part[warp][m * R + r] = s;
     }
   __syncthreads();
-  if (kw != 0) return;
-  for (int i = lane; i < M * C; i += 32) {
-    const int m = i / C, c = i % C, col = col0 + c;
-    if (col >= N) continue;
-    float s = part[warp][m * R + c];
-    for (int j = 1; j < wk; j++) s += part[warp + j][m * R + c];  // fixed order: deterministic
-    if (GATED) {
-      float u = part[warp][m * R + C + c];
-      for (int j = 1; j < wk; j++) u += part[warp + j][m * R + C + c];
-      s = s / (1.f + __expf(-s)) * u;
-    } else if (bias) {
-      s += msg::to_f(bias[col]);
+  if (kw == 0) {
+    for (int i = lane; i < M * C; i += 32) {
+      const int m = i / C, c = i % C, col = col0 + c;
+      if (col >= N) continue;
+      float s = part[warp][m * R + c];
+      for (int j = 1; j < wk; j++) s += part[warp + j][m * R + c];  // fixed order: deterministic
+      if (GATED) {
+        float u = part[warp][m * R + C + c];
+        for (int j = 1; j < wk; j++) u += part[warp + j][m * R + C + c];
+        s = s / (1.f + __expf(-s)) * u;
+      } else if (bias) {
+        s += msg::to_f(bias[col]);
+      }
+      out[(size_t)m * N + col] = msg::from_f<TO>(s);
     }
-    out[(size_t)m * N + col] = msg::from_f<TO>(s);
+  }
+  if constexpr (!GATED && !std::is_same<TO, float>::value) {
+    if (nt.res) norm_tail(nt, out, M, N);
   }
 }
 
@@ -243,7 +283,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 // N: output columns (for GATED, w has 2N rows).
 template <typename T, typename TO, int M, bool GATED>
-int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cudaStream_t st) {
+int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cudaStream_t st,
+               NormTail<TO> nt) {
   constexpr int R = M == 1 ? (GATED ? 2 : 1) : M == 2 ? 2 : 4;
   constexpr int U = 8 / R;
   constexpr int C = GATED ? R / 2 : R;
@@ -261,21 +302,23 @@ int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cud
   const int prefetch =
       msg::pdl_enabled() && (GATED ? 2 : 1) * (size_t)N * K * sizeof(T) <= kPrefetchMaxBytes;
   MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U, GATED>, dim3(blocks),
-                           dim3(kWarps * 32), 0, st, out, x, w, bias, N, K, wk, prefetch));
+                           dim3(kWarps * 32), 0, st, out, x, w, bias, N, K, wk, prefetch,
+                           nt));
   return 0;
 }
 
 template <typename T, typename TO, bool GATED>
-int launch_m(TO* o, const T* x, const T* wt, const T* b, int M, int N, int K, cudaStream_t st) {
+int launch_m(TO* o, const T* x, const T* wt, const T* b, int M, int N, int K, cudaStream_t st,
+             NormTail<TO> nt = {}) {
   switch (M) {
-    case 1: return launch_vec<T, TO, 1, GATED>(o, x, wt, b, N, K, st);
-    case 2: return launch_vec<T, TO, 2, GATED>(o, x, wt, b, N, K, st);
-    case 3: return launch_vec<T, TO, 3, GATED>(o, x, wt, b, N, K, st);
-    case 4: return launch_vec<T, TO, 4, GATED>(o, x, wt, b, N, K, st);
-    case 5: return launch_vec<T, TO, 5, GATED>(o, x, wt, b, N, K, st);
-    case 6: return launch_vec<T, TO, 6, GATED>(o, x, wt, b, N, K, st);
-    case 7: return launch_vec<T, TO, 7, GATED>(o, x, wt, b, N, K, st);
-    case 8: return launch_vec<T, TO, 8, GATED>(o, x, wt, b, N, K, st);
+    case 1: return launch_vec<T, TO, 1, GATED>(o, x, wt, b, N, K, st, nt);
+    case 2: return launch_vec<T, TO, 2, GATED>(o, x, wt, b, N, K, st, nt);
+    case 3: return launch_vec<T, TO, 3, GATED>(o, x, wt, b, N, K, st, nt);
+    case 4: return launch_vec<T, TO, 4, GATED>(o, x, wt, b, N, K, st, nt);
+    case 5: return launch_vec<T, TO, 5, GATED>(o, x, wt, b, N, K, st, nt);
+    case 6: return launch_vec<T, TO, 6, GATED>(o, x, wt, b, N, K, st, nt);
+    case 7: return launch_vec<T, TO, 7, GATED>(o, x, wt, b, N, K, st, nt);
+    case 8: return launch_vec<T, TO, 8, GATED>(o, x, wt, b, N, K, st, nt);
     default: return msg::fail(msg::ERR_INTERNAL, "gemv: M=%d out of range", M);
   }
 }
@@ -326,6 +369,24 @@ int gemv_silu(void* out, const void* a, const void* w, int dtype, int M, int N, 
               cudaStream_t st) {
   return MSG_DISPATCH_HALF(dtype, T,
     return launch_m<T, T, true>((T*)out, (const T*)a, (const T*)w, nullptr, M, N, K, st););
+}
+
+/** True when gemv_add_rmsnorm takes this call: what gemv_silu takes, plus N a multiple of 8,
+ *  y, residual (fp32) and out 16-byte aligned, and the norm weight in the same dtype. */
+bool gemv_norm_takes(int M, int dtype, const void* a, const void* w, int N, int K, const void* y,
+                     const void* residual, int res_dtype, const void* out, int norm_dtype) {
+  return gemv_silu_takes(M, dtype, a, w, K) && N % 8 == 0 && res_dtype == MSG_F32 &&
+         norm_dtype == dtype && aligned16_ptr(y) && aligned16_ptr(residual) && aligned16_ptr(out);
+}
+
+/** y[M, N] = a @ w^T (+ bias); residual += y; out = rmsnorm(residual) * norm_w, in one
+ *  kernel (the add and norm in the grid's last block); only where gemv_norm_takes. */
+int gemv_add_rmsnorm(void* out, float* residual, void* y, const void* a, const void* w,
+                     const void* bias, const void* norm_w, int dtype, int M, int N, int K,
+                     float eps, cudaStream_t st) {
+  return MSG_DISPATCH_HALF(dtype, T,
+    return launch_m<T, T, false>((T*)y, (const T*)a, (const T*)w, (const T*)bias, M, N, K, st,
+                                 NormTail<T>{residual, (T*)out, (const T*)norm_w, eps}););
 }
 
 }  // namespace msg

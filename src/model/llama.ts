@@ -84,20 +84,22 @@ export function forward(
   else ops.embedding(ws.delta, w.embed, meta.inputIds, n);
   reduce(ws.delta);
   ops.zero(ws.residual.rows(0, n));
+  ops.addRmsnorm(ws.normed, ws.residual, ws.delta, w.layers[0].inputNorm, n, eps);
+  // A row-parallel projection, then the residual add + RMSNorm with `norm`: one call unless
+  // the output must first be summed over the ranks.
+  const project = (a: Tensor, wt: Tensor, bias: Tensor | null, norm: Tensor) => {
+    if (!tp) return ops.gemmAddRmsnorm(ws.normed, ws.residual, ws.delta, a, wt, bias, norm, n, eps);
+    ops.gemm(ws.delta, a, wt, bias, n);
+    reduce(ws.delta);
+    ops.addRmsnorm(ws.normed, ws.residual, ws.delta, norm, n, eps);
+  };
   for (let l = 0; l < w.layers.length; l++) {
     const L = w.layers[l];
-    ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.inputNorm, n, eps);
-
     ops.gemm(ws.qkv, ws.normed, L.qkv, L.qkvBias, n);
     attn.storeAndAttend(l, ws.qkv, ws.attnOut, L.qNorm, L.kNorm, meta, { hq, hkv, headDim, eps });
-    ops.gemm(ws.delta, ws.attnOut, L.o, L.oBias, n);
-    reduce(ws.delta);
-
-    ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.postNorm, n, eps);
+    project(ws.attnOut, L.o, L.oBias, L.postNorm);
     ops.gemmSilu(ws.act, ws.gateUp, ws.normed, L.gateUp, n);
-    ops.gemm(ws.delta, ws.act, L.down, null, n);
-    reduce(ws.delta);
+    project(ws.act, L.down, null, l + 1 < w.layers.length ? w.layers[l + 1].inputNorm : w.norm);
   }
-  ops.addRmsnorm(ws.normed, ws.residual, ws.delta, w.norm, n, eps);
   return ws.normed;
 }

@@ -3,7 +3,9 @@
  * against the CPU twin on random inputs: bf16 and f16, M = 1..8, with and without bias,
  * bf16/f16/fp32 outputs, K not a multiple of 8 and misaligned pointers (scalar path),
  * split-K shapes (small N). GPU outputs are poisoned (NaN) first. Results must be
- * deterministic and equal under CUDA-graph replay. Then timings of the Llama-3-8B and
+ * deterministic and equal under CUDA-graph replay. msg_gemm_silu and msg_gemm_add_rmsnorm (the
+ * fused epilogues) the same way, the latter also bitwise against the two calls it replaces.
+ * Then timings of the Llama-3-8B and
  * Qwen3-0.6B decode shapes (graph replays, rotating over weight buffers of > 200 MB in all
  * so that L2 cannot hold them), next to cuBLASLt on the same calls and the measured
  * device-to-device copy bandwidth.
@@ -190,6 +192,111 @@ Deno.test({
     }),
 });
 
+/** Inputs of msg_gemm_add_rmsnorm: a [M, K], w [N, K], bias [N], the residual [M, N] (fp32 or
+ *  16-bit) and the norm weight [N]. */
+interface NormCase {
+  M: number;
+  N: number;
+  K: number;
+  dt: number;
+  rt: number; // residual dtype
+  bias: boolean;
+  off?: number; // bytes added to the a and w pointers
+}
+type NormInputs = Inputs & { r: Float32Array; nw: Uint16Array };
+
+/** msg_gemm_add_rmsnorm on `lib`, `fused` (else msg_gemm + msg_add_rmsnorm); returns y, the
+ *  residual and out as fp32. y and out start as NaN. */
+function gemmNormOn(lib: NativeLib, c: NormCase, x: NormInputs, fused = true) {
+  const off = c.off ?? 0, n = c.M * c.N;
+  const a = Buf.of(lib, x.a, off), w = Buf.of(lib, x.w, off), b = Buf.of(lib, x.b);
+  const nw = Buf.of(lib, x.nw);
+  const r = Buf.of(lib, c.rt === F32 ? x.r : cast(x.r, F32, c.rt));
+  const y = new Buf(lib, n * 2), o = new Buf(lib, n * 2);
+  for (const d of [y, o]) lib.check(lib.sym.msg_memset(d.p, 0xff, BigInt(n * 2), null), "poison");
+  const bp = c.bias ? b.p : null;
+  if (fused) {
+    lib.check(
+      lib.sym.msg_gemm_add_rmsnorm(
+        o.p,
+        r.p,
+        y.p,
+        a.p,
+        c.dt,
+        w.p,
+        c.dt,
+        bp,
+        nw.p,
+        c.dt,
+        c.rt,
+        c.M,
+        c.N,
+        c.K,
+        1e-6,
+        null,
+      ),
+      "gemm_add_rmsnorm",
+    );
+  } else {
+    lib.check(lib.sym.msg_gemm(y.p, c.dt, a.p, c.dt, w.p, c.dt, bp, c.M, c.N, c.K, null), "gemm");
+    lib.check(
+      lib.sym.msg_add_rmsnorm(o.p, r.p, y.p, nw.p, c.M, c.N, 1e-6, c.dt, c.rt, c.dt, null),
+      "add_rmsnorm",
+    );
+  }
+  const res = {
+    y: toF32(y.read(new Uint16Array(n)), c.dt),
+    r: toF32(r.read(c.rt === F32 ? new Float32Array(n) : new Uint16Array(n)), c.rt),
+    out: toF32(o.read(new Uint16Array(n)), c.dt),
+  };
+  [a, w, b, nw, r, y, o].forEach((d) => d.free());
+  return res;
+}
+
+Deno.test({
+  name: "cuda gemv: gemm_add_rmsnorm (the norm in the GEMV's last block) matches the CPU library",
+  ...ig,
+  fn: () =>
+    withMaxM(8, () => {
+      const cases: NormCase[] = [];
+      for (const M of [1, 2, 3, 4, 8]) {
+        cases.push({ M, N: 1024, K: 2048, dt: BF16, rt: F32, bias: M === 2 });
+        cases.push({ M, N: 4096, K: 1024, dt: F16, rt: F32, bias: M === 3 });
+      }
+      cases.push(
+        { M: 1, N: 64, K: 3072, dt: BF16, rt: F32, bias: true }, // one block, split-K
+        { M: 1, N: 8, K: 8, dt: BF16, rt: F32, bias: false }, // one group
+        // The two calls: N % 8, a 16-bit residual, K % 8, misaligned, M past the threshold.
+        { M: 2, N: 1003, K: 512, dt: BF16, rt: F32, bias: true },
+        { M: 1, N: 1024, K: 512, dt: BF16, rt: BF16, bias: false },
+        { M: 3, N: 512, K: 1003, dt: BF16, rt: F32, bias: false },
+        { M: 2, N: 512, K: 512, dt: F16, rt: F32, bias: false, off: 2 },
+        { M: 9, N: 1024, K: 256, dt: BF16, rt: F32, bias: false },
+      );
+      for (const c of cases) {
+        const what = `gemm_add_rmsnorm M=${c.M} N=${c.N} K=${c.K} dt=${c.dt} res=${c.rt} ` +
+          `bias=${c.bias}` + (c.off ? ` off=${c.off}` : "");
+        const x = {
+          a: rand16(c.M * c.K, c.dt),
+          w: rand16(c.N * c.K, c.dt, 0.05),
+          b: rand16(c.N, c.dt),
+          r: randn(c.M * c.N, 2),
+          nw: rand16(c.N, c.dt),
+        };
+        const ref = gemmNormOn(cpu, c, x), got = gemmNormOn(gpu, c, x);
+        const tol = c.dt === F16 ? 3e-3 : 1.5e-2;
+        for (const k of ["y", "r", "out"] as const) {
+          const err = relErr(ref[k], got[k], `${what} ${k}`);
+          assert.ok(err <= tol, `${what} ${k}: relative L2 error ${err.toExponential(3)} > ${tol}`);
+        }
+        // The same bits as the two calls it replaces, and again (the arrival counter is reset).
+        const two = gemmNormOn(gpu, c, x, false);
+        assert.deepEqual(got, two, `${what}: differs from gemm + add_rmsnorm`);
+        assert.deepEqual(gemmNormOn(gpu, c, x), got, `${what}: not deterministic`);
+      }
+    }),
+});
+
 /** Stream, events and graph helpers of the CUDA library. */
 function gpuTools() {
   const s = gpu.sym, chk = gpu.check.bind(gpu), h = new BigUint64Array(4);
@@ -250,6 +357,54 @@ Deno.test({
         assert.deepEqual(o.read(new Float32Array(M * N)), direct, `graph replay M=${M}`);
         chk(s.msg_graph_destroy(g), "graph destroy");
         [a, w, b, o].forEach((d) => d.free());
+      }
+      // gemm_add_rmsnorm twice in a row (the second reads the first's residual), from a fresh
+      // residual each time: replays equal the direct calls (the arrival counter resets).
+      for (const M of [1, 4]) {
+        const N = 1024, K = 2048;
+        const a = Buf.of(gpu, rand16(M * K, BF16)), w = Buf.of(gpu, rand16(N * K, BF16, 0.05));
+        const nw = Buf.of(gpu, rand16(N, BF16)), r0 = Buf.of(gpu, randn(M * N, 2));
+        const r = new Buf(gpu, M * N * 4), y = new Buf(gpu, M * N * 2);
+        const o = new Buf(gpu, M * N * 2);
+        const call = () => {
+          chk(s.msg_memcpy_d2d(r.p, r0.p, BigInt(M * N * 4), st), "d2d");
+          for (let i = 0; i < 2; i++) {
+            chk(
+              s.msg_gemm_add_rmsnorm(
+                o.p,
+                r.p,
+                y.p,
+                a.p,
+                BF16,
+                w.p,
+                BF16,
+                null,
+                nw.p,
+                BF16,
+                F32,
+                M,
+                N,
+                K,
+                1e-6,
+                st,
+              ),
+              "gemm_add_rmsnorm",
+            );
+          }
+        };
+        const read = () => [o.read(new Uint16Array(M * N)), r.read(new Float32Array(M * N))];
+        call();
+        chk(s.msg_stream_sync(st), "sync");
+        const direct = read();
+        chk(s.msg_memset(o.p, 0xff, BigInt(M * N * 2), st), "poison");
+        const g = graphOf(call);
+        for (let rep = 0; rep < 3; rep++) {
+          chk(s.msg_graph_launch(g, st), "launch");
+          chk(s.msg_stream_sync(st), "sync");
+          assert.deepEqual(read(), direct, `gemm_add_rmsnorm graph replay ${rep} M=${M}`);
+        }
+        chk(s.msg_graph_destroy(g), "graph destroy");
+        [a, w, nw, r0, r, y, o].forEach((d) => d.free());
       }
       close();
     }),
@@ -369,6 +524,62 @@ Deno.test({
       }
     }
     act.free();
+    // A projection + the residual add + RMSNorm after it: two kernels against gemm_add_rmsnorm.
+    const nBytes = 8 * 4096 * 4;
+    const res = new Buf(gpu, nBytes), normed = new Buf(gpu, nBytes), nw = new Buf(gpu, 4096 * 2);
+    for (const d of [res, normed, nw]) chk(s.msg_memset(d.p, 0, BigInt(d.bytes), st), "zero");
+    for (
+      const [N, K, what] of [[4096, 4096, "8B o"], [4096, 14336, "8B down"], [
+        1024,
+        2048,
+        "0.6B o",
+      ], [1024, 3072, "0.6B down"]] as const
+    ) {
+      const wBytes = N * K * 2, nBuf = Math.max(1, Math.ceil(2.5e8 / wBytes));
+      const calls = nBuf * Math.max(1, Math.ceil(24 / nBuf));
+      for (const M of [1, 4]) {
+        const timeOf = (fused: boolean) =>
+          withMaxM(8, () =>
+            graphUs((i) => {
+              const w = Deno.UnsafePointer.offset(pool.p!, (i % nBuf) * wBytes);
+              if (fused) {
+                chk(
+                  s.msg_gemm_add_rmsnorm(
+                    normed.p,
+                    res.p,
+                    o.p,
+                    a.p,
+                    BF16,
+                    w,
+                    BF16,
+                    null,
+                    nw.p,
+                    BF16,
+                    F32,
+                    M,
+                    N,
+                    K,
+                    1e-6,
+                    st,
+                  ),
+                  "gemm_add_rmsnorm",
+                );
+              } else {
+                chk(s.msg_gemm(o.p, BF16, a.p, BF16, w, BF16, null, M, N, K, st), "gemm");
+                chk(
+                  s.msg_add_rmsnorm(normed.p, res.p, o.p, nw.p, M, N, 1e-6, BF16, F32, BF16, st),
+                  "add_rmsnorm",
+                );
+              }
+            }, calls));
+        const two = timeOf(false), one = timeOf(true);
+        console.log(
+          `${what} + add_rmsnorm M=${M}: gemm + add_rmsnorm ${two.toFixed(1)} us, ` +
+            `gemm_add_rmsnorm ${one.toFixed(1)} us (${(two / one).toFixed(2)}x)`,
+        );
+      }
+    }
+    [res, normed, nw].forEach((d) => d.free());
     // The GEMMs of one Llama-3-8B decode step at M = 1: 32 x (qkv, o, gate_up, down) + lm_head.
     const stepUs = (i: number) =>
       32 * ["qkv", "o", "gate_up", "down"].reduce((t, k) => t + m1.get(`8B ${k}`)![i], 0) +
