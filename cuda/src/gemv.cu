@@ -372,10 +372,16 @@ int gemv_silu(void* out, const void* a, const void* w, int dtype, int M, int N, 
 }
 
 /** True when gemv_add_rmsnorm takes this call: what gemv_silu takes, plus N a multiple of 8,
- *  y, residual (fp32) and out 16-byte aligned, and the norm weight in the same dtype. */
+ *  y, residual (fp32) and out 16-byte aligned, and the norm weight in the same dtype; unless
+ *  MINISGL_GEMV_NORM=0. */
 bool gemv_norm_takes(int M, int dtype, const void* a, const void* w, int N, int K, const void* y,
                      const void* residual, int res_dtype, const void* out, int norm_dtype) {
-  return gemv_silu_takes(M, dtype, a, w, K) && N % 8 == 0 && res_dtype == MSG_F32 &&
+  // MINISGL_GEMV_NORM=0 (read once): always the two calls, for A/B runs.
+  static const bool on = [] {
+    const char* e = getenv("MINISGL_GEMV_NORM");
+    return !(e && e[0] == '0');
+  }();
+  return on && gemv_silu_takes(M, dtype, a, w, K) && N % 8 == 0 && res_dtype == MSG_F32 &&
          norm_dtype == dtype && aligned16_ptr(y) && aligned16_ptr(residual) && aligned16_ptr(out);
 }
 
