@@ -6,6 +6,27 @@ import { type Device, DType, dtypeSize, type Handle, Tensor } from "./device.ts"
 
 const ptr = (t: Tensor | null) => (t ? t.ptr : null);
 
+/** Where ropeStoreKv puts a layer's new keys and values, and how it rotates them. */
+export interface RopeStore {
+  /** [n] i32 position of each token */
+  positions: Tensor;
+  /** per-head RMSNorm weights [headDim] (Qwen3), or null */
+  qNorm: Tensor | null;
+  kNorm: Tensor | null;
+  eps: number;
+  /** fp32 [maxPos, rotDim]: cos then sin */
+  cosSin: Tensor;
+  /** [n] i32 KV slot of each token (-1: not stored) */
+  slots: Tensor;
+  kCache: Tensor;
+  vCache: Tensor;
+  hq: number;
+  hkv: number;
+  headDim: number;
+  /** dtype of qNorm/kNorm */
+  wDtype: DType;
+}
+
 /** Op launcher bound to one device and stream. */
 export class Ops {
   constructor(readonly dev: Device, public stream: Handle = null) {}
@@ -169,43 +190,62 @@ export class Ops {
     );
   }
 
-  ropeStoreKv(
-    qkv: Tensor,
-    positions: Tensor,
-    qNorm: Tensor | null,
-    kNorm: Tensor | null,
-    eps: number,
-    cosSin: Tensor,
-    slots: Tensor,
-    kCache: Tensor,
-    vCache: Tensor,
-    n: number,
-    hq: number,
-    hkv: number,
-    headDim: number,
-    wDtype: DType,
-  ): void {
+  /** q/k-norm + rotary in place and the KV store of n tokens' qkv (msg_rope_store_kv). */
+  ropeStoreKv(qkv: Tensor, n: number, r: RopeStore): void {
     this.dev.check(
       this.s.msg_rope_store_kv(
         qkv.ptr,
-        positions.ptr,
-        ptr(qNorm),
-        ptr(kNorm),
-        eps,
-        cosSin.ptr,
-        cosSin.shape[1],
-        slots.ptr,
-        kCache.ptr,
-        vCache.ptr,
+        r.positions.ptr,
+        ptr(r.qNorm),
+        ptr(r.kNorm),
+        r.eps,
+        r.cosSin.ptr,
+        r.cosSin.shape[1],
+        r.slots.ptr,
+        r.kCache.ptr,
+        r.vCache.ptr,
         n,
-        hq,
-        hkv,
-        headDim,
+        r.hq,
+        r.hkv,
+        r.headDim,
         qkv.dtype,
-        wDtype,
+        r.wDtype,
         this.stream,
       ),
       "rope_store_kv",
+    );
+  }
+
+  /** qkv = a @ w^T (+ bias), then ropeStoreKv: the qkv projection and the rotary + KV store
+   *  (one kernel at decode sizes; msg_gemm_rope_store_kv). */
+  gemmRopeStoreKv(qkv: Tensor, a: Tensor, w: Tensor, bias: Tensor | null, M: number, r: RopeStore) {
+    const K = w.shape[1];
+    this.dev.check(
+      this.s.msg_gemm_rope_store_kv(
+        qkv.ptr,
+        a.ptr,
+        a.dtype,
+        w.ptr,
+        w.dtype,
+        ptr(bias),
+        r.positions.ptr,
+        ptr(r.qNorm),
+        ptr(r.kNorm),
+        r.wDtype,
+        r.eps,
+        r.cosSin.ptr,
+        r.cosSin.shape[1],
+        r.slots.ptr,
+        r.kCache.ptr,
+        r.vCache.ptr,
+        M,
+        r.hq,
+        r.hkv,
+        r.headDim,
+        K,
+        this.stream,
+      ),
+      `gemm_rope_store_kv ${M}x${w.shape[0]}x${K}`,
     );
   }
 

@@ -61,7 +61,10 @@ Deno.test("--attn: the hybrid backend is built from the resolved prefill kernel"
       prepare() {},
       prepareCapture() {},
       prepareReplay() {},
-      storeAndAttend() {},
+      kvStore: () => {
+        throw new Error("not called");
+      },
+      attend() {},
     };
   };
   const { attn, resolved } = createAttention("fa,fi", HOPPER, make);

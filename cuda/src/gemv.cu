@@ -33,13 +33,14 @@
 // msg_gemv_max_m() (a tuning knob of the ABI, also used by the tests) moves the threshold within
 // 0..8; 0 sends everything to cuBLASLt.
 #include <stdlib.h>
+#include <string.h>
 
 #include <atomic>
-#include <type_traits>
 
 #include "common.cuh"
 #include "norm.cuh"
 #include "pdl.cuh"
+#include "rope.cuh"
 
 namespace {
 
@@ -113,7 +114,12 @@ __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq
   }
 }
 
-// The residual add + RMSNorm after a projection (msg_gemm_add_rmsnorm); res == nullptr: none.
+// What the kernel does after the dot products: write them (PLAIN, with the bias), write
+// silu(gate) * up (SILU, see below), or write them and then, in the blocks that finish last,
+// the residual add + RMSNorm of each row (NORM, msg_gemm_add_rmsnorm) or the q/k-norm, rotary
+// and KV store of each head (ROPE, msg_gemm_rope_store_kv).
+enum Epi { PLAIN, SILU, NORM, ROPE };
+
 template <typename T>
 struct NormTail {
   float* res;   // [M, N] fp32 residual stream: res += out
@@ -121,14 +127,23 @@ struct NormTail {
   const T* w;   // [N]
   float eps;
 };
+// The epilogues' arguments (one parameter for every variant of the kernel).
+template <typename T>
+struct Tail {
+  NormTail<T> norm;
+  msg::RopeArgs<T, T> rope;
+};
 
-// Blocks of the running fused GEMV that have written their outputs (per device; the grid's
-// last block resets it, so it is zero between launches and graph-safe; one stream at a time).
+// Arrival counters of the running fused GEMV (per device): blocks of the grid (NORM) or of one
+// head's columns (ROPE) that have written their outputs. The last to arrive resets its counter,
+// so all are zero between launches and graph-safe; one stream of a device at a time.
 __device__ unsigned int g_arrivals;
+constexpr int kMaxRopeHeads = 1024;
+__device__ unsigned int g_head_arrivals[kMaxRopeHeads];
 
-// Every block calls it once its outputs y [M, N] are written; the grid's last block to arrive
-// then sees all of y and runs the residual add + RMSNorm of each row (norm.cu's row function:
-// the same bits as msg_add_rmsnorm after the GEMV).
+// NORM: every block calls it once its outputs y [M, N] are written; the grid's last block to
+// arrive then sees all of y and runs the residual add + RMSNorm of each row (norm.cu's row
+// function: the same bits as msg_add_rmsnorm after the GEMV).
 template <typename T>
 __device__ __forceinline__ void norm_tail(const NormTail<T>& nt, const T* y, int M, int N) {
   __shared__ float sh[33];
@@ -146,14 +161,47 @@ __device__ __forceinline__ void norm_tail(const NormTail<T>& nt, const T* y, int
   if (threadIdx.x == 0) g_arrivals = 0;
 }
 
-// GATED: w is [2N, K] (N gate rows, then N up rows) and out[m, j] = silu(g) * u of output
+// ROPE: y is qkv [M, N = heads * head_dim]; the block owns columns [c0, c0 + cols). It arrives
+// at each head its columns touch; for a head whose last block it is, warp m runs token m's
+// rope_store_head (rope.cu's warp function: the same bits as msg_rope_store_kv after the GEMV).
+template <typename T>
+__device__ __forceinline__ void rope_tail(const msg::RopeArgs<T, T>& ra, T* y, int M, int N,
+                                          int cols) {
+  __shared__ float hs[kWarps][32 * msg::kRopeMaxPerLane];
+  __shared__ unsigned mine;  // bit i: this block is the last of head h0 + i
+  const int D = ra.head_dim, c0 = blockIdx.x * cols;
+  const int c1 = min(N, c0 + cols), h0 = c0 / D, h1 = (c1 - 1) / D;
+  __threadfence();
+  if (threadIdx.x == 0) mine = 0;
+  __syncthreads();
+  const int i = threadIdx.x;
+  if (i <= h1 - h0) {
+    const int h = h0 + i;
+    const int b0 = h * D / cols, b1 = min(((h + 1) * D - 1) / cols, (int)gridDim.x - 1);
+    if (atomicAdd(&g_head_arrivals[h], 1u) == (unsigned)(b1 - b0)) {
+      g_head_arrivals[h] = 0;  // every block of the head has arrived
+      atomicOr(&mine, 1u << i);
+    }
+  }
+  __syncthreads();
+  if (mine == 0) return;
+  __threadfence();
+  const int warp = threadIdx.x >> 5;
+  for (int h = h0; h <= h1; h++) {
+    if ((mine >> (h - h0) & 1) == 0) continue;
+    for (int m = warp; m < M; m += kWarps) msg::rope_store_head<true>(y, ra, m, h, hs[warp]);
+  }
+}
+
+// SILU (GATED): w is [2N, K] (N gate rows, then N up rows) and out[m, j] = silu(g) * u of output
 // column j's gate row j and up row N + j: a group's R rows are R/2 gate rows and the R/2 up
 // rows of the same columns, so the product is formed in fp32 in the epilogue (no bias).
-template <typename T, typename TO, int M, int R, int U, bool GATED>
-__global__ void __launch_bounds__(kWarps * 32)
-    gemv_vec_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
-                    const T* __restrict__ bias, int N, int K, int wk, int prefetch,
-                    NormTail<TO> nt) {
+template <typename T, typename TO, int M, int R, int U, int EPI>
+__device__ __forceinline__ void gemv_vec(TO* __restrict__ out, const T* __restrict__ x,
+                                         const T* __restrict__ w, const T* __restrict__ bias,
+                                         int N, int K, int wk, int prefetch,
+                                         const Tail<TO>& tail) {
+  constexpr bool GATED = EPI == SILU;
   constexpr int P = M * R >= 4 ? 1 : 4 / (M * R);  // independent accumulators per output
   constexpr int C = GATED ? R / 2 : R;              // output columns per group
   static_assert(!GATED || R % 2 == 0, "a gated group pairs gate and up rows");
@@ -245,9 +293,31 @@ __global__ void __launch_bounds__(kWarps * 32)
       out[(size_t)m * N + col] = msg::from_f<TO>(s);
     }
   }
-  if constexpr (!GATED && !std::is_same<TO, float>::value) {
-    if (nt.res) norm_tail(nt, out, M, N);
-  }
+  if constexpr (EPI == NORM) norm_tail(tail.norm, out, M, N);
+  if constexpr (EPI == ROPE) rope_tail(tail.rope, out, M, N, kWarps / wk * C);
+}
+
+template <typename T, typename TO, int M, int R, int U, int EPI>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_vec_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
+                    const T* __restrict__ bias, int N, int K, int wk, int prefetch,
+                    Tail<TO> tail) {
+  gemv_vec<T, TO, M, R, U, EPI>(out, x, w, bias, N, K, wk, prefetch, tail);
+}
+
+// The ROPE epilogue needs more registers than the dot products (76 against 48 at M = 1): its
+// kernel is held to the blocks per SM the others reach (48, 54, 80-88, 90-110 and 136
+// registers at M = 1, 2, 3, 4-7, 8), the epilogue spilling a few bytes instead.
+template <int M>
+constexpr int rope_min_blocks() {
+  return M == 1 ? 5 : M == 2 ? 4 : M == 3 ? 3 : M < 8 ? 2 : 1;
+}
+template <typename T, int M, int R, int U>
+__global__ void __launch_bounds__(kWarps * 32, rope_min_blocks<M>())
+    gemv_rope_kernel(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
+                     const T* __restrict__ bias, int N, int K, int wk, int prefetch,
+                     Tail<T> tail) {
+  gemv_vec<T, T, M, R, U, ROPE>(out, x, w, bias, N, K, wk, prefetch, tail);
 }
 
 // Any K and alignment: warp per row, scalar loads. Correct, not tuned (never hit by the
@@ -281,10 +351,11 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// N: output columns (for GATED, w has 2N rows).
-template <typename T, typename TO, int M, bool GATED>
+// N: output columns (for SILU, w has 2N rows).
+template <typename T, typename TO, int M, int EPI>
 int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cudaStream_t st,
-               NormTail<TO> nt) {
+               const Tail<TO>& tail) {
+  constexpr bool GATED = EPI == SILU;
   constexpr int R = M == 1 ? (GATED ? 2 : 1) : M == 2 ? 2 : 4;
   constexpr int U = 8 / R;
   constexpr int C = GATED ? R / 2 : R;
@@ -301,24 +372,29 @@ int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cud
   // a larger matrix's prefetched lines could be evicted before use and read twice.
   const int prefetch =
       msg::pdl_enabled() && (GATED ? 2 : 1) * (size_t)N * K * sizeof(T) <= kPrefetchMaxBytes;
-  MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U, GATED>, dim3(blocks),
-                           dim3(kWarps * 32), 0, st, out, x, w, bias, N, K, wk, prefetch,
-                           nt));
+  if constexpr (EPI == ROPE) {
+    MSG_CUDA(msg::launch_pdl(gemv_rope_kernel<T, M, R, U>, dim3(blocks), dim3(kWarps * 32), 0,
+                             st, out, x, w, bias, N, K, wk, prefetch, tail));
+  } else {
+    MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U, EPI>, dim3(blocks),
+                             dim3(kWarps * 32), 0, st, out, x, w, bias, N, K, wk, prefetch,
+                             tail));
+  }
   return 0;
 }
 
-template <typename T, typename TO, bool GATED>
+template <typename T, typename TO, int EPI>
 int launch_m(TO* o, const T* x, const T* wt, const T* b, int M, int N, int K, cudaStream_t st,
-             NormTail<TO> nt = {}) {
+             const Tail<TO>& tail = {}) {
   switch (M) {
-    case 1: return launch_vec<T, TO, 1, GATED>(o, x, wt, b, N, K, st, nt);
-    case 2: return launch_vec<T, TO, 2, GATED>(o, x, wt, b, N, K, st, nt);
-    case 3: return launch_vec<T, TO, 3, GATED>(o, x, wt, b, N, K, st, nt);
-    case 4: return launch_vec<T, TO, 4, GATED>(o, x, wt, b, N, K, st, nt);
-    case 5: return launch_vec<T, TO, 5, GATED>(o, x, wt, b, N, K, st, nt);
-    case 6: return launch_vec<T, TO, 6, GATED>(o, x, wt, b, N, K, st, nt);
-    case 7: return launch_vec<T, TO, 7, GATED>(o, x, wt, b, N, K, st, nt);
-    case 8: return launch_vec<T, TO, 8, GATED>(o, x, wt, b, N, K, st, nt);
+    case 1: return launch_vec<T, TO, 1, EPI>(o, x, wt, b, N, K, st, tail);
+    case 2: return launch_vec<T, TO, 2, EPI>(o, x, wt, b, N, K, st, tail);
+    case 3: return launch_vec<T, TO, 3, EPI>(o, x, wt, b, N, K, st, tail);
+    case 4: return launch_vec<T, TO, 4, EPI>(o, x, wt, b, N, K, st, tail);
+    case 5: return launch_vec<T, TO, 5, EPI>(o, x, wt, b, N, K, st, tail);
+    case 6: return launch_vec<T, TO, 6, EPI>(o, x, wt, b, N, K, st, tail);
+    case 7: return launch_vec<T, TO, 7, EPI>(o, x, wt, b, N, K, st, tail);
+    case 8: return launch_vec<T, TO, 8, EPI>(o, x, wt, b, N, K, st, tail);
     default: return msg::fail(msg::ERR_INTERNAL, "gemv: M=%d out of range", M);
   }
 }
@@ -333,7 +409,7 @@ int launch(void* out, const void* a, const void* w, const void* bias, int M, int
                              dim3(kWarps * 32), 0, st, o, x, wt, b, M, N, K));
     return 0;
   }
-  return launch_m<T, TO, false>(o, x, wt, b, M, N, K, st);
+  return launch_m<T, TO, PLAIN>(o, x, wt, b, M, N, K, st);
 }
 
 }  // namespace
@@ -363,26 +439,28 @@ bool gemv_silu_takes(int M, int dtype, const void* a, const void* w, int K) {
          aligned16_ptr(w);
 }
 
-/** out[M, N] = silu(a @ w[:N]^T) * (a @ w[N:]^T) for w [2N, K] (see GATED); only where
+/** out[M, N] = silu(a @ w[:N]^T) * (a @ w[N:]^T) for w [2N, K] (see SILU); only where
  *  gemv_silu_takes. */
 int gemv_silu(void* out, const void* a, const void* w, int dtype, int M, int N, int K,
               cudaStream_t st) {
   return MSG_DISPATCH_HALF(dtype, T,
-    return launch_m<T, T, true>((T*)out, (const T*)a, (const T*)w, nullptr, M, N, K, st););
+    return launch_m<T, T, SILU>((T*)out, (const T*)a, (const T*)w, nullptr, M, N, K, st););
+}
+
+/** The fused epilogues in use: MINISGL_GEMV_FUSE (read once) lists them, "norm,rope" by
+ *  default; "0" or "" runs both as the two calls (A/B runs). */
+bool gemv_fuse(const char* what) {
+  static const char* e = getenv("MINISGL_GEMV_FUSE");
+  return e == nullptr || (*e && strcmp(e, "0") != 0 && strstr(e, what) != nullptr);
 }
 
 /** True when gemv_add_rmsnorm takes this call: what gemv_silu takes, plus N a multiple of 8,
- *  y, residual (fp32) and out 16-byte aligned, and the norm weight in the same dtype; unless
- *  MINISGL_GEMV_NORM=0. */
+ *  y, residual (fp32) and out 16-byte aligned, and the norm weight in the same dtype. */
 bool gemv_norm_takes(int M, int dtype, const void* a, const void* w, int N, int K, const void* y,
                      const void* residual, int res_dtype, const void* out, int norm_dtype) {
-  // MINISGL_GEMV_NORM=0 (read once): always the two calls, for A/B runs.
-  static const bool on = [] {
-    const char* e = getenv("MINISGL_GEMV_NORM");
-    return !(e && e[0] == '0');
-  }();
-  return on && gemv_silu_takes(M, dtype, a, w, K) && N % 8 == 0 && res_dtype == MSG_F32 &&
-         norm_dtype == dtype && aligned16_ptr(y) && aligned16_ptr(residual) && aligned16_ptr(out);
+  return gemv_fuse("norm") && gemv_silu_takes(M, dtype, a, w, K) && N % 8 == 0 &&
+         res_dtype == MSG_F32 && norm_dtype == dtype && aligned16_ptr(y) &&
+         aligned16_ptr(residual) && aligned16_ptr(out);
 }
 
 /** y[M, N] = a @ w^T (+ bias); residual += y; out = rmsnorm(residual) * norm_w, in one
@@ -391,8 +469,36 @@ int gemv_add_rmsnorm(void* out, float* residual, void* y, const void* a, const v
                      const void* bias, const void* norm_w, int dtype, int M, int N, int K,
                      float eps, cudaStream_t st) {
   return MSG_DISPATCH_HALF(dtype, T,
-    return launch_m<T, T, false>((T*)y, (const T*)a, (const T*)w, (const T*)bias, M, N, K, st,
-                                 NormTail<T>{residual, (T*)out, (const T*)norm_w, eps}););
+    Tail<T> tail{};
+    tail.norm = NormTail<T>{residual, (T*)out, (const T*)norm_w, eps};
+    return launch_m<T, T, NORM>((T*)y, (const T*)a, (const T*)w, (const T*)bias, M, N, K, st,
+                                tail););
+}
+
+/** True when gemv_rope_store_kv takes this call: what gemv_silu takes, at most kMaxRopeHeads
+ *  heads of at most 256 values, the q/k norm weights (if any) in the same dtype. */
+bool gemv_rope_takes(int M, int dtype, const void* a, const void* w, int K, int hq, int hkv,
+                     int head_dim, int norm_dtype) {
+  return gemv_fuse("rope") && gemv_silu_takes(M, dtype, a, w, K) &&
+         hq + 2 * hkv <= kMaxRopeHeads && head_dim <= 32 * kRopeMaxPerLane &&
+         norm_dtype == dtype;
+}
+
+/** qkv[M, N] = a @ w^T (+ bias), then msg_rope_store_kv's q/k norm, rotary and KV store of
+ *  every head, in one kernel (each head in the last block of its columns); only where
+ *  gemv_rope_takes. */
+int gemv_rope_store_kv(void* qkv, const void* a, const void* w, const void* bias,
+                       const int32_t* positions, const void* q_norm, const void* k_norm,
+                       float eps, const float* cos_sin, int rot_dim, const int32_t* slots,
+                       void* k_cache, void* v_cache, int dtype, int M, int hq, int hkv,
+                       int head_dim, int K, cudaStream_t st) {
+  const int N = (hq + 2 * hkv) * head_dim;
+  return MSG_DISPATCH_HALF(dtype, T,
+    Tail<T> tail{};
+    tail.rope = RopeArgs<T, T>{positions, (const T*)q_norm, (const T*)k_norm, eps, cos_sin,
+                               rot_dim, slots, (T*)k_cache, (T*)v_cache, hq, hkv, head_dim};
+    return launch_m<T, T, ROPE>((T*)qkv, (const T*)a, (const T*)w, (const T*)bias, M, N, K, st,
+                                tail););
 }
 
 }  // namespace msg

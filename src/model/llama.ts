@@ -76,6 +76,7 @@ export function forward(
 ): Tensor {
   const n = meta.numTokens;
   const { eps, numHeads: hq, numKvHeads: hkv, headDim } = shape;
+  const heads = { hq, hkv, headDim, eps };
   // The residual stream is fp32 (see Workspace); it starts at zero and every layer's
   // output, the embedding first, is added into it.
   // Row-parallel outputs (and the vocab-parallel embedding) are partial sums over ranks.
@@ -95,8 +96,9 @@ export function forward(
   };
   for (let l = 0; l < w.layers.length; l++) {
     const L = w.layers[l];
-    ops.gemm(ws.qkv, ws.normed, L.qkv, L.qkvBias, n);
-    attn.storeAndAttend(l, ws.qkv, ws.attnOut, L.qNorm, L.kNorm, meta, { hq, hkv, headDim, eps });
+    const store = attn.kvStore(l, L.qNorm, L.kNorm, meta, heads);
+    ops.gemmRopeStoreKv(ws.qkv, ws.normed, L.qkv, L.qkvBias, n, store);
+    attn.attend(l, ws.qkv, ws.attnOut, meta, heads);
     project(ws.attnOut, L.o, L.oBias, L.postNorm);
     ops.gemmSilu(ws.act, ws.gateUp, ws.normed, L.gateUp, n);
     project(ws.act, L.down, null, l + 1 < w.layers.length ? w.layers[l + 1].inputNorm : w.norm);

@@ -297,6 +297,176 @@ Deno.test({
     }),
 });
 
+/** A qkv projection with its rotary + KV store (msg_gemm_rope_store_kv): M tokens of hq + 2 hkv
+ *  heads of D values, the first `rot` rotated, optional q/k norms and bias. */
+interface RopeCase {
+  M: number;
+  hq: number;
+  hkv: number;
+  D: number;
+  rot: number;
+  K: number;
+  dt: number;
+  norm: boolean;
+  bias: boolean;
+  off?: number; // bytes added to the a and w pointers
+}
+const SLOTS = 64, MAX_POS = 512;
+
+/** msg_gemm_rope_store_kv on `lib`, `fused` (else msg_gemm + msg_rope_store_kv); returns qkv and
+ *  both caches as fp32. qkv starts as NaN, the caches as the same random values on every call. */
+function gemmRopeOn(lib: NativeLib, c: RopeCase, x: ReturnType<typeof ropeInputs>, fused = true) {
+  const N = (c.hq + 2 * c.hkv) * c.D, off = c.off ?? 0;
+  const a = Buf.of(lib, x.a, off), w = Buf.of(lib, x.w, off), b = Buf.of(lib, x.b);
+  const qn = Buf.of(lib, x.qn), kn = Buf.of(lib, x.kn), cs = Buf.of(lib, x.cs);
+  const pos = Buf.of(lib, x.pos), slots = Buf.of(lib, x.slots);
+  const kc = Buf.of(lib, x.kc), vc = Buf.of(lib, x.vc);
+  const qkv = new Buf(lib, c.M * N * 2);
+  qkv.poison();
+  const bp = c.bias ? b.p : null, qp = c.norm ? qn.p : null, kp = c.norm ? kn.p : null;
+  if (fused) {
+    lib.check(
+      lib.sym.msg_gemm_rope_store_kv(
+        qkv.p,
+        a.p,
+        c.dt,
+        w.p,
+        c.dt,
+        bp,
+        pos.p,
+        qp,
+        kp,
+        c.dt,
+        1e-6,
+        cs.p,
+        c.rot,
+        slots.p,
+        kc.p,
+        vc.p,
+        c.M,
+        c.hq,
+        c.hkv,
+        c.D,
+        c.K,
+        null,
+      ),
+      "gemm_rope_store_kv",
+    );
+  } else {
+    lib.check(lib.sym.msg_gemm(qkv.p, c.dt, a.p, c.dt, w.p, c.dt, bp, c.M, N, c.K, null), "gemm");
+    lib.check(
+      lib.sym.msg_rope_store_kv(
+        qkv.p,
+        pos.p,
+        qp,
+        kp,
+        1e-6,
+        cs.p,
+        c.rot,
+        slots.p,
+        kc.p,
+        vc.p,
+        c.M,
+        c.hq,
+        c.hkv,
+        c.D,
+        c.dt,
+        c.dt,
+        null,
+      ),
+      "rope_store_kv",
+    );
+  }
+  const cache = SLOTS * c.hkv * c.D;
+  const res = {
+    qkv: toF32(qkv.read(new Uint16Array(c.M * N)), c.dt),
+    k: toF32(kc.read(new Uint16Array(cache)), c.dt),
+    v: toF32(vc.read(new Uint16Array(cache)), c.dt),
+  };
+  [a, w, b, qn, kn, cs, pos, slots, kc, vc, qkv].forEach((d) => d.free());
+  return res;
+}
+
+function ropeInputs(c: RopeCase) {
+  const N = (c.hq + 2 * c.hkv) * c.D, cache = SLOTS * c.hkv * c.D;
+  // Distinct slots (the last token's -1: not stored) and positions.
+  const slots = Int32Array.from(
+    { length: c.M },
+    (_, i) => i === c.M - 1 && c.M > 1 ? -1 : 3 * i + 5,
+  );
+  const pos = Int32Array.from({ length: c.M }, (_, i) => 7 + 61 * i);
+  return {
+    a: rand16(c.M * c.K, c.dt),
+    w: rand16(N * c.K, c.dt, 0.05),
+    b: rand16(N, c.dt),
+    qn: rand16(c.D, c.dt),
+    kn: rand16(c.D, c.dt),
+    cs: randn(MAX_POS * c.rot),
+    pos,
+    slots,
+    kc: rand16(cache, c.dt),
+    vc: rand16(cache, c.dt),
+  };
+}
+
+Deno.test({
+  name:
+    "cuda gemv: gemm_rope_store_kv (rotary + KV store in the GEMV's last blocks) matches the CPU library",
+  ...ig,
+  fn: () =>
+    withMaxM(8, () => {
+      const cases: RopeCase[] = [];
+      for (const M of [1, 2, 3, 4, 8]) {
+        // qwen3-0.6b (q/k norms), llama (none, 32/8 heads), qwen2 (bias)
+        cases.push({
+          M,
+          hq: 16,
+          hkv: 8,
+          D: 128,
+          rot: 128,
+          K: 1024,
+          dt: BF16,
+          norm: true,
+          bias: false,
+        });
+        cases.push({
+          M,
+          hq: 32,
+          hkv: 8,
+          D: 128,
+          rot: 128,
+          K: 512,
+          dt: F16,
+          norm: false,
+          bias: M === 2,
+        });
+      }
+      cases.push(
+        { M: 1, hq: 4, hkv: 2, D: 64, rot: 32, K: 256, dt: BF16, norm: true, bias: true }, // partial rotary
+        { M: 1, hq: 2, hkv: 1, D: 64, rot: 64, K: 4096, dt: BF16, norm: false, bias: false }, // split-K: a column per block
+        { M: 2, hq: 2, hkv: 2, D: 256, rot: 256, K: 512, dt: BF16, norm: true, bias: false }, // head_dim 256
+        { M: 3, hq: 6, hkv: 2, D: 40, rot: 40, K: 128, dt: BF16, norm: false, bias: false }, // heads across blocks
+        // The two calls: M past the threshold, K % 8, misaligned.
+        { M: 9, hq: 4, hkv: 2, D: 64, rot: 64, K: 256, dt: BF16, norm: true, bias: false },
+        { M: 2, hq: 4, hkv: 2, D: 64, rot: 64, K: 1003, dt: BF16, norm: false, bias: false },
+        { M: 1, hq: 4, hkv: 2, D: 64, rot: 64, K: 512, dt: F16, norm: true, bias: false, off: 2 },
+      );
+      for (const c of cases) {
+        const what = `gemm_rope_store_kv M=${c.M} heads=${c.hq}/${c.hkv}x${c.D} rot=${c.rot} ` +
+          `K=${c.K} dt=${c.dt} norm=${c.norm} bias=${c.bias}` + (c.off ? ` off=${c.off}` : "");
+        const x = ropeInputs(c);
+        const ref = gemmRopeOn(cpu, c, x), got = gemmRopeOn(gpu, c, x);
+        const tol = c.dt === F16 ? 3e-3 : 1.5e-2;
+        for (const k of ["qkv", "k", "v"] as const) {
+          const err = relErr(ref[k], got[k], `${what} ${k}`);
+          assert.ok(err <= tol, `${what} ${k}: relative L2 error ${err.toExponential(3)} > ${tol}`);
+        }
+        assert.deepEqual(got, gemmRopeOn(gpu, c, x, false), `${what}: differs from the two calls`);
+        assert.deepEqual(gemmRopeOn(gpu, c, x), got, `${what}: not deterministic`);
+      }
+    }),
+});
+
 /** Stream, events and graph helpers of the CUDA library. */
 function gpuTools() {
   const s = gpu.sym, chk = gpu.check.bind(gpu), h = new BigUint64Array(4);
@@ -405,6 +575,75 @@ Deno.test({
         }
         chk(s.msg_graph_destroy(g), "graph destroy");
         [a, w, nw, r0, r, y, o].forEach((d) => d.free());
+      }
+      // gemm_rope_store_kv: replays equal a direct call (head counters reset; idempotent).
+      for (const M of [1, 4]) {
+        const c: RopeCase = {
+          M,
+          hq: 16,
+          hkv: 8,
+          D: 128,
+          rot: 128,
+          K: 1024,
+          dt: BF16,
+          norm: true,
+          bias: false,
+        };
+        const x = ropeInputs(c), direct = gemmRopeOn(gpu, c, x);
+        const N = (c.hq + 2 * c.hkv) * c.D, cache = SLOTS * c.hkv * c.D;
+        const a = Buf.of(gpu, x.a), w = Buf.of(gpu, x.w), qn = Buf.of(gpu, x.qn);
+        const kn = Buf.of(gpu, x.kn), cs = Buf.of(gpu, x.cs), pos = Buf.of(gpu, x.pos);
+        const slots = Buf.of(gpu, x.slots), kc = Buf.of(gpu, x.kc), vc = Buf.of(gpu, x.vc);
+        const qkv = new Buf(gpu, M * N * 2);
+        const g = graphOf(() => {
+          for (let i = 0; i < 2; i++) {
+            chk(
+              s.msg_gemm_rope_store_kv(
+                qkv.p,
+                a.p,
+                BF16,
+                w.p,
+                BF16,
+                null,
+                pos.p,
+                qn.p,
+                kn.p,
+                BF16,
+                1e-6,
+                cs.p,
+                c.rot,
+                slots.p,
+                kc.p,
+                vc.p,
+                M,
+                c.hq,
+                c.hkv,
+                c.D,
+                c.K,
+                st,
+              ),
+              "gemm_rope_store_kv",
+            );
+          }
+        });
+        for (let rep = 0; rep < 3; rep++) {
+          // The caches as the direct call found them, qkv unwritten.
+          for (const [d, h] of [[kc, x.kc], [vc, x.vc]] as const) {
+            chk(s.msg_memcpy_h2d(d.p, ptr(h), BigInt(h.byteLength), null), "h2d");
+          }
+          qkv.poison();
+          chk(s.msg_device_sync(), "sync");
+          chk(s.msg_graph_launch(g, st), "launch");
+          chk(s.msg_stream_sync(st), "sync");
+          const got = {
+            qkv: toF32(qkv.read(new Uint16Array(M * N)), BF16),
+            k: toF32(kc.read(new Uint16Array(cache)), BF16),
+            v: toF32(vc.read(new Uint16Array(cache)), BF16),
+          };
+          assert.deepEqual(got, direct, `gemm_rope_store_kv graph replay ${rep} M=${M}`);
+        }
+        chk(s.msg_graph_destroy(g), "graph destroy");
+        [a, w, qn, kn, cs, pos, slots, kc, vc, qkv].forEach((d) => d.free());
       }
       close();
     }),
@@ -580,6 +819,92 @@ Deno.test({
       }
     }
     [res, normed, nw].forEach((d) => d.free());
+    // The qkv projection + rotary and KV store: two kernels against gemm_rope_store_kv.
+    for (
+      const [hq, hkv, K, norm, what] of [[32, 8, 4096, false, "8B"], [
+        16,
+        8,
+        1024,
+        true,
+        "0.6B",
+      ]] as const
+    ) {
+      const D = 128, N = (hq + 2 * hkv) * D, wBytes = N * K * 2;
+      const nBuf = Math.max(1, Math.ceil(2.5e8 / wBytes)),
+        calls = nBuf * Math.max(1, Math.ceil(24 / nBuf));
+      const qkv = new Buf(gpu, 4 * N * 2), kc = new Buf(gpu, 4096 * hkv * D * 2);
+      const vc = new Buf(gpu, 4096 * hkv * D * 2), cs = Buf.of(gpu, randn(4096 * D));
+      const nw = Buf.of(gpu, rand16(D, BF16)),
+        pos = Buf.of(gpu, Int32Array.from([100, 200, 300, 400]));
+      const slots = Buf.of(gpu, Int32Array.from([10, 20, 30, 40]));
+      const np = norm ? nw.p : null;
+      for (const M of [1, 4]) {
+        const timeOf = (fused: boolean) =>
+          withMaxM(8, () =>
+            graphUs((i) => {
+              const w = Deno.UnsafePointer.offset(pool.p!, (i % nBuf) * wBytes);
+              if (fused) {
+                chk(
+                  s.msg_gemm_rope_store_kv(
+                    qkv.p,
+                    a.p,
+                    BF16,
+                    w,
+                    BF16,
+                    null,
+                    pos.p,
+                    np,
+                    np,
+                    BF16,
+                    1e-6,
+                    cs.p,
+                    D,
+                    slots.p,
+                    kc.p,
+                    vc.p,
+                    M,
+                    hq,
+                    hkv,
+                    D,
+                    K,
+                    st,
+                  ),
+                  "gemm_rope_store_kv",
+                );
+              } else {
+                chk(s.msg_gemm(qkv.p, BF16, a.p, BF16, w, BF16, null, M, N, K, st), "gemm");
+                chk(
+                  s.msg_rope_store_kv(
+                    qkv.p,
+                    pos.p,
+                    np,
+                    np,
+                    1e-6,
+                    cs.p,
+                    D,
+                    slots.p,
+                    kc.p,
+                    vc.p,
+                    M,
+                    hq,
+                    hkv,
+                    D,
+                    BF16,
+                    BF16,
+                    st,
+                  ),
+                  "rope_store_kv",
+                );
+              }
+            }, calls));
+        const two = timeOf(false), one = timeOf(true);
+        console.log(
+          `${what} qkv + rope_store_kv M=${M}: gemm + rope ${two.toFixed(1)} us, ` +
+            `gemm_rope_store_kv ${one.toFixed(1)} us (${(two / one).toFixed(2)}x)`,
+        );
+      }
+      [qkv, kc, vc, cs, nw, pos, slots].forEach((d) => d.free());
+    }
     // The GEMMs of one Llama-3-8B decode step at M = 1: 32 x (qkv, o, gate_up, down) + lm_head.
     const stepUs = (i: number) =>
       32 * ["qkv", "o", "gate_up", "down"].reduce((t, k) => t + m1.get(`8B ${k}`)![i], 0) +
