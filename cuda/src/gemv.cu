@@ -189,7 +189,10 @@ __device__ __forceinline__ void rope_tail(const msg::RopeArgs<T, T>& ra, T* y, i
   const int warp = threadIdx.x >> 5;
   for (int h = h0; h <= h1; h++) {
     if ((mine >> (h - h0) & 1) == 0) continue;
-    for (int m = warp; m < M; m += kWarps) msg::rope_store_head<true>(y, ra, m, h, hs[warp]);
+    for (int m = warp; m < M; m += kWarps) {
+      msg::rope_store_head<true>(y, ra, m, h, hs[warp]);
+      __syncwarp();  // every lane has read hs before the warp's next head overwrites it
+    }
   }
 }
 
