@@ -3,7 +3,8 @@
  * architecture, every position, prompts of 1 to 300 tokens; incremental decode against
  * full recompute; batches against single requests; cached prefixes through shared pages.
  */
-import { equal as assertEquals, ok as assert } from "node:assert/strict";
+import { deepEqual, equal as assertEquals, ok as assert, throws } from "node:assert/strict";
+import { DEFAULT_GEMV_FUSE, parseGemvFuse } from "../src/model/llama.ts";
 import { ensureTestModel } from "./fixtures.ts";
 import { referenceLogits } from "./reference.ts";
 import { loadModelConfig } from "../src/model/config.ts";
@@ -138,4 +139,13 @@ Deno.test("sampling through run(): greedy picks the argmax, decode reads the dev
   for (let i = 1; i < V; i++) if (l2[i] > l2[arg2]) arg2 = i;
   assertEquals(res2.tokens[0], arg2);
   r.dev.close();
+});
+
+Deno.test("MINISGL_GEMV_FUSE: the fused epilogues it names", () => {
+  deepEqual(parseGemvFuse(undefined), parseGemvFuse(DEFAULT_GEMV_FUSE));
+  deepEqual(parseGemvFuse("norm,rope"), { norm: true, rope: true });
+  deepEqual(parseGemvFuse("rope"), { norm: false, rope: true });
+  deepEqual(parseGemvFuse("0"), { norm: false, rope: false });
+  deepEqual(parseGemvFuse(""), { norm: false, rope: false });
+  throws(() => parseGemvFuse("silu"), /MINISGL_GEMV_FUSE/);
 });

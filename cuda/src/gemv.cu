@@ -33,7 +33,6 @@
 // msg_gemv_max_m() (a tuning knob of the ABI, also used by the tests) moves the threshold within
 // 0..8; 0 sends everything to cuBLASLt.
 #include <stdlib.h>
-#include <string.h>
 
 #include <atomic>
 
@@ -450,18 +449,11 @@ int gemv_silu(void* out, const void* a, const void* w, int dtype, int M, int N, 
     return launch_m<T, T, SILU>((T*)out, (const T*)a, (const T*)w, nullptr, M, N, K, st););
 }
 
-/** The fused epilogues in use: MINISGL_GEMV_FUSE (read once) lists them, "norm,rope" by
- *  default; "0" or "" runs both as the two calls (A/B runs). */
-bool gemv_fuse(const char* what) {
-  static const char* e = getenv("MINISGL_GEMV_FUSE");
-  return e == nullptr || (*e && strcmp(e, "0") != 0 && strstr(e, what) != nullptr);
-}
-
 /** True when gemv_add_rmsnorm takes this call: what gemv_silu takes, plus N a multiple of 8,
  *  y, residual (fp32) and out 16-byte aligned, and the norm weight in the same dtype. */
 bool gemv_norm_takes(int M, int dtype, const void* a, const void* w, int N, int K, const void* y,
                      const void* residual, int res_dtype, const void* out, int norm_dtype) {
-  return gemv_fuse("norm") && gemv_silu_takes(M, dtype, a, w, K) && N % 8 == 0 &&
+  return gemv_silu_takes(M, dtype, a, w, K) && N % 8 == 0 &&
          res_dtype == MSG_F32 && norm_dtype == dtype && aligned16_ptr(y) &&
          aligned16_ptr(residual) && aligned16_ptr(out);
 }
@@ -482,7 +474,7 @@ int gemv_add_rmsnorm(void* out, float* residual, void* y, const void* a, const v
  *  heads of at most 256 values, the q/k norm weights (if any) in the same dtype. */
 bool gemv_rope_takes(int M, int dtype, const void* a, const void* w, int K, int hq, int hkv,
                      int head_dim, int norm_dtype) {
-  return gemv_fuse("rope") && gemv_silu_takes(M, dtype, a, w, K) &&
+  return gemv_silu_takes(M, dtype, a, w, K) &&
          hq + 2 * hkv <= kMaxRopeHeads && head_dim <= 32 * kRopeMaxPerLane &&
          norm_dtype == dtype;
 }

@@ -6,6 +6,33 @@
 import type { Ops, Tensor } from "../../ffi/ops.ts";
 import type { AttentionBackend, ForwardMeta } from "../runtime/attention.ts";
 
+/** The projections' fused epilogues at decode sizes (GEMV kernels): the residual add + RMSNorm
+ *  after o and down (msg_gemm_add_rmsnorm) and the rotary + KV store after qkv
+ *  (msg_gemm_rope_store_kv). Elsewhere those calls are the separate ops anyway. */
+export interface GemvFuse {
+  norm: boolean;
+  rope: boolean;
+}
+export const DEFAULT_GEMV_FUSE = "norm,rope";
+
+/** MINISGL_GEMV_FUSE: a comma list of "norm" and "rope" (unset: DEFAULT_GEMV_FUSE; "" or "0":
+ *  neither); throws on other names. */
+export function parseGemvFuse(value: string | undefined): GemvFuse {
+  const names = (value ?? DEFAULT_GEMV_FUSE).split(",").filter((n) => n !== "" && n !== "0");
+  for (const n of names) {
+    if (n !== "norm" && n !== "rope") {
+      throw new Error(`MINISGL_GEMV_FUSE lists norm and rope, got "${value}"`);
+    }
+  }
+  return { norm: names.includes("norm"), rope: names.includes("rope") };
+}
+
+let gemvFuseOnce: GemvFuse | null = null;
+/** This process's fused epilogues: MINISGL_GEMV_FUSE, read once. */
+export function gemvFuse(): GemvFuse {
+  return gemvFuseOnce ??= parseGemvFuse(Deno.env.get("MINISGL_GEMV_FUSE"));
+}
+
 /** Weights of one block, with q/k/v and gate/up merged as SGLang does. */
 export interface LayerWeights {
   inputNorm: Tensor;
@@ -77,6 +104,7 @@ export function forward(
   const n = meta.numTokens;
   const { eps, numHeads: hq, numKvHeads: hkv, headDim } = shape;
   const heads = { hq, hkv, headDim, eps };
+  const fuse = gemvFuse();
   // The residual stream is fp32 (see Workspace); it starts at zero and every layer's
   // output, the embedding first, is added into it.
   // Row-parallel outputs (and the vocab-parallel embedding) are partial sums over ranks.
@@ -87,9 +115,11 @@ export function forward(
   ops.zero(ws.residual.rows(0, n));
   ops.addRmsnorm(ws.normed, ws.residual, ws.delta, w.layers[0].inputNorm, n, eps);
   // A row-parallel projection, then the residual add + RMSNorm with `norm`: one call unless
-  // the output must first be summed over the ranks.
+  // the output must first be summed over the ranks (or the fusion is off).
   const project = (a: Tensor, wt: Tensor, bias: Tensor | null, norm: Tensor) => {
-    if (!tp) return ops.gemmAddRmsnorm(ws.normed, ws.residual, ws.delta, a, wt, bias, norm, n, eps);
+    if (!tp && fuse.norm) {
+      return ops.gemmAddRmsnorm(ws.normed, ws.residual, ws.delta, a, wt, bias, norm, n, eps);
+    }
     ops.gemm(ws.delta, a, wt, bias, n);
     reduce(ws.delta);
     ops.addRmsnorm(ws.normed, ws.residual, ws.delta, norm, n, eps);
@@ -97,7 +127,11 @@ export function forward(
   for (let l = 0; l < w.layers.length; l++) {
     const L = w.layers[l];
     const store = attn.kvStore(l, L.qNorm, L.kNorm, meta, heads);
-    ops.gemmRopeStoreKv(ws.qkv, ws.normed, L.qkv, L.qkvBias, n, store);
+    if (fuse.rope) ops.gemmRopeStoreKv(ws.qkv, ws.normed, L.qkv, L.qkvBias, n, store);
+    else {
+      ops.gemm(ws.qkv, ws.normed, L.qkv, L.qkvBias, n);
+      ops.ropeStoreKv(ws.qkv, n, store);
+    }
     attn.attend(l, ws.qkv, ws.attnOut, meta, heads);
     project(ws.attnOut, L.o, L.oBias, L.postNorm);
     ops.gemmSilu(ws.act, ws.gateUp, ws.normed, L.gateUp, n);
