@@ -149,3 +149,16 @@ Deno.test("MINISGL_GEMV_FUSE: the fused epilogues it names", () => {
   deepEqual(parseGemvFuse(""), { norm: false, rope: false });
   throws(() => parseGemvFuse("silu"), /MINISGL_GEMV_FUSE/);
 });
+
+Deno.test("MINISGL_GEMV_FUSE=norm,rope: the fused calls' path equals the float64 reference too", async () => {
+  // The variable is read once per process: the reference tests above, in a process of their own.
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["test", "-A", "--filter", "logits equal the float64 reference", import.meta.filename!],
+    env: { MINISGL_GEMV_FUSE: "norm,rope", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  assert(out.success, text);
+  assert(/ok \| 4 passed/.test(text), text);
+});
