@@ -25,6 +25,12 @@
 // - Gated (msg_gemm_silu, a gated MLP's gate_up): a group holds gate rows and the up rows of
 //   the same output columns, and the epilogue writes silu(gate) * up from the fp32 sums, so
 //   the activation needs no kernel of its own (H100: 7.6 -> 6.4 us a qwen3-0.6b layer at M = 1).
+// - Fused epilogues after the outputs are written (msg_gemm_add_rmsnorm, msg_gemm_rope_store_kv):
+//   blocks take tickets from per-device arrival counters, and the last block of the grid runs
+//   the residual add + RMSNorm of each row (norm.cuh), or the last block of a head's columns runs
+//   that head's q/k norm, rotary and KV store (rope.cuh). The row and head functions are those
+//   of norm.cu and rope.cu, so results are bitwise those of the separate kernels. The counters
+//   return to zero in every launch (graph-safe); two such launches must not run concurrently.
 //
 // msg_gemm (gemm.cu) routes here when msg::gemv_takes() says so: M <= 4 by default (H100,
 // 2026-11-27, bf16, graph replays over > 200 MB of weights: vs cuBLASLt 1.06-1.25x at M = 1
