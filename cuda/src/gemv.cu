@@ -19,7 +19,8 @@
 //   interleaved 512-byte slices of K and their partial sums meet in shared memory.
 // - fp32 accumulation (several independent accumulators when M * R is small, so the FMA
 //   chain does not serialize), xor-shuffle warp reduction, then a fixed-order sum of the wk
-//   partials: results are deterministic. No atomics, no allocation, no host sync: the
+//   partials: results are deterministic. No atomics (but in the fused epilogues below), no
+//   allocation, no host sync: the
 //   launch can be captured into a CUDA graph.
 // - K not a multiple of 8 or pointers not 16-byte aligned: a scalar kernel (warp per row).
 // - Gated (msg_gemm_silu, a gated MLP's gate_up): a group holds gate rows and the up rows of
