@@ -20,8 +20,7 @@
 // - fp32 accumulation (several independent accumulators when M * R is small, so the FMA
 //   chain does not serialize), xor-shuffle warp reduction, then a fixed-order sum of the wk
 //   partials: results are deterministic. No atomics (but in the fused epilogues below), no
-//   allocation, no host sync: the
-//   launch can be captured into a CUDA graph.
+//   allocation, no host sync: the launch can be captured into a CUDA graph.
 // - K not a multiple of 8 or pointers not 16-byte aligned: a scalar kernel (warp per row).
 // - Gated (msg_gemm_silu, a gated MLP's gate_up): a group holds gate rows and the up rows of
 //   the same output columns, and the epilogue writes silu(gate) * up from the fp32 sums, so
