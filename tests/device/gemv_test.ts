@@ -192,6 +192,36 @@ Deno.test({
     }),
 });
 
+type Ptr = Deno.PointerValue;
+/** The buffers of one msg_gemm_add_rmsnorm call. */
+interface NormPtrs {
+  out: Ptr;
+  res: Ptr;
+  y: Ptr;
+  a: Ptr;
+  w: Ptr;
+  bias: Ptr;
+  nw: Ptr;
+}
+/** msg_gemm_add_rmsnorm (`fused`) or msg_gemm + msg_add_rmsnorm on `lib`: a, w, y, out and the
+ *  norm weight in dt, the residual in rt, eps 1e-6. */
+function normCall(
+  lib: NativeLib,
+  fused: boolean,
+  p: NormPtrs,
+  [dt, rt, M, N, K]: number[],
+  st: Ptr = null,
+) {
+  const s = lib.sym;
+  if (fused) {
+    const args = [p.out, p.res, p.y, p.a, dt, p.w, dt, p.bias, p.nw, dt, rt, M, N, K] as const;
+    lib.check(s.msg_gemm_add_rmsnorm(...args, 1e-6, st), "gemm_add_rmsnorm");
+    return;
+  }
+  lib.check(s.msg_gemm(p.y, dt, p.a, dt, p.w, dt, p.bias, M, N, K, st), "gemm");
+  lib.check(s.msg_add_rmsnorm(p.out, p.res, p.y, p.nw, M, N, 1e-6, dt, rt, dt, st), "add_rmsnorm");
+}
+
 /** Inputs of msg_gemm_add_rmsnorm: a [M, K], w [N, K], bias [N], the residual [M, N] (fp32 or
  *  16-bit) and the norm weight [N]. */
 interface NormCase {
@@ -214,36 +244,8 @@ function gemmNormOn(lib: NativeLib, c: NormCase, x: NormInputs, fused = true) {
   const r = Buf.of(lib, c.rt === F32 ? x.r : cast(x.r, F32, c.rt));
   const y = new Buf(lib, n * 2), o = new Buf(lib, n * 2);
   for (const d of [y, o]) lib.check(lib.sym.msg_memset(d.p, 0xff, BigInt(n * 2), null), "poison");
-  const bp = c.bias ? b.p : null;
-  if (fused) {
-    lib.check(
-      lib.sym.msg_gemm_add_rmsnorm(
-        o.p,
-        r.p,
-        y.p,
-        a.p,
-        c.dt,
-        w.p,
-        c.dt,
-        bp,
-        nw.p,
-        c.dt,
-        c.rt,
-        c.M,
-        c.N,
-        c.K,
-        1e-6,
-        null,
-      ),
-      "gemm_add_rmsnorm",
-    );
-  } else {
-    lib.check(lib.sym.msg_gemm(y.p, c.dt, a.p, c.dt, w.p, c.dt, bp, c.M, c.N, c.K, null), "gemm");
-    lib.check(
-      lib.sym.msg_add_rmsnorm(o.p, r.p, y.p, nw.p, c.M, c.N, 1e-6, c.dt, c.rt, c.dt, null),
-      "add_rmsnorm",
-    );
-  }
+  const ptrs = { out: o.p, res: r.p, y: y.p, a: a.p, w: w.p, bias: c.bias ? b.p : null, nw: nw.p };
+  normCall(lib, fused, ptrs, [c.dt, c.rt, c.M, c.N, c.K]);
   const res = {
     y: toF32(y.read(new Uint16Array(n)), c.dt),
     r: toF32(r.read(c.rt === F32 ? new Float32Array(n) : new Uint16Array(n)), c.rt),
@@ -312,78 +314,86 @@ interface RopeCase {
   off?: number; // bytes added to the a and w pointers
 }
 const SLOTS = 64, MAX_POS = 512;
+/** qwen3-0.6b's qkv: 16 q and 8 kv heads of 128, q/k norms, K = 1024. */
+const QWEN3_06B_ROPE = {
+  hq: 16,
+  hkv: 8,
+  D: 128,
+  rot: 128,
+  K: 1024,
+  dt: BF16,
+  norm: true,
+  bias: false,
+};
 
-/** msg_gemm_rope_store_kv on `lib`, `fused` (else msg_gemm + msg_rope_store_kv); returns qkv and
- *  both caches as fp32. qkv starts as NaN, the caches as the same random values on every call. */
-function gemmRopeOn(lib: NativeLib, c: RopeCase, x: ReturnType<typeof ropeInputs>, fused = true) {
-  const N = (c.hq + 2 * c.hkv) * c.D, off = c.off ?? 0;
+/** The buffers of one msg_gemm_rope_store_kv call (qn, kn: null = no q/k norm). */
+interface RopePtrs {
+  qkv: Ptr;
+  a: Ptr;
+  w: Ptr;
+  bias: Ptr;
+  pos: Ptr;
+  qn: Ptr;
+  kn: Ptr;
+  cs: Ptr;
+  slots: Ptr;
+  kc: Ptr;
+  vc: Ptr;
+}
+/** msg_gemm_rope_store_kv (`fused`) or msg_gemm + msg_rope_store_kv on `lib`, eps 1e-6. */
+function ropeCall(lib: NativeLib, fused: boolean, p: RopePtrs, c: RopeCase, st: Ptr = null) {
+  const s = lib.sym, N = (c.hq + 2 * c.hkv) * c.D;
+  const heads = [c.M, c.hq, c.hkv, c.D] as const;
+  if (fused) {
+    const args = [p.qkv, p.a, c.dt, p.w, c.dt, p.bias, p.pos, p.qn, p.kn, c.dt, 1e-6] as const;
+    const store = [p.cs, c.rot, p.slots, p.kc, p.vc, ...heads, c.K, st] as const;
+    lib.check(s.msg_gemm_rope_store_kv(...args, ...store), "gemm_rope_store_kv");
+    return;
+  }
+  lib.check(s.msg_gemm(p.qkv, c.dt, p.a, c.dt, p.w, c.dt, p.bias, c.M, N, c.K, st), "gemm");
+  const args = [p.qkv, p.pos, p.qn, p.kn, 1e-6, p.cs, c.rot, p.slots, p.kc, p.vc] as const;
+  lib.check(s.msg_rope_store_kv(...args, ...heads, c.dt, c.dt, st), "rope_store_kv");
+}
+
+/** The case's inputs on `lib` (a and w `c.off` bytes off alignment) and a qkv buffer: the
+ *  call's pointers, the outputs as fp32, and free. */
+function ropeBuffers(lib: NativeLib, c: RopeCase, x: ReturnType<typeof ropeInputs>) {
+  const N = (c.hq + 2 * c.hkv) * c.D, off = c.off ?? 0, cache = SLOTS * c.hkv * c.D;
   const a = Buf.of(lib, x.a, off), w = Buf.of(lib, x.w, off), b = Buf.of(lib, x.b);
   const qn = Buf.of(lib, x.qn), kn = Buf.of(lib, x.kn), cs = Buf.of(lib, x.cs);
   const pos = Buf.of(lib, x.pos), slots = Buf.of(lib, x.slots);
   const kc = Buf.of(lib, x.kc), vc = Buf.of(lib, x.vc);
   const qkv = new Buf(lib, c.M * N * 2);
-  qkv.poison();
-  const bp = c.bias ? b.p : null, qp = c.norm ? qn.p : null, kp = c.norm ? kn.p : null;
-  if (fused) {
-    lib.check(
-      lib.sym.msg_gemm_rope_store_kv(
-        qkv.p,
-        a.p,
-        c.dt,
-        w.p,
-        c.dt,
-        bp,
-        pos.p,
-        qp,
-        kp,
-        c.dt,
-        1e-6,
-        cs.p,
-        c.rot,
-        slots.p,
-        kc.p,
-        vc.p,
-        c.M,
-        c.hq,
-        c.hkv,
-        c.D,
-        c.K,
-        null,
-      ),
-      "gemm_rope_store_kv",
-    );
-  } else {
-    lib.check(lib.sym.msg_gemm(qkv.p, c.dt, a.p, c.dt, w.p, c.dt, bp, c.M, N, c.K, null), "gemm");
-    lib.check(
-      lib.sym.msg_rope_store_kv(
-        qkv.p,
-        pos.p,
-        qp,
-        kp,
-        1e-6,
-        cs.p,
-        c.rot,
-        slots.p,
-        kc.p,
-        vc.p,
-        c.M,
-        c.hq,
-        c.hkv,
-        c.D,
-        c.dt,
-        c.dt,
-        null,
-      ),
-      "rope_store_kv",
-    );
-  }
-  const cache = SLOTS * c.hkv * c.D;
-  const res = {
+  const ptrs: RopePtrs = {
+    qkv: qkv.p,
+    a: a.p,
+    w: w.p,
+    bias: c.bias ? b.p : null,
+    pos: pos.p,
+    qn: c.norm ? qn.p : null,
+    kn: c.norm ? kn.p : null,
+    cs: cs.p,
+    slots: slots.p,
+    kc: kc.p,
+    vc: vc.p,
+  };
+  const read = () => ({
     qkv: toF32(qkv.read(new Uint16Array(c.M * N)), c.dt),
     k: toF32(kc.read(new Uint16Array(cache)), c.dt),
     v: toF32(vc.read(new Uint16Array(cache)), c.dt),
-  };
-  [a, w, b, qn, kn, cs, pos, slots, kc, vc, qkv].forEach((d) => d.free());
+  });
+  const free = () => [a, w, b, qn, kn, cs, pos, slots, kc, vc, qkv].forEach((d) => d.free());
+  return { ptrs, qkv, kc, vc, read, free };
+}
+
+/** msg_gemm_rope_store_kv on `lib`, `fused` (else msg_gemm + msg_rope_store_kv); returns qkv and
+ *  both caches as fp32. qkv starts as NaN, the caches as the same random values on every call. */
+function gemmRopeOn(lib: NativeLib, c: RopeCase, x: ReturnType<typeof ropeInputs>, fused = true) {
+  const bufs = ropeBuffers(lib, c, x);
+  bufs.qkv.poison();
+  ropeCall(lib, fused, bufs.ptrs, c);
+  const res = bufs.read();
+  bufs.free();
   return res;
 }
 
@@ -418,17 +428,7 @@ Deno.test({
       const cases: RopeCase[] = [];
       for (const M of [1, 2, 3, 4, 8]) {
         // qwen3-0.6b (q/k norms), llama (none, 32/8 heads), qwen2 (bias)
-        cases.push({
-          M,
-          hq: 16,
-          hkv: 8,
-          D: 128,
-          rot: 128,
-          K: 1024,
-          dt: BF16,
-          norm: true,
-          bias: false,
-        });
+        cases.push({ M, ...QWEN3_06B_ROPE });
         cases.push({
           M,
           hq: 32,
@@ -539,27 +539,8 @@ Deno.test({
         const call = () => {
           chk(s.msg_memcpy_d2d(r.p, r0.p, BigInt(M * N * 4), st), "d2d");
           for (let i = 0; i < 2; i++) {
-            chk(
-              s.msg_gemm_add_rmsnorm(
-                o.p,
-                r.p,
-                y.p,
-                a.p,
-                BF16,
-                w.p,
-                BF16,
-                null,
-                nw.p,
-                BF16,
-                F32,
-                M,
-                N,
-                K,
-                1e-6,
-                st,
-              ),
-              "gemm_add_rmsnorm",
-            );
+            const ptrs = { out: o.p, res: r.p, y: y.p, a: a.p, w: w.p, bias: null, nw: nw.p };
+            normCall(gpu, true, ptrs, [BF16, F32, M, N, K], st);
           }
         };
         const read = () => [o.read(new Uint16Array(M * N)), r.read(new Float32Array(M * N))];
@@ -578,72 +559,25 @@ Deno.test({
       }
       // gemm_rope_store_kv: replays equal a direct call (head counters reset; idempotent).
       for (const M of [1, 4]) {
-        const c: RopeCase = {
-          M,
-          hq: 16,
-          hkv: 8,
-          D: 128,
-          rot: 128,
-          K: 1024,
-          dt: BF16,
-          norm: true,
-          bias: false,
-        };
+        const c: RopeCase = { M, ...QWEN3_06B_ROPE };
         const x = ropeInputs(c), direct = gemmRopeOn(gpu, c, x);
-        const N = (c.hq + 2 * c.hkv) * c.D, cache = SLOTS * c.hkv * c.D;
-        const a = Buf.of(gpu, x.a), w = Buf.of(gpu, x.w), qn = Buf.of(gpu, x.qn);
-        const kn = Buf.of(gpu, x.kn), cs = Buf.of(gpu, x.cs), pos = Buf.of(gpu, x.pos);
-        const slots = Buf.of(gpu, x.slots), kc = Buf.of(gpu, x.kc), vc = Buf.of(gpu, x.vc);
-        const qkv = new Buf(gpu, M * N * 2);
+        const bufs = ropeBuffers(gpu, c, x);
         const g = graphOf(() => {
-          for (let i = 0; i < 2; i++) {
-            chk(
-              s.msg_gemm_rope_store_kv(
-                qkv.p,
-                a.p,
-                BF16,
-                w.p,
-                BF16,
-                null,
-                pos.p,
-                qn.p,
-                kn.p,
-                BF16,
-                1e-6,
-                cs.p,
-                c.rot,
-                slots.p,
-                kc.p,
-                vc.p,
-                M,
-                c.hq,
-                c.hkv,
-                c.D,
-                c.K,
-                st,
-              ),
-              "gemm_rope_store_kv",
-            );
-          }
+          for (let i = 0; i < 2; i++) ropeCall(gpu, true, bufs.ptrs, c, st);
         });
         for (let rep = 0; rep < 3; rep++) {
           // The caches as the direct call found them, qkv unwritten.
-          for (const [d, h] of [[kc, x.kc], [vc, x.vc]] as const) {
+          for (const [d, h] of [[bufs.kc, x.kc], [bufs.vc, x.vc]] as const) {
             chk(s.msg_memcpy_h2d(d.p, ptr(h), BigInt(h.byteLength), null), "h2d");
           }
-          qkv.poison();
+          bufs.qkv.poison();
           chk(s.msg_device_sync(), "sync");
           chk(s.msg_graph_launch(g, st), "launch");
           chk(s.msg_stream_sync(st), "sync");
-          const got = {
-            qkv: toF32(qkv.read(new Uint16Array(M * N)), BF16),
-            k: toF32(kc.read(new Uint16Array(cache)), BF16),
-            v: toF32(vc.read(new Uint16Array(cache)), BF16),
-          };
-          assert.deepEqual(got, direct, `gemm_rope_store_kv graph replay ${rep} M=${M}`);
+          assert.deepEqual(bufs.read(), direct, `gemm_rope_store_kv graph replay ${rep} M=${M}`);
         }
         chk(s.msg_graph_destroy(g), "graph destroy");
-        [a, w, qn, kn, cs, pos, slots, kc, vc, qkv].forEach((d) => d.free());
+        bufs.free();
       }
       close();
     }),
@@ -781,35 +715,8 @@ Deno.test({
           withMaxM(8, () =>
             graphUs((i) => {
               const w = Deno.UnsafePointer.offset(pool.p!, (i % nBuf) * wBytes);
-              if (fused) {
-                chk(
-                  s.msg_gemm_add_rmsnorm(
-                    normed.p,
-                    res.p,
-                    o.p,
-                    a.p,
-                    BF16,
-                    w,
-                    BF16,
-                    null,
-                    nw.p,
-                    BF16,
-                    F32,
-                    M,
-                    N,
-                    K,
-                    1e-6,
-                    st,
-                  ),
-                  "gemm_add_rmsnorm",
-                );
-              } else {
-                chk(s.msg_gemm(o.p, BF16, a.p, BF16, w, BF16, null, M, N, K, st), "gemm");
-                chk(
-                  s.msg_add_rmsnorm(normed.p, res.p, o.p, nw.p, M, N, 1e-6, BF16, F32, BF16, st),
-                  "add_rmsnorm",
-                );
-              }
+              const ptrs = { out: normed.p, res: res.p, y: o.p, a: a.p, w, bias: null, nw: nw.p };
+              normCall(gpu, fused, ptrs, [BF16, F32, M, N, K], st);
             }, calls));
         const two = timeOf(false), one = timeOf(true);
         console.log(
@@ -843,59 +750,21 @@ Deno.test({
           withMaxM(8, () =>
             graphUs((i) => {
               const w = Deno.UnsafePointer.offset(pool.p!, (i % nBuf) * wBytes);
-              if (fused) {
-                chk(
-                  s.msg_gemm_rope_store_kv(
-                    qkv.p,
-                    a.p,
-                    BF16,
-                    w,
-                    BF16,
-                    null,
-                    pos.p,
-                    np,
-                    np,
-                    BF16,
-                    1e-6,
-                    cs.p,
-                    D,
-                    slots.p,
-                    kc.p,
-                    vc.p,
-                    M,
-                    hq,
-                    hkv,
-                    D,
-                    K,
-                    st,
-                  ),
-                  "gemm_rope_store_kv",
-                );
-              } else {
-                chk(s.msg_gemm(qkv.p, BF16, a.p, BF16, w, BF16, null, M, N, K, st), "gemm");
-                chk(
-                  s.msg_rope_store_kv(
-                    qkv.p,
-                    pos.p,
-                    np,
-                    np,
-                    1e-6,
-                    cs.p,
-                    D,
-                    slots.p,
-                    kc.p,
-                    vc.p,
-                    M,
-                    hq,
-                    hkv,
-                    D,
-                    BF16,
-                    BF16,
-                    st,
-                  ),
-                  "rope_store_kv",
-                );
-              }
+              const ptrs = {
+                qkv: qkv.p,
+                a: a.p,
+                w,
+                bias: null,
+                pos: pos.p,
+                qn: np,
+                kn: np,
+                cs: cs.p,
+                slots: slots.p,
+                kc: kc.p,
+                vc: vc.p,
+              };
+              const c = { M, hq, hkv, D, rot: D, K, dt: BF16, norm, bias: false };
+              ropeCall(gpu, fused, ptrs, c, st);
             }, calls));
         const two = timeOf(false), one = timeOf(true);
         console.log(
