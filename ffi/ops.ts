@@ -27,6 +27,23 @@ export interface RopeStore {
   wDtype: DType;
 }
 
+/** msg_rope_store_kv's arguments after qkv, up to the token count (shared with
+ *  msg_gemm_rope_store_kv, which takes them in the same order). */
+const ropeArgs = (r: RopeStore) =>
+  [
+    r.positions.ptr,
+    ptr(r.qNorm),
+    ptr(r.kNorm),
+    r.eps,
+    r.cosSin.ptr,
+    r.cosSin.shape[1],
+    r.slots.ptr,
+    r.kCache.ptr,
+    r.vCache.ptr,
+  ] as const;
+/** Then after the token count: hq, hkv, headDim. */
+const ropeHeads = (r: RopeStore) => [r.hq, r.hkv, r.headDim] as const;
+
 /** Op launcher bound to one device and stream. */
 export class Ops {
   constructor(readonly dev: Device, public stream: Handle = null) {}
@@ -192,25 +209,16 @@ export class Ops {
 
   /** q/k-norm + rotary in place and the KV store of n tokens' qkv (msg_rope_store_kv). */
   ropeStoreKv(qkv: Tensor, n: number, r: RopeStore): void {
+    const st = this.stream;
     this.dev.check(
       this.s.msg_rope_store_kv(
         qkv.ptr,
-        r.positions.ptr,
-        ptr(r.qNorm),
-        ptr(r.kNorm),
-        r.eps,
-        r.cosSin.ptr,
-        r.cosSin.shape[1],
-        r.slots.ptr,
-        r.kCache.ptr,
-        r.vCache.ptr,
+        ...ropeArgs(r),
         n,
-        r.hq,
-        r.hkv,
-        r.headDim,
+        ...ropeHeads(r),
         qkv.dtype,
         r.wDtype,
-        this.stream,
+        st,
       ),
       "rope_store_kv",
     );
@@ -219,33 +227,18 @@ export class Ops {
   /** qkv = a @ w^T (+ bias), then ropeStoreKv: the qkv projection and the rotary + KV store
    *  (one kernel at decode sizes; msg_gemm_rope_store_kv). */
   gemmRopeStoreKv(qkv: Tensor, a: Tensor, w: Tensor, bias: Tensor | null, M: number, r: RopeStore) {
-    const K = w.shape[1];
+    const [N, K] = w.shape;
+    const gemm = [qkv.ptr, a.ptr, a.dtype, w.ptr, w.dtype, ptr(bias), K] as const;
     this.dev.check(
       this.s.msg_gemm_rope_store_kv(
-        qkv.ptr,
-        a.ptr,
-        a.dtype,
-        w.ptr,
-        w.dtype,
-        ptr(bias),
-        r.positions.ptr,
-        ptr(r.qNorm),
-        ptr(r.kNorm),
-        r.wDtype,
-        r.eps,
-        r.cosSin.ptr,
-        r.cosSin.shape[1],
-        r.slots.ptr,
-        r.kCache.ptr,
-        r.vCache.ptr,
+        ...gemm,
+        ...ropeArgs(r),
         M,
-        r.hq,
-        r.hkv,
-        r.headDim,
-        K,
+        ...ropeHeads(r),
+        r.wDtype,
         this.stream,
       ),
-      `gemm_rope_store_kv ${M}x${w.shape[0]}x${K}`,
+      `gemm_rope_store_kv ${M}x${N}x${K}`,
     );
   }
 

@@ -181,19 +181,20 @@ MSG_API int msg_rope_store_kv(void* qkv, const int32_t* positions, const void* q
                               void* v_cache, int n, int hq, int hkv, int head_dim,
                               int act_dtype, int w_dtype, void* stream);
 
-/** qkv[M, (hq + 2 hkv) * head_dim] = a @ w^T (+ bias), then msg_rope_store_kv on it (M tokens;
- *  norm_dtype: that of q_norm/k_norm): the qkv projection and the rotary + KV store in one
- *  call. a, qkv in a_dtype; w, bias in w_dtype. Where msg_gemm would run its GEMV kernels (and
- *  the norms are in a_dtype, at most 1024 heads of at most 256 values) one kernel does both,
- *  each head in the last block to finish its columns, with the same result bits as the two
- *  calls; then it must not run concurrently on two streams of one device. Otherwise it is the
- *  two calls. */
+/** qkv[n, (hq + 2 hkv) * head_dim] = a[n, K] @ w^T (+ bias), then msg_rope_store_kv on it,
+ *  whose arguments follow in its order (norm_dtype: that of q_norm/k_norm): the qkv projection
+ *  and the rotary + KV store in one call. a, qkv in a_dtype; w, bias in w_dtype. Where msg_gemm
+ *  would run its GEMV kernels (and the norms are in a_dtype, at most 1024 heads of at most 256
+ *  values) one kernel does both, each head in the last block to finish its columns, with the
+ *  same result bits as the two calls; then it must not run concurrently on two streams of one
+ *  device. Otherwise it is the two calls. */
 MSG_API int msg_gemm_rope_store_kv(void* qkv, const void* a, int a_dtype, const void* w,
-                                   int w_dtype, const void* bias, const int32_t* positions,
-                                   const void* q_norm, const void* k_norm, int norm_dtype,
-                                   float eps, const float* cos_sin, int rot_dim,
-                                   const int32_t* slots, void* k_cache, void* v_cache, int M,
-                                   int hq, int hkv, int head_dim, int K, void* stream);
+                                   int w_dtype, const void* bias, int K,
+                                   const int32_t* positions, const void* q_norm,
+                                   const void* k_norm, float eps, const float* cos_sin,
+                                   int rot_dim, const int32_t* slots, void* k_cache,
+                                   void* v_cache, int n, int hq, int hkv, int head_dim,
+                                   int norm_dtype, void* stream);
 
 /** Slot of each new token from the page table: for request b (row rows[b]) and its
  *  tokens at positions [seq_lens[b] - q_lens[b], seq_lens[b]), written at

@@ -339,25 +339,28 @@ extern "C" int msg_gemm_add_rmsnorm(void* out, void* residual, void* y, const vo
 }
 
 extern "C" int msg_gemm_rope_store_kv(void* qkv, const void* a, int a_dtype, const void* w,
-                                      int w_dtype, const void* bias, const int32_t* positions,
-                                      const void* q_norm, const void* k_norm, int norm_dtype,
-                                      float eps, const float* cos_sin, int rot_dim,
-                                      const int32_t* slots, void* k_cache, void* v_cache, int M,
-                                      int hq, int hkv, int head_dim, int K, void* stream) {
+                                      int w_dtype, const void* bias, int K,
+                                      const int32_t* positions, const void* q_norm,
+                                      const void* k_norm, float eps, const float* cos_sin,
+                                      int rot_dim, const int32_t* slots, void* k_cache,
+                                      void* v_cache, int M, int hq, int hkv, int head_dim,
+                                      int norm_dtype, void* stream) {
   MSG_REQUIRE(M >= 0 && hq > 0 && hkv >= 0 && head_dim > 0 && K > 0,
               "msg_gemm_rope_store_kv: bad sizes M=%d hq=%d hkv=%d head_dim=%d K=%d", M, hq, hkv,
               head_dim, K);
   if (M == 0) return 0;
   const int N = (hq + 2 * hkv) * head_dim;
-  const int nd = q_norm || k_norm ? norm_dtype : a_dtype;
   // The GEMV's last block of each head's columns does that head; past its range, the two calls.
+  // (msg_rope_store_kv ignores norm_dtype without norms.)
   if (a_dtype == w_dtype && rot_dim >= 0 && rot_dim <= head_dim && rot_dim % 2 == 0 &&
-      msg::gemv_rope_takes(M, w_dtype, a, w, K, hq, hkv, head_dim, nd)) {
+      msg::gemv_rope_takes(M, w_dtype, a, w, K, hq, hkv, head_dim,
+                           q_norm || k_norm ? norm_dtype : a_dtype)) {
     return msg::gemv_rope_store_kv(qkv, a, w, bias, positions, q_norm, k_norm, eps, cos_sin,
                                    rot_dim, slots, k_cache, v_cache, w_dtype, M, hq, hkv,
                                    head_dim, K, msg::as_stream(stream));
   }
   int rc = msg_gemm(qkv, a_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, stream);
   return rc ? rc : msg_rope_store_kv(qkv, positions, q_norm, k_norm, eps, cos_sin, rot_dim, slots,
-                                     k_cache, v_cache, M, hq, hkv, head_dim, a_dtype, nd, stream);
+                                     k_cache, v_cache, M, hq, hkv, head_dim, a_dtype, norm_dtype,
+                                     stream);
 }

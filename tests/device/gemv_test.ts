@@ -343,16 +343,19 @@ interface RopePtrs {
 /** msg_gemm_rope_store_kv (`fused`) or msg_gemm + msg_rope_store_kv on `lib`, eps 1e-6. */
 function ropeCall(lib: NativeLib, fused: boolean, p: RopePtrs, c: RopeCase, st: Ptr = null) {
   const s = lib.sym, N = (c.hq + 2 * c.hkv) * c.D;
+  // msg_rope_store_kv's arguments after qkv up to the dtypes; the fused call's, after K.
+  const store = [p.pos, p.qn, p.kn, 1e-6, p.cs, c.rot, p.slots, p.kc, p.vc] as const;
   const heads = [c.M, c.hq, c.hkv, c.D] as const;
   if (fused) {
-    const args = [p.qkv, p.a, c.dt, p.w, c.dt, p.bias, p.pos, p.qn, p.kn, c.dt, 1e-6] as const;
-    const store = [p.cs, c.rot, p.slots, p.kc, p.vc, ...heads, c.K, st] as const;
-    lib.check(s.msg_gemm_rope_store_kv(...args, ...store), "gemm_rope_store_kv");
+    const gemm = [p.qkv, p.a, c.dt, p.w, c.dt, p.bias, c.K] as const;
+    lib.check(
+      s.msg_gemm_rope_store_kv(...gemm, ...store, ...heads, c.dt, st),
+      "gemm_rope_store_kv",
+    );
     return;
   }
   lib.check(s.msg_gemm(p.qkv, c.dt, p.a, c.dt, p.w, c.dt, p.bias, c.M, N, c.K, st), "gemm");
-  const args = [p.qkv, p.pos, p.qn, p.kn, 1e-6, p.cs, c.rot, p.slots, p.kc, p.vc] as const;
-  lib.check(s.msg_rope_store_kv(...args, ...heads, c.dt, c.dt, st), "rope_store_kv");
+  lib.check(s.msg_rope_store_kv(p.qkv, ...store, ...heads, c.dt, c.dt, st), "rope_store_kv");
 }
 
 /** The case's inputs on `lib` (a and w `c.off` bytes off alignment) and a qkv buffer: the
