@@ -5,17 +5,17 @@
 // (GQA: up to 8 heads, or 16 when the group is larger, so K/V are read once per group). The
 // keys are cut into chunks of kRound = 64. Two kernels share the per-block math below:
 // - balanced (MSG_DECODE_KERNEL=balanced or balanced-pf; not the default, see the figures
-//   below): a grid of at most the resident block count; block i takes the chunks [i C / G, (i + 1) C / G) of the
-//   concatenation of every segment's chunks (C in all, counted on the device from the real
-//   seq_lens, before the PDL wait), so every block streams the same number of keys whatever
-//   the lengths: no wave tail (512 equal blocks over 396 resident slots
-//   ran 1.3 waves before), no idle blocks for short requests under a long max_seq_len, and long
-//   segments spread over many blocks at batch 1. A block walks its range segment by segment. A
-//   segment inside one block's range is written directly; a segment cut by block boundaries
-//   leaves one (o, lse) partial per piece (slot 2 i + 1 for the piece of the block where it
-//   starts, slot 2 i for a piece that started before block i's range) and the LAST piece to
-//   arrive (an atomic counter per segment, reset by that block) merges them. G depends only on
-//   the batch shape and max_seq_len, so graph replays launch the same grid.
+//   below): a grid of at most the resident block count; block i takes the chunks
+//   [i C / G, (i + 1) C / G) of the concatenation of every segment's chunks (C in all, counted
+//   on the device from the real seq_lens, before the PDL wait), so every block streams the
+//   same number of keys whatever the lengths: no wave tail (512 equal blocks over 396 resident
+//   slots ran 1.3 waves before), no idle blocks for short requests under a long max_seq_len,
+//   and long segments spread over many blocks at batch 1. A block walks its range segment by
+//   segment. A segment inside one block's range is written directly; a segment cut by block
+//   boundaries leaves one (o, lse) partial per piece (slot 2 i + 1 for the piece of the block
+//   where it starts, slot 2 i for a piece that started before block i's range) and the LAST
+//   piece to arrive (an atomic counter per segment, reset by that block) merges them. G
+//   depends only on the batch shape and max_seq_len, so graph replays launch the same grid.
 // - grid (the default, auto): the earlier launch, grid (splits, head groups, requests);
 //   the active splits of a request come from its real length, the others exit at once.
 //
