@@ -6,44 +6,6 @@ import { type Device, DType, dtypeSize, type Handle, Tensor } from "./device.ts"
 
 const ptr = (t: Tensor | null) => (t ? t.ptr : null);
 
-/** Where ropeStoreKv puts a layer's new keys and values, and how it rotates them. */
-export interface RopeStore {
-  /** [n] i32 position of each token */
-  positions: Tensor;
-  /** per-head RMSNorm weights [headDim] (Qwen3), or null */
-  qNorm: Tensor | null;
-  kNorm: Tensor | null;
-  eps: number;
-  /** fp32 [maxPos, rotDim]: cos then sin */
-  cosSin: Tensor;
-  /** [n] i32 KV slot of each token (-1: not stored) */
-  slots: Tensor;
-  kCache: Tensor;
-  vCache: Tensor;
-  hq: number;
-  hkv: number;
-  headDim: number;
-  /** dtype of qNorm/kNorm */
-  wDtype: DType;
-}
-
-/** msg_rope_store_kv's arguments after qkv, up to the token count (shared with
- *  msg_gemm_rope_store_kv, which takes them in the same order). */
-const ropeArgs = (r: RopeStore) =>
-  [
-    r.positions.ptr,
-    ptr(r.qNorm),
-    ptr(r.kNorm),
-    r.eps,
-    r.cosSin.ptr,
-    r.cosSin.shape[1],
-    r.slots.ptr,
-    r.kCache.ptr,
-    r.vCache.ptr,
-  ] as const;
-/** Then after the token count: hq, hkv, headDim. */
-const ropeHeads = (r: RopeStore) => [r.hq, r.hkv, r.headDim] as const;
-
 /** Op launcher bound to one device and stream. */
 export class Ops {
   constructor(readonly dev: Device, public stream: Handle = null) {}
@@ -170,75 +132,43 @@ export class Ops {
     );
   }
 
-  /** y = a @ w^T (+ bias); residual += y; out = rmsnorm(residual) * normW: a projection and
-   *  the residual add + RMSNorm after it (one kernel at decode sizes; msg_gemm_add_rmsnorm). */
-  gemmAddRmsnorm(
-    out: Tensor,
-    residual: Tensor,
-    y: Tensor,
-    a: Tensor,
-    w: Tensor,
-    bias: Tensor | null,
-    normW: Tensor,
-    M: number,
+  ropeStoreKv(
+    qkv: Tensor,
+    positions: Tensor,
+    qNorm: Tensor | null,
+    kNorm: Tensor | null,
     eps: number,
+    cosSin: Tensor,
+    slots: Tensor,
+    kCache: Tensor,
+    vCache: Tensor,
+    n: number,
+    hq: number,
+    hkv: number,
+    headDim: number,
+    wDtype: DType,
   ): void {
-    const [N, K] = w.shape;
-    this.dev.check(
-      this.s.msg_gemm_add_rmsnorm(
-        out.ptr,
-        residual.ptr,
-        y.ptr,
-        a.ptr,
-        a.dtype,
-        w.ptr,
-        w.dtype,
-        ptr(bias),
-        normW.ptr,
-        normW.dtype,
-        residual.dtype,
-        M,
-        N,
-        K,
-        eps,
-        this.stream,
-      ),
-      `gemm_add_rmsnorm ${M}x${N}x${K}`,
-    );
-  }
-
-  /** q/k-norm + rotary in place and the KV store of n tokens' qkv (msg_rope_store_kv). */
-  ropeStoreKv(qkv: Tensor, n: number, r: RopeStore): void {
-    const st = this.stream;
     this.dev.check(
       this.s.msg_rope_store_kv(
         qkv.ptr,
-        ...ropeArgs(r),
+        positions.ptr,
+        ptr(qNorm),
+        ptr(kNorm),
+        eps,
+        cosSin.ptr,
+        cosSin.shape[1],
+        slots.ptr,
+        kCache.ptr,
+        vCache.ptr,
         n,
-        ...ropeHeads(r),
+        hq,
+        hkv,
+        headDim,
         qkv.dtype,
-        r.wDtype,
-        st,
-      ),
-      "rope_store_kv",
-    );
-  }
-
-  /** qkv = a @ w^T (+ bias), then ropeStoreKv: the qkv projection and the rotary + KV store
-   *  (one kernel at decode sizes; msg_gemm_rope_store_kv). */
-  gemmRopeStoreKv(qkv: Tensor, a: Tensor, w: Tensor, bias: Tensor | null, M: number, r: RopeStore) {
-    const [N, K] = w.shape;
-    const gemm = [qkv.ptr, a.ptr, a.dtype, w.ptr, w.dtype, ptr(bias), K] as const;
-    this.dev.check(
-      this.s.msg_gemm_rope_store_kv(
-        ...gemm,
-        ...ropeArgs(r),
-        M,
-        ...ropeHeads(r),
-        r.wDtype,
+        wDtype,
         this.stream,
       ),
-      `gemm_rope_store_kv ${M}x${N}x${K}`,
+      "rope_store_kv",
     );
   }
 

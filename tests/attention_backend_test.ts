@@ -61,10 +61,7 @@ Deno.test("--attn: the hybrid backend is built from the resolved prefill kernel"
       prepare() {},
       prepareCapture() {},
       prepareReplay() {},
-      kvStore: () => {
-        throw new Error("not called");
-      },
-      attend() {},
+      storeAndAttend() {},
     };
   };
   const { attn, resolved } = createAttention("fa,fi", HOPPER, make);

@@ -1,8 +1,8 @@
 /**
  * What the mixed-batch attention tests share (tests/mixed_attention_test.ts on the CPU,
  * tests/device/attention_mixed_test.ts on the GPU): random inputs of a batch whose entries are
- * decode rows (one new token) and extend rows, and one run of NativeAttention (rotary + KV
- * store, then `attend`: the decode and extend calls the batch splits into) over any subset
+ * decode rows (one new token) and extend rows, and one run of NativeAttention.storeAndAttend
+ * (rotary + KV store, then the decode and extend calls the batch splits into) over any subset
  * of those entries, each run on fresh copies of the inputs.
  */
 import { Device, DType, type Tensor } from "../ffi/device.ts";
@@ -158,8 +158,7 @@ export function attendEntries(
   const h: HeadShape = { hq: c.hq, hkv: c.hkv, headDim: c.headDim, eps: 1e-6 };
   const attn = new NativeAttention(ops, { k: [t.k], v: [t.v] }, t.cosSin, dtype, extend);
   attn.prepare();
-  ops.ropeStoreKv(t.qkv, meta.numTokens, attn.kvStore(0, null, null, meta, h));
-  attn.attend(0, t.qkv, t.out, meta, h);
+  attn.storeAndAttend(0, t.qkv, t.out, null, null, meta, h);
   dev.sync();
   const n = T * c.hq * c.headDim;
   let out: Float32Array;

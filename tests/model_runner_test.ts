@@ -3,8 +3,7 @@
  * architecture, every position, prompts of 1 to 300 tokens; incremental decode against
  * full recompute; batches against single requests; cached prefixes through shared pages.
  */
-import { deepEqual, equal as assertEquals, ok as assert, throws } from "node:assert/strict";
-import { DEFAULT_GEMV_FUSE, parseGemvFuse } from "../src/model/llama.ts";
+import { equal as assertEquals, ok as assert } from "node:assert/strict";
 import { ensureTestModel } from "./fixtures.ts";
 import { referenceLogits } from "./reference.ts";
 import { loadModelConfig } from "../src/model/config.ts";
@@ -139,26 +138,4 @@ Deno.test("sampling through run(): greedy picks the argmax, decode reads the dev
   for (let i = 1; i < V; i++) if (l2[i] > l2[arg2]) arg2 = i;
   assertEquals(res2.tokens[0], arg2);
   r.dev.close();
-});
-
-Deno.test("MINISGL_GEMV_FUSE: the fused epilogues it names", () => {
-  deepEqual(parseGemvFuse(undefined), parseGemvFuse(DEFAULT_GEMV_FUSE));
-  deepEqual(parseGemvFuse("norm,rope"), { norm: true, rope: true });
-  deepEqual(parseGemvFuse("rope"), { norm: false, rope: true });
-  deepEqual(parseGemvFuse("0"), { norm: false, rope: false });
-  deepEqual(parseGemvFuse(""), { norm: false, rope: false });
-  throws(() => parseGemvFuse("silu"), /MINISGL_GEMV_FUSE/);
-});
-
-Deno.test("MINISGL_GEMV_FUSE=norm,rope: the fused calls' path equals the float64 reference too", async () => {
-  // The variable is read once per process: the reference tests above, in a process of their own.
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["test", "-A", "--filter", "logits equal the float64 reference", import.meta.filename!],
-    env: { MINISGL_GEMV_FUSE: "norm,rope", NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  assert(out.success, text);
-  assert(/ok \| 4 passed/.test(text), text);
 });

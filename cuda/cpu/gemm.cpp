@@ -272,29 +272,3 @@ extern "C" int msg_gemm_silu(void* out, void*, const void* a, int a_dtype, const
   return 0;
   MSG_CATCH
 }
-
-extern "C" int msg_gemm_add_rmsnorm(void* out, void* residual, void* y, const void* a,
-                                    int a_dtype, const void* w, int w_dtype, const void* bias,
-                                    const void* norm_w, int norm_dtype, int res_dtype, int M,
-                                    int N, int K, float eps, void* stream) {
-  // The two calls (what the CUDA kernel's result bits equal).
-  int rc = msg_gemm(y, a_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, stream);
-  return rc ? rc : msg_add_rmsnorm(out, residual, y, norm_w, M, N, eps, a_dtype, res_dtype,
-                                   norm_dtype, stream);
-}
-
-extern "C" int msg_gemm_rope_store_kv(void* qkv, const void* a, int a_dtype, const void* w,
-                                      int w_dtype, const void* bias, int K,
-                                      const int32_t* positions, const void* q_norm,
-                                      const void* k_norm, float eps, const float* cos_sin,
-                                      int rot_dim, const int32_t* slots, void* k_cache,
-                                      void* v_cache, int M, int hq, int hkv, int head_dim,
-                                      int norm_dtype, void* stream) {
-  // The two calls (what the CUDA kernel's result bits equal).
-  MSG_REQUIRE(hq > 0 && hkv >= 0 && head_dim > 0, "msg_gemm_rope_store_kv: bad heads");
-  const int N = (hq + 2 * hkv) * head_dim;
-  int rc = msg_gemm(qkv, a_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, stream);
-  return rc ? rc : msg_rope_store_kv(qkv, positions, q_norm, k_norm, eps, cos_sin, rot_dim, slots,
-                                     k_cache, v_cache, M, hq, hkv, head_dim, a_dtype, norm_dtype,
-                                     stream);
-}

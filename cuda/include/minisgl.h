@@ -147,18 +147,6 @@ MSG_API int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const
 MSG_API int msg_gemm_silu(void* out, void* gate_up, const void* a, int a_dtype, const void* w,
                           int w_dtype, int M, int inter, int K, void* stream);
 
-/** y[M, N] = a @ w^T (+ bias), then msg_add_rmsnorm(out, residual, y, norm_w, M, N, eps): a
- *  projection and the residual add + RMSNorm after it in one call. a, y, out in a_dtype; w and
- *  bias in w_dtype; norm_w in norm_dtype; residual in res_dtype (a_dtype or f32). Where
- *  msg_gemm would run its GEMV kernels (and residual is f32, norm_w in a_dtype, N a multiple
- *  of 8, pointers 16-byte aligned) one kernel does both, the add and norm in the grid's last
- *  block, with the same result bits as the two calls; then it must not run concurrently on two
- *  streams of one device. Otherwise it is the two calls. */
-MSG_API int msg_gemm_add_rmsnorm(void* out, void* residual, void* y, const void* a,
-                                 int a_dtype, const void* w, int w_dtype, const void* bias,
-                                 const void* norm_w, int norm_dtype, int res_dtype, int M, int N,
-                                 int K, float eps, void* stream);
-
 /** Tuning knob: msg_gemm sends M <= m with 16-bit a and w to its GEMV kernels (CUDA;
  *  0 = always cuBLASLt, at most 8); m < 0 only reads it. Returns the previous value. The
  *  CPU backend has one GEMM path and returns 0. */
@@ -180,21 +168,6 @@ MSG_API int msg_rope_store_kv(void* qkv, const int32_t* positions, const void* q
                               int rot_dim, const int32_t* slots, void* k_cache,
                               void* v_cache, int n, int hq, int hkv, int head_dim,
                               int act_dtype, int w_dtype, void* stream);
-
-/** qkv[n, (hq + 2 hkv) * head_dim] = a[n, K] @ w^T (+ bias), then msg_rope_store_kv on it,
- *  whose arguments follow in its order (norm_dtype: that of q_norm/k_norm): the qkv projection
- *  and the rotary + KV store in one call. a, qkv in a_dtype; w, bias in w_dtype. Where msg_gemm
- *  would run its GEMV kernels (and the norms are in a_dtype, at most 1024 heads of at most 256
- *  values) one kernel does both, each head in the last block to finish its columns, with the
- *  same result bits as the two calls; then it must not run concurrently on two streams of one
- *  device. Otherwise it is the two calls. */
-MSG_API int msg_gemm_rope_store_kv(void* qkv, const void* a, int a_dtype, const void* w,
-                                   int w_dtype, const void* bias, int K,
-                                   const int32_t* positions, const void* q_norm,
-                                   const void* k_norm, float eps, const float* cos_sin,
-                                   int rot_dim, const int32_t* slots, void* k_cache,
-                                   void* v_cache, int n, int hq, int hkv, int head_dim,
-                                   int norm_dtype, void* stream);
 
 /** Slot of each new token from the page table: for request b (row rows[b]) and its
  *  tokens at positions [seq_lens[b] - q_lens[b], seq_lens[b]), written at

@@ -238,18 +238,6 @@ int gemv(void* out, int out_dtype, const void* a, const void* w, int w_dtype, co
 bool gemv_silu_takes(int M, int dtype, const void* a, const void* w, int K);
 int gemv_silu(void* out, const void* a, const void* w, int dtype, int M, int N, int K,
               cudaStream_t st);
-bool gemv_norm_takes(int M, int dtype, const void* a, const void* w, int N, int K, const void* y,
-                     const void* residual, int res_dtype, const void* out, int norm_dtype);
-int gemv_add_rmsnorm(void* out, float* residual, void* y, const void* a, const void* w,
-                     const void* bias, const void* norm_w, int dtype, int M, int N, int K,
-                     float eps, cudaStream_t st);
-bool gemv_rope_takes(int M, int dtype, const void* a, const void* w, int K, int hq, int hkv,
-                     int head_dim, int norm_dtype);
-int gemv_rope_store_kv(void* qkv, const void* a, const void* w, const void* bias,
-                       const int32_t* positions, const void* q_norm, const void* k_norm,
-                       float eps, const float* cos_sin, int rot_dim, const int32_t* slots,
-                       void* k_cache, void* v_cache, int dtype, int M, int hq, int hkv,
-                       int head_dim, int K, cudaStream_t st);
 }  // namespace msg
 
 extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const void* w,
@@ -318,49 +306,4 @@ extern "C" int msg_gemm_silu(void* out, void* gate_up, const void* a, int a_dtyp
   }
   int rc = msg_gemm(gate_up, a_dtype, a, a_dtype, w, w_dtype, nullptr, M, 2 * inter, K, stream);
   return rc ? rc : msg_silu_mul(out, gate_up, M, inter, a_dtype, stream);
-}
-
-extern "C" int msg_gemm_add_rmsnorm(void* out, void* residual, void* y, const void* a,
-                                    int a_dtype, const void* w, int w_dtype, const void* bias,
-                                    const void* norm_w, int norm_dtype, int res_dtype, int M,
-                                    int N, int K, float eps, void* stream) {
-  MSG_REQUIRE(M >= 0 && N > 0 && K > 0, "msg_gemm_add_rmsnorm: bad sizes M=%d N=%d K=%d", M, N,
-              K);
-  if (M == 0) return 0;
-  // The GEMV's last block adds and normalises; past its range, the two calls.
-  if (a_dtype == w_dtype && msg::gemv_norm_takes(M, w_dtype, a, w, N, K, y, residual, res_dtype,
-                                                 out, norm_dtype)) {
-    return msg::gemv_add_rmsnorm(out, (float*)residual, y, a, w, bias, norm_w, w_dtype, M, N, K,
-                                 eps, msg::as_stream(stream));
-  }
-  int rc = msg_gemm(y, a_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, stream);
-  return rc ? rc : msg_add_rmsnorm(out, residual, y, norm_w, M, N, eps, a_dtype, res_dtype,
-                                   norm_dtype, stream);
-}
-
-extern "C" int msg_gemm_rope_store_kv(void* qkv, const void* a, int a_dtype, const void* w,
-                                      int w_dtype, const void* bias, int K,
-                                      const int32_t* positions, const void* q_norm,
-                                      const void* k_norm, float eps, const float* cos_sin,
-                                      int rot_dim, const int32_t* slots, void* k_cache,
-                                      void* v_cache, int M, int hq, int hkv, int head_dim,
-                                      int norm_dtype, void* stream) {
-  MSG_REQUIRE(M >= 0 && hq > 0 && hkv >= 0 && head_dim > 0 && K > 0,
-              "msg_gemm_rope_store_kv: bad sizes M=%d hq=%d hkv=%d head_dim=%d K=%d", M, hq, hkv,
-              head_dim, K);
-  if (M == 0) return 0;
-  const int N = (hq + 2 * hkv) * head_dim;
-  // The GEMV's last block of each head's columns does that head; past its range, the two calls.
-  // (msg_rope_store_kv ignores norm_dtype without norms.)
-  if (a_dtype == w_dtype && rot_dim >= 0 && rot_dim <= head_dim && rot_dim % 2 == 0 &&
-      msg::gemv_rope_takes(M, w_dtype, a, w, K, hq, hkv, head_dim,
-                           q_norm || k_norm ? norm_dtype : a_dtype)) {
-    return msg::gemv_rope_store_kv(qkv, a, w, bias, positions, q_norm, k_norm, eps, cos_sin,
-                                   rot_dim, slots, k_cache, v_cache, w_dtype, M, hq, hkv,
-                                   head_dim, K, msg::as_stream(stream));
-  }
-  int rc = msg_gemm(qkv, a_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, stream);
-  return rc ? rc : msg_rope_store_kv(qkv, positions, q_norm, k_norm, eps, cos_sin, rot_dim, slots,
-                                     k_cache, v_cache, M, hq, hkv, head_dim, a_dtype, norm_dtype,
-                                     stream);
 }

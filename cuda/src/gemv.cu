@@ -19,18 +19,12 @@
 //   interleaved 512-byte slices of K and their partial sums meet in shared memory.
 // - fp32 accumulation (several independent accumulators when M * R is small, so the FMA
 //   chain does not serialize), xor-shuffle warp reduction, then a fixed-order sum of the wk
-//   partials: results are deterministic. No atomics (but in the fused epilogues below), no
-//   allocation, no host sync: the launch can be captured into a CUDA graph.
+//   partials: results are deterministic. No atomics, no allocation, no host sync: the
+//   launch can be captured into a CUDA graph.
 // - K not a multiple of 8 or pointers not 16-byte aligned: a scalar kernel (warp per row).
 // - Gated (msg_gemm_silu, a gated MLP's gate_up): a group holds gate rows and the up rows of
 //   the same output columns, and the epilogue writes silu(gate) * up from the fp32 sums, so
 //   the activation needs no kernel of its own (H100: 7.6 -> 6.4 us a qwen3-0.6b layer at M = 1).
-// - Fused epilogues after the outputs are written (msg_gemm_add_rmsnorm, msg_gemm_rope_store_kv):
-//   blocks take tickets from per-device arrival counters, and the last block of the grid runs
-//   the residual add + RMSNorm of each row (norm.cuh), or the last block of a head's columns runs
-//   that head's q/k norm, rotary and KV store (rope.cuh). The row and head functions are those
-//   of norm.cu and rope.cu, so results are bitwise those of the separate kernels. The counters
-//   return to zero in every launch (graph-safe); two such launches must not run concurrently.
 //
 // msg_gemm (gemm.cu) routes here when msg::gemv_takes() says so: M <= 4 by default (H100,
 // 2026-11-27, bf16, graph replays over > 200 MB of weights: vs cuBLASLt 1.06-1.25x at M = 1
@@ -43,9 +37,7 @@
 #include <atomic>
 
 #include "common.cuh"
-#include "norm.cuh"
 #include "pdl.cuh"
-#include "rope.cuh"
 
 namespace {
 
@@ -119,97 +111,13 @@ __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq
   }
 }
 
-// What the kernel does after the dot products: write them (PLAIN, with the bias), write
-// silu(gate) * up (SILU, see below), or write them and then, in the blocks that finish last,
-// the residual add + RMSNorm of each row (NORM, msg_gemm_add_rmsnorm) or the q/k-norm, rotary
-// and KV store of each head (ROPE, msg_gemm_rope_store_kv).
-enum Epi { PLAIN, SILU, NORM, ROPE };
-
-template <typename T>
-struct NormTail {
-  float* res;   // [M, N] fp32 residual stream: res += out
-  T* out;       // [M, N]: rmsnorm(res) * w
-  const T* w;   // [N]
-  float eps;
-};
-// The epilogues' arguments (one parameter for every variant of the kernel).
-template <typename T>
-struct Tail {
-  NormTail<T> norm;
-  msg::RopeArgs<T, T> rope;
-};
-
-// Arrival counters of the running fused GEMV (per device): blocks of the grid (NORM) or of one
-// head's columns (ROPE) that have written their outputs. The last to arrive resets its counter,
-// so all are zero between launches and graph-safe; one stream of a device at a time.
-__device__ unsigned int g_arrivals;
-constexpr int kMaxRopeHeads = 1024;
-__device__ unsigned int g_head_arrivals[kMaxRopeHeads];
-
-// NORM: every block calls it once its outputs y [M, N] are written; the grid's last block to
-// arrive then sees all of y and runs the residual add + RMSNorm of each row (norm.cu's row
-// function: the same bits as msg_add_rmsnorm after the GEMV).
-template <typename T>
-__device__ __forceinline__ void norm_tail(const NormTail<T>& nt, const T* y, int M, int N) {
-  __shared__ float sh[33];
-  __shared__ bool last;
-  __threadfence();  // this thread's outputs are visible device-wide before the block arrives
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(&g_arrivals, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int m = 0; m < M; m++) {
-    const size_t o = (size_t)m * N;
-    msg::rmsnorm_row<true, true, true>(nt.out + o, nt.res + o, y + o, nt.w, N, nt.eps, sh);
-  }
-  if (threadIdx.x == 0) g_arrivals = 0;
-}
-
-// ROPE: y is qkv [M, N = heads * head_dim]; the block owns columns [c0, c0 + cols). It arrives
-// at each head its columns touch; for a head whose last block it is, warp m runs token m's
-// rope_store_head (rope.cu's warp function: the same bits as msg_rope_store_kv after the GEMV).
-template <typename T>
-__device__ __forceinline__ void rope_tail(const msg::RopeArgs<T, T>& ra, T* y, int M, int N,
-                                          int cols) {
-  __shared__ float hs[kWarps][32 * msg::kRopeMaxPerLane];
-  __shared__ unsigned mine;  // bit i: this block is the last of head h0 + i
-  const int D = ra.head_dim, c0 = blockIdx.x * cols;
-  const int c1 = min(N, c0 + cols), h0 = c0 / D, h1 = (c1 - 1) / D;
-  __threadfence();
-  if (threadIdx.x == 0) mine = 0;
-  __syncthreads();
-  const int i = threadIdx.x;
-  if (i <= h1 - h0) {
-    const int h = h0 + i;
-    const int b0 = h * D / cols, b1 = min(((h + 1) * D - 1) / cols, (int)gridDim.x - 1);
-    if (atomicAdd(&g_head_arrivals[h], 1u) == (unsigned)(b1 - b0)) {
-      g_head_arrivals[h] = 0;  // every block of the head has arrived
-      atomicOr(&mine, 1u << i);
-    }
-  }
-  __syncthreads();
-  if (mine == 0) return;
-  __threadfence();
-  const int warp = threadIdx.x >> 5;
-  for (int h = h0; h <= h1; h++) {
-    if ((mine >> (h - h0) & 1) == 0) continue;
-    for (int m = warp; m < M; m += kWarps) {
-      msg::rope_store_head<true>(y, ra, m, h, hs[warp]);
-      __syncwarp();  // every lane has read hs before the warp's next head overwrites it
-    }
-  }
-}
-
-// SILU (GATED): w is [2N, K] (N gate rows, then N up rows) and out[m, j] = silu(g) * u of output
+// GATED: w is [2N, K] (N gate rows, then N up rows) and out[m, j] = silu(g) * u of output
 // column j's gate row j and up row N + j: a group's R rows are R/2 gate rows and the R/2 up
 // rows of the same columns, so the product is formed in fp32 in the epilogue (no bias).
-template <typename T, typename TO, int M, int R, int U, int EPI>
-__device__ __forceinline__ void gemv_vec(TO* __restrict__ out, const T* __restrict__ x,
-                                         const T* __restrict__ w, const T* __restrict__ bias,
-                                         int N, int K, int wk, int prefetch,
-                                         const Tail<TO>& tail) {
-  constexpr bool GATED = EPI == SILU;
+template <typename T, typename TO, int M, int R, int U, bool GATED>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_vec_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
+                    const T* __restrict__ bias, int N, int K, int wk, int prefetch) {
   constexpr int P = M * R >= 4 ? 1 : 4 / (M * R);  // independent accumulators per output
   constexpr int C = GATED ? R / 2 : R;              // output columns per group
   static_assert(!GATED || R % 2 == 0, "a gated group pairs gate and up rows");
@@ -285,47 +193,21 @@ __device__ __forceinline__ void gemv_vec(TO* __restrict__ out, const T* __restri
       if (lane == 0) part[warp][m * R + r] = s;
     }
   __syncthreads();
-  if (kw == 0) {
-    for (int i = lane; i < M * C; i += 32) {
-      const int m = i / C, c = i % C, col = col0 + c;
-      if (col >= N) continue;
-      float s = part[warp][m * R + c];
-      for (int j = 1; j < wk; j++) s += part[warp + j][m * R + c];  // fixed order: deterministic
-      if (GATED) {
-        float u = part[warp][m * R + C + c];
-        for (int j = 1; j < wk; j++) u += part[warp + j][m * R + C + c];
-        s = s / (1.f + __expf(-s)) * u;
-      } else if (bias) {
-        s += msg::to_f(bias[col]);
-      }
-      out[(size_t)m * N + col] = msg::from_f<TO>(s);
+  if (kw != 0) return;
+  for (int i = lane; i < M * C; i += 32) {
+    const int m = i / C, c = i % C, col = col0 + c;
+    if (col >= N) continue;
+    float s = part[warp][m * R + c];
+    for (int j = 1; j < wk; j++) s += part[warp + j][m * R + c];  // fixed order: deterministic
+    if (GATED) {
+      float u = part[warp][m * R + C + c];
+      for (int j = 1; j < wk; j++) u += part[warp + j][m * R + C + c];
+      s = s / (1.f + __expf(-s)) * u;
+    } else if (bias) {
+      s += msg::to_f(bias[col]);
     }
+    out[(size_t)m * N + col] = msg::from_f<TO>(s);
   }
-  if constexpr (EPI == NORM) norm_tail(tail.norm, out, M, N);
-  if constexpr (EPI == ROPE) rope_tail(tail.rope, out, M, N, kWarps / wk * C);
-}
-
-template <typename T, typename TO, int M, int R, int U, int EPI>
-__global__ void __launch_bounds__(kWarps * 32)
-    gemv_vec_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
-                    const T* __restrict__ bias, int N, int K, int wk, int prefetch,
-                    Tail<TO> tail) {
-  gemv_vec<T, TO, M, R, U, EPI>(out, x, w, bias, N, K, wk, prefetch, tail);
-}
-
-// The ROPE epilogue needs more registers than the dot products (76 against 48 at M = 1): its
-// kernel is held to the blocks per SM the others reach (48, 54, 80-88, 90-110 and 136
-// registers at M = 1, 2, 3, 4-7, 8), the epilogue spilling a few bytes instead.
-template <int M>
-constexpr int rope_min_blocks() {
-  return M == 1 ? 5 : M == 2 ? 4 : M == 3 ? 3 : M < 8 ? 2 : 1;
-}
-template <typename T, int M, int R, int U>
-__global__ void __launch_bounds__(kWarps * 32, rope_min_blocks<M>())
-    gemv_rope_kernel(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
-                     const T* __restrict__ bias, int N, int K, int wk, int prefetch,
-                     Tail<T> tail) {
-  gemv_vec<T, T, M, R, U, ROPE>(out, x, w, bias, N, K, wk, prefetch, tail);
 }
 
 // Any K and alignment: warp per row, scalar loads. Correct, not tuned (never hit by the
@@ -359,11 +241,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// N: output columns (for SILU, w has 2N rows).
-template <typename T, typename TO, int M, int EPI>
-int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cudaStream_t st,
-               const Tail<TO>& tail) {
-  constexpr bool GATED = EPI == SILU;
+// N: output columns (for GATED, w has 2N rows).
+template <typename T, typename TO, int M, bool GATED>
+int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cudaStream_t st) {
   constexpr int R = M == 1 ? (GATED ? 2 : 1) : M == 2 ? 2 : 4;
   constexpr int U = 8 / R;
   constexpr int C = GATED ? R / 2 : R;
@@ -380,29 +260,22 @@ int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cud
   // a larger matrix's prefetched lines could be evicted before use and read twice.
   const int prefetch =
       msg::pdl_enabled() && (GATED ? 2 : 1) * (size_t)N * K * sizeof(T) <= kPrefetchMaxBytes;
-  if constexpr (EPI == ROPE) {
-    MSG_CUDA(msg::launch_pdl(gemv_rope_kernel<T, M, R, U>, dim3(blocks), dim3(kWarps * 32), 0,
-                             st, out, x, w, bias, N, K, wk, prefetch, tail));
-  } else {
-    MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U, EPI>, dim3(blocks),
-                             dim3(kWarps * 32), 0, st, out, x, w, bias, N, K, wk, prefetch,
-                             tail));
-  }
+  MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U, GATED>, dim3(blocks),
+                           dim3(kWarps * 32), 0, st, out, x, w, bias, N, K, wk, prefetch));
   return 0;
 }
 
-template <typename T, typename TO, int EPI>
-int launch_m(TO* o, const T* x, const T* wt, const T* b, int M, int N, int K, cudaStream_t st,
-             const Tail<TO>& tail = {}) {
+template <typename T, typename TO, bool GATED>
+int launch_m(TO* o, const T* x, const T* wt, const T* b, int M, int N, int K, cudaStream_t st) {
   switch (M) {
-    case 1: return launch_vec<T, TO, 1, EPI>(o, x, wt, b, N, K, st, tail);
-    case 2: return launch_vec<T, TO, 2, EPI>(o, x, wt, b, N, K, st, tail);
-    case 3: return launch_vec<T, TO, 3, EPI>(o, x, wt, b, N, K, st, tail);
-    case 4: return launch_vec<T, TO, 4, EPI>(o, x, wt, b, N, K, st, tail);
-    case 5: return launch_vec<T, TO, 5, EPI>(o, x, wt, b, N, K, st, tail);
-    case 6: return launch_vec<T, TO, 6, EPI>(o, x, wt, b, N, K, st, tail);
-    case 7: return launch_vec<T, TO, 7, EPI>(o, x, wt, b, N, K, st, tail);
-    case 8: return launch_vec<T, TO, 8, EPI>(o, x, wt, b, N, K, st, tail);
+    case 1: return launch_vec<T, TO, 1, GATED>(o, x, wt, b, N, K, st);
+    case 2: return launch_vec<T, TO, 2, GATED>(o, x, wt, b, N, K, st);
+    case 3: return launch_vec<T, TO, 3, GATED>(o, x, wt, b, N, K, st);
+    case 4: return launch_vec<T, TO, 4, GATED>(o, x, wt, b, N, K, st);
+    case 5: return launch_vec<T, TO, 5, GATED>(o, x, wt, b, N, K, st);
+    case 6: return launch_vec<T, TO, 6, GATED>(o, x, wt, b, N, K, st);
+    case 7: return launch_vec<T, TO, 7, GATED>(o, x, wt, b, N, K, st);
+    case 8: return launch_vec<T, TO, 8, GATED>(o, x, wt, b, N, K, st);
     default: return msg::fail(msg::ERR_INTERNAL, "gemv: M=%d out of range", M);
   }
 }
@@ -417,7 +290,7 @@ int launch(void* out, const void* a, const void* w, const void* bias, int M, int
                              dim3(kWarps * 32), 0, st, o, x, wt, b, M, N, K));
     return 0;
   }
-  return launch_m<T, TO, PLAIN>(o, x, wt, b, M, N, K, st);
+  return launch_m<T, TO, false>(o, x, wt, b, M, N, K, st);
 }
 
 }  // namespace
@@ -447,59 +320,12 @@ bool gemv_silu_takes(int M, int dtype, const void* a, const void* w, int K) {
          aligned16_ptr(w);
 }
 
-/** out[M, N] = silu(a @ w[:N]^T) * (a @ w[N:]^T) for w [2N, K] (see SILU); only where
+/** out[M, N] = silu(a @ w[:N]^T) * (a @ w[N:]^T) for w [2N, K] (see GATED); only where
  *  gemv_silu_takes. */
 int gemv_silu(void* out, const void* a, const void* w, int dtype, int M, int N, int K,
               cudaStream_t st) {
   return MSG_DISPATCH_HALF(dtype, T,
-    return launch_m<T, T, SILU>((T*)out, (const T*)a, (const T*)w, nullptr, M, N, K, st););
-}
-
-/** True when gemv_add_rmsnorm takes this call: what gemv_silu takes, plus N a multiple of 8,
- *  y, residual (fp32) and out 16-byte aligned, and the norm weight in the same dtype. */
-bool gemv_norm_takes(int M, int dtype, const void* a, const void* w, int N, int K, const void* y,
-                     const void* residual, int res_dtype, const void* out, int norm_dtype) {
-  return gemv_silu_takes(M, dtype, a, w, K) && N % 8 == 0 &&
-         res_dtype == MSG_F32 && norm_dtype == dtype && aligned16_ptr(y) &&
-         aligned16_ptr(residual) && aligned16_ptr(out);
-}
-
-/** y[M, N] = a @ w^T (+ bias); residual += y; out = rmsnorm(residual) * norm_w, in one
- *  kernel (the add and norm in the grid's last block); only where gemv_norm_takes. */
-int gemv_add_rmsnorm(void* out, float* residual, void* y, const void* a, const void* w,
-                     const void* bias, const void* norm_w, int dtype, int M, int N, int K,
-                     float eps, cudaStream_t st) {
-  return MSG_DISPATCH_HALF(dtype, T,
-    Tail<T> tail{};
-    tail.norm = NormTail<T>{residual, (T*)out, (const T*)norm_w, eps};
-    return launch_m<T, T, NORM>((T*)y, (const T*)a, (const T*)w, (const T*)bias, M, N, K, st,
-                                tail););
-}
-
-/** True when gemv_rope_store_kv takes this call: what gemv_silu takes, at most kMaxRopeHeads
- *  heads of at most 256 values, the q/k norm weights (if any) in the same dtype. */
-bool gemv_rope_takes(int M, int dtype, const void* a, const void* w, int K, int hq, int hkv,
-                     int head_dim, int norm_dtype) {
-  return gemv_silu_takes(M, dtype, a, w, K) &&
-         hq + 2 * hkv <= kMaxRopeHeads && head_dim <= 32 * kRopeMaxPerLane &&
-         norm_dtype == dtype;
-}
-
-/** qkv[M, N] = a @ w^T (+ bias), then msg_rope_store_kv's q/k norm, rotary and KV store of
- *  every head, in one kernel (each head in the last block of its columns); only where
- *  gemv_rope_takes. */
-int gemv_rope_store_kv(void* qkv, const void* a, const void* w, const void* bias,
-                       const int32_t* positions, const void* q_norm, const void* k_norm,
-                       float eps, const float* cos_sin, int rot_dim, const int32_t* slots,
-                       void* k_cache, void* v_cache, int dtype, int M, int hq, int hkv,
-                       int head_dim, int K, cudaStream_t st) {
-  const int N = (hq + 2 * hkv) * head_dim;
-  return MSG_DISPATCH_HALF(dtype, T,
-    Tail<T> tail{};
-    tail.rope = RopeArgs<T, T>{positions, (const T*)q_norm, (const T*)k_norm, eps, cos_sin,
-                               rot_dim, slots, (T*)k_cache, (T*)v_cache, hq, hkv, head_dim};
-    return launch_m<T, T, ROPE>((T*)qkv, (const T*)a, (const T*)w, (const T*)bias, M, N, K, st,
-                                tail););
+    return launch_m<T, T, true>((T*)out, (const T*)a, (const T*)w, nullptr, M, N, K, st););
 }
 
 }  // namespace msg

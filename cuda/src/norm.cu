@@ -1,27 +1,82 @@
 // norm.cu — RMSNorm and fused residual-add + RMSNorm.
 //
 // One block per row (rows are independent and a row of 1K-8K values fits one block's pass);
-// 256 threads stride over the row in 16-byte packs. The row's two passes are
-// msg::rmsnorm_row (norm.cuh), shared with the GEMV's fused epilogue (msg_gemm_add_rmsnorm).
-#include "norm.cuh"
+// 256 threads stride over the row in 16-byte packs. Pass 1 computes the sum of squares (the
+// fused op first adds x into the residual and stores the rounded sum, so the norm is taken
+// of exactly what the residual stream holds); pass 2 re-reads the row, which is still in
+// L1/L2, and writes x / rms * w. The block reduction has a fixed order: deterministic.
+// The residual stream may be kept in fp32 (TR = float) while x and out are 16-bit: the
+// residual then accumulates every layer's output without rounding, as the fp32 reference.
+#include "pack.cuh"
 #include "pdl.cuh"
 
 namespace {
+
+using msg::Pack;
+
+/** V consecutive values of T as floats: 16-byte packs when V fills whole packs. */
+template <int V, typename T>
+__device__ __forceinline__ void load_v(float* dst, const T* src) {
+  constexpr int P = Pack<T>::N;
+  if constexpr (V % P == 0) {
+#pragma unroll
+    for (int j = 0; j < V; j += P) msg::load_pack(dst + j, src + j);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; j++) dst[j] = msg::to_f(src[j]);
+  }
+}
+template <int V, typename T>
+__device__ __forceinline__ void store_v(T* dst, const float* src) {
+  constexpr int P = Pack<T>::N;
+  if constexpr (V % P == 0) {
+#pragma unroll
+    for (int j = 0; j < V; j += P) msg::store_pack(dst + j, src + j);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; j++) dst[j] = msg::from_f<T>(src[j]);
+  }
+}
 
 template <typename T, typename TR, typename TW, bool ADD, bool PACKED>
 __global__ void rmsnorm_kernel(T* out, TR* res, const T* x, const TW* w, int hidden, float eps) {
   __shared__ float sh[33];
   msg::pdl_wait();
   msg::pdl_trigger();
-  const size_t base = (size_t)blockIdx.x * hidden;
-  msg::rmsnorm_row<ADD, PACKED, false>(out + base, ADD ? res + base : nullptr, x + base, w,
-                                       hidden, eps, sh);
+  constexpr int V = PACKED ? Pack<T>::N : 1;
+  size_t base = (size_t)blockIdx.x * hidden;
+  TR* r = ADD ? res + base : nullptr;
+  const T* xr = x + base;
+  float ss = 0.f;
+  for (int i = threadIdx.x * V; i < hidden; i += blockDim.x * V) {
+    float a[V];
+    load_v<V>(a, xr + i);
+    if (ADD) {
+      float b[V];
+      load_v<V>(b, r + i);
+#pragma unroll
+      for (int k = 0; k < V; k++) a[k] = msg::to_f(msg::from_f<TR>(a[k] + b[k]));
+      store_v<V>(r + i, a);
+    }
+#pragma unroll
+    for (int k = 0; k < V; k++) ss += a[k] * a[k];
+  }
+  ss = msg::block_sum(ss, sh);
+  float inv = rsqrtf(ss / (float)hidden + eps);
+  T* o = out + base;
+  for (int i = threadIdx.x * V; i < hidden; i += blockDim.x * V) {
+    float a[V];
+    if (ADD) load_v<V>(a, r + i); else load_v<V>(a, xr + i);
+#pragma unroll
+    for (int k = 0; k < V; k++) a[k] = a[k] * inv * msg::to_f(w[i + k]);
+    if (PACKED) msg::store_pack(o + i, a); else o[i] = msg::from_f<T>(a[0]);
+  }
 }
 
 template <bool ADD, typename T, typename TR, typename TW>
 int launch_typed(void* out, void* residual, const void* x, const void* w, int rows, int hidden,
                  float eps, cudaStream_t st) {
-  bool packed = hidden % msg::Pack<T>::N == 0 && msg::aligned16(out) && msg::aligned16(x) &&
+  bool packed = hidden % Pack<T>::N == 0 && msg::aligned16(out) && msg::aligned16(x) &&
                 (!ADD || msg::aligned16(residual));
   if (packed) {
     MSG_CUDA(msg::launch_pdl(rmsnorm_kernel<T, TR, TW, ADD, true>, dim3(rows), dim3(256), 0, st,

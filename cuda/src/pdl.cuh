@@ -21,8 +21,7 @@
 // - gemv.cu reads its weights (never written by a kernel);
 // - attention_decode.cu reads seq_lens, rows, the page table (written at the start of the
 //   step) and the K/V of every key but the newest (written by earlier steps); q and the newest
-//   key's K/V come from rope_store_kv (or the qkv GEMV fused with it, msg_gemm_rope_store_kv),
-//   the kernel just before, and are read after the wait.
+//   key's K/V come from rope_store_kv, the kernel just before, and are read after the wait.
 //   In a mixed batch the extend kernel (plain launch) may come between: it started only after
 //   rope_store_kv completed. A plain-launched predecessor never overlaps at all.
 // A new kernel that triggers before its wait (or never waits) breaks every pre-wait read of

@@ -2,30 +2,89 @@
 // the slot/position computation from the page table.
 //
 // rope_store_kv: grid (ceil(heads / 4), n tokens), 4 warps a block, one warp per head of a
-// token, where heads = hq (q) + hkv (k) + hkv (v). A warp (msg::rope_store_head, rope.cuh)
-// loads its head (head_dim <= 256, so <= 8 values per lane), reduces the sum of squares with
-// shuffles for the optional per-head norm, parks the normalized head in shared memory so each
-// lane can read the partner element i +- rot_dim/2 of any layout, and writes the rotated head
-// back in place (q, k) and into the cache (k, v). Every byte of qkv is read once and written
-// once.
+// token, where heads = hq (q) + hkv (k) + hkv (v). A warp loads its head (head_dim <= 256,
+// so <= 8 values per lane), reduces the sum of squares with shuffles for the optional
+// per-head norm, parks the normalized head in shared memory so each lane can read the
+// partner element i +- rot_dim/2 of any layout, and writes the rotated head back in place
+// (q, k) and into the cache (k, v). Every byte of qkv is read once and written once.
 // compute_slots: grid (q-tiles of 256, batch), one thread per new token; lengths are read on
 // the device, so the launch does not depend on them.
+#include "common.cuh"
 #include "pdl.cuh"
-#include "rope.cuh"
 
 namespace {
 
 const int kWarps = 4;
-using msg::kRopeMaxPerLane;
+const int kMaxPerLane = 8;  // head_dim <= 256
 
 template <typename T, typename TW>
-__global__ void rope_store_kv_kernel(T* qkv, msg::RopeArgs<T, TW> a) {
+__global__ void rope_store_kv_kernel(T* qkv, const int32_t* positions, const TW* q_norm,
+                                     const TW* k_norm, float eps, const float* cos_sin,
+                                     int rot_dim, const int32_t* slots, T* k_cache,
+                                     T* v_cache, int hq, int hkv, int head_dim) {
   extern __shared__ float sh[];
   msg::pdl_wait();
   msg::pdl_trigger();
-  const int warp = threadIdx.x >> 5, h = blockIdx.x * kWarps + warp;
-  if (h >= a.hq + 2 * a.hkv) return;
-  msg::rope_store_head<false>(qkv, a, blockIdx.y, h, sh + warp * a.head_dim);
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  int h = blockIdx.x * kWarps + warp;
+  int t = blockIdx.y;
+  int heads = hq + 2 * hkv;
+  if (h >= heads) return;
+  float* hs = sh + warp * head_dim;
+  T* row = qkv + (size_t)t * heads * head_dim + (size_t)h * head_dim;
+  int slot = slots ? slots[t] : -1;
+  bool is_q = h < hq, is_k = !is_q && h < hq + hkv;
+  if (!is_q && !is_k) {  // v: copy into the cache
+    if (slot >= 0) {
+      T* dst = v_cache + ((size_t)slot * hkv + (h - hq - hkv)) * head_dim;
+      for (int i = lane; i < head_dim; i += 32) dst[i] = row[i];
+    }
+    return;
+  }
+  float x[kMaxPerLane];
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < kMaxPerLane; j++) {
+    int i = lane + 32 * j;
+    x[j] = i < head_dim ? msg::to_f(row[i]) : 0.f;
+    ss += x[j] * x[j];
+  }
+  const TW* nw = is_q ? q_norm : k_norm;
+  if (nw) {
+    ss = msg::warp_sum(ss);
+    float inv = rsqrtf(ss / (float)head_dim + eps);
+#pragma unroll
+    for (int j = 0; j < kMaxPerLane; j++) {
+      int i = lane + 32 * j;
+      // Round to the act dtype as a separate norm op would, then rotate.
+      if (i < head_dim) x[j] = msg::to_f(msg::from_f<T>(x[j] * inv * msg::to_f(nw[i])));
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kMaxPerLane; j++) {
+    int i = lane + 32 * j;
+    if (i < head_dim) hs[i] = x[j];
+  }
+  __syncwarp();
+  int pos = positions[t];
+  int half = rot_dim / 2;
+  const float* cs = cos_sin + (size_t)pos * rot_dim;
+  T* kdst = (is_k && slot >= 0) ? k_cache + ((size_t)slot * hkv + (h - hq)) * head_dim : nullptr;
+#pragma unroll
+  for (int j = 0; j < kMaxPerLane; j++) {
+    int i = lane + 32 * j;
+    if (i >= head_dim) continue;
+    float y = x[j];
+    if (i < half) {
+      y = x[j] * cs[i] - hs[i + half] * cs[half + i];
+    } else if (i < rot_dim) {
+      int f = i - half;
+      y = x[j] * cs[f] + hs[f] * cs[half + f];
+    }
+    T v = msg::from_f<T>(y);
+    row[i] = v;
+    if (kdst) kdst[i] = v;
+  }
 }
 
 __global__ void compute_slots_kernel(int32_t* slots, int32_t* positions,
@@ -54,7 +113,7 @@ int msg_rope_store_kv(void* qkv, const int32_t* positions, const void* q_norm,
                       const int32_t* slots, void* k_cache, void* v_cache, int n, int hq,
                       int hkv, int head_dim, int act_dtype, int w_dtype, void* stream) {
   MSG_REQUIRE(n >= 0 && n <= 65535 && hq > 0 && hkv >= 0 && head_dim > 0 &&
-                  head_dim <= 32 * kRopeMaxPerLane,
+                  head_dim <= 32 * kMaxPerLane,
               "msg_rope_store_kv: bad sizes n=%d hq=%d hkv=%d head_dim=%d", n, hq, hkv,
               head_dim);
   MSG_REQUIRE(rot_dim >= 0 && rot_dim <= head_dim && rot_dim % 2 == 0,
@@ -66,10 +125,10 @@ int msg_rope_store_kv(void* qkv, const int32_t* positions, const void* q_norm,
   size_t smem = (size_t)kWarps * head_dim * sizeof(float);
   int wd = (q_norm || k_norm) ? w_dtype : act_dtype;
   return MSG_DISPATCH_FLOAT(act_dtype, T, return MSG_DISPATCH_FLOAT(wd, TW,
-    const msg::RopeArgs<T, TW> a{positions, (const TW*)q_norm, (const TW*)k_norm, eps, cos_sin,
-                                 rot_dim, slots, (T*)k_cache, (T*)v_cache, hq, hkv, head_dim};
     MSG_CUDA(msg::launch_pdl(rope_store_kv_kernel<T, TW>, grid, dim3(32 * kWarps), smem, st,
-                             (T*)qkv, a));
+                             (T*)qkv, positions, (const TW*)q_norm, (const TW*)k_norm, eps,
+                             cos_sin, rot_dim, slots, (T*)k_cache, (T*)v_cache, hq, hkv,
+                             head_dim));
     return 0;););
 }
 

@@ -9,7 +9,6 @@ import {
   attentionExtend,
   type ExtendKernel,
   type Ops,
-  type RopeStore,
   type Tensor,
 } from "../../ffi/ops.ts";
 import type { DType } from "../../ffi/device.ts";
@@ -60,17 +59,16 @@ export interface AttentionBackend {
   prepareCapture(bs: number): void;
   /** Before that graph is replayed, once the batch's block is on the device. */
   prepareReplay(bs: number): void;
-  /** Where the layer's new keys and values go and how q and k are rotated: what
-   *  `ops.ropeStoreKv` (or the qkv projection fused with it) runs before `attend`. */
-  kvStore(
+  /** Rotary + KV store of the layer's new tokens, then attention into `out`. */
+  storeAndAttend(
     layer: number,
+    qkv: Tensor,
+    out: Tensor,
     qNorm: Tensor | null,
     kNorm: Tensor | null,
     meta: ForwardMeta,
     h: HeadShape,
-  ): RopeStore;
-  /** Attention of the new tokens (rotated q in `qkv`, their keys already stored) into `out`. */
-  attend(layer: number, qkv: Tensor, out: Tensor, meta: ForwardMeta, h: HeadShape): void;
+  ): void;
 }
 
 /** One backend for prefill/mixed batches and one for decode (`--attn PREFILL,DECODE`). */
@@ -88,17 +86,16 @@ export class HybridAttention implements AttentionBackend {
   prepareReplay(bs: number): void {
     this.decode.prepareReplay(bs);
   }
-  kvStore(
+  storeAndAttend(
     layer: number,
+    qkv: Tensor,
+    out: Tensor,
     qNorm: Tensor | null,
     kNorm: Tensor | null,
     meta: ForwardMeta,
     h: HeadShape,
-  ): RopeStore {
-    return this.pick(meta).kvStore(layer, qNorm, kNorm, meta, h);
-  }
-  attend(layer: number, qkv: Tensor, out: Tensor, meta: ForwardMeta, h: HeadShape): void {
-    this.pick(meta).attend(layer, qkv, out, meta, h);
+  ): void {
+    this.pick(meta).storeAndAttend(layer, qkv, out, qNorm, kNorm, meta, h);
   }
 }
 
@@ -296,31 +293,32 @@ export class NativeAttention implements AttentionBackend {
   prepareCapture(): void {}
   prepareReplay(): void {}
 
-  kvStore(
+  storeAndAttend(
     layer: number,
+    qkv: Tensor,
+    out: Tensor,
     qNorm: Tensor | null,
     kNorm: Tensor | null,
     m: ForwardMeta,
     h: HeadShape,
-  ): RopeStore {
-    return {
-      positions: m.positions,
+  ): void {
+    const k = this.kv.k[layer], v = this.kv.v[layer];
+    this.ops.ropeStoreKv(
+      qkv,
+      m.positions,
       qNorm,
       kNorm,
-      eps: h.eps,
-      cosSin: this.cosSin,
-      slots: m.slots,
-      kCache: this.kv.k[layer],
-      vCache: this.kv.v[layer],
-      hq: h.hq,
-      hkv: h.hkv,
-      headDim: h.headDim,
-      wDtype: this.wDtype,
-    };
-  }
-
-  attend(layer: number, qkv: Tensor, out: Tensor, m: ForwardMeta, h: HeadShape): void {
-    const k = this.kv.k[layer], v = this.kv.v[layer];
+      h.eps,
+      this.cosSin,
+      m.slots,
+      k,
+      v,
+      m.numTokens,
+      h.hq,
+      h.hkv,
+      h.headDim,
+      this.wDtype,
+    );
     const base = {
       qRowStride: (h.hq + 2 * h.hkv) * h.headDim,
       kCache: k,
