@@ -13,6 +13,8 @@
 #   broken-lib  the device tests fail (not skip) with a corrupt CUDA library      [~0.5 min]
 #   fidelity    logits vs transformers: qwen3-0.6b, llama-3.2-1b                  [~1 min]
 #   latency     decode tok/s at batch 1/8/32/128 + roofline: qwen3-0.6b, llama-3-8b [~1.5 min]
+#   tune        decode at batch 1-128 and offline (qwen3-0.6b), GEMM tuning off then on
+#               (MSG_GEMM_TUNE=0 / default; records named MODEL-tune-off/-on)     [~3 min]
 #   ops         where a decode step's time goes: device time per op, eager, at batch 1 and 64
 #               (bench latency --ops; records decode_ops): qwen3-0.6b, llama-3-8b  [~1 min]
 #   offline     256 requests: qwen3-0.6b (+ transformers on 64), llama-3-8b        [~3 min]
@@ -37,7 +39,7 @@ mkdir -p "$OUT"
 LOG="$OUT/e2e.log"
 RES="$OUT/results.json"
 export MINISGL_CUDA_ARCHS=${MINISGL_CUDA_ARCHS:-90a} NO_COLOR=1
-steps=${*:-build kernels broken-lib fidelity latency ops offline ttft serving ablations structured}
+steps=${*:-build kernels broken-lib fidelity latency tune ops offline ttft serving ablations structured}
 models=${MINISGL_MODELS:-/tmp/minisgl-models}
 mkdir -p "$models"
 tiny_offline="--device cpu --requests 6 --input-min 10 --input-max 64 --output-min 4 --output-max 16 --hf-requests 2"
@@ -99,6 +101,21 @@ if has latency; then
   for p in qwen3-0.6b llama-3-8b; do
     make $p && bench 180 latency --model "$(m $p)" --name $p --plot --out "$RES" \
       $(small --device cpu --steps 4 --batches 1,8 --num-pages 256)
+  done
+fi
+if has tune; then
+  say tune
+  for p in qwen3-0.6b llama-3-8b; do
+    make $p || continue
+    for t in off:0 on:; do
+      MSG_GEMM_TUNE=${t#*:} MSG_GEMM_TUNE_LOG=1 bench 180 latency --model "$(m $p)" \
+        --name "$p-tune-${t%%:*}" --batches 1,8,32,64,128 --out "$RES" \
+        $(small --device cpu --steps 4 --batches 1,8 --num-pages 256)
+    done
+  done
+  for t in off:0 on:; do
+    make qwen3-0.6b && MSG_GEMM_TUNE=${t#*:} bench 240 offline --model "$(m qwen3-0.6b)" \
+      --name "qwen3-0.6b-tune-${t%%:*}" --out "$RES" $(small "$tiny_offline")
   done
 fi
 if has ops; then

@@ -10,13 +10,20 @@
 // every prefill or mixed batch has a new token count, and asking the heuristic (and loading
 // the kernel it picks, on first use) for each one cost milliseconds of host time a step in
 // serving, while the device waited (MINISGL_STEP_TRACE). A bucket's algorithm is checked for
-// the exact M (cublasLtMatmulAlgoCheck), with the exact heuristic as the fallback. Dtype pairs
+// the exact M (cublasLtMatmulAlgoCheck), with the exact heuristic as the fallback. Small
+// buckets (M <= 256, MSG_GEMM_TUNE) are tuned: the heuristic's first answer is a guess, and at
+// decode batch sizes the matrices are streamed by latency-bound kernels whose speed depends on
+// the tile count more than the heuristic's model says. When a new small bucket is first called
+// outside graph capture (the model runner's warm-up calls every bucket at start), up to
+// kTuneCandidates of the heuristic's answers are each run 1 + kTuneReps times on the call's own
+// buffers and the fastest is kept; the call's result is then computed again by it. Dtype pairs
 // cuBLASLt does not take (a_dtype != w_dtype) use a plain tiled kernel (32x32 tiles, one
 // thread per output element, fp32 accumulation): correct, not fast. A cuBLASLt that does not
 // load is an error (never a silent slow path); a shape the heuristic has no algorithm for runs
 // on that kernel with one warning on stderr per shape. Decode-sized calls (M <= 4 by default, a
 // and w both bf16 or both f16) go to the memory-roofline GEMV kernels of gemv.cu instead.
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <tuple>
 
@@ -26,6 +33,9 @@
 namespace {
 
 const size_t kWorkspace = 32u << 20;
+const int kTuneCandidates = 8;
+const int kTuneReps = 3;
+const int kTuneMaxM = 256;  // default of MSG_GEMM_TUNE (0: no tuning)
 
 cudaDataType_t cuda_type(int d) {
   return d == MSG_F32 ? CUDA_R_32F : d == MSG_F16 ? CUDA_R_16F : CUDA_R_16BF;
@@ -110,9 +120,11 @@ void destroy_descs(const msg::lt::Api* lt_, Plan* p) {
   *p = Plan{};
 }
 
-// Asks the heuristic for the best algorithm of plan p's descriptors (p->ok, p->algo).
+// Asks the heuristic for up to `want` algorithms of plan p's descriptors, best guess first
+// (returns how many in *got; p->ok, p->algo: the first).
 int run_heuristic(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, int M, int N, int K,
-                  int a_dtype, int w_dtype, int out_dtype, uint32_t align) {
+                  int a_dtype, int w_dtype, int out_dtype, uint32_t align,
+                  msg::lt::HeuristicResult* res = nullptr, int want = 1, int* got_out = nullptr) {
   msg::lt::Preference pref = nullptr;
   LT(lt_->preferenceCreate(&pref));
   uint64_t ws = kWorkspace;
@@ -122,12 +134,17 @@ int run_heuristic(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, int M, in
       lt_->preferenceSetAttribute(pref, attr, &align, sizeof(align));
     }
   }
-  msg::lt::HeuristicResult res[1];
+  msg::lt::HeuristicResult one[1];
+  if (!res) {
+    res = one;
+    want = 1;
+  }
   int got = 0;
   msg::lt::Status s =
-      lt_->algoGetHeuristic(h, p->desc, p->la, p->lb, p->ld, p->ld, pref, 1, res, &got);
+      lt_->algoGetHeuristic(h, p->desc, p->la, p->lb, p->ld, p->ld, pref, want, res, &got);
   lt_->preferenceDestroy(pref);
   p->ok = s == msg::lt::STATUS_SUCCESS && got > 0;
+  if (got_out) *got_out = p->ok ? got : 0;
   if (p->ok) {
     p->algo = res[0].algo;
   } else {
@@ -140,9 +157,81 @@ int run_heuristic(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, int M, in
   return 0;
 }
 
+/** The largest bucket MSG_GEMM_TUNE lets be tuned (0: none). */
+int tune_max_m() {
+  const char* e = getenv("MSG_GEMM_TUNE");
+  return e && *e ? atoi(e) : kTuneMaxM;
+}
+
+/** The buffers and stream of the call that makes a plan (its matmuls, for tuning). */
+struct Call {
+  const void* a;
+  const void* w;
+  void* out;
+  const void* bias;  // set on the descriptor when the plan has the bias epilogue
+  cudaStream_t st;
+};
+
+// Times each of the n candidates that runs plan p's exact M within the workspace (1 warm-up +
+// kTuneReps runs on the call's buffers) and returns the fastest one's index, or -1 when none
+// could be timed. Only outside graph capture.
+int tune(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, const msg::lt::HeuristicResult* c,
+         int n, const Call& call, int M, int N, int K, int* best_out) {
+  *best_out = -1;
+  void* ws = nullptr;
+  int rc = msg::device_scratch(msg::SCRATCH_GEMM, kWorkspace, &ws);
+  if (rc) return rc;
+  if (p->epilogue_bias) {
+    LT(lt_->matmulDescSetAttribute(p->desc, msg::lt::DESC_BIAS_POINTER, &call.bias,
+                                   sizeof(call.bias)));
+  }
+  cudaEvent_t e0, e1;
+  MSG_CUDA(cudaEventCreate(&e0));
+  MSG_CUDA(cudaEventCreate(&e1));
+  float best = 0.f, first = -1.f;
+  const float alpha = 1.f, beta = 0.f;
+  for (int i = 0; i < n; i++) {
+    msg::lt::HeuristicResult check;
+    if (lt_->algoCheck(h, p->desc, p->la, p->lb, p->ld, p->ld, &c[i].algo, &check) !=
+            msg::lt::STATUS_SUCCESS ||
+        check.workspaceSize > kWorkspace) {
+      continue;
+    }
+    bool ran = true;
+    for (int r = 0; r <= kTuneReps && ran; r++) {
+      if (r == 1) cudaEventRecord(e0, call.st);
+      ran = lt_->matmul(h, p->desc, &alpha, call.w, p->la, call.a, p->lb, &beta, call.out, p->ld,
+                        call.out, p->ld, &c[i].algo, ws, kWorkspace, call.st) ==
+            msg::lt::STATUS_SUCCESS;
+    }
+    cudaEventRecord(e1, call.st);
+    float ms = 0.f;
+    if (cudaEventSynchronize(e1) != cudaSuccess || cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess ||
+        !ran) {
+      cudaGetLastError();
+      continue;
+    }
+    if (first < 0.f && i == 0) first = ms;
+    if (*best_out < 0 || ms < best) {
+      best = ms;
+      *best_out = i;
+    }
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  const char* log = getenv("MSG_GEMM_TUNE_LOG");
+  if (log && *log == '1' && *best_out >= 0) {
+    fprintf(stderr, "gemm tune M=%d N=%d K=%d: %d candidates, heuristic's first %.2f us, best "
+            "#%d %.2f us\n", M, N, K, n, first < 0.f ? -1.f : 1e3f * first / kTuneReps, *best_out,
+            1e3f * best / kTuneReps);
+  }
+  return 0;
+}
+
 // The plan of `key`: its descriptors, and the algorithm of its M bucket where that one runs
-// this exact M within the workspace; else (or for a new bucket) the heuristic's answer.
-int make_plan(const msg::lt::Api* lt_, State& state, Plan* p, const Key& key) {
+// this exact M within the workspace; else (or for a new bucket) the heuristic's answer. A new
+// bucket up to tune_max_m() first called outside graph capture is tuned on this call.
+int make_plan(const msg::lt::Api* lt_, State& state, Plan* p, const Key& key, const Call& call) {
   const auto [dev, M, N, K, a_dtype, w_dtype, out_dtype, epi, align] = key;
   int rc = make_descs(lt_, p, M, N, K, a_dtype, w_dtype, out_dtype, epi != 0);
   if (rc) return rc;
@@ -151,15 +240,27 @@ int make_plan(const msg::lt::Api* lt_, State& state, Plan* p, const Key& key) {
   auto bit = state.algos.find(bkey);
   if (bit == state.algos.end()) {
     // A new bucket: the heuristic at the bucket's M (its descriptors only for this).
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    MSG_CUDA(cudaStreamIsCapturing(call.st, &cs));
+    const bool tuning = Mb <= tune_max_m() && cs == cudaStreamCaptureStatusNone;
     Plan bp;
+    msg::lt::HeuristicResult cand[kTuneCandidates];
+    int got = 0;
     rc = make_descs(lt_, &bp, Mb, N, K, a_dtype, w_dtype, out_dtype, epi != 0);
     if (rc == 0) rc = run_heuristic(lt_, state.handle, &bp, Mb, N, K, a_dtype, w_dtype,
-                                    out_dtype, (uint32_t)align);
+                                    out_dtype, (uint32_t)align, cand,
+                                    tuning ? kTuneCandidates : 1, &got);
     Algo a;
     a.ok = bp.ok;
     a.algo = bp.algo;
     destroy_descs(lt_, &bp);
     if (rc) return rc;
+    if (got > 1) {
+      int best = -1;
+      rc = tune(lt_, state.handle, p, cand, got, call, M, N, K, &best);
+      if (rc) return rc;
+      if (best >= 0) a.algo = cand[best].algo;
+    }
     bit = state.algos.emplace(bkey, a).first;
   }
   if (bit->second.ok) {
@@ -267,7 +368,7 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
   auto it = state.plans.find(key);
   if (it == state.plans.end()) {
     Plan p;
-    int rc = make_plan(lt_, state, &p, key);
+    int rc = make_plan(lt_, state, &p, key, Call{a, w, out, bias, st});
     if (rc) return rc;
     it = state.plans.emplace(key, p).first;
   }

@@ -235,6 +235,14 @@ Deno.test({
       [128, 768, 1024, BF16, BF16, false],
       [3, 2000, 256, BF16, F32, false],
       [5, 300, 128, F32, F32, true],
+      // Buckets up to M = 256 are tuned on their first call (gemm.cu): the tuned algorithm at the
+      // bucket's M, then at another M of the same bucket (13 in 16's), with bias and fp32 out.
+      [16, 1024, 1024, BF16, BF16, true],
+      [13, 1024, 1024, BF16, BF16, true],
+      [64, 3072, 1024, BF16, BF16, false],
+      [200, 2048, 512, BF16, F32, false],
+      [256, 4096, 1024, BF16, BF16, true],
+      [300, 1024, 512, BF16, BF16, false],
     ];
     for (const [M, N, K, dt, ot, useBias] of cases) {
       const a = dt === BF16 ? rbf(M * K) : randn(M * K);
