@@ -16,7 +16,8 @@
 // the tile count more than the heuristic's model says. When a new small bucket is first called
 // outside graph capture (the model runner's warm-up calls every bucket at start), up to
 // kTuneCandidates of the heuristic's answers are each run 1 + kTuneReps times on the call's own
-// buffers and the fastest is kept; the call's result is then computed again by it. Dtype pairs
+// buffers and the fastest is kept (the first within 5% of it, see tune()); the call's result is
+// then computed again by it. Dtype pairs
 // cuBLASLt does not take (a_dtype != w_dtype) use a plain tiled kernel (32x32 tiles, one
 // thread per output element, fp32 accumulation): correct, not fast. A cuBLASLt that does not
 // load is an error (never a silent slow path); a shape the heuristic has no algorithm for runs
@@ -34,7 +35,8 @@ namespace {
 
 const size_t kWorkspace = 32u << 20;
 const int kTuneCandidates = 8;
-const int kTuneReps = 3;
+const int kTuneReps = 5;
+const float kTuneMargin = 1.05f;  // a later candidate must beat the earlier ones by 5%
 const int kTuneMaxM = 256;  // default of MSG_GEMM_TUNE (0: no tuning)
 
 cudaDataType_t cuda_type(int d) {
@@ -173,8 +175,10 @@ struct Call {
 };
 
 // Times each of the n candidates that runs plan p's exact M within the workspace (1 warm-up +
-// kTuneReps runs on the call's buffers) and returns the fastest one's index, or -1 when none
-// could be timed. Only outside graph capture.
+// kTuneReps runs on the call's buffers) and returns in *best_out the first one (in the
+// heuristic's order) within kTuneMargin of the fastest, or -1 when none could be timed: close
+// calls go to the heuristic's order, so timing noise rarely changes the choice (and with it the
+// rounding of the results) from one start to the next. Only outside graph capture.
 int tune(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, const msg::lt::HeuristicResult* c,
          int n, const Call& call, int M, int N, int K, int* best_out) {
   *best_out = -1;
@@ -188,9 +192,11 @@ int tune(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, const msg::lt::Heu
   cudaEvent_t e0, e1;
   MSG_CUDA(cudaEventCreate(&e0));
   MSG_CUDA(cudaEventCreate(&e1));
-  float best = 0.f, first = -1.f;
+  float ms_of[kTuneCandidates];
+  float fastest = -1.f;
   const float alpha = 1.f, beta = 0.f;
-  for (int i = 0; i < n; i++) {
+  for (int i = 0; i < n && i < kTuneCandidates; i++) {
+    ms_of[i] = -1.f;
     msg::lt::HeuristicResult check;
     if (lt_->algoCheck(h, p->desc, p->la, p->lb, p->ld, p->ld, &c[i].algo, &check) !=
             msg::lt::STATUS_SUCCESS ||
@@ -206,24 +212,24 @@ int tune(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, const msg::lt::Heu
     }
     cudaEventRecord(e1, call.st);
     float ms = 0.f;
-    if (cudaEventSynchronize(e1) != cudaSuccess || cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess ||
-        !ran) {
+    if (!ran || cudaEventSynchronize(e1) != cudaSuccess ||
+        cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess) {
       cudaGetLastError();
       continue;
     }
-    if (first < 0.f && i == 0) first = ms;
-    if (*best_out < 0 || ms < best) {
-      best = ms;
-      *best_out = i;
-    }
+    ms_of[i] = ms / kTuneReps;
+    if (fastest < 0.f || ms_of[i] < fastest) fastest = ms_of[i];
   }
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
+  for (int i = 0; i < n && i < kTuneCandidates && *best_out < 0; i++) {
+    if (ms_of[i] >= 0.f && ms_of[i] <= kTuneMargin * fastest) *best_out = i;
+  }
   const char* log = getenv("MSG_GEMM_TUNE_LOG");
   if (log && *log == '1' && *best_out >= 0) {
-    fprintf(stderr, "gemm tune M=%d N=%d K=%d: %d candidates, heuristic's first %.2f us, best "
-            "#%d %.2f us\n", M, N, K, n, first < 0.f ? -1.f : 1e3f * first / kTuneReps, *best_out,
-            1e3f * best / kTuneReps);
+    fprintf(stderr, "gemm tune M=%d N=%d K=%d: %d candidates, heuristic's first %.2f us, "
+            "chosen #%d %.2f us\n", M, N, K, n, 1e3f * ms_of[0], *best_out,
+            1e3f * ms_of[*best_out]);
   }
   return 0;
 }
