@@ -17,11 +17,11 @@
 // new small bucket is first called outside graph capture (the model runner's warm-up calls
 // every bucket at start), up to kTuneCandidates of the heuristic's answers are each run
 // 1 + kTuneReps times on the call's own buffers and the fastest is kept (the first within 5% of
-// it, see tune()); the call's result is
-// then computed again by it. Dtype pairs cuBLASLt does not take (a_dtype != w_dtype) use a
-// plain tiled kernel (32x32 tiles, one thread per output element, fp32 accumulation): correct,
-// not fast. A cuBLASLt that does not load is an error (never a silent slow path); a shape the
-// heuristic has no algorithm for runs on that kernel with one warning on stderr per shape.
+// it, see tune()); the call's result is then computed again by it. Dtype pairs cuBLASLt does
+// not take (a_dtype != w_dtype) use a plain tiled kernel (32x32 tiles, one thread per output
+// element, fp32 accumulation): correct, not fast. A cuBLASLt that does not load is an error
+// (never a silent slow path); a shape the heuristic has no algorithm for runs on that kernel
+// with one warning on stderr per shape.
 // Decode-sized calls (M <= 4 by default, a and w both bf16 or both f16) go to the
 // memory-roofline GEMV kernels of gemv.cu instead.
 #include <cstdio>
