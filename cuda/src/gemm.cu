@@ -21,9 +21,8 @@
 // not take (a_dtype != w_dtype) use a plain tiled kernel (32x32 tiles, one thread per output
 // element, fp32 accumulation): correct, not fast. A cuBLASLt that does not load is an error
 // (never a silent slow path); a shape the heuristic has no algorithm for runs on that kernel
-// with one warning on stderr per shape.
-// Decode-sized calls (M <= 4 by default, a and w both bf16 or both f16) go to the
-// memory-roofline GEMV kernels of gemv.cu instead.
+// with one warning on stderr per shape. Decode-sized calls (M <= 4 by default, a and w both
+// bf16 or both f16) go to the memory-roofline GEMV kernels of gemv.cu instead.
 #include <cstdio>
 #include <cstdlib>
 #include <map>
