@@ -381,3 +381,198 @@ Deno.test({
     close();
   },
 });
+
+// ---- The split-K tensor-core kernel of cuda/src/gemm_skinny.cu (M <= 256, compute capability
+// 9+), forced through msg_gemm_skinny (a split) against the CPU twin, then timed against cuBLASLt.
+
+/** Sets the skinny GEMM mode (-1 tuned, 0 never, a split: always); returns the previous one. */
+const setSkinny = (mode: number) => self ? 0 : gpu.sym.msg_gemm_skinny(mode);
+function withSkinny<T>(mode: number, fn: () => T): T {
+  const prev = setSkinny(mode);
+  try {
+    return fn();
+  } finally {
+    setSkinny(prev);
+  }
+}
+/** True when the GPU runs the skinny kernel (msg_gemm_skinny reads 0 where it cannot, or when
+ *  MSG_GEMM_SKINNY=0 turned it off). */
+const skinnyRuns = () => setSkinny(-2) !== 0;
+
+Deno.test({
+  name: "cuda gemm_skinny: every split matches the CPU library, deterministic, vs cuBLASLt",
+  ...igCuda,
+  fn() {
+    if (!skinnyRuns()) return;
+    // M over every row-tile size (1, 2, 4, 8, 16 m16 tiles) and their edges; N not a multiple
+    // of the 64 / 128 column tile; K a multiple of 64 x 8 so every split takes it.
+    const cases: Case[] = [];
+    for (const M of [1, 7, 16, 17, 40, 64, 65, 100, 128, 129, 200, 256]) {
+      cases.push({ M, N: 1000, K: 1024, dt: BF16, ot: BF16, bias: M % 2 === 1 });
+    }
+    cases.push(
+      { M: 33, N: 259, K: 3072, dt: F16, ot: F16, bias: true },
+      { M: 150, N: 77, K: 512, dt: F16, ot: F32, bias: false },
+      { M: 8, N: 4099, K: 2048, dt: BF16, ot: F32, bias: false }, // logits
+      { M: 256, N: 4096, K: 1024, dt: BF16, ot: BF16, bias: false },
+      { M: 96, N: 1024, K: 14336, dt: BF16, ot: BF16, bias: true },
+    );
+    withMaxM(0, () => {
+      for (const c of cases) {
+        const what = `gemm M=${c.M} N=${c.N} K=${c.K} dt=${c.dt} out=${c.ot} bias=${c.bias}`;
+        const x = {
+          a: rand16(c.M * c.K, c.dt),
+          w: rand16(c.N * c.K, c.dt, 0.05),
+          b: rand16(c.N, c.dt),
+        };
+        const ref = gemmOn(cpu, c, x);
+        const tol = c.ot === F32 ? 1e-5 : c.ot === F16 ? 2e-3 : 1e-2;
+        const lt = withSkinny(0, () => gemmOn(gpu, c, x));
+        for (const split of [1, 2, 4, 8]) {
+          const got = withSkinny(split, () => gemmOn(gpu, c, x));
+          const err = relErr(ref, got, `${what} split ${split}`);
+          assert.ok(
+            err <= tol,
+            `${what} split ${split}: relative L2 error ${err.toExponential(3)}`,
+          );
+          assert.deepEqual(
+            withSkinny(split, () => gemmOn(gpu, c, x)),
+            got,
+            `${what}: not deterministic`,
+          );
+          const e2 = relErr(lt, got, `${what} vs cuBLASLt`);
+          assert.ok(e2 <= tol, `${what} split ${split}: vs cuBLASLt ${e2.toExponential(3)}`);
+        }
+      }
+    });
+    // What it does not take goes on to cuBLASLt: K not a multiple of 64 x split, misaligned.
+    for (
+      const c of [
+        { M: 20, N: 300, K: 96, dt: BF16, ot: BF16, bias: true },
+        { M: 20, N: 300, K: 1024, dt: BF16, ot: BF16, bias: false, off: 2 },
+      ]
+    ) {
+      const x = {
+        a: rand16(c.M * c.K, c.dt),
+        w: rand16(c.N * c.K, c.dt, 0.05),
+        b: rand16(c.N, c.dt),
+      };
+      const err = relErr(gemmOn(cpu, c, x), withSkinny(8, () => gemmOn(gpu, c, x)), "not taken");
+      assert.ok(err <= 1e-2, `M=${c.M} K=${c.K} off=${c.off ?? 0}: ${err}`);
+    }
+  },
+});
+
+Deno.test({
+  name: "cuda gemm_skinny: on a created stream (PDL + clusters) and as a graph replay",
+  ...igCuda,
+  fn() {
+    if (!skinnyRuns()) return;
+    const { s, chk, st, graphOf, close } = gpuTools();
+    for (const [M, split] of [[16, 8], [64, 4], [200, 2], [128, 1]]) {
+      const N = 1000, K = 2048;
+      const x = { a: rand16(M * K, BF16), w: rand16(N * K, BF16, 0.05), b: rand16(N, BF16) };
+      const ref = gemmOn(cpu, { M, N, K, dt: BF16, ot: F32, bias: true }, x);
+      const a = Buf.of(gpu, x.a), w = Buf.of(gpu, x.w), b = Buf.of(gpu, x.b);
+      const o = new Buf(gpu, M * N * 4);
+      withSkinny(split, () => {
+        // Two calls back to back: the second's early weight loads overlap the first.
+        const call = () =>
+          chk(s.msg_gemm(o.p, F32, a.p, BF16, w.p, BF16, b.p, M, N, K, st), "gemm");
+        call();
+        call();
+        chk(s.msg_stream_sync(st), "sync");
+        const direct = o.read(new Float32Array(M * N));
+        const err = relErr(ref, direct, `stream M=${M} split ${split}`);
+        assert.ok(err <= 1e-5, `created stream M=${M} split ${split}: ${err}`);
+        chk(s.msg_memset(o.p, 0xff, BigInt(M * N * 4), st), "poison");
+        const g = graphOf(() => {
+          call();
+          call();
+        });
+        chk(s.msg_graph_launch(g, st), "launch");
+        chk(s.msg_stream_sync(st), "sync");
+        assert.deepEqual(o.read(new Float32Array(M * N)), direct, `graph M=${M} split ${split}`);
+        chk(s.msg_graph_destroy(g), "graph destroy");
+      });
+      [a, w, b, o].forEach((d) => d.free());
+    }
+    close();
+  },
+});
+
+Deno.test({
+  name: "cuda gemm_skinny: batch 8-256 decode-shape timings vs cuBLASLt",
+  ...igCuda,
+  fn() {
+    if (!skinnyRuns()) return;
+    const { s, chk, st, graphOf, medianMs, close } = gpuTools();
+    const poolBytes = 6e8, block = rand16(1 << 22, BF16, 0.05);
+    const pool = new Buf(gpu, poolBytes);
+    for (let off = 0; off < poolBytes; off += block.byteLength) {
+      const len = Math.min(block.byteLength, poolBytes - off);
+      chk(
+        s.msg_memcpy_h2d(Deno.UnsafePointer.offset(pool.p!, off), ptr(block), BigInt(len), st),
+        "h2d",
+      );
+    }
+    const copyMs = medianMs(
+      () =>
+        chk(
+          s.msg_memcpy_d2d(pool.p, Deno.UnsafePointer.offset(pool.p!, 3e8), BigInt(3e8), st),
+          "d2d",
+        ),
+      11,
+    );
+    const copyGBs = 2 * 3e8 / copyMs / 1e6;
+    console.log(
+      `d2d copy ${copyGBs.toFixed(0)} GB/s; graph replays over > 200 MB of weights (cold)`,
+    );
+    const a = Buf.of(gpu, rand16(256 * 14336, BF16)), o = new Buf(gpu, 256 * 28672 * 2);
+    const shapes: [number, number, string][] = [
+      [4096, 1024, "0.6B qkv"],
+      [1024, 2048, "0.6B o"],
+      [6144, 1024, "0.6B gate_up"],
+      [1024, 3072, "0.6B down"],
+      [6144, 4096, "8B qkv"],
+      [4096, 4096, "8B o"],
+      [4096, 14336, "8B down"],
+    ];
+    console.log(
+      "shape           M | cuBLASLt us  %copy | skinny s1    s2    s4    s8 (us) | best %copy  x",
+    );
+    for (const [N, K, what] of shapes) {
+      const wBytes = N * K * 2, nBuf = Math.max(1, Math.ceil(2.5e8 / wBytes));
+      const calls = nBuf * Math.max(1, Math.ceil(24 / nBuf));
+      for (const M of [8, 16, 32, 64, 128, 256]) {
+        const bytes = wBytes + M * K * 2 + M * N * 2;
+        const timeOne = (mode: number) =>
+          withSkinny(mode, () =>
+            withMaxM(0, () => {
+              const call = (i: number) => {
+                const w = Deno.UnsafePointer.offset(pool.p!, (i % nBuf) * wBytes);
+                chk(s.msg_gemm(o.p, BF16, a.p, BF16, w, BF16, null, M, N, K, st), "gemm");
+              };
+              call(0);
+              chk(s.msg_stream_sync(st), "sync");
+              const g = graphOf(() => {
+                for (let i = 0; i < calls; i++) call(i);
+              });
+              const us = medianMs(() => chk(s.msg_graph_launch(g, st), "launch"), 7) / calls * 1e3;
+              chk(s.msg_graph_destroy(g), "graph destroy");
+              return us;
+            }));
+        const lt = timeOne(0), sk = [1, 2, 4, 8].map(timeOne), best = Math.min(...sk);
+        const pct = (us: number) => (100 * bytes / us / 1e3 / copyGBs).toFixed(0).padStart(4) + "%";
+        console.log(
+          `${what.padEnd(13)}${String(M).padStart(4)} | ${lt.toFixed(1).padStart(8)} ${pct(lt)} |` +
+            `       ${sk.map((u) => u.toFixed(1).padStart(5)).join(" ")}      | ${pct(best)} ${
+              (lt / best).toFixed(2)
+            }x`,
+        );
+      }
+    }
+    [pool, a, o].forEach((d) => d.free());
+    close();
+  },
+});
