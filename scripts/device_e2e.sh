@@ -15,9 +15,6 @@
 #   latency     decode tok/s at batch 1/8/32/128 + roofline: qwen3-0.6b, llama-3-8b [~1.5 min]
 #   tune        decode at batch 1-128 and offline (qwen3-0.6b), GEMM tuning off then on
 #               (MSG_GEMM_TUNE=0 / default; records named MODEL-tune-off/-on)     [~3 min]
-#   skinny      decode at batch 1-256 and offline, both models, the split-K GEMM of
-#               gemm_skinny.cu off then on (MSG_GEMM_SKINNY=0 / default; MODEL-skinny-off/-on)
-#                                                                                  [~6 min]
 #   ops         where a decode step's time goes: device time per op, eager, at batch 1 and 64
 #               (bench latency --ops; records decode_ops): qwen3-0.6b, llama-3-8b  [~1 min]
 #   offline     256 requests: qwen3-0.6b (+ transformers on 64), llama-3-8b        [~3 min]
@@ -119,19 +116,6 @@ if has tune; then
   for t in off:0 on:; do
     make qwen3-0.6b && MSG_GEMM_TUNE=${t#*:} bench 240 offline --model "$(m qwen3-0.6b)" \
       --name "qwen3-0.6b-tune-${t%%:*}" --out "$RES" $(small "$tiny_offline")
-  done
-fi
-if has skinny; then
-  say skinny
-  for p in qwen3-0.6b llama-3-8b; do
-    make $p || continue
-    for t in off:0 on:; do
-      MSG_GEMM_SKINNY=${t#*:} MSG_GEMM_TUNE_LOG=1 bench 180 latency --model "$(m $p)" \
-        --name "$p-skinny-${t%%:*}" --batches 1,8,32,64,128,256 --out "$RES" \
-        $(small --device cpu --steps 4 --batches 1,8 --num-pages 256)
-      MSG_GEMM_SKINNY=${t#*:} bench 300 offline --model "$(m $p)" \
-        --name "$p-skinny-${t%%:*}" --out "$RES" $(small "$tiny_offline")
-    done
   done
 fi
 if has ops; then

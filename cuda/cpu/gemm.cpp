@@ -237,7 +237,6 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
 
 // One GEMM path on the CPU: the GEMV threshold of the CUDA backend has no meaning here.
 extern "C" int msg_gemv_max_m(int) { return 0; }
-extern "C" int msg_gemm_skinny(int) { return 0; }
 
 // The gated MLP's gate_up projection and activation: fp32 sums of a row chunk (msg_gemm into
 // fp32), then silu(gate) * up rounded once into out. gate_up (the CUDA backend's scratch) is

@@ -152,13 +152,6 @@ MSG_API int msg_gemm_silu(void* out, void* gate_up, const void* a, int a_dtype, 
  *  CPU backend has one GEMM path and returns 0. */
 MSG_API int msg_gemv_max_m(int m);
 
-/** Tuning knob: where msg_gemm may run its split-K tensor-core kernel for M <= 256 (CUDA, compute
- *  capability 9+): -1 where the GEMM tuning timed it faster than cuBLASLt (default), 0 never,
- *  1/2/4/8 on every call it takes, with the K range split that many ways (tests); mode < -1
- *  only reads it. Returns the previous mode; MSG_GEMM_SKINNY sets the start value. Returns 0
- *  (and sets nothing) where the kernel cannot run: an older GPU, the CPU backend. */
-MSG_API int msg_gemm_skinny(int mode);
-
 /* ---------------------------------------------------------------- rotary + KV store */
 
 /** Rotary embedding (neox style: rotate halves) and KV-cache store for n tokens.

@@ -17,10 +17,8 @@
 // new small bucket is first called outside graph capture (the model runner's warm-up calls
 // every bucket at start), up to kTuneCandidates of the heuristic's answers are each run
 // 1 + kTuneReps times on the call's own buffers and the fastest is kept (the first within 5% of
-// it, see tune()); the call's result is then computed again by it. On Hopper the tuning also
-// times the split-K kernel of gemm_skinny.cu at each split that takes the call, and keeps it
-// where it wins by the same 5% (a plan's `skinny`; MSG_GEMM_SKINNY=0 leaves it out). Dtype
-// pairs cuBLASLt does not take (a_dtype != w_dtype) use a plain tiled kernel (32x32 tiles, one thread per output
+// it, see tune()); the call's result is then computed again by it. Dtype pairs cuBLASLt does
+// not take (a_dtype != w_dtype) use a plain tiled kernel (32x32 tiles, one thread per output
 // element, fp32 accumulation): correct, not fast. A cuBLASLt that does not load is an error
 // (never a silent slow path); a shape the heuristic has no algorithm for runs on that kernel
 // with one warning on stderr per shape. Decode-sized calls (M <= 4 by default, a and w both
@@ -32,20 +30,6 @@
 
 #include "common.cuh"
 #include "dynload.cuh"
-
-namespace msg {
-bool gemv_takes(int M, int a_dtype, int w_dtype, int out_dtype);
-int gemv(void* out, int out_dtype, const void* a, const void* w, int w_dtype, const void* bias,
-         int M, int N, int K, cudaStream_t st);
-bool gemv_silu_takes(int M, int dtype, const void* a, const void* w, int K);
-int gemv_silu(void* out, const void* a, const void* w, int dtype, int M, int N, int K,
-              cudaStream_t st);
-int skinny_mode();
-bool skinny_takes(int M, int N, int K, int split, int a_dtype, int w_dtype, int out_dtype,
-                  const void* a, const void* w);
-int skinny_gemm(void* out, int out_dtype, const void* a, const void* w, int w_dtype,
-                const void* bias, int M, int N, int K, int split, cudaStream_t st);
-}  // namespace msg
 
 namespace {
 
@@ -79,13 +63,11 @@ struct Plan {
   msg::lt::MatmulAlgo algo;
   bool epilogue_bias = false;
   bool ok = false;  // false: cuBLASLt has no algorithm, use the fallback kernel
-  int skinny = 0;   // > 0: gemm_skinny.cu with this split (unless MSG_GEMM_SKINNY=0)
 };
 
 struct Algo {
   msg::lt::MatmulAlgo algo;
   bool ok = false;
-  int skinny = 0;  // > 0: the bucket's tuning chose the skinny kernel with this split
 };
 
 struct State {
@@ -190,35 +172,17 @@ struct Call {
   void* out;
   const void* bias;  // set on the descriptor when the plan has the bias epilogue
   cudaStream_t st;
-  int a_dtype, w_dtype, out_dtype;
 };
 
-const int kSkinnySplits[] = {1, 2, 4, 8};
-const int kMaxCandidates = kTuneCandidates + 4;
-
-// Times each of the n candidates that runs plan p's exact M within the workspace, then the
-// skinny kernel at each split that takes the call (unless MSG_GEMM_SKINNY=0): 1 warm-up +
-// kTuneReps runs on the call's buffers, each after an L2 flush. Returns in *best_out the first
-// one (cuBLASLt's in the heuristic's order, then the skinny splits) within kTuneMargin of the
-// fastest, or -1 when none could be timed (*skinny_out: its split when it is the skinny kernel,
-// else 0): close calls go to the heuristic's order, so timing noise rarely changes the choice
-// (and with it the rounding of the results) from one start to the next, and the skinny kernel
-// must win by the margin. Only outside graph capture.
+// Times each of the n candidates that runs plan p's exact M within the workspace (1 warm-up +
+// kTuneReps runs on the call's buffers, each after an L2 flush) and returns in *best_out the
+// first one (in the heuristic's order) within kTuneMargin of the fastest, or -1 when none could
+// be timed: close calls go to the heuristic's order, so timing noise rarely changes the choice
+// (and with it the rounding of the results) from one start to the next. Only outside graph
+// capture.
 int tune(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, const msg::lt::HeuristicResult* c,
-         int n, const Call& call, int M, int N, int K, int* best_out, int* skinny_out) {
+         int n, const Call& call, int M, int N, int K, int* best_out) {
   *best_out = -1;
-  *skinny_out = 0;
-  if (n > kTuneCandidates) n = kTuneCandidates;
-  int splits[4], ns = 0;
-  if (msg::skinny_mode() != 0) {
-    for (int sp : kSkinnySplits) {
-      if (msg::skinny_takes(M, N, K, sp, call.a_dtype, call.w_dtype, call.out_dtype, call.a,
-                            call.w)) {
-        splits[ns++] = sp;
-      }
-    }
-  }
-  if (n + ns <= 1) return 0;  // nothing to choose from
   void* ws = nullptr;
   int rc = msg::device_scratch(msg::SCRATCH_GEMM, kWorkspace, &ws);
   if (rc) return rc;
@@ -242,28 +206,20 @@ int tune(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, const msg::lt::Heu
   cudaEvent_t e0, e1;
   MSG_CUDA(cudaEventCreate(&e0));
   MSG_CUDA(cudaEventCreate(&e1));
-  float ms_of[kMaxCandidates];
+  float ms_of[kTuneCandidates];
   float fastest = -1.f;
   const float alpha = 1.f, beta = 0.f;
   auto run = [&](int i) {
-    if (i >= n) {
-      return msg::skinny_gemm(call.out, call.out_dtype, call.a, call.w, call.w_dtype, call.bias, M,
-                              N, K, splits[i - n], call.st) == 0;
-    }
     return lt_->matmul(h, p->desc, &alpha, call.w, p->la, call.a, p->lb, &beta, call.out, p->ld,
                        call.out, p->ld, &c[i].algo, ws, kWorkspace, call.st) ==
            msg::lt::STATUS_SUCCESS;
   };
-  for (int i = 0; i < n + ns; i++) {
+  for (int i = 0; i < n && i < kTuneCandidates; i++) {
     ms_of[i] = -1.f;
     msg::lt::HeuristicResult check;
-    if (i < n && (lt_->algoCheck(h, p->desc, p->la, p->lb, p->ld, p->ld, &c[i].algo, &check) !=
-                      msg::lt::STATUS_SUCCESS ||
-                  check.workspaceSize > kWorkspace)) {
-      continue;
-    }
-    if (!run(i)) {  // the first run loads the kernel
-      cudaGetLastError();
+    if (lt_->algoCheck(h, p->desc, p->la, p->lb, p->ld, p->ld, &c[i].algo, &check) !=
+            msg::lt::STATUS_SUCCESS ||
+        check.workspaceSize > kWorkspace || !run(i)) {  // the first run loads the kernel
       continue;
     }
     float total = 0.f;
@@ -290,23 +246,14 @@ int tune(const msg::lt::Api* lt_, msg::lt::Handle h, Plan* p, const msg::lt::Heu
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   if (flush) cudaFree(flush);
-  for (int i = 0; i < n + ns && *best_out < 0; i++) {
+  for (int i = 0; i < n && i < kTuneCandidates && *best_out < 0; i++) {
     if (ms_of[i] >= 0.f && ms_of[i] <= kTuneMargin * fastest) *best_out = i;
   }
-  if (*best_out >= n) {
-    *skinny_out = splits[*best_out - n];
-    *best_out = 0;
-  }
   const char* log = getenv("MSG_GEMM_TUNE_LOG");
-  if (log && *log == '1' && fastest >= 0.f) {
-    char sk[128] = "";
-    for (int i = 0, len = 0; i < ns && len < 100; i++) {
-      len += snprintf(sk + len, sizeof(sk) - len, " s%d %.2f", splits[i], 1e3f * ms_of[n + i]);
-    }
+  if (log && *log == '1' && *best_out >= 0) {
     fprintf(stderr, "gemm tune M=%d N=%d K=%d: %d candidates, heuristic's first %.2f us, "
-            "fastest %.2f us, chosen %s #%d (L2 %s); skinny us:%s\n", M, N, K, n,
-            1e3f * ms_of[0], 1e3f * fastest, *skinny_out ? "skinny split" : "cuBLASLt",
-            *skinny_out ? *skinny_out : *best_out, flush ? "flushed" : "warm", sk);
+            "chosen #%d %.2f us (L2 %s)\n", M, N, K, n, 1e3f * ms_of[0], *best_out,
+            1e3f * ms_of[*best_out], flush ? "flushed" : "warm");
   }
   return 0;
 }
@@ -338,19 +285,13 @@ int make_plan(const msg::lt::Api* lt_, State& state, Plan* p, const Key& key, co
     a.algo = bp.algo;
     destroy_descs(lt_, &bp);
     if (rc) return rc;
-    if (tuning && got > 0) {
+    if (got > 1) {
       int best = -1;
-      rc = tune(lt_, state.handle, p, cand, got, call, M, N, K, &best, &a.skinny);
+      rc = tune(lt_, state.handle, p, cand, got, call, M, N, K, &best);
       if (rc) return rc;
       if (best >= 0) a.algo = cand[best].algo;
     }
     bit = state.algos.emplace(bkey, a).first;
-  }
-  // The skinny kernel where the bucket's tuning chose it and it takes this exact call.
-  if (bit->second.skinny > 0 &&
-      msg::skinny_takes(M, N, K, bit->second.skinny, a_dtype, w_dtype, out_dtype, call.a,
-                        call.w)) {
-    p->skinny = bit->second.skinny;
   }
   if (bit->second.ok) {
     msg::lt::HeuristicResult check;
@@ -421,6 +362,15 @@ int gemm_fallback(void* out, int out_dtype, const void* a, int a_dtype, const vo
 
 }  // namespace
 
+namespace msg {
+bool gemv_takes(int M, int a_dtype, int w_dtype, int out_dtype);
+int gemv(void* out, int out_dtype, const void* a, const void* w, int w_dtype, const void* bias,
+         int M, int N, int K, cudaStream_t st);
+bool gemv_silu_takes(int M, int dtype, const void* a, const void* w, int K);
+int gemv_silu(void* out, const void* a, const void* w, int dtype, int M, int N, int K,
+              cudaStream_t st);
+}  // namespace msg
+
 extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, const void* w,
                         int w_dtype, const void* bias, int M, int N, int K, void* stream) {
   MSG_REQUIRE(M >= 0 && N > 0 && K > 0, "msg_gemm: bad sizes M=%d N=%d K=%d", M, N, K);
@@ -430,10 +380,6 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
               msg::dtype_name(w_dtype), msg::dtype_name(out_dtype));
   if (M == 0) return 0;
   cudaStream_t st = msg::as_stream(stream);
-  const int skinny = msg::skinny_mode();  // > 0: forced, with that split (tests)
-  if (skinny > 0 && msg::skinny_takes(M, N, K, skinny, a_dtype, w_dtype, out_dtype, a, w)) {
-    return msg::skinny_gemm(out, out_dtype, a, w, w_dtype, bias, M, N, K, skinny, st);
-  }
   if (msg::gemv_takes(M, a_dtype, w_dtype, out_dtype)) {
     return msg::gemv(out, out_dtype, a, w, w_dtype, bias, M, N, K, st);
   }
@@ -452,15 +398,11 @@ extern "C" int msg_gemm(void* out, int out_dtype, const void* a, int a_dtype, co
   auto it = state.plans.find(key);
   if (it == state.plans.end()) {
     Plan p;
-    int rc = make_plan(lt_, state, &p, key,
-                       Call{a, w, out, bias, st, a_dtype, w_dtype, out_dtype});
+    int rc = make_plan(lt_, state, &p, key, Call{a, w, out, bias, st});
     if (rc) return rc;
     it = state.plans.emplace(key, p).first;
   }
   Plan& p = it->second;
-  if (p.skinny > 0 && skinny != 0) {
-    return msg::skinny_gemm(out, out_dtype, a, w, w_dtype, bias, M, N, K, p.skinny, st);
-  }
   if (!p.ok) return gemm_fallback(out, out_dtype, a, a_dtype, w, w_dtype, bias, M, N, K, st);
   void* ws = nullptr;
   int rc = msg::device_scratch(msg::SCRATCH_GEMM, kWorkspace, &ws);

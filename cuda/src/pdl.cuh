@@ -80,42 +80,24 @@ inline bool pdl_enabled() {
   return s == 2;
 }
 
-/** Launches `kernel` on `st` with programmatic stream serialization where enabled, in thread-
- *  block clusters of `cluster` blocks when that is more than one (sm_90+). The kernel must begin
- *  with pdl_wait() (see the top of this file), or issue only reads it may make early first. */
+/** Launches `kernel` on `st` with programmatic stream serialization where enabled. The kernel
+ *  must begin with pdl_wait() (see the top of this file). */
 template <typename... KArgs, typename... Args>
-cudaError_t launch_pdl_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 block, dim3 cluster,
-                               size_t smem, cudaStream_t st, Args&&... args) {
-  cudaLaunchAttribute attr[2];
-  int n = 0;
-  // Created streams only (the engine's): the legacy default stream keeps plain launches.
-  const bool created = st != nullptr && st != cudaStreamLegacy && st != cudaStreamPerThread;
-  if (created && pdl_enabled()) {
-    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[n++].val.programmaticStreamSerializationAllowed = 1;
-  }
-  if (cluster.x * cluster.y * cluster.z > 1) {
-    attr[n].id = cudaLaunchAttributeClusterDimension;
-    attr[n].val.clusterDim.x = cluster.x;
-    attr[n].val.clusterDim.y = cluster.y;
-    attr[n++].val.clusterDim.z = cluster.z;
-  }
+cudaError_t launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                       cudaStream_t st, Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = st;
   cfg.attrs = attr;
-  cfg.numAttrs = n;
+  // Created streams only (the engine's): the legacy default stream keeps plain launches.
+  const bool created = st != nullptr && st != cudaStreamLegacy && st != cudaStreamPerThread;
+  cfg.numAttrs = created && pdl_enabled() ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
-}
-
-/** launch_pdl_cluster without clusters. */
-template <typename... KArgs, typename... Args>
-cudaError_t launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
-                       cudaStream_t st, Args&&... args) {
-  return launch_pdl_cluster(kernel, grid, block, dim3(1, 1, 1), smem, st,
-                            std::forward<Args>(args)...);
 }
 
 }  // namespace msg
