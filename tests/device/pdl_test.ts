@@ -6,7 +6,9 @@
  * - a large GEMV (128 MB of weights) straight into silu_mul that reads its output (poisoned
  *   with NaN first): a consumer that did not wait would read the poison;
  * - six decoder-like layers (add_rmsnorm, GEMV gate_up, silu_mul, GEMV down) at M = 1 and 4,
- *   run directly and as a CUDA graph replayed three times (bit-identical to the direct run).
+ *   run directly and as a CUDA graph replayed three times (bit-identical to the direct run);
+ * - an lm_head GEMV into msg_sample (six kernels, each waiting first) on a created stream and
+ *   as graph replays: the same tokens and logprobs as on the default stream (no PDL).
  * Skipped unless the CUDA library loads and sees a device. MINISGL_KERNELS_SELF=1 runs the
  * comparisons with the CPU library on both sides (checks this harness without a GPU).
  */
@@ -162,5 +164,67 @@ Deno.test({
         assert.deepEqual(r, direct, `M=${M}: graph replay ${i} differs from the direct run`);
       }
     }
+  },
+});
+
+Deno.test({
+  name: "pdl: msg_sample right after the lm_head GEMV gives the default stream's tokens",
+  ignore: libs === null || SELF,
+  fn: () => {
+    const s = gpu.sym, chk = gpu.check.bind(gpu);
+    const rows = 4, V = 151936, K = 512;
+    // greedy; temperature; top-k 50 + top-p 0.9; min-p 0.05 + top-k 2000 (the kernel paths)
+    const cfg: [number, number, number, number][] = [[0, 1, 0, 0], [0.7, 1, 0, 0], [
+      1,
+      0.9,
+      0,
+      50,
+    ], [1.3, 0.95, 0.05, 2000]];
+    const pr = new Uint8Array(rows * 32), dv = new DataView(pr.buffer);
+    cfg.forEach(([t, p, mp, k], i) => {
+      dv.setFloat32(i * 32, t, true);
+      dv.setFloat32(i * 32 + 4, p, true);
+      dv.setFloat32(i * 32 + 8, mp, true);
+      dv.setInt32(i * 32 + 12, k, true);
+      dv.setBigUint64(i * 32 + 16, BigInt(77 + i), true);
+      dv.setInt32(i * 32 + 24, i, true);
+    });
+    const a = Buf.of(gpu, bf16Values(rows * K, 1)), w = Buf.of(gpu, bf16Values(V * K, 0.2));
+    const par = Buf.of(gpu, pr), lg = new Buf(gpu, rows * V * 4);
+    const tok = new Buf(gpu, rows * 4), lp = new Buf(gpu, rows * 4);
+    const step = (st: Deno.PointerValue) => {
+      chk(s.msg_gemm(lg.p, F32, a.p, BF16, w.p, BF16, null, rows, V, K, st), "lm_head");
+      chk(s.msg_sample(tok.p, lp.p, lg.p, par.p, rows, V, st), "sample");
+    };
+    const read = () => [tok.read(new Int32Array(rows)), lp.read(new Float32Array(rows))];
+    const poison = (st: Deno.PointerValue) => {
+      chk(s.msg_memset(tok.p, 0xff, BigInt(rows * 4), st), "poison");
+      chk(s.msg_memset(lp.p, 0xff, BigInt(rows * 4), st), "poison");
+      chk(s.msg_memset(lg.p, 0xff, BigInt(rows * V * 4), st), "poison");
+    };
+    chk(s.msg_device_sync(), "sync");
+    step(null);
+    chk(s.msg_device_sync(), "sync");
+    const ref = read();
+    const st = streamOf(gpu), h = new BigUint64Array(1);
+    for (let rep = 0; rep < 3; rep++) {
+      poison(st);
+      step(st);
+      chk(s.msg_stream_sync(st), "sync");
+      assert.deepEqual(read(), ref, `created stream, rep ${rep}`);
+    }
+    chk(s.msg_graph_begin(st), "graph begin");
+    step(st);
+    chk(s.msg_graph_end(st, ptr(h)), "graph end");
+    const g = Deno.UnsafePointer.create(h[0]);
+    for (let rep = 0; rep < 3; rep++) {
+      poison(st);
+      chk(s.msg_graph_launch(g, st), "graph launch");
+      chk(s.msg_stream_sync(st), "sync");
+      assert.deepEqual(read(), ref, `graph replay ${rep}`);
+    }
+    chk(s.msg_graph_destroy(g), "graph destroy");
+    chk(s.msg_stream_destroy(st), "stream destroy");
+    [a, w, par, lg, tok, lp].forEach((b) => b.free());
   },
 });
