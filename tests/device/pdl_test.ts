@@ -7,8 +7,10 @@
  *   with NaN first): a consumer that did not wait would read the poison;
  * - six decoder-like layers (add_rmsnorm, GEMV gate_up, silu_mul, GEMV down) at M = 1 and 4,
  *   run directly and as a CUDA graph replayed three times (bit-identical to the direct run);
- * - an lm_head GEMV into msg_sample (six kernels, each waiting first) on a created stream and
- *   as graph replays: the same tokens and logprobs as on the default stream (no PDL).
+ * - an lm_head GEMV (PDL, triggers early) into msg_sample (six plain launches) on a created
+ *   stream and as graph replays: the same tokens and logprobs as on the default stream (no PDL).
+ *   Written for sampling's own PDL launches (seen passing on an H100, 2026-12-05, then
+ *   reverted: no gain at batch 1, 1-3% slower at batch 8-128).
  * Skipped unless the CUDA library loads and sees a device. MINISGL_KERNELS_SELF=1 runs the
  * comparisons with the CPU library on both sides (checks this harness without a GPU).
  */
