@@ -6,7 +6,7 @@
 // Both are no-ops below sm_90 and for kernels launched without the attribute; the attribute is
 // set only on devices of compute capability >= 9, on created streams (not the legacy default
 // one), and unless MINISGL_PDL=0. Works inside CUDA graphs (captured as programmatic edges).
-// Kernels launched the ordinary way (cuBLASLt, attention extend) keep full
+// Kernels launched the ordinary way (cuBLASLt, attention extend, sampling) keep full
 // serialization before and after them.
 //
 // The rule (every launch_pdl kernel keeps it): no pdl_trigger() before pdl_wait() in the same

@@ -21,13 +21,10 @@
 //                       ordered scan of that chunk.
 // Temperature only = 2 passes over the logits; top-p = 3; small top-k = 2. A buffer that
 // overflows (huge ties) falls back to scanning the whole row in one block: slow, exact.
-// Weights use sample_exp (explicit fmaf), identical to cuda/cpu/sampling.cpp. Every kernel
-// waits first and is launched with PDL (pdl.cuh): on a decode step's graph the six launches
-// overlap their start-up with the kernel before (the lm_head GEMV first).
+// Weights use sample_exp (explicit fmaf), identical to cuda/cpu/sampling.cpp.
 #include <mutex>
 
 #include "common.cuh"
-#include "pdl.cuh"
 
 namespace {
 
@@ -347,8 +344,6 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(Args a) {
   __shared__ bool last;
   __shared__ int sh_bin;
   __shared__ unsigned long long sh_base;
-  msg::pdl_wait();
-  msg::pdl_trigger();
   const int r = blockIdx.y, c = blockIdx.x, tid = threadIdx.x;
   const RowPtrs P = row_ptrs(a, r);
   const msg_sampling_params sp = a.params[r];
@@ -440,8 +435,6 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(Args a) {
 }
 
 __global__ void __launch_bounds__(kThreads) gather_kernel(Args a) {
-  msg::pdl_wait();
-  msg::pdl_trigger();
   const int r = blockIdx.y, c = blockIdx.x;
   const RowPtrs P = row_ptrs(a, r);
   const int mode = P.st->mode;
@@ -462,8 +455,6 @@ __global__ void __launch_bounds__(kThreads) gather_kernel(Args a) {
 
 __global__ void __launch_bounds__(kRowThreads) finish_k_kernel(Args a) {
   __shared__ SelShared sh;
-  msg::pdl_wait();
-  msg::pdl_trigger();
   const int r = blockIdx.x;
   const RowPtrs P = row_ptrs(a, r);
   const RowState st = *P.st;
@@ -527,8 +518,6 @@ __global__ void __launch_bounds__(kThreads) weigh_kernel(Args a) {
   __shared__ bool last;
   __shared__ int sh_bin;
   __shared__ unsigned long long sh_base;
-  msg::pdl_wait();
-  msg::pdl_trigger();
   const int r = blockIdx.y, c = blockIdx.x, tid = threadIdx.x;
   const RowPtrs P = row_ptrs(a, r);
   const RowState st = *P.st;
@@ -589,8 +578,6 @@ __global__ void __launch_bounds__(kThreads) weigh_kernel(Args a) {
 
 __global__ void __launch_bounds__(kThreads) split_kernel(Args a) {
   __shared__ unsigned long long red[33];
-  msg::pdl_wait();
-  msg::pdl_trigger();
   const int r = blockIdx.y, c = blockIdx.x;
   const RowPtrs P = row_ptrs(a, r);
   const RowState st = *P.st;
@@ -622,8 +609,6 @@ __global__ void __launch_bounds__(kRowThreads) draw_kernel(Args a, int C) {
   __shared__ SelShared sh;
   __shared__ unsigned long long wsum[32];
   __shared__ int sh_tok;
-  msg::pdl_wait();
-  msg::pdl_trigger();
   const int r = blockIdx.x, tid = threadIdx.x;
   const RowPtrs P = row_ptrs(a, r);
   const RowState st = *P.st;
@@ -742,12 +727,18 @@ int msg_sample(int32_t* out_tokens, float* out_logprobs, float* logits,
   }
   Args a{out_tokens, out_logprobs, logits, params, (char*)scratch, vocab, cs, ib};
   dim3 grid(C, rows);
-  MSG_CUDA(msg::launch_pdl(scan_kernel, grid, dim3(kThreads), 0, s, a));
-  MSG_CUDA(msg::launch_pdl(gather_kernel, grid, dim3(kThreads), 0, s, a));
-  MSG_CUDA(msg::launch_pdl(finish_k_kernel, dim3(rows), dim3(kRowThreads), 0, s, a));
-  MSG_CUDA(msg::launch_pdl(weigh_kernel, grid, dim3(kThreads), 0, s, a));
-  MSG_CUDA(msg::launch_pdl(split_kernel, grid, dim3(kThreads), 0, s, a));
-  MSG_CUDA(msg::launch_pdl(draw_kernel, dim3(rows), dim3(kRowThreads), 0, s, a, C));
+  scan_kernel<<<grid, kThreads, 0, s>>>(a);
+  MSG_LAUNCHED("sample scan");
+  gather_kernel<<<grid, kThreads, 0, s>>>(a);
+  MSG_LAUNCHED("sample gather");
+  finish_k_kernel<<<rows, kRowThreads, 0, s>>>(a);
+  MSG_LAUNCHED("sample finish_k");
+  weigh_kernel<<<grid, kThreads, 0, s>>>(a);
+  MSG_LAUNCHED("sample weigh");
+  split_kernel<<<grid, kThreads, 0, s>>>(a);
+  MSG_LAUNCHED("sample split");
+  draw_kernel<<<rows, kRowThreads, 0, s>>>(a, C);
+  MSG_LAUNCHED("sample draw");
   return 0;
 }
 
