@@ -176,12 +176,12 @@ Deno.test({
     const s = gpu.sym, chk = gpu.check.bind(gpu);
     const rows = 4, V = 151936, K = 512;
     // greedy; temperature; top-k 50 + top-p 0.9; min-p 0.05 + top-k 2000 (the kernel paths)
-    const cfg: [number, number, number, number][] = [[0, 1, 0, 0], [0.7, 1, 0, 0], [
-      1,
-      0.9,
-      0,
-      50,
-    ], [1.3, 0.95, 0.05, 2000]];
+    const cfg: number[][] = [
+      [0, 1, 0, 0],
+      [0.7, 1, 0, 0],
+      [1, 0.9, 0, 50],
+      [1.3, 0.95, 0.05, 2000],
+    ];
     const pr = new Uint8Array(rows * 32), dv = new DataView(pr.buffer);
     cfg.forEach(([t, p, mp, k], i) => {
       dv.setFloat32(i * 32, t, true);
