@@ -10,7 +10,10 @@
  * merge's counters reset themselves). Then timings (events around graph replays of calls
  * that rotate over > 256 MB of KV so that L2 cannot hold it; median of 15) for batch 1..128
  * at seq 512, 4096, 16384, and for short sequences under max_seq_len 8192, in GB/s of K+V
- * read and % of a measured device-to-device copy.
+ * read and % of a measured device-to-device copy. msg_attention_decode_rope (the rotary and
+ * KV store folded into the decode kernel) against the CPU twin (its two calls) and the CUDA
+ * library's own two calls (MSG_DECODE_ROPE=0): outputs, and caches bit-equal; one case also as
+ * graph replays on a created stream.
  *
  * Skipped unless the CUDA library loads and sees a device. MINISGL_KERNELS_SELF=1 runs the
  * comparison with the CPU library on both sides (checks this harness without a GPU).
@@ -216,6 +219,190 @@ Deno.test({
           const row = got.subarray(b * c.hq * c.hd, (b + 1) * c.hq * c.hd);
           assert.ok(row.every((x) => x === 0), `${what}: seq_len 0 must give zeros`);
         });
+      }
+    }
+  },
+});
+
+// ---------------------------------------------------------------- the rotary folded in
+
+interface RopeCase extends Case {
+  rot: number;
+  norm: boolean;
+}
+
+/** msg_attention_decode_rope of one case on a library (stream `st`, or the default one);
+ *  returns the output and both caches (raw 16-bit values). */
+function runRope(
+  lib: NativeLib,
+  c: RopeCase,
+  x: ReturnType<typeof ropeInputs>,
+  st: Deno.PointerValue = null,
+  graph = false,
+) {
+  const bs = c.seqs.length, n = bs * c.hq * c.hd;
+  const d = {
+    qkv: Dev.of(lib, x.qkv),
+    pos: Dev.of(lib, x.pos),
+    qn: Dev.of(lib, x.qn),
+    kn: Dev.of(lib, x.kn),
+    cs: Dev.of(lib, x.cs),
+    slots: Dev.of(lib, x.slots),
+    kc: Dev.of(lib, x.kc),
+    vc: Dev.of(lib, x.vc),
+    pt: Dev.of(lib, x.t.pt),
+    rows: Dev.of(lib, x.t.rows),
+    lens: Dev.of(lib, Int32Array.from(c.seqs)),
+    o: Dev.of(lib, new Uint16Array(n).fill(0x7fc0)),
+  };
+  const call = () =>
+    lib.check(
+      lib.sym.msg_attention_decode_rope(
+        d.o.p,
+        d.qkv.p,
+        d.pos.p,
+        c.norm ? d.qn.p : null,
+        c.norm ? d.kn.p : null,
+        1e-6,
+        d.cs.p,
+        c.rot,
+        d.slots.p,
+        d.kc.p,
+        d.vc.p,
+        d.pt.p,
+        x.t.stride,
+        d.rows.p,
+        d.lens.p,
+        bs,
+        c.maxSeq,
+        c.hq,
+        c.hkv,
+        c.hd,
+        c.ps,
+        1 / Math.sqrt(c.hd),
+        c.dtype,
+        c.dtype,
+        st,
+      ),
+      "decode_rope",
+    );
+  if (graph) {
+    const h = new BigUint64Array(1);
+    lib.check(lib.sym.msg_graph_begin(st), "graph begin");
+    call();
+    lib.check(lib.sym.msg_graph_end(st, ptr(h)), "graph end");
+    const g = Deno.UnsafePointer.create(h[0]);
+    for (let i = 0; i < 3; i++) lib.check(lib.sym.msg_graph_launch(g, st), "graph launch");
+    lib.check(lib.sym.msg_stream_sync(st), "sync");
+    lib.check(lib.sym.msg_graph_destroy(g), "graph destroy");
+  } else {
+    call();
+    if (st) lib.check(lib.sym.msg_stream_sync(st), "sync");
+  }
+  const out = {
+    o: d.o.read(new Uint16Array(n)),
+    kc: d.kc.read(new Uint16Array(x.kc.length)),
+    vc: d.vc.read(new Uint16Array(x.vc.length)),
+  };
+  Object.values(d).forEach((b) => b.free());
+  return out;
+}
+
+function ropeInputs(c: RopeCase) {
+  const t = pageTable(c.seqs, c.ps);
+  const stride = (c.hq + 2 * c.hkv) * c.hd, kv = t.slots * c.hkv * c.hd;
+  const maxPos = Math.max(...c.seqs) + 1, half = c.rot / 2;
+  const cs = new Float32Array(maxPos * c.rot);
+  for (let p = 0; p < maxPos; p++) {
+    for (let i = 0; i < half; i++) {
+      const f = p / Math.pow(10000, (2 * i) / c.rot);
+      cs[p * c.rot + i] = Math.cos(f);
+      cs[p * c.rot + half + i] = Math.sin(f);
+    }
+  }
+  // The new token of request b is key seq - 1: its slot from b's pages (none for seq 0).
+  const slots = Int32Array.from(c.seqs, (s, b) => {
+    if (s === 0) return -1;
+    const row = t.rows[b], p = s - 1;
+    return t.pt[row * t.stride + Math.floor(p / c.ps)] * c.ps + (p % c.ps);
+  });
+  return {
+    t,
+    qkv: to16(randn(c.seqs.length * stride), c.dtype),
+    pos: Int32Array.from(c.seqs, (s) => Math.max(0, s - 1)),
+    qn: to16(Float32Array.from(randn(c.hd), (v) => 1 + 0.3 * v), c.dtype),
+    kn: to16(Float32Array.from(randn(c.hd), (v) => 1 + 0.3 * v), c.dtype),
+    cs,
+    slots,
+    kc: to16(randn(kv), c.dtype),
+    vc: to16(randn(kv), c.dtype),
+  };
+}
+
+Deno.test({
+  name: "attention decode_rope: the CUDA kernel with the rotary folded in = the two calls",
+  ignore: libs === null,
+  fn() {
+    const cases: RopeCase[] = [];
+    const add = (c: Partial<RopeCase> & { hd: number; hq: number; hkv: number; seqs: number[] }) =>
+      cases.push({
+        ps: 16,
+        dtype: BF16,
+        rot: c.hd,
+        norm: false,
+        maxSeq: Math.max(...c.seqs),
+        ...c,
+      });
+    const some = (bs: number, max: number) =>
+      Array.from({ length: bs }, (_, i) => i === 0 ? 1 : 1 + (rand() * max | 0));
+    add({ hd: 128, hq: 16, hkv: 8, seqs: [1, 2, 63, 64, 65, 129, 1000, 3000], norm: true }); // Qwen3
+    add({ hd: 128, hq: 32, hkv: 8, seqs: some(6, 2500), ps: 1 }); // Llama-3, page 1
+    add({ hd: 128, hq: 32, hkv: 8, seqs: [1, 17, 600, 4096, 129], maxSeq: 8192 }); // many splits
+    add({ hd: 128, hq: 32, hkv: 8, seqs: [9000], maxSeq: 16384, norm: true }); // batch 1, long
+    add({ hd: 64, hq: 16, hkv: 2, seqs: some(4, 1500), ps: 64, rot: 32, norm: true }); // partial
+    add({ hd: 256, hq: 8, hkv: 1, seqs: some(2, 900), norm: true });
+    add({ hd: 128, hq: 64, hkv: 4, seqs: some(3, 1800) }); // 16 heads per block
+    add({ hd: 128, hq: 14, hkv: 2, seqs: [1, 33, 250, 999, 77], ps: 7, dtype: F16, norm: true });
+    add({ hd: 128, hq: 32, hkv: 8, seqs: [0, 5, 0, 64] }); // seq 0 rows: zeros
+    const setEnv = (v: string | null) =>
+      v === null ? Deno.env.delete("MSG_DECODE_ROPE") : Deno.env.set("MSG_DECODE_ROPE", v);
+    for (const c of cases) {
+      const what = `hd=${c.hd} rot=${c.rot} ps=${c.ps} hq=${c.hq} hkv=${c.hkv} ` +
+        `seqs=${c.seqs.slice(0, 6)} max=${c.maxSeq} dtype=${c.dtype} norm=${c.norm}`;
+      const x = ropeInputs(c);
+      const ref = runRope(cpu, c, x);
+      const fused = runRope(gpu, c, x);
+      setEnv("0");
+      let two: typeof fused;
+      try {
+        two = runRope(gpu, c, x);
+      } finally {
+        setEnv(null);
+      }
+      const f32 = (a: Uint16Array) => from16(a, c.dtype);
+      const err = relErr(f32(ref.o), f32(fused.o), what);
+      assert.ok(err <= 1e-2, `${what}: vs CPU, relative L2 error ${err.toExponential(3)}`);
+      const e2 = relErr(f32(two.o), f32(fused.o), what);
+      assert.ok(e2 <= 1e-2, `${what}: vs the two calls, ${e2.toExponential(3)}`);
+      // The same rotary code (rope.cuh) writes the same bits into the caches.
+      assert.deepEqual(fused.kc, two.kc, `${what}: K cache differs from rope_store_kv's`);
+      assert.deepEqual(fused.vc, two.vc, `${what}: V cache differs from rope_store_kv's`);
+      const ek = relErr(f32(ref.kc), f32(fused.kc), what);
+      assert.ok(ek <= 1e-2, `${what}: K cache vs CPU ${ek.toExponential(3)}`);
+      c.seqs.forEach((s, b) => {
+        if (s !== 0) return;
+        const row = fused.o.subarray(b * c.hq * c.hd, (b + 1) * c.hq * c.hd);
+        assert.ok(row.every((v) => v === 0), `${what}: seq_len 0 must give zeros`);
+      });
+      if (isCuda && c === cases[3]) {
+        // Graph replays on a created stream (PDL): the same output, the same caches.
+        const h = new BigUint64Array(1);
+        gpu.check(gpu.sym.msg_stream_create(ptr(h)), "stream");
+        const st = Deno.UnsafePointer.create(h[0]);
+        const g = runRope(gpu, c, x, st, true);
+        gpu.check(gpu.sym.msg_stream_destroy(st), "stream destroy");
+        assert.deepEqual(g.o, fused.o, `${what}: graph replay differs`);
+        assert.deepEqual(g.kc, fused.kc, `${what}: graph replay's K cache differs`);
       }
     }
   },
