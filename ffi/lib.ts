@@ -74,10 +74,6 @@ export const symbols = {
     parameters: [P, P, I, P, P, P, I, P, P, I, I, I, I, I, I, F, I, P],
     result: I,
   },
-  msg_attention_decode_rope: {
-    parameters: [P, P, P, P, P, F, P, I, P, P, P, P, I, P, P, I, I, I, I, I, I, F, I, I, P],
-    result: I,
-  },
   msg_sample: { parameters: [P, P, P, P, I, I, P], result: I },
   msg_uniform: { parameters: [U64, I], result: "f64" },
   msg_token_logprobs: { parameters: [P, P, P, I, I, P], result: I },

@@ -463,49 +463,4 @@ export function attentionDecode(ops: Ops, a: AttentionArgs): void {
   );
 }
 
-/** The rotary and KV store of a decode batch's qkv (q rows = `q`, one token a request) folded
- *  into the decode kernel (msg_attention_decode_rope; the two calls on the CPU). */
-export interface RopeArgs {
-  positions: Tensor;
-  qNorm: Tensor | null;
-  kNorm: Tensor | null;
-  eps: number;
-  cosSin: Tensor;
-  slots: Tensor;
-  wDtype: DType;
-}
-
-export function attentionDecodeRope(ops: Ops, a: AttentionArgs, r: RopeArgs): void {
-  ops.dev.check(
-    ops.dev.sym.msg_attention_decode_rope(
-      a.out.ptr,
-      a.q.ptr,
-      r.positions.ptr,
-      ptr(r.qNorm),
-      ptr(r.kNorm),
-      r.eps,
-      r.cosSin.ptr,
-      r.cosSin.shape[1],
-      r.slots.ptr,
-      a.kCache.ptr,
-      a.vCache.ptr,
-      a.pageTable.ptr,
-      a.pageTable.shape[1],
-      a.rows.ptr,
-      a.seqLens.ptr,
-      a.batch,
-      a.maxSeqLen,
-      a.hq,
-      a.hkv,
-      a.headDim,
-      a.pageSize,
-      a.scale,
-      a.out.dtype,
-      r.wDtype,
-      ops.stream,
-    ),
-    "attention_decode_rope",
-  );
-}
-
 export { DType, dtypeSize, Tensor };

@@ -372,21 +372,4 @@ int msg_attention_decode(void* out, const void* q, int q_row_stride, const void*
   MSG_CATCH
 }
 
-// The reference of the CUDA backend's folded kernel: the two calls it stands for.
-int msg_attention_decode_rope(void* out, void* qkv, const int32_t* positions, const void* q_norm,
-                              const void* k_norm, float eps, const float* cos_sin, int rot_dim,
-                              const int32_t* slots, void* k_cache, void* v_cache,
-                              const int32_t* page_table, int pt_stride, const int32_t* rows,
-                              const int32_t* seq_lens, int batch, int max_seq_len, int hq,
-                              int hkv, int head_dim, int page_size, float scale, int act_dtype,
-                              int w_dtype, void* stream) {
-  int rc = msg_rope_store_kv(qkv, positions, q_norm, k_norm, eps, cos_sin, rot_dim, slots,
-                             k_cache, v_cache, batch, hq, hkv, head_dim, act_dtype, w_dtype,
-                             stream);
-  return rc ? rc : msg_attention_decode(out, qkv, (hq + 2 * hkv) * head_dim, k_cache, v_cache,
-                                        page_table, pt_stride, rows, seq_lens, batch,
-                                        max_seq_len, hq, hkv, head_dim, page_size, scale,
-                                        act_dtype, stream);
-}
-
 }  // extern "C"

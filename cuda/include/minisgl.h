@@ -233,23 +233,6 @@ MSG_API int msg_attention_decode(void* out, const void* q, int q_row_stride,
                                  int max_seq_len, int hq, int hkv, int head_dim,
                                  int page_size, float scale, int dtype, void* stream);
 
-/** msg_rope_store_kv of a decode batch's qkv [batch, (hq + 2*hkv) * head_dim] (request b's
- *  token is row b; positions, slots per request), then msg_attention_decode of its q rows, in
- *  one call. The CUDA backend folds the rotary and the KV store into the decode kernel (one
- *  kernel: each block rotates its q heads, the block holding the newest key stores its K/V and
- *  adds it to the softmax from registers) where norm weights are in act_dtype and the grid
- *  kernel runs (MSG_DECODE_ROPE=0 or MSG_DECODE_KERNEL=balanced: the two calls). The results
- *  equal the two calls' up to float rounding (the newest key is summed last); the contents of
- *  qkv afterwards are unspecified (the two calls rotate it in place). */
-MSG_API int msg_attention_decode_rope(void* out, void* qkv, const int32_t* positions,
-                                      const void* q_norm, const void* k_norm, float eps,
-                                      const float* cos_sin, int rot_dim, const int32_t* slots,
-                                      void* k_cache, void* v_cache, const int32_t* page_table,
-                                      int pt_stride, const int32_t* rows,
-                                      const int32_t* seq_lens, int batch, int max_seq_len,
-                                      int hq, int hkv, int head_dim, int page_size, float scale,
-                                      int act_dtype, int w_dtype, void* stream);
-
 /* ---------------------------------------------------------------- logits, sampling */
 
 /** Sampling parameters of one row, as laid out in memory (device memory on CUDA). */

@@ -18,11 +18,6 @@
 //   depends only on the batch shape and max_seq_len, so graph replays launch the same grid.
 // - grid (the default, auto): the earlier launch, grid (splits, head groups, requests);
 //   the active splits of a request come from its real length, the others exit at once.
-//   Its ROPE form (msg_attention_decode_rope) also does rope_store_kv's work for a decode batch:
-//   each block normalizes and rotates its q heads from the qkv GEMM's output (rope.cuh, the same
-//   bits), and the block holding a request's newest key rotates and stores that key and value
-//   and adds them to its softmax state at the in-block merge instead of reading them back: one
-//   kernel fewer a layer.
 //
 // Inside a block each warp takes tiles of 16 consecutive keys (tile i of the block's share
 // goes to warp i % 4) with its own online-softmax state; the 4 states are merged in shared
@@ -51,7 +46,6 @@
 
 #include "pack.cuh"
 #include "pdl.cuh"
-#include "rope.cuh"
 
 namespace {
 
@@ -88,20 +82,6 @@ struct Params {
   int splits;    // grid kernel: splits per segment
   int min_keys;  // grid: keys per active split; balanced: keys per block (at least)
   float scale;   // softmax scale * log2(e)
-};
-
-// msg_attention_decode_rope (the grid kernel's ROPE form): q is the raw qkv (request b's token
-// is row b), normalized and rotated in each block; the newest key and value are stored by the
-// block that holds the last key and folded into its softmax state from shared memory. A
-// separate kernel argument, so that the plain kernels' Params (and code) stay as they were.
-struct RopeArgs {
-  const int32_t* positions;
-  const int32_t* slots;
-  const void* q_norm;  // act dtype, or null
-  const void* k_norm;
-  const float* cos_sin;
-  int rot_dim;
-  float eps;
 };
 
 // Grid kernel: active splits of a request of `seq` keys and the keys of each (a multiple of
@@ -189,17 +169,6 @@ __device__ __forceinline__ void tile_slots(const int32_t* pt, int kb, int end, i
 
 // Shared memory of a block: the warps' states for the in-block merge, the piece merge's
 // weights.
-// The grid kernel with the rotary folded in (ROPE): rotated q heads, the newest key and value,
-// their scores, the rotary scratch of each warp.
-template <typename T, int D, int HPB>
-struct RopeSmem {
-  __align__(16) T qs[HPB][D];
-  T knew[D];
-  float vnew[D];
-  float snew[HPB];
-  float hs[kWarps][D];
-};
-
 template <int D, int HPB>
 struct Smem {
   float acc[kWarps][HPB][D];
@@ -213,16 +182,12 @@ struct Smem {
 };
 
 // The keys [start, end) of request b for the q heads h0 .. h0 + nh - 1 (sharing KV head kvh),
-// with the first tile's slots in sk/sv. ROPE: q from q0 (head h0's, the heads D apart) and,
-// when snew is not null, one more key (scores snew[g], scaled; value vnew) folded in at the
-// merge. Writes out (whole) or the partial `pidx`, then returns after a __syncthreads (shared
-// memory free again). Called after the PDL wait.
-template <typename T, int D, int NT, bool PF, bool ROPE = false>
+// with the first tile's slots in sk/sv. Writes out (whole) or the partial `pidx`, then
+// returns after a __syncthreads (shared memory free again). Called after the PDL wait.
+template <typename T, int D, int NT, bool PF>
 __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int b, int kvh,
                                        int h0, int nh, int start, int end, int* sk, int* sv,
-                                       bool whole, size_t pidx, const T* q0 = nullptr,
-                                       const float* snew = nullptr,
-                                       const float* vnew = nullptr) {
+                                       bool whole, size_t pidx) {
   constexpr int KC = D / 32, VC = D / 64, MT = D / 16, HPB = 8 * NT;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, r = lane >> 2, t = lane & 3;
   float acc[MT][NT][4];
@@ -245,9 +210,7 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
   uint32_t qa[NT][MT][2];
 #pragma unroll
   for (int rb = 0; rb < NT; rb++) {
-    const T* qrow = ROPE ? q0 + (size_t)(r + 8 * rb) * D
-                         : (const T*)a.q + (size_t)b * a.q_row_stride +
-                               (size_t)(h0 + r + 8 * rb) * D;
+    const T* qrow = (const T*)a.q + (size_t)b * a.q_row_stride + (size_t)(h0 + r + 8 * rb) * D;
 #pragma unroll
     for (int c = 0; c < KC; c++) {
       uint4 v = r + 8 * rb < nh ? *reinterpret_cast<const uint4*>(qrow + 32 * c + 8 * t)
@@ -411,18 +374,12 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
     float mm = -INFINITY;
 #pragma unroll
     for (int w = 0; w < kWarps; w++) mm = fmaxf(mm, sh.m[w][g]);
-    if (ROPE && snew) mm = fmaxf(mm, snew[g]);
     float mu = mm == -INFINITY ? 0.f : mm, ls = 0.f, o = 0.f;
 #pragma unroll
     for (int w = 0; w < kWarps; w++) {
       float c = exp2f(sh.m[w][g] - mu);
       ls += sh.l[w][g] * c;
       o += sh.acc[w][g][d] * c;
-    }
-    if (ROPE && snew) {
-      float c = exp2f(snew[g] - mu);
-      ls += c;
-      o += vnew[d] * c;
     }
     if (whole) {
       size_t row = (size_t)b * a.hq + h0 + g;
@@ -521,16 +478,14 @@ __device__ __forceinline__ void group_heads(const Params& a, int y, int* kvh, in
   *nh = min(hpb, *kvh * group + group - *h0);
 }
 
-// The grid kernel: block (split, y, b). ROPE (msg_attention_decode_rope): q and the newest
-// key/value come raw from the qkv GEMM's output (the rotary of rope.cuh in each block; the
-// block holding key seq - 1 stores its K/V and folds it in at the merge).
-template <typename T, int D, int NT, bool ROPE>
-__device__ __forceinline__ void grid_body(const Params& a, const RopeArgs& ra) {
+// The grid kernel: block (split, y, b).
+template <typename T, int D, int NT>
+__global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : (NT == 1 ? 3 : 2))
+    decode_grid_kernel(Params a) {
   // Launched with programmatic dependent launch (pdl.cuh): resident while the kernel before it
-  // (rope + KV store, or with ROPE the qkv GEMM) finishes. Before the wait it reads only what
-  // kernels at least two back wrote (pdl.cuh's rule): seq_lens, rows, the page table and, with
-  // ROPE, positions and slots. q and every K/V (the newest key's are written by the kernel just
-  // before) are read after the wait.
+  // (rope + KV store) finishes. Before the wait it reads only what kernels at least two back
+  // wrote (pdl.cuh's rule): seq_lens, rows and the page table. q and every K/V (the newest key's
+  // are written by the kernel just before) are read after the wait.
   __shared__ Smem<D, 8 * NT> sh;
   const int split = blockIdx.x, y = blockIdx.y, b = blockIdx.z;
   int kvh, h0, nh;
@@ -540,13 +495,9 @@ __device__ __forceinline__ void grid_body(const Params& a, const RopeArgs& ra) {
   split_plan(seq, a.splits, a.min_keys, &nact, &per);
   if (split >= nact) return;  // split 0 always waits (pdl.cuh's rule)
   const int start = split * per, end = min(start + per, seq);
-  // ROPE: this block stores the token's K/V (as rope_store_kv would, also for seq 0) and, as
-  // the holder of the newest key, folds it in instead of reading it from the cache.
-  const bool store = ROPE && end == seq, newest = store && seq > 0;
-  const int kend = newest ? seq - 1 : end;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   int sk[2], sv[4];
-  tile_slots(a.page_table + (size_t)a.rows[b] * a.pt_stride, start + warp * kTile, kend,
+  tile_slots(a.page_table + (size_t)a.rows[b] * a.pt_stride, start + warp * kTile, end,
              a.page_size, a.page_shift, lane >> 2, lane & 3, sk, sv);
   msg::pdl_wait();
   msg::pdl_trigger();
@@ -558,60 +509,11 @@ __device__ __forceinline__ void grid_body(const Params& a, const RopeArgs& ra) {
 #pragma unroll
   for (int i = 0; i < 4; i++) asm volatile("" : "+r"(sv[i])::"memory");
   const size_t seg = (size_t)b * a.groups + y;
-  if constexpr (ROPE) {
-    __shared__ RopeSmem<T, D, 8 * NT> rs;
-    const T* row = (const T*)a.q + (size_t)b * a.q_row_stride;
-    const float* cs = ra.cos_sin + (size_t)ra.positions[b] * ra.rot_dim;
-    for (int g = warp; g < nh; g += kWarps) {
-      msg::rope_head<T, T>(row + (size_t)(h0 + g) * D, rs.qs[g], nullptr, (const T*)ra.q_norm,
-                           ra.eps, cs, ra.rot_dim, D, rs.hs[warp], lane);
-    }
-    if (store) {
-      const int slot = ra.slots[b];
-      const size_t at = ((size_t)slot * a.hkv + kvh) * D;
-      if (warp == 0) {
-        msg::rope_head<T, T>(row + (size_t)(a.hq + kvh) * D, rs.knew,
-                             slot >= 0 ? (T*)a.k + at : nullptr, (const T*)ra.k_norm, ra.eps,
-                             cs, ra.rot_dim, D, rs.hs[0], lane);
-      } else if (warp == 1) {
-        const T* src = row + (size_t)(a.hq + a.hkv + kvh) * D;
-        for (int i = lane; i < D; i += 32) {
-          const T x = src[i];
-          rs.vnew[i] = msg::to_f(x);
-          if (slot >= 0) ((T*)a.v)[at + i] = x;
-        }
-      }
-      __syncthreads();
-      // The newest key's score per head, from the rounded q and k the cache path would use.
-      for (int g = warp; g < nh; g += kWarps) {
-        float dot = 0.f;
-        for (int i = lane; i < D; i += 32) dot += msg::to_f(rs.qs[g][i]) * msg::to_f(rs.knew[i]);
-        dot = msg::warp_sum(dot);
-        if (lane == 0) rs.snew[g] = dot * a.scale;
-      }
-    }
-    __syncthreads();
-    attend<T, D, NT, false, true>(a, sh, b, kvh, h0, nh, start, kend, sk, sv, nact == 1,
-                                  seg * a.splits + split, &rs.qs[0][0],
-                                  newest ? rs.snew : nullptr, rs.vnew);
-  } else {
-    attend<T, D, NT, false>(a, sh, b, kvh, h0, nh, start, end, sk, sv, nact == 1,
-                            seg * a.splits + split);
-  }
+  attend<T, D, NT, false>(a, sh, b, kvh, h0, nh, start, end, sk, sv, nact == 1,
+                          seg * a.splits + split);
   if (nact == 1) return;
   arrive_and_merge<T, D, NT>(a, sh, seg, nact, b, h0, nh,
                              [&](int p) { return seg * a.splits + p; });
-}
-
-template <typename T, int D, int NT>
-__global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : (NT == 1 ? 3 : 2))
-    decode_grid_kernel(Params a) {
-  grid_body<T, D, NT, false>(a, RopeArgs{});
-}
-template <typename T, int D, int NT>
-__global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : (NT == 1 ? 3 : 2))
-    decode_grid_rope_kernel(Params a, RopeArgs r) {
-  grid_body<T, D, NT, true>(a, r);
 }
 
 // Requests of no keys get zeros (they have no chunks): blocks take them in turn. After the wait.
@@ -801,7 +703,7 @@ int scratch(Params* p, size_t bytes, cudaStream_t st) {
 }
 
 template <typename T, int D, int NT>
-int launch(Params p, const RopeArgs* rope, int batch, int max_seq_len, cudaStream_t st) {
+int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
   constexpr int HPB = 8 * NT;
   // Two tiles in flight per warp (balanced-pf) only where the registers allow.
   constexpr bool kPrefetchable = NT == 1 && D <= 128;
@@ -827,9 +729,8 @@ int launch(Params p, const RopeArgs* rope, int batch, int max_seq_len, cudaStrea
     return msg::fail(msg::ERR_ARG, "MSG_DECODE_KERNEL=%s: auto, balanced, balanced-pf or grid",
                      kind);
   }
-  // Counters of more segments than fit: the grid kernel at one split (no merge). The rotary
-  // is folded into the grid kernel only.
-  if ((size_t)segments * sizeof(int) > kCounterBytes || rope) grid = true;
+  // Counters of more segments than fit: the grid kernel at one split (no merge).
+  if ((size_t)segments * sizeof(int) > kCounterBytes) grid = true;
 
   if (!grid) {
     // As many blocks as are resident at once, never more than there are chunks.
@@ -897,73 +798,18 @@ int launch(Params p, const RopeArgs* rope, int batch, int max_seq_len, cudaStrea
     p.part_lse = p.part_o + (size_t)segments * splits * HPB * D;
   }
   dim3 grid_dim(splits, p.groups, batch);
-  if (rope) {
-    MSG_CUDA(msg::launch_pdl(decode_grid_rope_kernel<T, D, NT>, grid_dim, dim3(kThreads), 0, st,
-                             p, *rope));
-  } else {
-    MSG_CUDA(msg::launch_pdl(decode_grid_kernel<T, D, NT>, grid_dim, dim3(kThreads), 0, st, p));
-  }
+  MSG_CUDA(msg::launch_pdl(decode_grid_kernel<T, D, NT>, grid_dim, dim3(kThreads), 0, st, p));
   return 0;
 }
 
 template <typename T, int D>
-int by_group(Params p, const RopeArgs* rope, int batch, int max_seq_len, cudaStream_t st) {
+int by_group(Params p, int batch, int max_seq_len, cudaStream_t st) {
   // 16 heads per block when the group is larger than 8 (the 32 KB of merge buffers of
   // head_dim 256 would not fit twice).
   if constexpr (D <= 128) {
-    if (p.hq / p.hkv > 8) return launch<T, D, 2>(p, rope, batch, max_seq_len, st);
+    if (p.hq / p.hkv > 8) return launch<T, D, 2>(p, batch, max_seq_len, st);
   }
-  return launch<T, D, 1>(p, rope, batch, max_seq_len, st);
-}
-
-/** Checks the shared arguments, fills the page fields of p and launches. */
-int decode(Params p, const RopeArgs* rope, int batch, int max_seq_len, int head_dim,
-           int page_size, int dtype, const char* fn, void* stream) {
-  MSG_REQUIRE(batch >= 0 && batch <= 65535 && p.hq > 0 && p.hkv > 0 && p.hq % p.hkv == 0 &&
-                  page_size > 0 && max_seq_len >= 0,
-              "%s: bad sizes batch=%d hq=%d hkv=%d page_size=%d", fn, batch, p.hq, p.hkv,
-              page_size);
-  MSG_REQUIRE(p.q_row_stride % 8 == 0 && msg::aligned16_ptr(p.q) && msg::aligned16_ptr(p.k) &&
-                  msg::aligned16_ptr(p.v),
-              "%s: q rows and caches must be 16-byte aligned", fn);
-  if (batch == 0) return 0;
-  p.page_size = page_size;
-  p.page_shift = -1;
-  if ((page_size & (page_size - 1)) == 0) {
-    p.page_shift = 0;
-    while ((1 << p.page_shift) < page_size) p.page_shift++;
-  }
-  cudaStream_t st = msg::as_stream(stream);
-  return MSG_DISPATCH_HALF(dtype, T,
-    switch (head_dim) {
-      case 64: return by_group<T, 64>(p, rope, batch, max_seq_len, st);
-      case 128: return by_group<T, 128>(p, rope, batch, max_seq_len, st);
-      case 256: return by_group<T, 256>(p, rope, batch, max_seq_len, st);
-      default: return msg::fail(msg::ERR_UNSUPPORTED, "%s: head_dim %d (64, 128, 256)", fn,
-                                head_dim);
-    });
-}
-
-Params base_params(void* out, const void* q, int q_row_stride, const void* k_cache,
-                   const void* v_cache, const int32_t* page_table, int pt_stride,
-                   const int32_t* rows, const int32_t* seq_lens, int hq, int hkv, float scale) {
-  Params p{};
-  p.out = out;
-  p.q = q;
-  p.k = k_cache;
-  p.v = v_cache;
-  p.page_table = page_table;
-  p.rows = rows;
-  p.seq_lens = seq_lens;
-  p.q_row_stride = q_row_stride;
-  p.pt_stride = pt_stride;
-  p.hq = hq;
-  p.hkv = hkv;
-  p.groups = 1;
-  p.splits = 1;
-  p.min_keys = kDefaultMinKeys;
-  p.scale = scale * kLog2e;
-  return p;
+  return launch<T, D, 1>(p, batch, max_seq_len, st);
 }
 
 }  // namespace
@@ -974,45 +820,29 @@ extern "C" int msg_attention_decode(void* out, const void* q, int q_row_stride,
                                     const int32_t* rows, const int32_t* seq_lens, int batch,
                                     int max_seq_len, int hq, int hkv, int head_dim,
                                     int page_size, float scale, int dtype, void* stream) {
-  return decode(base_params(out, q, q_row_stride, k_cache, v_cache, page_table, pt_stride, rows,
-                            seq_lens, hq, hkv, scale),
-                nullptr, batch, max_seq_len, head_dim, page_size, dtype, "msg_attention_decode",
-                stream);
-}
-
-extern "C" int msg_attention_decode_rope(void* out, void* qkv, const int32_t* positions,
-                                         const void* q_norm, const void* k_norm, float eps,
-                                         const float* cos_sin, int rot_dim,
-                                         const int32_t* slots, void* k_cache, void* v_cache,
-                                         const int32_t* page_table, int pt_stride,
-                                         const int32_t* rows, const int32_t* seq_lens,
-                                         int batch, int max_seq_len, int hq, int hkv,
-                                         int head_dim, int page_size, float scale,
-                                         int act_dtype, int w_dtype, void* stream) {
-  MSG_REQUIRE(rot_dim >= 0 && rot_dim <= head_dim && rot_dim % 2 == 0 && positions && slots &&
-                  (rot_dim == 0 || cos_sin),
-              "msg_attention_decode_rope: rot_dim=%d (head_dim %d), positions, slots, cos_sin",
-              rot_dim, head_dim);
-  const int stride = (hq + 2 * hkv) * head_dim;
-  // Folded where the grid kernel runs with norm weights in the act dtype; otherwise (or with
-  // MSG_DECODE_ROPE=0) the two calls it stands for.
-  const char* kind = getenv("MSG_DECODE_KERNEL");
-  const char* off = getenv("MSG_DECODE_ROPE");
-  const bool fold = (off == nullptr || strcmp(off, "0") != 0) &&
-                    (kind == nullptr || *kind == 0 || strcmp(kind, "auto") == 0 ||
-                     strcmp(kind, "grid") == 0) &&
-                    (!(q_norm || k_norm) || w_dtype == act_dtype);
-  if (!fold) {
-    int rc = msg_rope_store_kv(qkv, positions, q_norm, k_norm, eps, cos_sin, rot_dim, slots,
-                               k_cache, v_cache, batch, hq, hkv, head_dim, act_dtype, w_dtype,
-                               stream);
-    return rc ? rc : msg_attention_decode(out, qkv, stride, k_cache, v_cache, page_table,
-                                          pt_stride, rows, seq_lens, batch, max_seq_len, hq,
-                                          hkv, head_dim, page_size, scale, act_dtype, stream);
+  MSG_REQUIRE(batch >= 0 && batch <= 65535 && hq > 0 && hkv > 0 && hq % hkv == 0 &&
+                  page_size > 0 && max_seq_len >= 0,
+              "msg_attention_decode: bad sizes batch=%d hq=%d hkv=%d page_size=%d", batch, hq,
+              hkv, page_size);
+  MSG_REQUIRE(q_row_stride % 8 == 0 && msg::aligned16_ptr(q) && msg::aligned16_ptr(k_cache) &&
+                  msg::aligned16_ptr(v_cache),
+              "msg_attention_decode: q rows and caches must be 16-byte aligned");
+  if (batch == 0) return 0;
+  int shift = -1;
+  if ((page_size & (page_size - 1)) == 0) {
+    shift = 0;
+    while ((1 << shift) < page_size) shift++;
   }
-  const RopeArgs rope{positions, slots, q_norm, k_norm, cos_sin, rot_dim, eps};
-  return decode(base_params(out, qkv, stride, k_cache, v_cache, page_table, pt_stride, rows,
-                            seq_lens, hq, hkv, scale),
-                &rope, batch, max_seq_len, head_dim, page_size, act_dtype,
-                "msg_attention_decode_rope", stream);
+  Params p{out, nullptr, nullptr, nullptr, q, k_cache, v_cache, page_table, rows, seq_lens,
+           q_row_stride, pt_stride, hq, hkv, page_size, shift, batch, 1, 1, kDefaultMinKeys,
+           scale * kLog2e};
+  cudaStream_t st = msg::as_stream(stream);
+  return MSG_DISPATCH_HALF(dtype, T,
+    switch (head_dim) {
+      case 64: return by_group<T, 64>(p, batch, max_seq_len, st);
+      case 128: return by_group<T, 128>(p, batch, max_seq_len, st);
+      case 256: return by_group<T, 256>(p, batch, max_seq_len, st);
+      default: return msg::fail(msg::ERR_UNSUPPORTED,
+                                "msg_attention_decode: head_dim %d (64, 128, 256)", head_dim);
+    });
 }

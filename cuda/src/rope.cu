@@ -11,11 +11,11 @@
 // the device, so the launch does not depend on them.
 #include "common.cuh"
 #include "pdl.cuh"
-#include "rope.cuh"
 
 namespace {
 
 const int kWarps = 4;
+const int kMaxPerLane = 8;  // head_dim <= 256
 
 template <typename T, typename TW>
 __global__ void rope_store_kv_kernel(T* qkv, const int32_t* positions, const TW* q_norm,
@@ -41,10 +41,50 @@ __global__ void rope_store_kv_kernel(T* qkv, const int32_t* positions, const TW*
     }
     return;
   }
+  float x[kMaxPerLane];
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < kMaxPerLane; j++) {
+    int i = lane + 32 * j;
+    x[j] = i < head_dim ? msg::to_f(row[i]) : 0.f;
+    ss += x[j] * x[j];
+  }
   const TW* nw = is_q ? q_norm : k_norm;
-  const float* cs = cos_sin + (size_t)positions[t] * rot_dim;
+  if (nw) {
+    ss = msg::warp_sum(ss);
+    float inv = rsqrtf(ss / (float)head_dim + eps);
+#pragma unroll
+    for (int j = 0; j < kMaxPerLane; j++) {
+      int i = lane + 32 * j;
+      // Round to the act dtype as a separate norm op would, then rotate.
+      if (i < head_dim) x[j] = msg::to_f(msg::from_f<T>(x[j] * inv * msg::to_f(nw[i])));
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kMaxPerLane; j++) {
+    int i = lane + 32 * j;
+    if (i < head_dim) hs[i] = x[j];
+  }
+  __syncwarp();
+  int pos = positions[t];
+  int half = rot_dim / 2;
+  const float* cs = cos_sin + (size_t)pos * rot_dim;
   T* kdst = (is_k && slot >= 0) ? k_cache + ((size_t)slot * hkv + (h - hq)) * head_dim : nullptr;
-  msg::rope_head<T, TW>(row, row, kdst, nw, eps, cs, rot_dim, head_dim, hs, lane);
+#pragma unroll
+  for (int j = 0; j < kMaxPerLane; j++) {
+    int i = lane + 32 * j;
+    if (i >= head_dim) continue;
+    float y = x[j];
+    if (i < half) {
+      y = x[j] * cs[i] - hs[i + half] * cs[half + i];
+    } else if (i < rot_dim) {
+      int f = i - half;
+      y = x[j] * cs[f] + hs[f] * cs[half + f];
+    }
+    T v = msg::from_f<T>(y);
+    row[i] = v;
+    if (kdst) kdst[i] = v;
+  }
 }
 
 __global__ void compute_slots_kernel(int32_t* slots, int32_t* positions,
@@ -73,7 +113,7 @@ int msg_rope_store_kv(void* qkv, const int32_t* positions, const void* q_norm,
                       const int32_t* slots, void* k_cache, void* v_cache, int n, int hq,
                       int hkv, int head_dim, int act_dtype, int w_dtype, void* stream) {
   MSG_REQUIRE(n >= 0 && n <= 65535 && hq > 0 && hkv >= 0 && head_dim > 0 &&
-                  head_dim <= 32 * msg::kRopeMaxPerLane,
+                  head_dim <= 32 * kMaxPerLane,
               "msg_rope_store_kv: bad sizes n=%d hq=%d hkv=%d head_dim=%d", n, hq, hkv,
               head_dim);
   MSG_REQUIRE(rot_dim >= 0 && rot_dim <= head_dim && rot_dim % 2 == 0,

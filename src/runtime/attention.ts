@@ -6,7 +6,6 @@
  */
 import {
   attentionDecode,
-  attentionDecodeRope,
   attentionExtend,
   type ExtendKernel,
   type Ops,
@@ -304,41 +303,6 @@ export class NativeAttention implements AttentionBackend {
     h: HeadShape,
   ): void {
     const k = this.kv.k[layer], v = this.kv.v[layer];
-    const base = {
-      qRowStride: (h.hq + 2 * h.hkv) * h.headDim,
-      kCache: k,
-      vCache: v,
-      pageTable: m.pageTable,
-      maxSeqLen: m.maxSeqLen,
-      hq: h.hq,
-      hkv: h.hkv,
-      headDim: h.headDim,
-      pageSize: m.pageSize,
-      scale: 1 / Math.sqrt(h.headDim),
-    };
-    if (m.isDecode) {
-      // One call: the CUDA decode kernel does the rotary and the KV store itself.
-      attentionDecodeRope(this.ops, {
-        ...base,
-        out,
-        q: qkv,
-        rows: m.rows,
-        seqLens: m.seqLens,
-        qStarts: m.qStarts,
-        batch: m.batch,
-        totalQ: m.numTokens,
-        maxQLen: 1,
-      }, {
-        positions: m.positions,
-        qNorm,
-        kNorm,
-        eps: h.eps,
-        cosSin: this.cosSin,
-        slots: m.slots,
-        wDtype: this.wDtype,
-      });
-      return;
-    }
     this.ops.ropeStoreKv(
       qkv,
       m.positions,
@@ -355,6 +319,18 @@ export class NativeAttention implements AttentionBackend {
       h.headDim,
       this.wDtype,
     );
+    const base = {
+      qRowStride: (h.hq + 2 * h.hkv) * h.headDim,
+      kCache: k,
+      vCache: v,
+      pageTable: m.pageTable,
+      maxSeqLen: m.maxSeqLen,
+      hq: h.hq,
+      hkv: h.hkv,
+      headDim: h.headDim,
+      pageSize: m.pageSize,
+      scale: 1 / Math.sqrt(h.headDim),
+    };
     for (const s of attentionSegments(m)) {
       const rows = m.rows.at(s.entry0, [s.entries]);
       const seqLens = m.seqLens.at(s.entry0, [s.entries]);
