@@ -57,6 +57,25 @@ export function loadPair(): { cpu: NativeLib; gpu: NativeLib } | null {
   return null;
 }
 
+/** msg_sampling_params rows (32 bytes each): [temperature, top_p, min_p, top_k] of row i from
+ *  f(i), seed 1000 + 7919 i, step 3 i. */
+export function samplingParams(
+  rows: number,
+  f: (i: number) => [number, number, number, number],
+): Uint8Array {
+  const buf = new ArrayBuffer(rows * 32), dv = new DataView(buf);
+  for (let i = 0; i < rows; i++) {
+    const [t, p, mp, k] = f(i);
+    dv.setFloat32(i * 32, t, true);
+    dv.setFloat32(i * 32 + 4, p, true);
+    dv.setFloat32(i * 32 + 8, mp, true);
+    dv.setInt32(i * 32 + 12, k, true);
+    dv.setBigUint64(i * 32 + 16, BigInt(1000 + i * 7919), true);
+    dv.setInt32(i * 32 + 24, i * 3, true);
+  }
+  return new Uint8Array(buf);
+}
+
 /** A seeded generator (mulberry32) with normal and integer draws. */
 export function makeRng(seed: number) {
   const rand = (): number => {

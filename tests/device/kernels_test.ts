@@ -22,6 +22,7 @@ import {
   loadPair,
   makeRng,
   ptr,
+  samplingParams,
   toBf16,
 } from "./harness.ts";
 
@@ -468,20 +469,6 @@ Deno.test({
 
 // ---------------------------------------------------------------- sampling, logprobs
 
-function params(rows: number, f: (i: number) => [number, number, number, number]): Uint8Array {
-  const buf = new ArrayBuffer(rows * 32), dv = new DataView(buf);
-  for (let i = 0; i < rows; i++) {
-    const [t, p, mp, k] = f(i);
-    dv.setFloat32(i * 32, t, true);
-    dv.setFloat32(i * 32 + 4, p, true);
-    dv.setFloat32(i * 32 + 8, mp, true);
-    dv.setInt32(i * 32 + 12, k, true);
-    dv.setBigUint64(i * 32 + 16, BigInt(1000 + i * 7919), true);
-    dv.setInt32(i * 32 + 24, i * 3, true);
-  }
-  return new Uint8Array(buf);
-}
-
 /** The token msg_sample must pick, in float64 (the header's rule with real weights instead
  *  of fixed point): z = fp32(x / T), ranks by logit desc / index asc, top-k, top-p, min-p,
  *  then the inverse CDF with u over the kept tokens in INDEX order. Equal logits form one
@@ -548,7 +535,7 @@ function refSample(
 
 /** Params rows of [temperature, top_p, min_p, top_k] picked by a cycle over each list. */
 function mixedParams(rows: number): Uint8Array {
-  return params(rows, (i) => [
+  return samplingParams(rows, (i) => [
     [0.7, 1.0, 1.3][i % 3],
     [1, 0.9, 0.5, 0.95][i % 4],
     [0, 0, 0.05][i % 3],
@@ -599,7 +586,7 @@ Deno.test({
       const rows = 48;
       const logits = randn(rows * vocab, 3);
       for (let r = 0; r < rows; r++) logits[r * vocab + ((r * 7919) % vocab)] += 12; // clear max
-      const greedy = params(rows, () => [0, 1, 0, 0]);
+      const greedy = samplingParams(rows, () => [0, 1, 0, 0]);
       let r = both(
         { logits, greedy },
         { t: new Int32Array(rows), lp: new Float32Array(rows) },
@@ -625,7 +612,7 @@ Deno.test({
           if (kind === 2) row[(i * 31) % vocab] = 1, row[(i * 77) % vocab] = 1.5;
           if (kind === 3) row[i * 13] = NaN;
         }
-        const dp = params(dr, (i) => [
+        const dp = samplingParams(dr, (i) => [
           [1, 0.5, 2][i % 3],
           [1, 0.9, 0.3][(i >> 2) % 3],
           [0, 0.2][(i >> 1) % 2],
@@ -843,7 +830,7 @@ Deno.test({
     for (const rowsN of [1, 64, 256]) {
       const line: string[] = [];
       for (const [what, p] of configs) {
-        const pr = Dev.of(gpu, params(rowsN, () => p));
+        const pr = Dev.of(gpu, samplingParams(rowsN, () => p));
         const call = () => chk(s.msg_sample(tk.p, null, lg.p, pr.p, rowsN, vocab, st), "sample");
         call();
         chk(s.msg_stream_sync(st), "sync");

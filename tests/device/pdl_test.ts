@@ -24,6 +24,7 @@ import {
   loadPair,
   makeRng,
   ptr,
+  samplingParams,
   SELF,
   toBf16,
 } from "./harness.ts";
@@ -176,21 +177,13 @@ Deno.test({
     const s = gpu.sym, chk = gpu.check.bind(gpu);
     const rows = 4, V = 151936, K = 512;
     // greedy; temperature; top-k 50 + top-p 0.9; min-p 0.05 + top-k 2000 (the kernel paths)
-    const cfg: number[][] = [
+    const cfg: [number, number, number, number][] = [
       [0, 1, 0, 0],
       [0.7, 1, 0, 0],
       [1, 0.9, 0, 50],
       [1.3, 0.95, 0.05, 2000],
     ];
-    const pr = new Uint8Array(rows * 32), dv = new DataView(pr.buffer);
-    cfg.forEach(([t, p, mp, k], i) => {
-      dv.setFloat32(i * 32, t, true);
-      dv.setFloat32(i * 32 + 4, p, true);
-      dv.setFloat32(i * 32 + 8, mp, true);
-      dv.setInt32(i * 32 + 12, k, true);
-      dv.setBigUint64(i * 32 + 16, BigInt(77 + i), true);
-      dv.setInt32(i * 32 + 24, i, true);
-    });
+    const pr = samplingParams(rows, (i) => cfg[i]);
     const a = Buf.of(gpu, bf16Values(rows * K, 1)), w = Buf.of(gpu, bf16Values(V * K, 0.2));
     const par = Buf.of(gpu, pr), lg = new Buf(gpu, rows * V * 4);
     const tok = new Buf(gpu, rows * 4), lp = new Buf(gpu, rows * 4);
