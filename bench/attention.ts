@@ -28,7 +28,7 @@
  *            under --attn fa2 and fa3.
  *
  *   deno run -A bench/attention.ts [--page 1] [--repeats 9] [--only prefill|decode]
- *     [--no-peer] [--fa3 auto,5,6|none] [--decode-kernels auto,balanced,balanced-pf,grid]
+ *     [--no-peer] [--fa3 auto,5,6|none] [--decode-kernels auto,grid,grid-pf,balanced,balanced-pf]
  *     [--decode-splits 0,16,32,64] [--decode-blocks 0,264,528] [--decode-keys 0,256]
  *     [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768]
  *     [--out FILE]
@@ -62,7 +62,7 @@ const { values: a } = parseArgs({
     "decode-splits": { type: "string", default: "0" },
     "decode-blocks": { type: "string", default: "0" },
     "decode-keys": { type: "string", default: "0" },
-    "decode-kernels": { type: "string", default: "auto,balanced,balanced-pf" },
+    "decode-kernels": { type: "string", default: "auto,grid,balanced-pf" },
   },
   strict: true,
 });
@@ -272,8 +272,12 @@ for (const s of doDecode ? decodeShapes : []) {
   for (const variant of decodeKernels) {
     Deno.env.set("MSG_DECODE_KERNEL", variant);
     // auto (what the engine runs) at the launcher's own choices only; the others at each knob.
-    const knob = variant === "grid" ? "MSG_DECODE_SPLITS" : "MSG_DECODE_BLOCKS";
-    const counts = variant === "auto" ? [0] : variant === "grid" ? splitCounts : blockCounts;
+    const knob = variant.startsWith("grid") ? "MSG_DECODE_SPLITS" : "MSG_DECODE_BLOCKS";
+    const counts = variant === "auto"
+      ? [0]
+      : knob === "MSG_DECODE_SPLITS"
+      ? splitCounts
+      : blockCounts;
     for (const count of counts) {
       for (const keys of variant === "auto" ? [0] : keyCounts) {
         Deno.env.set(knob, String(count));

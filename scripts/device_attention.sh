@@ -53,7 +53,7 @@ if has bench; then
   # auto (what the engine runs: v6 or v5 by length) only when both passed.
   [ "$fa3" = "5,6" ] && fa3="auto,5,6"
   say "bench (fa3 variants: ${fa3:-none})"
-  run 480 deno task bench attention --fa3 "${fa3:-none}" --decode-kernels auto,balanced,balanced-pf --decode-blocks 0,132,264,396,528 --decode-keys 0,64,256,512 \
+  run 480 deno task bench attention --fa3 "${fa3:-none}" --decode-kernels auto,grid,grid-pf,balanced-pf --decode-splits 0,16,64 --decode-blocks 0,264 --decode-keys 0 \
     --out "$OUT/attention.json"
   # Paged prefill: page 16 (the benchmarks' setting: tiles gathered from 8 pages each) and 64
   # (a tile from one page), beside page 1 above; PyTorch's figures are the same shapes.

@@ -17,7 +17,9 @@
 //   piece to arrive (an atomic counter per segment, reset by that block) merges them. G
 //   depends only on the batch shape and max_seq_len, so graph replays launch the same grid.
 // - grid (the default, auto): the earlier launch, grid (splits, head groups, requests);
-//   the active splits of a request come from its real length, the others exit at once.
+//   the active splits of a request come from its real length, the others exit at once. Where
+//   the grid has at most 2 blocks per SM (batch 1 in practice), auto runs it with two tiles per
+//   warp in flight (grid-pf, as balanced-pf) for requests of at least kPfMinSeq keys.
 //
 // Inside a block each warp takes tiles of 16 consecutive keys (tile i of the block's share
 // goes to warp i % 4) with its own online-softmax state; the 4 states are merged in shared
@@ -37,7 +39,9 @@
 // 0.73, bs64-ctx8k 1.0. On an H100, 2026-12-05, grid / balanced / balanced-pf: bs1-ctx32k 0.741 /
 // 0.706 / 0.772, bs64-ctx1k 0.894 / 0.867 / 0.886, bs64-ctx8k 0.983 / 0.966 / 0.973, 256 ragged
 // contexts of 100-2048 keys 0.941 / 0.922 / 0.936; qwen3-0.6b end to end, batch 1 decode 1,035
-// tok/s with grid and 977 with balanced-pf, offline 19.9k and 20.3k. So grid stays auto.
+// tok/s with grid and 977 with balanced-pf, offline 19.9k and 20.3k. So grid stays auto. With
+// two tiles in flight at small grids (grid-pf, H100, session 23): bs1-ctx32k 0.819 (grid 0.772),
+// the other shapes as grid; qwen3-0.6b batch 1 -0.3% (1,034-1,038 against 1,038-1,040).
 
 #include <cstdlib>
 #include <cstring>
@@ -55,6 +59,10 @@ const int kTile = 16;                  // keys per warp per step
 const int kRound = kWarps * kTile;     // keys per block per step = one chunk
 const int kMaxSplits = 64;             // grid kernel
 const int kDefaultMinKeys = 128;       // grid: keys per active split; balanced: per block
+// grid-pf: requests of fewer keys take the one-tile loop (H100, bs1 graph replays of 128 keys
+// per block: seq 512 9.5 us one tile / 9.7 two, seq 4096 16.5 / 15.9; qwen3-0.6b batch 1
+// decode ~0.6% slower with two tiles at its ~300-key contexts).
+const int kPfMinSeq = 2048;
 const int kBlockCostKeys = 64;         // grid: fixed cost of a block, in keys' worth of time
 const int kMergeCostKeys = 2;          // grid: cost of merging one more split, in keys
 // grid: splits at most when blocks <= 2 per SM (batch 1 in practice). H200, bs1-ctx32k, of copy
@@ -183,11 +191,12 @@ struct Smem {
 
 // The keys [start, end) of request b for the q heads h0 .. h0 + nh - 1 (sharing KV head kvh),
 // with the first tile's slots in sk/sv. Writes out (whole) or the partial `pidx`, then
-// returns after a __syncthreads (shared memory free again). Called after the PDL wait.
+// returns after a __syncthreads (shared memory free again). Called after the PDL wait. PF
+// compiles the loop with two tiles per warp in flight, taken where `pf` (uniform per block).
 template <typename T, int D, int NT, bool PF>
 __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int b, int kvh,
                                        int h0, int nh, int start, int end, int* sk, int* sv,
-                                       bool whole, size_t pidx) {
+                                       bool whole, size_t pidx, bool pf = PF) {
   constexpr int KC = D / 32, VC = D / 64, MT = D / 16, HPB = 8 * NT;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, r = lane >> 2, t = lane & 3;
   float acc[MT][NT][4];
@@ -309,7 +318,7 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
     }
   };
   const int kb0 = start + warp * kTile;
-  if constexpr (PF) {
+  if (PF && pf) {
     // Two tiles per warp in flight: tile i + 1's loads are issued before tile i's math, and
     // the slots of tile i + 2 are looked up then (a load's address must not wait on its
     // page-table read at issue).
@@ -478,9 +487,10 @@ __device__ __forceinline__ void group_heads(const Params& a, int y, int* kvh, in
   *nh = min(hpb, *kvh * group + group - *h0);
 }
 
-// The grid kernel: block (split, y, b).
-template <typename T, int D, int NT>
-__global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : (NT == 1 ? 3 : 2))
+// The grid kernel: block (split, y, b). PF: two tiles per warp in flight (attend), at two
+// blocks per SM.
+template <typename T, int D, int NT, bool PF>
+__global__ void __launch_bounds__(kThreads, PF ? 2 : D >= 256 ? 1 : (NT == 1 ? 3 : 2))
     decode_grid_kernel(Params a) {
   // Launched with programmatic dependent launch (pdl.cuh): resident while the kernel before it
   // (rope + KV store) finishes. Before the wait it reads only what kernels at least two back
@@ -509,8 +519,8 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 1 : (NT == 1 ? 3 : 2))
 #pragma unroll
   for (int i = 0; i < 4; i++) asm volatile("" : "+r"(sv[i])::"memory");
   const size_t seg = (size_t)b * a.groups + y;
-  attend<T, D, NT, false>(a, sh, b, kvh, h0, nh, start, end, sk, sv, nact == 1,
-                          seg * a.splits + split);
+  attend<T, D, NT, PF>(a, sh, b, kvh, h0, nh, start, end, sk, sv, nact == 1,
+                       seg * a.splits + split, seq >= kPfMinSeq);
   if (nact == 1) return;
   arrive_and_merge<T, D, NT>(a, sh, seg, nact, b, h0, nh,
                              [&](int p) { return seg * a.splits + p; });
@@ -660,7 +670,8 @@ void* g_zeroed[64];
 
 // Tuning knobs for benchmarks and tests, read per call: MSG_DECODE_KERNEL (balanced |
 // balanced-pf: two tiles per warp in flight, head_dim <= 128 and at most 8 heads per block,
-// else balanced | grid; unset or auto: grid), MSG_DECODE_SPLIT_KEYS (grid: minimum keys per active split;
+// else balanced | grid | grid-pf: the same for grid | unset or auto: grid, grid-pf at small
+// batches), MSG_DECODE_SPLIT_KEYS (grid: minimum keys per active split;
 // balanced: per block; default kDefaultMinKeys), MSG_DECODE_SPLITS (grid: force the splits),
 // MSG_DECODE_BLOCKS (balanced: force the grid size).
 int env_int(const char* name) {
@@ -712,23 +723,25 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
   p.batch = batch;
   const long long segments = (long long)batch * p.groups;
   const size_t piece_bytes = (size_t)HPB * (D + 1) * sizeof(float);
-  static const int per_sm_grid = blocks_per_sm(decode_grid_kernel<T, D, NT>);
+  static const int per_sm_grid = blocks_per_sm(decode_grid_kernel<T, D, NT, false>);
   static const int per_sm_bal = blocks_per_sm(decode_balanced_kernel<T, D, NT, false>);
   static const int per_sm_pf = blocks_per_sm(decode_balanced_kernel<T, D, NT, kPrefetchable>);
   const int sms = msg::sm_count();
   int keys = env_int("MSG_DECODE_SPLIT_KEYS");
   if (keys < 16) keys = kDefaultMinKeys;
   p.min_keys = keys;
-  // auto runs the grid kernel (the figures at the top of the file).
+  // auto runs the grid kernel, with two tiles in flight at small batches (the figures at the
+  // top of the file).
   const char* kind = getenv("MSG_DECODE_KERNEL");
-  bool grid = kind == nullptr || *kind == 0 || strcmp(kind, "auto") == 0 ||
-              strcmp(kind, "grid") == 0;
-  const bool pf = kPrefetchable && kind != nullptr && strcmp(kind, "balanced-pf") == 0;
-  if (kind != nullptr && *kind && !grid && strcmp(kind, "auto") != 0 &&
-      strcmp(kind, "balanced") != 0 && strcmp(kind, "balanced-pf") != 0) {
-    return msg::fail(msg::ERR_ARG, "MSG_DECODE_KERNEL=%s: auto, balanced, balanced-pf or grid",
-                     kind);
+  const bool is_auto = kind == nullptr || *kind == 0 || strcmp(kind, "auto") == 0;
+  const bool grid_pf = kind != nullptr && strcmp(kind, "grid-pf") == 0;
+  bool grid = is_auto || grid_pf || strcmp(kind, "grid") == 0;
+  const bool bal_pf = kind != nullptr && strcmp(kind, "balanced-pf") == 0;
+  if (!grid && strcmp(kind, "balanced") != 0 && !bal_pf) {
+    return msg::fail(msg::ERR_ARG,
+                     "MSG_DECODE_KERNEL=%s: auto, balanced, balanced-pf, grid or grid-pf", kind);
   }
+  const bool pf = kPrefetchable && bal_pf;
   // Counters of more segments than fit: the grid kernel at one split (no merge).
   if ((size_t)segments * sizeof(int) > kCounterBytes) grid = true;
 
@@ -767,7 +780,11 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
   int by_len = (max_seq_len + keys - 1) / keys;
   if (by_len > kMaxSplits) by_len = kMaxSplits;
   int splits = 1;
-  if (base_blocks <= 2 * sms) {
+  // Few blocks (batch 1 in practice): they stream long shares, so two tiles per warp in flight
+  // pay; auto then runs the PF kernel (at most 2 blocks per SM are launched here anyway).
+  const bool small = base_blocks <= 2 * sms;
+  const bool gpf = kPrefetchable && (grid_pf || (is_auto && small));
+  if (small) {
     splits = 2 * sms / base_blocks;
     if (splits > kSmallMaxSplits) splits = kSmallMaxSplits;
     if (splits > by_len) splits = by_len;
@@ -798,7 +815,13 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
     p.part_lse = p.part_o + (size_t)segments * splits * HPB * D;
   }
   dim3 grid_dim(splits, p.groups, batch);
-  MSG_CUDA(msg::launch_pdl(decode_grid_kernel<T, D, NT>, grid_dim, dim3(kThreads), 0, st, p));
+  if (gpf) {
+    MSG_CUDA(msg::launch_pdl(decode_grid_kernel<T, D, NT, kPrefetchable>, grid_dim,
+                             dim3(kThreads), 0, st, p));
+  } else {
+    MSG_CUDA(msg::launch_pdl(decode_grid_kernel<T, D, NT, false>, grid_dim, dim3(kThreads), 0,
+                             st, p));
+  }
   return 0;
 }
 

@@ -146,7 +146,7 @@ Deno.test({
 
     for (const kFirst of [true, false]) {
       const ref = run(cpu, kFirst, 0)[0];
-      for (const kernel of ["balanced", "balanced-pf", "grid"]) {
+      for (const kernel of ["balanced", "balanced-pf", "grid", "grid-pf"]) {
         Deno.env.set("MSG_DECODE_KERNEL", kernel);
         try {
           for (const [i, got] of run(gpu, kFirst, SELF ? 0 : 3).entries()) {

@@ -3,7 +3,7 @@
  * CPU twin on random inputs: page sizes 1, 7, 16, 64; MHA and GQA 2:1 (Qwen3-0.6B), 4:1
  * (Llama-3-8B), 8:1, 16:1; head_dim 64, 128, 256; ragged seq_lens with 0, 1 and lengths that
  * are not multiples of the page size; shuffled page ids; bf16 and f16; each case on every
- * kernel (MSG_DECODE_KERNEL=grid, the default, balanced and balanced-pf), and the balanced
+ * kernel (MSG_DECODE_KERNEL=grid, grid-pf, balanced and balanced-pf), and the balanced
  * kernels at forced grid sizes (MSG_DECODE_BLOCKS). GPU outputs are poisoned (NaN) first.
  * Then graph replays: a graph captured with max_seq_len 8192 replayed
  * with short sequences must match the CPU and stay correct over many replays (the split
@@ -196,8 +196,8 @@ Deno.test({
     for (const c of cases) {
       const inp = makeInputs(c);
       const ref = from16(runCase(cpu, c, inp), c.dtype);
-      for (const kernel of ["balanced", "balanced-pf", "grid"]) {
-        if (kernel === "grid" && c.env?.MSG_DECODE_BLOCKS) continue;
+      for (const kernel of ["balanced", "balanced-pf", "grid", "grid-pf"]) {
+        if (kernel.startsWith("grid") && c.env?.MSG_DECODE_BLOCKS) continue;
         const env = { ...c.env, MSG_DECODE_KERNEL: kernel };
         for (const [k, v] of Object.entries(env)) Deno.env.set(k, v);
         let got: Float32Array;
@@ -349,7 +349,7 @@ Deno.test({
 
     // Correctness of a graph captured at max_seq_len 8192 and replayed with short sequences
     // (many replays: the counters of the split merge must reset themselves), on each kernel.
-    for (const kernel of ["balanced", "balanced-pf", "grid"]) {
+    for (const kernel of ["balanced", "balanced-pf", "grid", "grid-pf"]) {
       Deno.env.set("MSG_DECODE_KERNEL", kernel);
       const seqs = [1, 300, 611, 4000, 8192, 97, 1500, 16];
       const bs = seqs.length, pt = tables(seqs, 1)[0], lens = Dev.of(gpu, Int32Array.from(seqs));
@@ -430,7 +430,7 @@ Deno.test({
     for (const seq of [512, 1024, 4096, 16384, 32768]) {
       for (const bs of [1, 8, 32, 64, 128]) {
         if (bs * seq > 128 * 16384) continue;
-        for (const kernel of ["balanced", "balanced-pf", "grid"]) {
+        for (const kernel of ["balanced", "balanced-pf", "grid", "grid-pf"]) {
           Deno.env.set("MSG_DECODE_KERNEL", kernel);
           line(`bs=${bs} seq=${seq} ${kernel}`, timeCase(Array(bs).fill(seq), seq));
         }
