@@ -10,12 +10,12 @@
 # Steps (default: all, in this order; estimated wall time on one H200 in brackets):
 #   build   CUDA library for sm_90a only ($MINISGL_CUDA_ARCHS) + CPU library   [~2 min]
 #   test    tests/device/attention_extend_test.ts, attention_mixed_test.ts and the decode
-#           kernel's attention_test.ts (every case on the balanced and the grid kernel, then
-#           both kernels' timings) and attention_pdl_test.ts (loads before the PDL wait) [~3 min]
+#           kernel's attention_test.ts (every case on the balanced and the grid kernels, one and
+#           two tiles in flight, then their timings) and attention_pdl_test.ts (loads before the PDL wait) [~3 min]
 #   bench   deno task bench attention: native and fa3 auto, v5, v6 in one run (each only when
 #           its test passed in the test step; all when the step did not run), and the decode
-#           kernels (balanced at its own grid size and at 1-4 blocks per SM, and at 64-512 keys
-#           per block at least; grid at its own splits); then prefill alone at page sizes 16
+#           kernels (auto; grid and grid-pf at their own splits and at 16 and 64; balanced-pf
+#           at its own grid size and at 2 blocks per SM); then prefill alone at page sizes 16
 #           and 64  [~3.5 min]
 # A variant whose kernel hangs is bounded by the timeouts below (an mbarrier wait gives up by
 # itself; a named-barrier deadlock does not): its test then fails and the bench skips it.
