@@ -44,20 +44,9 @@ namespace {
 constexpr int kMaxM = 8;      // largest M the kernels are compiled for
 constexpr int kDefaultM = 4;  // default threshold (measured, see above)
 constexpr int kWarps = 8;  // warps per block
-constexpr int kPrefetchMaxMiB = 16;  // largest weight prefetched before the wait (default)
+constexpr size_t kPrefetchMaxBytes = 16u << 20;  // largest weight prefetched before the wait
 
 std::atomic<int> g_max_m{-1};  // -1: not read yet from MINISGL_GEMV_MAX_M
-
-// Largest weight (bytes) whose first step is prefetched before the PDL wait: kPrefetchMaxMiB, or
-// MINISGL_GEMV_PREFETCH_MB (read once; a tuning knob for benchmarks).
-size_t prefetch_max_bytes() {
-  static const size_t v = [] {
-    const char* e = getenv("MINISGL_GEMV_PREFETCH_MB");
-    const int mb = e && *e ? atoi(e) : kPrefetchMaxMiB;
-    return (size_t)(mb < 0 ? 0 : mb) << 20;
-  }();
-  return v;
-}
 
 int gemv_max_m() {
   int v = g_max_m.load(std::memory_order_relaxed);
@@ -270,7 +259,7 @@ int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cud
   // Prefetch only what L2 (50 MB on an H100/H200) holds next to the running kernel's stream:
   // a larger matrix's prefetched lines could be evicted before use and read twice.
   const int prefetch =
-      msg::pdl_enabled() && (GATED ? 2 : 1) * (size_t)N * K * sizeof(T) <= prefetch_max_bytes();
+      msg::pdl_enabled() && (GATED ? 2 : 1) * (size_t)N * K * sizeof(T) <= kPrefetchMaxBytes;
   MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U, GATED>, dim3(blocks),
                            dim3(kWarps * 32), 0, st, out, x, w, bias, N, K, wk, prefetch));
   return 0;
