@@ -44,7 +44,13 @@ namespace {
 constexpr int kMaxM = 8;      // largest M the kernels are compiled for
 constexpr int kDefaultM = 4;  // default threshold (measured, see above)
 constexpr int kWarps = 8;  // warps per block
-constexpr size_t kPrefetchMaxBytes = 16u << 20;  // largest weight prefetched before the wait
+// Weight bytes prefetched before the PDL wait (the first blocks' first step), any matrix size.
+// H100, bs1 decode (bench/results/2026-12-05-h100-gemv-prefetch-kb-ab.json): qwen3-0.6b 1,030
+// tok/s with whole matrices of <= 16 MB prefetched, 1,062 with none, 1,059 with 2 MB; llama-3-8b
+// (none prefetched before: all > 16 MB) 178.3, 179.3 with 2 MB, 179.6 with 4 MB; 64 MB
+// and 128 MB caps on whole matrices 176.7 and 174.1. A large prefetch queues ahead of the loads
+// of the kernel still running before the wait, which is on the critical path.
+constexpr size_t kPrefetchBytes = 2u << 20;
 
 std::atomic<int> g_max_m{-1};  // -1: not read yet from MINISGL_GEMV_MAX_M
 
@@ -117,7 +123,7 @@ __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq
 template <typename T, typename TO, int M, int R, int U, bool GATED>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_vec_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
-                    const T* __restrict__ bias, int N, int K, int wk, int prefetch) {
+                    const T* __restrict__ bias, int N, int K, int wk, int pf_blocks) {
   constexpr int P = M * R >= 4 ? 1 : 4 / (M * R);  // independent accumulators per output
   constexpr int C = GATED ? R / 2 : R;              // output columns per group
   static_assert(!GATED || R % 2 == 0, "a gated group pairs gate and up rows");
@@ -135,9 +141,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     wr[r] = reinterpret_cast<const uint4*>(w) + (size_t)row * K8;
   }
   // Weights are never written by a kernel, so they may be fetched before the previous kernel
-  // on the stream completes: the first step's lines go to L2 while it drains (PDL only; one
-  // prefetch per 128-byte line).
-  if (prefetch && (lane & 7) == 0) {
+  // on the stream completes: the first step's lines go to L2 while it drains (PDL only, blocks
+  // below pf_blocks; one prefetch per 128-byte line).
+  if ((int)blockIdx.x < pf_blocks && (lane & 7) == 0) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int v = kw * 32 + lane + u * stride;
@@ -256,12 +262,14 @@ int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cud
   while (wk < kWarps && groups * wk < want && K8 >= 2 * wk * 32 * 2) wk *= 2;
   const long gpb = kWarps / wk;
   const unsigned blocks = (unsigned)((groups + gpb - 1) / gpb);
-  // Prefetch only what L2 (50 MB on an H100/H200) holds next to the running kernel's stream:
-  // a larger matrix's prefetched lines could be evicted before use and read twice.
-  const int prefetch =
-      msg::pdl_enabled() && (GATED ? 2 : 1) * (size_t)N * K * sizeof(T) <= kPrefetchMaxBytes;
+  // The first blocks prefetch, about kPrefetchBytes in all (see kPrefetchBytes).
+  const size_t bytes = (GATED ? 2 : 1) * (size_t)N * K * sizeof(T);
+  int pf_blocks = 0;
+  if (msg::pdl_enabled()) {
+    pf_blocks = bytes <= kPrefetchBytes ? (int)blocks : (int)(blocks * kPrefetchBytes / bytes);
+  }
   MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U, GATED>, dim3(blocks),
-                           dim3(kWarps * 32), 0, st, out, x, w, bias, N, K, wk, prefetch));
+                           dim3(kWarps * 32), 0, st, out, x, w, bias, N, K, wk, pf_blocks));
   return 0;
 }
 
