@@ -37,6 +37,7 @@ import { parseArgs } from "node:util";
 import { Device, DType, type Handle, type Tensor } from "../ffi/device.ts";
 import { type AttentionArgs, attentionDecode, attentionExtend, Ops } from "../ffi/ops.ts";
 import { appendResult } from "./results.ts";
+import { copyBandwidth } from "./roofline.ts";
 import { loadModelConfig } from "../src/model/config.ts";
 import { ModelRunner, runnerOptions } from "../src/runtime/model_runner.ts";
 import { GREEDY } from "../src/ipc/batch.ts";
@@ -87,17 +88,6 @@ function timeMs(body: () => void, stream: Handle = ops.stream): number {
   }
   t.sort((x, y) => x - y);
   return t[t.length >> 1];
-}
-
-/** Device-to-device copy bandwidth in bytes (read + written) per second, 1 GiB buffers. */
-function copyBandwidth(): number {
-  const n = 1 << 30;
-  const x = dev.alloc(DType.U8, [n]), y = dev.alloc(DType.U8, [n]);
-  dev.memset(x, 7);
-  const ms = timeMs(() => dev.copy(y, x, n, ops.stream));
-  dev.free(x);
-  dev.free(y);
-  return (2 * n) / (ms / 1e3);
 }
 
 /** Random bf16 values (uniform in [-1, 1)), never zeros: zeros can run faster. */
@@ -257,7 +247,7 @@ for (const s of doPrefill ? prefillShapes : []) {
   }
   free();
 }
-const bw = copyBandwidth();
+const bw = copyBandwidth(dev, 1 << 30, ops.stream);
 // The library reads MSG_DECODE_KERNEL (balanced: an even share of every request's keys per
 // block, grid: (splits, head groups, requests)), MSG_DECODE_SPLITS (grid), MSG_DECODE_BLOCKS
 // (balanced) and MSG_DECODE_SPLIT_KEYS (both: keys per split or block, at least) at every launch.

@@ -23,13 +23,12 @@
  *     [--out results.json] [--plot]
  */
 import { parseArgs } from "node:util";
-import { loadModelConfig } from "../src/model/config.ts";
-import { SafetensorsFolder } from "../src/model/safetensors.ts";
 import { ModelRunner, type Pending, runnerOptions } from "../src/runtime/model_runner.ts";
 import { type BatchEntry, GREEDY } from "../src/ipc/batch.ts";
 import { DType, type Handle } from "../ffi/device.ts";
 import { DEFAULTS } from "../src/core/defaults.ts";
 import { appendResult } from "./results.ts";
+import { copyBandwidth, decodeStepBytes, modelBytes } from "./roofline.ts";
 import { markdownTable, plotPath, svgLinePlot } from "./common.ts";
 
 const { values: a } = parseArgs({
@@ -71,13 +70,8 @@ if (a.ttft) {
 const batches = a.batches!.split(",").map(Number);
 const steps = Number(a.steps), P = Number(a.prompt), PAGE = Number(a["page-size"]);
 const maxB = Math.max(...batches);
-const cfg = await loadModelConfig(a.model);
-const folder = await SafetensorsFolder.open(a.model);
-let weightBytes = 0, embedBytes = 0;
-for (const [name, t] of folder.tensors) {
-  weightBytes += t.byteLength;
-  if (name.endsWith("embed_tokens.weight")) embedBytes = t.byteLength;
-}
+const mb = await modelBytes(a.model);
+const cfg = mb.cfg;
 const runner = await ModelRunner.create(
   cfg,
   runnerOptions(a.model, a.device as "cpu" | "cuda", {
@@ -92,35 +86,6 @@ const runner = await ModelRunner.create(
 );
 const dev = runner.dev;
 const card = runner.info.deviceName;
-const eltBytes = 2; // bf16 / fp16 weights and KV cache
-
-/** Bytes one decode step of `bs` rows at mean length `seqLen` must read. */
-function stepBytes(bs: number, seqLen: number): number {
-  const embedRead = cfg.tieWordEmbeddings ? 0 : bs * cfg.hiddenSize * eltBytes - embedBytes;
-  const kv = bs * seqLen * cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * eltBytes;
-  return weightBytes + embedRead + kv;
-}
-
-/** Device-to-device copy bandwidth (read + written bytes per second), median of 10. */
-function copyBandwidth(): number {
-  const n = Number(a["copy-mib"]) << 20;
-  const x = dev.alloc(DType.U8, [n]), y = dev.alloc(DType.U8, [n]);
-  dev.memset(x, 7);
-  const e0 = dev.createEvent(), e1 = dev.createEvent();
-  const times: number[] = [];
-  for (let i = 0; i < 12; i++) {
-    dev.record(e0, null);
-    dev.copy(y, x, n);
-    dev.record(e1, null);
-    dev.waitEvent(e1);
-    if (i >= 2) times.push(dev.elapsedMs(e0, e1));
-  }
-  dev.free(x);
-  dev.free(y);
-  times.sort((p, q) => p - q);
-  return (2 * n) / (times[times.length >> 1] / 1000);
-}
-
 const opsSteps = a.ops ? Number(a["ops-steps"]) + 1 : 0;
 const pagesPerRow = Math.ceil((P + steps + 32 + opsSteps) / PAGE);
 const rowPages = (r: number) =>
@@ -277,11 +242,11 @@ if (a.ops) {
   Deno.exit(0);
 }
 
-const bw = dev.backend === "cuda" ? copyBandwidth() : NaN;
+const bw = dev.backend === "cuda" ? copyBandwidth(dev, Number(a["copy-mib"]) << 20) : NaN;
 const rows: Record<string, unknown>[] = [];
 for (const bs of batches) {
   const { stepsPerS, meanSeqLen } = measureDecode(bs, steps);
-  const bytes = stepBytes(bs, meanSeqLen);
+  const bytes = decodeStepBytes(mb, bs, meanSeqLen);
   const rec = {
     name: bs === 1 ? "decode_bs1" : "decode",
     model: a.name,

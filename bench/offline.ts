@@ -20,6 +20,8 @@ import { defaultEngineConfig } from "../src/engine/config.ts";
 import { appendResult } from "./results.ts";
 import { ENGINE_FLAGS, engineOverrides, markdownTable } from "./common.ts";
 import { randomWorkload, runWorkload, sharedPrefixWorkload, warmUp } from "./workload.ts";
+import { copyBandwidth, modelBytes, workloadReadBytes } from "./roofline.ts";
+import { Device } from "../ffi/device.ts";
 
 const { values: a } = parseArgs({
   options: {
@@ -112,6 +114,21 @@ const full = await runWorkload(engine, items, temperature, "offline");
 const ours = a.hf ? await runWorkload(engine, subset, temperature, "offline-hf-subset") : null;
 await engine.shutdown();
 
+// The memory floor (bench/roofline.ts): the KV and weight bytes any schedule must read for this
+// workload, over the copy bandwidth measured once the engine has stopped (GPU only; with tensor
+// parallelism each of the tpSize GPUs reads its share).
+const floor = workloadReadBytes(
+  await modelBytes(a.model),
+  items.map((w) => ({ input: w.promptIds.length, output: w.maxTokens })),
+);
+let bw = NaN;
+if (engine.info.backend === "cuda") {
+  const dev = new Device("cuda", config.deviceIndex);
+  bw = copyBandwidth(dev);
+  dev.close();
+}
+const floorS = (floor.kvBytes + floor.weightBytes) / (bw * config.tpSize);
+
 const hfTokPerS = typeof hf?.out_tok_per_s === "number" ? hf.out_tok_per_s : null;
 const record = {
   name: "offline",
@@ -138,6 +155,11 @@ const record = {
   output_tokens: full.outputTokens,
   seconds: full.seconds,
   median_ttft_s: full.medianTtftS,
+  kv_read_tb: floor.kvBytes / 1e12,
+  weight_read_tb: floor.weightBytes / 1e12,
+  copy_bandwidth_gbs: Number.isFinite(bw) ? bw / 1e9 : null,
+  read_floor_s: Number.isFinite(floorS) ? floorS : null,
+  roofline_frac_read: Number.isFinite(floorS) ? floorS / full.seconds : null,
   vs_hf_x: hfTokPerS && ours ? ours.outTokPerS / hfTokPerS : null,
   ...(a.hf
     ? {
@@ -156,6 +178,7 @@ console.log(markdownTable([record], [
   "out_tok_per_s",
   "total_tok_per_s",
   "seconds",
+  "roofline_frac_read",
   "vs_hf_x",
 ]));
 console.log(JSON.stringify(record));
