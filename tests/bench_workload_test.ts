@@ -1,11 +1,18 @@
 /**
  * The benchmark workloads and statistics of bench/: the offline workload is the same for a
  * seed and stays in its ranges, shared-prefix requests share exactly their group's prefix,
- * percentiles interpolate like numpy's default.
+ * percentiles interpolate like numpy's default, the read floor of bench/roofline.ts counts what a
+ * decode must read.
  */
 import { deepEqual, equal, ok } from "node:assert/strict";
 import { percentile } from "../bench/common.ts";
 import { randomWorkload, sharedPrefixWorkload } from "../bench/workload.ts";
+import {
+  decodeStepBytes,
+  modelBytes,
+  stepWeightBytes,
+  workloadReadBytes,
+} from "../bench/roofline.ts";
 
 const shape = { seed: 0, idRange: 10000, inMin: 100, inMax: 1024, outMin: 100, outMax: 1024 };
 
@@ -50,4 +57,27 @@ Deno.test("bench: percentiles interpolate between order statistics", () => {
   equal(percentile(xs, 100), 100);
   ok(Math.abs(percentile(xs, 99) - 99.01) < 1e-9);
   ok(Number.isNaN(percentile([], 50)));
+});
+
+Deno.test("bench: the read floor counts every decode step's keys and one weight read a step", async () => {
+  // tiny-qwen3 (tied embedding: the LM head reads all of it every step).
+  const dir = await Deno.makeTempDir();
+  try {
+    const make = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "scripts/make_model.ts", "--preset", "tiny-qwen3", "--out", dir],
+      stdout: "null",
+      stderr: "inherit",
+    });
+    ok((await make.output()).success, "make-model");
+    const m = await modelBytes(dir);
+    equal(m.kvPerToken, m.cfg.numLayers * 2 * m.cfg.numKvHeads * m.cfg.headDim * 2);
+    // Output tokens 2..4 of a 3-token prompt read 4, 5 and 6 keys; 1 output token reads none.
+    const r = workloadReadBytes(m, [{ input: 3, output: 4 }, { input: 50, output: 1 }]);
+    equal(r.kvBytes, 15 * m.kvPerToken);
+    equal(r.weightBytes, 4 * stepWeightBytes(m, 1));
+    equal(stepWeightBytes(m, 1), m.weightBytes, "tied: the whole embedding is read");
+    equal(decodeStepBytes(m, 2, 10), m.weightBytes + 20 * m.kvPerToken);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
