@@ -20,8 +20,7 @@ import { defaultEngineConfig } from "../src/engine/config.ts";
 import { appendResult } from "./results.ts";
 import { ENGINE_FLAGS, engineOverrides, markdownTable } from "./common.ts";
 import { randomWorkload, runWorkload, sharedPrefixWorkload, warmUp } from "./workload.ts";
-import { copyBandwidth, modelBytes, workloadReadBytes } from "./roofline.ts";
-import { Device } from "../ffi/device.ts";
+import { copyBandwidthApart, modelBytes, workloadReadBytes } from "./roofline.ts";
 
 const { values: a } = parseArgs({
   options: {
@@ -107,6 +106,9 @@ if (a.hf) {
 }
 
 const config = { ...defaultEngineConfig(a.model), ...engineOverrides(a) };
+// The copy bandwidth for the memory floor below (GPU only), in a process of its own before the
+// engine sizes its KV pool from the free memory.
+const bw = config.device === "cuda" ? await copyBandwidthApart(config.deviceIndex) : NaN;
 const engine = await startEngine(config);
 const card = engine.info.deviceName;
 await warmUp(engine, Number(a["id-range"]));
@@ -115,18 +117,12 @@ const ours = a.hf ? await runWorkload(engine, subset, temperature, "offline-hf-s
 await engine.shutdown();
 
 // The memory floor (bench/roofline.ts): the KV and weight bytes any schedule must read for this
-// workload, over the copy bandwidth measured once the engine has stopped (GPU only; with tensor
-// parallelism each of the tpSize GPUs reads its share).
+// workload, over the copy bandwidth measured above (with tensor parallelism each of the tpSize
+// GPUs reads its share).
 const floor = workloadReadBytes(
   await modelBytes(a.model),
   items.map((w) => ({ input: w.promptIds.length, output: w.maxTokens })),
 );
-let bw = NaN;
-if (engine.info.backend === "cuda") {
-  const dev = new Device("cuda", config.deviceIndex);
-  bw = copyBandwidth(dev);
-  dev.close();
-}
 const floorS = (floor.kvBytes + floor.weightBytes) / (bw * config.tpSize);
 
 const hfTokPerS = typeof hf?.out_tok_per_s === "number" ? hf.out_tok_per_s : null;

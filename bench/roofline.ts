@@ -4,7 +4,7 @@
  */
 import { loadModelConfig, type ModelConfig } from "../src/model/config.ts";
 import { SafetensorsFolder } from "../src/model/safetensors.ts";
-import { type Device, DType, type Handle } from "../ffi/device.ts";
+import { Device, DType, type Handle } from "../ffi/device.ts";
 
 const ELT = 2; // bf16 / fp16 weights and KV cache
 
@@ -61,6 +61,24 @@ export function copyBandwidth(dev: Device, bytes = 1 << 30, stream: Handle = nul
   dev.free(y);
   times.sort((p, q) => p - q);
   return (2 * bytes) / (times[times.length >> 1] / 1000);
+}
+
+/** copyBandwidth() of device `index` of `backend` in a process of its own (the engine's
+ *  process never loads the library on its main thread); NaN, with a warning, when that fails. */
+export async function copyBandwidthApart(index: number, backend = "cuda"): Promise<number> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL(import.meta.url).pathname, String(index), backend],
+    stderr: "inherit",
+  }).output();
+  const bw = out.success ? Number(new TextDecoder().decode(out.stdout).trim()) : NaN;
+  if (!Number.isFinite(bw)) console.warn("copy bandwidth: not measured (see above)");
+  return bw;
+}
+
+if (import.meta.main) {
+  // deno run -A bench/roofline.ts [DEVICE [cuda|cpu]]: prints the copy bandwidth in bytes/s.
+  const backend = Deno.args[1] === "cpu" ? "cpu" : "cuda";
+  console.log(copyBandwidth(new Device(backend, Number(Deno.args[0] ?? 0))));
 }
 
 /**
