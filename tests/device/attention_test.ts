@@ -23,6 +23,8 @@ const libs = loadPair();
 const cpu = libs?.cpu as NativeLib, gpu = libs?.gpu as NativeLib;
 const isCuda = libs !== null && gpu.sym.msg_backend() === 1;
 const { rand, randn } = makeRng(4242);
+/** Every decode kernel (MSG_DECODE_KERNEL, read per call). */
+const DECODE_KERNELS = ["balanced", "balanced-pf", "grid", "grid-pf"];
 
 /** Random page table: `seqs[b]` tokens of request b on shuffled pages of a pool. */
 function pageTable(seqs: number[], ps: number, extraPages = 3) {
@@ -196,7 +198,7 @@ Deno.test({
     for (const c of cases) {
       const inp = makeInputs(c);
       const ref = from16(runCase(cpu, c, inp), c.dtype);
-      for (const kernel of ["balanced", "balanced-pf", "grid", "grid-pf"]) {
+      for (const kernel of DECODE_KERNELS) {
         if (kernel.startsWith("grid") && c.env?.MSG_DECODE_BLOCKS) continue;
         const env = { ...c.env, MSG_DECODE_KERNEL: kernel };
         // The case's knobs, then the caller's values back (so that a knob set for the timings
@@ -355,7 +357,7 @@ Deno.test({
 
     // Correctness of a graph captured at max_seq_len 8192 and replayed with short sequences
     // (many replays: the counters of the split merge must reset themselves), on each kernel.
-    for (const kernel of ["balanced", "balanced-pf", "grid", "grid-pf"]) {
+    for (const kernel of DECODE_KERNELS) {
       Deno.env.set("MSG_DECODE_KERNEL", kernel);
       const seqs = [1, 300, 611, 4000, 8192, 97, 1500, 16];
       const bs = seqs.length, pt = tables(seqs, 1)[0], lens = Dev.of(gpu, Int32Array.from(seqs));
@@ -436,7 +438,7 @@ Deno.test({
     for (const seq of [512, 1024, 4096, 16384, 32768]) {
       for (const bs of [1, 8, 32, 64, 128]) {
         if (bs * seq > 128 * 16384) continue;
-        for (const kernel of ["balanced", "balanced-pf", "grid", "grid-pf"]) {
+        for (const kernel of DECODE_KERNELS) {
           Deno.env.set("MSG_DECODE_KERNEL", kernel);
           line(`bs=${bs} seq=${seq} ${kernel}`, timeCase(Array(bs).fill(seq), seq));
         }
