@@ -64,7 +64,15 @@ Deno.test("bench: the read floor counts every decode step's keys and one weight 
   const dir = await Deno.makeTempDir();
   try {
     const make = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "scripts/make_model.ts", "--preset", "tiny-qwen3", "--out", dir],
+      args: [
+        "run",
+        "-A",
+        new URL("../scripts/make_model.ts", import.meta.url).pathname,
+        "--preset",
+        "tiny-qwen3",
+        "--out",
+        dir,
+      ],
       stdout: "null",
       stderr: "inherit",
     });
