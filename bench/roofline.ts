@@ -75,12 +75,6 @@ export async function copyBandwidthApart(index: number, backend = "cuda"): Promi
   return bw;
 }
 
-if (import.meta.main) {
-  // deno run -A bench/roofline.ts [DEVICE [cuda|cpu]]: prints the copy bandwidth in bytes/s.
-  const backend = Deno.args[1] === "cpu" ? "cpu" : "cuda";
-  console.log(copyBandwidth(new Device(backend, Number(Deno.args[0] ?? 0))));
-}
-
 /**
  * The memory floor of a decode workload run to its max_tokens (ignore_eos): the KV every decode
  * step must read (output token t >= 2 of a request of `input` prompt tokens reads input + t - 1
@@ -97,4 +91,10 @@ export function workloadReadBytes(
     steps = Math.max(steps, output);
   }
   return { kvBytes: keyReads * m.kvPerToken, weightBytes: steps * stepWeightBytes(m, 1) };
+}
+
+if (import.meta.main) {
+  // deno run -A bench/roofline.ts [DEVICE [cuda|cpu]]: prints the copy bandwidth in bytes/s.
+  const backend = Deno.args[1] === "cpu" ? "cpu" : "cuda";
+  console.log(copyBandwidth(new Device(backend, Number(Deno.args[0] ?? 0))));
 }
