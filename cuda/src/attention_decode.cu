@@ -59,6 +59,14 @@ const int kTile = 16;                  // keys per warp per step
 const int kRound = kWarps * kTile;     // keys per block per step = one chunk
 const int kMaxSplits = 64;             // grid kernel
 const int kDefaultMinKeys = 128;       // grid: keys per active split; balanced: per block
+// grid: requests of fewer keys take one split whatever min_keys allows: there the split merge
+// costs more than the parallelism buys. qwen3-0.6b decode on an H100 (2026-12-05, bench latency
+// --steps 128, one split for all against min_keys splits), tok/s at batch 1 / 8 / 32: contexts
+// 16-160 1,157 / 6,616 / 24,399 against 1,137 / 6,492 / 24,508; 200-344 1,016 / 5,970 / 20,643
+// against 1,001 / 5,859 / 20,663; 330-474 954 / 5,646 / 18,804 against 989 / 5,607 / 18,744;
+// 450-594 899 / 5,337 / 17,217 against 965 / 5,544 / 17,247; 600-744 843 / 5,039 / 15,818 against
+// 949 / 5,329 / 15,776.
+const int kDefaultOneSplitBelow = 320;
 // grid-pf: requests of fewer keys take the one-tile loop (H100, bs1 graph replays of 128 keys
 // per block: seq 512 9.5 us one tile / 9.7 two, seq 4096 16.5 / 15.9; qwen3-0.6b batch 1
 // decode ~0.6% slower with two tiles at its ~300-key contexts).
@@ -89,13 +97,15 @@ struct Params {
   int groups;    // head groups (segments) per request: hkv x chunks of HPB heads
   int splits;    // grid kernel: splits per segment
   int min_keys;  // grid: keys per active split; balanced: keys per block (at least)
+  int one_split_below;  // grid: requests of fewer keys take one split
   float scale;   // softmax scale * log2(e)
 };
 
 // Grid kernel: active splits of a request of `seq` keys and the keys of each (a multiple of
 // kRound).
-__device__ __forceinline__ void split_plan(int seq, int splits, int min_keys, int* n, int* per) {
-  int want = (seq + min_keys - 1) / min_keys;
+__device__ __forceinline__ void split_plan(int seq, int splits, int min_keys, int one_below,
+                                           int* n, int* per) {
+  int want = seq < one_below ? 1 : (seq + min_keys - 1) / min_keys;
   want = max(1, min(want, splits));
   int p = (seq + want - 1) / want;
   p = max(kRound, (p + kRound - 1) / kRound * kRound);
@@ -502,7 +512,7 @@ __global__ void __launch_bounds__(kThreads, PF ? 2 : D >= 256 ? 1 : (NT == 1 ? 3
   group_heads(a, y, &kvh, &h0, &nh, 8 * NT);
   const int seq = a.seq_lens[b];
   int nact, per;
-  split_plan(seq, a.splits, a.min_keys, &nact, &per);
+  split_plan(seq, a.splits, a.min_keys, a.one_split_below, &nact, &per);
   if (split >= nact) return;  // split 0 always waits (pdl.cuh's rule)
   const int start = split * per, end = min(start + per, seq);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -672,8 +682,9 @@ void* g_zeroed[64];
 // balanced-pf: two tiles per warp in flight, head_dim <= 128 and at most 8 heads per block,
 // else balanced | grid | grid-pf: the same for grid | unset or auto: grid, grid-pf at small
 // batches), MSG_DECODE_SPLIT_KEYS (grid: minimum keys per active split;
-// balanced: per block; default kDefaultMinKeys), MSG_DECODE_SPLITS (grid: force the splits),
-// MSG_DECODE_BLOCKS (balanced: force the grid size).
+// balanced: per block; default kDefaultMinKeys), MSG_DECODE_ONE_SPLIT_BELOW (grid: requests
+// of fewer keys take one split; default kDefaultOneSplitBelow, 0 = none), MSG_DECODE_SPLITS
+// (grid: force the splits), MSG_DECODE_BLOCKS (balanced: force the grid size).
 int env_int(const char* name) {
   const char* e = getenv(name);
   return e ? atoi(e) : 0;
@@ -730,6 +741,8 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
   int keys = env_int("MSG_DECODE_SPLIT_KEYS");
   if (keys < 16) keys = kDefaultMinKeys;
   p.min_keys = keys;
+  const char* one = getenv("MSG_DECODE_ONE_SPLIT_BELOW");
+  p.one_split_below = one && *one ? atoi(one) : kDefaultOneSplitBelow;
   // auto runs the grid kernel, with two tiles in flight at small batches (the figures at the
   // top of the file).
   const char* kind = getenv("MSG_DECODE_KERNEL");
@@ -858,7 +871,7 @@ extern "C" int msg_attention_decode(void* out, const void* q, int q_row_stride,
   }
   Params p{out, nullptr, nullptr, nullptr, q, k_cache, v_cache, page_table, rows, seq_lens,
            q_row_stride, pt_stride, hq, hkv, page_size, shift, batch, 1, 1, kDefaultMinKeys,
-           scale * kLog2e};
+           kDefaultOneSplitBelow, scale * kLog2e};
   cudaStream_t st = msg::as_stream(stream);
   return MSG_DISPATCH_HALF(dtype, T,
     switch (head_dim) {

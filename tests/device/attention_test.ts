@@ -166,6 +166,22 @@ Deno.test({
       dtype: BF16,
       env: { MSG_DECODE_SPLITS: "61", MSG_DECODE_SPLIT_KEYS: "16" },
     });
+    // Around the one-split rule (requests under MSG_DECODE_ONE_SPLIT_BELOW keys, 320 by
+    // default, take one split), then the same requests split into shares of 64 keys.
+    for (
+      const env of [undefined, { MSG_DECODE_ONE_SPLIT_BELOW: "0", MSG_DECODE_SPLIT_KEYS: "16" }]
+    ) {
+      cases.push({
+        hd: 128,
+        ps: 16,
+        hq: 16,
+        hkv: 8,
+        seqs: [319, 320, 321, 700, 17],
+        maxSeq: 4096,
+        dtype: BF16,
+        env,
+      });
+    }
     // Page size 256 (a 16-key tile inside one page), GQA 1 and 8, head_dim 64 and 256 in f16,
     // and more blocks than SMs (20 requests x 8 KV heads > 132).
     add(128, 256, 32, 8, ragged(4, 3000));
