@@ -201,11 +201,12 @@ export class Ops {
     );
   }
 
+  /** params null: every row greedy (one pass on CUDA). */
   sample(
     tokens: Tensor,
     logprobs: Tensor | null,
     logits: Tensor,
-    params: Tensor,
+    params: Tensor | null,
     rows: number,
   ): void {
     this.dev.check(
@@ -213,7 +214,7 @@ export class Ops {
         tokens.ptr,
         ptr(logprobs),
         logits.ptr,
-        params.ptr,
+        ptr(params),
         rows,
         logits.shape[1],
         this.stream,

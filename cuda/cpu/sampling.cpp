@@ -171,12 +171,13 @@ int msg_sample(int32_t* out_tokens, float* out_logprobs, float* logits,
                const msg_sampling_params* params, int rows, int vocab, void*) {
   MSG_REQUIRE(rows >= 0 && vocab > 0, "msg_sample: bad sizes rows=%d vocab=%d", rows, vocab);
   if (rows == 0) return 0;
-  MSG_REQUIRE(out_tokens && logits && params, "msg_sample: NULL pointer");
+  MSG_REQUIRE(out_tokens && logits, "msg_sample: NULL pointer");
+  const msg_sampling_params greedy{0.0f, 1.0f, 0.0f, 0, 0, 0, 0};
   MSG_TRY
   parallel_for(rows, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
       const float* x = clean_row(logits + r * vocab, vocab, 0);
-      const int tok = sample_row(x, vocab, params[r]);
+      const int tok = sample_row(x, vocab, params ? params[r] : greedy);
       out_tokens[r] = tok;
       if (out_logprobs) {
         const float lse = logsumexp(x, vocab);

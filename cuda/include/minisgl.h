@@ -260,6 +260,8 @@ typedef struct msg_sampling_params {
  *    step); the token is the kept one, walking in INDEX order, whose interval of cumulated q
  *    contains t. This is the filtered softmax (weights below 2^-40 of the top are never
  *    drawn), and needs no sort: the GPU finds cuts by histograms and the draw by chunk sums.
+ *  params may be NULL: every row greedy (on CUDA one pass over the logits instead of six
+ *  kernels, most of which exit at once for greedy rows).
  *  out_logprobs (may be NULL) receives the log-probability of the chosen token under the
  *  unfiltered distribution at temperature 1 (what OpenAI reports). Graph-safe (per-device
  *  scratch; run it once outside capture with the largest row count); not concurrently on

@@ -19,7 +19,8 @@
 //                       bucket's tokens into the buffer.
 //   draw    (rows)      top-p cut inside the bucket, then the chunk that holds u * Q, then an
 //                       ordered scan of that chunk.
-// Temperature only = 2 passes over the logits; top-p = 3; small top-k = 2. A buffer that
+// Greedy = 1 pass (params NULL: only scan is launched; otherwise the other kernels exit at
+// once for greedy rows); temperature only = 2 passes over the logits; top-p = 3; small top-k = 2. A buffer that
 // overflows (huge ties) falls back to scanning the whole row in one block: slow, exact.
 // Weights use sample_exp (explicit fmaf), identical to cuda/cpu/sampling.cpp.
 #include <mutex>
@@ -346,7 +347,9 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(Args a) {
   __shared__ unsigned long long sh_base;
   const int r = blockIdx.y, c = blockIdx.x, tid = threadIdx.x;
   const RowPtrs P = row_ptrs(a, r);
-  const msg_sampling_params sp = a.params[r];
+  // No params: every row greedy (msg_sample then launches this kernel alone).
+  const msg_sampling_params sp = a.params ? a.params[r] : msg_sampling_params{0.f, 1.f, 0.f, 0,
+                                                                             0, 0, 0};
   const float* x = a.logits + (size_t)r * a.V;
   const bool sampled = sp.temperature > 0.f;
   const bool use_k = sampled && sp.top_k > 0 && sp.top_k < a.V;
@@ -729,6 +732,7 @@ int msg_sample(int32_t* out_tokens, float* out_logprobs, float* logits,
   dim3 grid(C, rows);
   scan_kernel<<<grid, kThreads, 0, s>>>(a);
   MSG_LAUNCHED("sample scan");
+  if (params == nullptr) return 0;  // all greedy: scan finished every row (the rest would exit)
   gather_kernel<<<grid, kThreads, 0, s>>>(a);
   MSG_LAUNCHED("sample gather");
   finish_k_kernel<<<rows, kRowThreads, 0, s>>>(a);

@@ -2,8 +2,9 @@
  * CUDA graphs of the decode step, per padded batch size. A graph reads its inputs
  * from the fixed device metadata block and writes sampled tokens to fixed buffers, so
  * replaying it needs one upload and one launch instead of hundreds of op calls. The step is
- * captured in parts (the forward pass to the logits, then sampling), replayed back to back;
- * a constrained batch replays the first part, applies its grammar masks, then the second.
+ * captured in parts (the forward pass to the logits, then sampling, and sampling when every
+ * row is greedy), replayed one forward then one sampling part; a constrained batch replays
+ * the forward part, applies its grammar masks, then a sampling part.
  */
 import type { Device, Handle } from "../../ffi/device.ts";
 

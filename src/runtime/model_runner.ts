@@ -273,7 +273,11 @@ export class ModelRunner {
     if (opts.backend === "cuda" && graphMax > 0) {
       r.graphs = new CudaGraphs(dev, r.stream, Math.min(graphMax, opts.maxRows));
       r.graphs.capture(
-        [(bs) => r.decodeForward(bs, r.info.maxSeqLen), (bs) => r.decodeSample(bs)],
+        [
+          (bs) => r.decodeForward(bs, r.info.maxSeqLen),
+          (bs) => r.decodeSample(bs, false),
+          (bs) => r.decodeSample(bs, true),
+        ],
         (bs) => r.prepareDummyDecode(bs),
         progress,
       );
@@ -459,10 +463,12 @@ export class ModelRunner {
     this.lmHead(this.logits.rows(0, bs), hidden, bs);
   }
 
-  /** Sampling of a decode step from its logits (second graph part). */
-  private decodeSample(bs: number) {
+  /** Sampling of a decode step from its logits (second graph part; third when every row is
+   *  greedy: one kernel instead of six). */
+  private decodeSample(bs: number, greedy: boolean) {
     const { ops, meta } = this;
-    ops.sample(this.out.tokens, this.out.logprobs, this.logits.rows(0, bs), meta.params, bs);
+    const params = greedy ? null : meta.params;
+    ops.sample(this.out.tokens, this.out.logprobs, this.logits.rows(0, bs), params, bs);
     ops.scatterI32(this.tokenTable, meta.sampleRows, this.out.tokens, bs);
   }
 
@@ -508,17 +514,31 @@ export class ModelRunner {
 
     if (graphBs) {
       this.attn.prepareReplay(graphBs);
-      this.graphs!.launch(graphBs, 0, deferred ? 1 : Infinity);
+      this.graphs!.launch(graphBs, 0, 1);
+      if (!deferred) this.sampleGraph(graphBs, this.onePass(f));
     } else if (deviceDecode) {
       this.attn.prepare(this.decodeMeta(f.batch, f.maxSeqLen));
       this.decodeForward(f.batch, f.maxSeqLen);
-      if (!deferred) this.decodeSample(f.batch);
+      if (!deferred) this.decodeSample(f.batch, this.onePass(f));
     } else {
       this.generalBody(batch, f, topK, deferred);
     }
     const p: Pending = { batch, filled: f, slot, topK, start, deferred, graphBs };
     if (!deferred) this.seal(p);
     return p;
+  }
+
+  /** Every sampled row greedy: sampling takes its one-pass path, unless
+   *  MINISGL_GREEDY_ONE_PASS=0 (A/B measurements). */
+  private onePass(f: FilledBatch): boolean {
+    return f.allGreedy && this.greedyOnePass;
+  }
+  private readonly greedyOnePass = Deno.env.get("MINISGL_GREEDY_ONE_PASS") !== "0";
+
+  /** Replays the sampling part of a decode graph: the one-pass part when every row is greedy. */
+  private sampleGraph(bs: number, greedy: boolean) {
+    const part = greedy ? 2 : 1;
+    this.graphs!.launch(bs, part, part + 1);
   }
 
   /** Enqueues the copies of a batch's results and its completion event. */
@@ -575,7 +595,7 @@ export class ModelRunner {
         fc.numMasked,
       );
     }
-    if (p.graphBs) this.graphs!.launch(p.graphBs, 1);
+    if (p.graphBs) this.sampleGraph(p.graphBs, this.onePass(f));
     else this.sampleRows(f, logits, p.topK);
     p.deferred = false;
     this.seal(p);
@@ -585,7 +605,7 @@ export class ModelRunner {
   private sampleRows(f: FilledBatch, logits: Tensor, topK: number) {
     const { ops, meta } = this, S = f.numSample;
     if (topK) ops.topLogprobs(this.out.topIds, this.out.topLps, logits, S, topK);
-    ops.sample(this.out.tokens, this.out.logprobs, logits, meta.params, S);
+    ops.sample(this.out.tokens, this.out.logprobs, logits, this.onePass(f) ? null : meta.params, S);
     ops.scatterI32(this.tokenTable, meta.sampleRows, this.out.tokens, S);
   }
 

@@ -113,6 +113,8 @@ export interface FilledBatch {
   sampleEntries: number[];
   /** Some sampled row has penalties: the penalty sections are filled (and uploaded). */
   hasPenalties: boolean;
+  /** Every sampled row is greedy (temperature <= 0): sampling takes its one-pass path. */
+  allGreedy: boolean;
   /** Penalty tokens of all sampled rows when more than the block holds (their starts are in
    *  the block), else null. */
   penaltyOverflow: Int32Array | null;
@@ -129,8 +131,11 @@ export function fillStaging(
 ): FilledBatch {
   let t = 0, s = 0, d = 0, p = 0, maxQ = 0, maxSeq = 0, pen = 0;
   const sampleEntries: number[] = [];
-  let hasPenalties = false;
-  for (const e of entries) if (e.sample && e.penaltyTokens) hasPenalties = true;
+  let hasPenalties = false, allGreedy = true;
+  for (const e of entries) {
+    if (e.sample && e.penaltyTokens) hasPenalties = true;
+    if (e.sample && e.sampling.temperature > 0) allGreedy = false;
+  }
   let overflow: number[] | null = null;
   for (let i = 0; i < entries.length; i++) {
     const e = entries[i];
@@ -207,6 +212,7 @@ export function fillStaging(
     decodeTail: tail,
     sampleEntries,
     hasPenalties,
+    allGreedy,
     penaltyOverflow: pen > L.maxPenaltyTokens ? penaltyTokensOf(entries, sampleEntries, pen) : null,
   };
 }

@@ -600,6 +600,17 @@ Deno.test({
       checkSample(fromBf16(toBf16(logits)), mixedParams(rows), rows, vocab, `vocab=${vocab} bf16`);
       // Flat rows (no spike): top-p cuts deep into the vocabulary.
       checkSample(randn(rows * vocab, 1), mixedParams(rows), rows, vocab, `vocab=${vocab} flat`);
+      // No params (every row greedy: the one-pass launch), after the calls above left state in
+      // the scratch: the tokens and logprobs of the greedy params, on both backends.
+      const onePass = both(
+        { logits },
+        { t: new Int32Array(rows), lp: new Float32Array(rows) },
+        (l, b) => l.sym.msg_sample(b.t, b.lp, b.logits, null, rows, vocab, null),
+        "greedy, no params",
+      );
+      exact([r.t[0], onePass.t[1]], "greedy tokens, no params");
+      exact([r.lp[1], onePass.lp[1]], "greedy logprobs on the GPU, no params");
+      exact([r.lp[0], onePass.lp[0]], "greedy logprobs on the CPU, no params");
       if (vocab === 151936) {
         // Degenerate rows: constant, three values, mostly -inf, NaN: buffers overflow and
         // the one-block fallbacks run.
