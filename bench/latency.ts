@@ -70,6 +70,8 @@ if (a.ttft) {
 const batches = a.batches!.split(",").map(Number);
 const steps = Number(a.steps), P = Number(a.prompt), PAGE = Number(a["page-size"]);
 const maxB = Math.max(...batches);
+// Rows prefilled together: at most ~16k tokens a batch (as a server's chunked prefill would).
+const prefillRows = Math.min(maxB, Math.max(1, Math.floor(16384 / P)));
 const mb = await modelBytes(a.model);
 const cfg = mb.cfg;
 const runner = await ModelRunner.create(
@@ -78,7 +80,7 @@ const runner = await ModelRunner.create(
     pageSize: PAGE,
     numPages: a["num-pages"] ? Number(a["num-pages"]) : null,
     maxRows: maxB,
-    maxPrefillLength: Math.max(maxB * P, 64),
+    maxPrefillLength: Math.max(prefillRows * P, 64),
     cudaGraphMaxBs: a.device === "cuda" && !a.ops ? maxB : 0,
     attn: a.attn!,
   }),
@@ -112,7 +114,13 @@ function measureDecode(
 ): { stepsPerS: number; meanSeqLen: number; pos: number } {
   const prompt = (r: number) =>
     Array.from({ length: P }, (_, i) => (i * 7919 + r * 31) % Math.min(10000, cfg.vocabSize));
-  runner.run({ id: -1, entries: Array.from({ length: bs }, (_, r) => entry(r, prompt(r), 0)) });
+  for (let r0 = 0; r0 < bs; r0 += prefillRows) {
+    const rows = Math.min(prefillRows, bs - r0);
+    runner.run({
+      id: -1,
+      entries: Array.from({ length: rows }, (_, r) => entry(r0 + r, prompt(r0 + r), 0)),
+    });
+  }
   let pos = P;
   const run = (k: number) => {
     let pending: Pending | null = null;
