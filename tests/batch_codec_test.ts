@@ -1,10 +1,13 @@
 import assert from "node:assert/strict";
 import {
   decodeBatch,
+  decodeFailure,
   decodeResult,
   encodeBatch,
+  encodeFailure,
   encodeResult,
   encodeShutdown,
+  KIND_FAILURE,
   KIND_SHUTDOWN,
   recordKind,
 } from "../src/ipc/batch_codec.ts";
@@ -108,4 +111,13 @@ Deno.test("batch codec: results round-trip, nulls included", () => {
   assert.equal(back.seconds, 0.25);
   assert.equal(recordKind(encodeShutdown()), KIND_SHUTDOWN);
   assert.throws(() => decodeResult(encodeShutdown()), /not a result/);
+});
+
+Deno.test("batch codec: a failure record carries its message, any length and script", () => {
+  for (const m of ["", "x", "abcd", "injected fault (gpu) after 4 batches", "échec: 故障 ✗"]) {
+    const rec = encodeFailure(m);
+    assert.equal(recordKind(rec), KIND_FAILURE);
+    assert.equal(decodeFailure(rec), m);
+  }
+  assert.throws(() => decodeFailure(encodeShutdown()), /not a failure/);
 });

@@ -17,6 +17,7 @@ import { loadModelConfig } from "../src/model/config.ts";
 import { Ring } from "../src/ipc/ring.ts";
 import {
   decodeBatch,
+  encodeFailure,
   encodeResult,
   KIND_BATCH,
   KIND_SHUTDOWN,
@@ -232,7 +233,13 @@ self.onmessage = async (ev: MessageEvent<InitMessage>) => {
   } catch (e) {
     // Leaves the rings open and escapes this handler: nothing here tells the engine.
     if (e instanceof UncaughtFault) throw e;
-    self.postMessage({ type: "fatal", message: (e as Error).message });
+    const message = (e as Error).message;
+    self.postMessage({ type: "fatal", message });
+    try {
+      output.tryPush(encodeFailure(message));
+    } catch {
+      // the engine closed the rings already
+    }
     input.close();
     output.close();
   }

@@ -15,7 +15,14 @@ import { Scheduler, type SchedulerConfig } from "../src/scheduler/scheduler.ts";
 import { SchedulerLoop, type Transport } from "../src/scheduler/loop.ts";
 import type { SubmitMessage } from "../src/scheduler/request.ts";
 import { Ring } from "../src/ipc/ring.ts";
-import { decodeResult, encodeBatch, encodeShutdown } from "../src/ipc/batch_codec.ts";
+import {
+  decodeFailure,
+  decodeResult,
+  encodeBatch,
+  encodeShutdown,
+  KIND_FAILURE,
+  recordKind,
+} from "../src/ipc/batch_codec.ts";
 import { type Fault, injectedFault } from "../src/engine/fault.ts";
 
 type InMessage =
@@ -45,18 +52,35 @@ function ringTransport(to: Ring[], from: Ring[], fault: Fault | null): Transport
     async send(batch) {
       if (fault && ++sent > fault.after) injectFault(fault, sent);
       const msg = encodeBatch(batch);
-      for (const r of to) await r.pushAsync(msg);
+      try {
+        for (const r of to) await r.pushAsync(msg);
+      } catch (e) {
+        // A worker that failed closed its ring after leaving its reason in its results ring.
+        for (let i = 0; i < from.length; i++) {
+          for (let m = from[i].tryPop(); m; m = from[i].tryPop()) {
+            if (recordKind(m) === KIND_FAILURE) throw workerFailure(i, m);
+          }
+        }
+        throw e;
+      }
     },
     async recv() {
       let first: Int32Array | null = null;
       for (let i = 0; i < from.length; i++) {
         const m = await from[i].popAsync();
         if (m === null) return null;
+        if (recordKind(m) === KIND_FAILURE) throw workerFailure(i, m);
         if (i === 0) first = m;
       }
       return decodeResult(first!);
     },
   };
+}
+
+/** A GPU worker's own error (its failure record), so that the engine fails with the cause
+ *  whichever of this loop's report and the worker's reaches the engine first. */
+function workerFailure(rank: number, record: Int32Array): Error {
+  return new Error(`GPU worker ${rank}: ${decodeFailure(record)}`);
 }
 
 /** MINISGL_FAULT (src/engine/fault.ts): throw inside the loop, or once, outside it. */

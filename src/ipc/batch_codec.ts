@@ -16,6 +16,8 @@
  *   [k] topIds[k] topLogprobs f[k] [m] promptLogprobs f[m] [p] promptTopIds[p]
  *   promptTopLogprobs f[p] (k = 0 / m = -1 / p = 0: null)
  * Control record: [KIND_SHUTDOWN]
+ * Failure record: [KIND_FAILURE, nBytes] message utf-8 bytes packed 4 a word (a GPU worker's
+ *   last record before it closes its rings: the scheduler then fails with the cause).
  */
 
 import type { BatchEntry, ForwardBatch, ForwardResult, RowSampling, WireGrammar } from "./batch.ts";
@@ -24,6 +26,7 @@ import type { BatchEntry, ForwardBatch, ForwardResult, RowSampling, WireGrammar 
 export const KIND_BATCH = 1;
 export const KIND_RESULT = 2;
 export const KIND_SHUTDOWN = 3;
+export const KIND_FAILURE = 4;
 
 const FLAG_INPUT = 1;
 const FLAG_SAMPLE = 2;
@@ -100,6 +103,22 @@ const seedWords = new Int32Array(seedCell.buffer);
 /** The shutdown control record. */
 export function encodeShutdown(): Int32Array {
   return Int32Array.of(KIND_SHUTDOWN);
+}
+
+/** The failure record of `message`. */
+export function encodeFailure(message: string): Int32Array {
+  const bytes = utf8.encode(message);
+  const out = new Int32Array(2 + Math.ceil(bytes.length / 4));
+  out[0] = KIND_FAILURE;
+  out[1] = bytes.length;
+  new Uint8Array(out.buffer, 8).set(bytes);
+  return out;
+}
+
+/** The message of a failure record. */
+export function decodeFailure(msg: Int32Array): string {
+  if (msg[0] !== KIND_FAILURE) throw new Error(`not a failure record (kind ${msg[0]})`);
+  return utf8Decoder.decode(new Uint8Array(msg.buffer, msg.byteOffset + 8, msg[1]));
 }
 
 /** Kind of a record (KIND_*). */
