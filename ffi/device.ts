@@ -13,11 +13,15 @@ export enum DType {
   I32 = 3,
   I64 = 4,
   U8 = 5,
+  /** fp8 e4m3: KV caches only (minisgl.h). */
+  FP8_E4M3 = 6,
 }
 
 /** Bytes per element of a dtype. */
 export function dtypeSize(d: DType): number {
-  return d === DType.F32 || d === DType.I32 ? 4 : d === DType.I64 ? 8 : d === DType.U8 ? 1 : 2;
+  if (d === DType.F32 || d === DType.I32) return 4;
+  if (d === DType.I64) return 8;
+  return d === DType.U8 || d === DType.FP8_E4M3 ? 1 : 2;
 }
 
 /** A view of device memory: pointer, dtype and shape (row-major, contiguous). */

@@ -62,7 +62,7 @@ export const symbols = {
   msg_gemm_silu: { parameters: [P, P, P, I, P, I, I, I, I, P], result: I },
   msg_gemv_max_m: { parameters: [I], result: I },
   msg_rope_store_kv: {
-    parameters: [P, P, P, P, F, P, I, P, P, P, I, I, I, I, I, I, P],
+    parameters: [P, P, P, P, F, P, I, P, P, P, I, I, I, I, I, I, I, P],
     result: I,
   },
   msg_compute_slots: { parameters: [P, P, P, I, P, P, P, I, I, I, P], result: I },
@@ -71,7 +71,11 @@ export const symbols = {
   msg_attention_extend_hopper_v5: EXTEND,
   msg_attention_extend_hopper_v6: EXTEND,
   msg_attention_decode: {
-    parameters: [P, P, I, P, P, P, I, P, P, I, I, I, I, I, I, F, I, P],
+    parameters: [P, P, I, P, P, P, I, P, P, I, I, I, I, I, I, F, I, I, P],
+    result: I,
+  },
+  msg_kv_widen_pages: {
+    parameters: [P, P, P, P, P, I, P, P, I, I, I, I, I, I, I, P],
     result: I,
   },
   msg_sample: { parameters: [P, P, P, P, I, I, P], result: I },

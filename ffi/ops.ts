@@ -166,9 +166,47 @@ export class Ops {
         headDim,
         qkv.dtype,
         wDtype,
+        kCache.dtype,
         this.stream,
       ),
       "rope_store_kv",
+    );
+  }
+
+  /** The pages of `batch` requests out of fp8 caches into caches of dstK/dstV's dtype (the
+   *  activation dtype), page j of request b at b * pagesPerRow + j (msg_kv_widen_pages). */
+  kvWidenPages(
+    dstK: Tensor,
+    dstV: Tensor,
+    kCache: Tensor,
+    vCache: Tensor,
+    pageTable: Tensor,
+    rows: Tensor,
+    seqLens: Tensor,
+    batch: number,
+    pagesPerRow: number,
+    pageSize: number,
+  ): void {
+    this.dev.check(
+      this.s.msg_kv_widen_pages(
+        dstK.ptr,
+        dstV.ptr,
+        kCache.ptr,
+        vCache.ptr,
+        pageTable.ptr,
+        pageTable.shape[1],
+        rows.ptr,
+        seqLens.ptr,
+        batch,
+        pagesPerRow,
+        pageSize,
+        kCache.shape[1],
+        kCache.shape[2],
+        kCache.dtype,
+        dstK.dtype,
+        this.stream,
+      ),
+      "kv_widen_pages",
     );
   }
 
@@ -458,6 +496,7 @@ export function attentionDecode(ops: Ops, a: AttentionArgs): void {
       a.pageSize,
       a.scale,
       a.out.dtype,
+      a.kCache.dtype,
       ops.stream,
     ),
     "attention_decode",

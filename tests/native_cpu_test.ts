@@ -6,12 +6,13 @@
 import assert from "node:assert/strict";
 import { ensureBuilt } from "../cuda/build.ts";
 import { loadNative } from "../ffi/lib.ts";
+import { e4m3RoundRef } from "./reference.ts";
 
 await ensureBuilt();
 const lib = loadNative("cpu");
 const S = lib.sym;
 
-const F32 = 0, F16 = 1, BF16 = 2;
+const F32 = 0, F16 = 1, BF16 = 2, FP8 = 6;
 type FloatDtype = typeof F32 | typeof F16 | typeof BF16;
 
 // ---------------------------------------------------------------- helpers
@@ -394,6 +395,7 @@ Deno.test("rope_store_kv rotates q/k (with and without q/k norm, partial rot_dim
         hd,
         F32,
         BF16,
+        F32,
         null,
       ),
       "rope_store_kv",
@@ -465,6 +467,306 @@ Deno.test("compute_slots follows the page table", () => {
   );
 });
 
+// ---------------------------------------------------------------- fp8 e4m3 KV cache
+
+/** The e4m3 byte of x (its sign from `negative`, so -0 and NaN keep theirs): NaN -> 0x7f,
+ *  finite values rounding above 448 (and infinities) -> 448, else the rounded value. */
+function e4m3Ref(x: number, negative: boolean): number {
+  const sign = negative ? 0x80 : 0;
+  if (Number.isNaN(x)) return sign | 0x7f;
+  const r = e4m3RoundRef(x);
+  if (r >= 448) return sign | 0x7e;
+  if (r < 2 ** -6) return sign | (r * 512); // subnormal: m * 2^-9
+  let e = -6;
+  while (r >= 2 ** (e + 1)) e++;
+  return sign | ((e + 7) << 3) | (r / 2 ** (e - 3) - 8);
+}
+
+/** The value of an e4m3 byte (NaN for 0x7f, 0xff). */
+function e4m3Value(b: number): number {
+  const sign = b & 0x80 ? -1 : 1, e = (b >> 3) & 15, m = b & 7;
+  if (e === 15 && m === 7) return NaN;
+  return sign * (e === 0 ? m * 2 ** -9 : (8 + m) * 2 ** (e - 10));
+}
+
+/** The fp8 caches msg_rope_store_kv writes (kv_dtype e4m3, no norm, no rotation) for tokens of
+ *  one q, k and v head of 128 each: k = vals, v = vals reversed (vals: raw act-dtype data). */
+function ropeStoreFp8(vals: Float32Array | Uint16Array, act: FloatDtype) {
+  const hd = 128, n = vals.length / hd, row = 3 * hd;
+  const qkv = act === F32 ? new Float32Array(n * row) : new Uint16Array(n * row);
+  const rev = vals.slice().reverse();
+  for (let t = 0; t < n; t++) {
+    qkv.set(vals.subarray(t * hd, (t + 1) * hd), t * row + hd);
+    qkv.set(rev.subarray(t * hd, (t + 1) * hd), t * row + 2 * hd);
+  }
+  const kc = new Uint8Array(n * hd).fill(0x55), vc = kc.slice();
+  const slots = Int32Array.from({ length: n }, (_, t) => t);
+  ok(
+    S.msg_rope_store_kv(
+      p(qkv),
+      p(new Int32Array(n)),
+      null,
+      null,
+      1e-6,
+      p(new Float32Array(1)),
+      0,
+      p(slots),
+      p(kc),
+      p(vc),
+      n,
+      1,
+      1,
+      hd,
+      act,
+      BF16,
+      FP8,
+      null,
+    ),
+    "rope_store_kv fp8",
+  );
+  return { kc, vc };
+}
+
+/** Asserts the fp8 caches of ropeStoreFp8(vals) hold e4m3Ref of every value (value[i] and
+ *  its sign bit negative[i]). */
+function checkFp8Store(
+  vals: Float32Array | Uint16Array,
+  act: FloatDtype,
+  value: (i: number) => number,
+  negative: (i: number) => boolean,
+  what: string,
+) {
+  const { kc, vc } = ropeStoreFp8(vals, act);
+  const n = vals.length;
+  for (let i = 0; i < n; i++) {
+    const want = e4m3Ref(value(i), negative(i));
+    for (const [got, j] of [[kc[i], i], [vc[n - 1 - i], n - 1 - i]]) {
+      if (got !== want) {
+        assert.fail(
+          `${what}: input ${i} (${value(i)}, raw 0x${vals[i].toString(16)}): cache[${j}] = ` +
+            `0x${got.toString(16)}, expected 0x${want.toString(16)}`,
+        );
+      }
+    }
+  }
+}
+
+Deno.test("fp8 e4m3: the float64 reference rounds to nearest even and saturates", () => {
+  // Spot checks of the reference itself (the tests below hold the library to it).
+  const cases: [number, number][] = [
+    [0, 0x00],
+    [2 ** -10, 0x00], // half the smallest subnormal: tie to even (0)
+    [2 ** -10 * 1.0001, 0x01],
+    [3 * 2 ** -10, 0x02], // tie between subnormals 1 and 2: even
+    [15 * 2 ** -10, 0x08], // tie between 7 * 2^-9 and the smallest normal 2^-6: even (8)
+    [2 ** -6, 0x08],
+    [1, 0x38],
+    [1.0625, 0x38], // tie 1 / 1.125: even
+    [1.1875, 0x3a], // tie 1.125 / 1.25: even
+    [432, 0x7e], // tie 416 / 448: even (448)
+    [448, 0x7e],
+    [463.9, 0x7e],
+    [464, 0x7e], // would round to 480 (NaN): saturates
+    [1e6, 0x7e],
+    [Infinity, 0x7e],
+  ];
+  for (const [x, b] of cases) {
+    assert.equal(e4m3Ref(x, false), b, `e4m3Ref(${x})`);
+    assert.equal(e4m3Ref(-x, true), b | 0x80, `e4m3Ref(${-x})`);
+  }
+  for (let b = 0; b < 256; b++) {
+    if ((b & 0x7f) !== 0x7f) assert.equal(e4m3Ref(e4m3Value(b), (b & 0x80) !== 0), b);
+  }
+});
+
+Deno.test("fp8 e4m3: rope_store_kv converts every bf16 and f16 bit pattern", () => {
+  const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
+  checkFp8Store(all, BF16, (i) => bf16Value(all[i]), (i) => all[i] >= 0x8000, "bf16");
+  const f16 = new Float16Array(all.buffer);
+  checkFp8Store(all, F16, (i) => f16[i], (i) => all[i] >= 0x8000, "f16");
+  // kv_dtype other than the act dtype or fp8 is an error.
+  const x = new Float32Array(48), z = new Int32Array(1);
+  const call = (kvDtype: number) =>
+    S.msg_rope_store_kv(
+      p(x),
+      p(z),
+      null,
+      null,
+      1e-6,
+      null,
+      0,
+      p(z),
+      p(x),
+      p(x),
+      1,
+      1,
+      1,
+      16,
+      F32,
+      F32,
+      kvDtype,
+      null,
+    );
+  assert.throws(() => lib.check(call(BF16), "rope"), /KV cache dtype/);
+  ok(call(F32), "rope");
+});
+
+Deno.test("fp8 e4m3: rope_store_kv converts f32 values at and around every rounding tie", () => {
+  const r = rng(61);
+  const vals: number[] = [];
+  const grid = Array.from({ length: 127 }, (_, b) => e4m3Value(b));
+  grid.push(480); // past the top: the midpoint 464 saturates
+  for (let b = 0; b + 1 < grid.length; b++) {
+    const mid = (grid[b] + grid[b + 1]) / 2;
+    f32buf[0] = mid;
+    const u = u32buf[0];
+    for (const d of [-2, -1, 0, 1, 2]) {
+      u32buf[0] = u + d;
+      vals.push(f32buf[0]);
+    }
+    vals.push(grid[b]);
+  }
+  // Random magnitudes over 2^-14 .. 2^10 with random low bits, and specials.
+  for (let i = 0; i < 4000; i++) vals.push(2 ** (r() * 24 - 14) * (1 + r()));
+  vals.push(0, Infinity, NaN, 1e-45, 1.1754942e-38, 3.4028235e38, 2 ** -9, 2 ** -6 - 2 ** -20);
+  const signed = vals.flatMap((x) => [x, -x]);
+  while (signed.length % 128) signed.push(0);
+  const f32 = Float32Array.from(signed), bits = new Uint32Array(f32.buffer);
+  checkFp8Store(f32, F32, (i) => f32[i], (i) => bits[i] >>> 31 === 1, "f32");
+});
+
+/** Random e4m3 bytes of values uniform in (-scale, scale) (no NaN). */
+function randFp8(n: number, r: () => number, scale = 2): Uint8Array {
+  return Uint8Array.from({ length: n }, () => {
+    const x = (r() * 2 - 1) * scale;
+    return e4m3Ref(x, x < 0);
+  });
+}
+
+/** Raw data of one page widened to `dtype` (what msg_kv_widen_pages writes). */
+function widenRef(bytes: ArrayLike<number>, dtype: FloatDtype): Float32Array | Uint16Array {
+  return encode(Array.from(bytes, e4m3Value), dtype);
+}
+
+Deno.test("kv_widen_pages widens every e4m3 byte exactly (bf16, f16, f32)", () => {
+  const bytes = Uint8Array.from({ length: 256 }, (_, i) => i);
+  for (const dtype of [BF16, F16, F32] as const) {
+    const dk = dtype === F32 ? new Float32Array(256) : new Uint16Array(256), dv = dk.slice();
+    ok(
+      S.msg_kv_widen_pages(
+        p(dk),
+        p(dv),
+        p(bytes),
+        p(bytes),
+        p(Int32Array.from([0])),
+        1,
+        p(Int32Array.from([0])),
+        p(Int32Array.from([1])),
+        1,
+        1,
+        1,
+        2,
+        128,
+        FP8,
+        dtype,
+        null,
+      ),
+      "kv_widen_pages",
+    );
+    for (const d of [dk, dv]) {
+      const got = decode(d, dtype);
+      for (let b = 0; b < 256; b++) {
+        const want = e4m3Value(b);
+        if (Number.isNaN(want)) assert.ok(Number.isNaN(got[b]), `byte 0x${b.toString(16)}`);
+        else assert.ok(Object.is(got[b], want), `byte 0x${b.toString(16)}: ${got[b]} != ${want}`);
+      }
+    }
+  }
+});
+
+Deno.test("kv_widen_pages copies the pages of each request, widened, and nothing else", () => {
+  const r = rng(62);
+  for (const pageSize of [1, 16]) {
+    for (const dtype of [BF16, F16, F32] as const) {
+      const hkv = 2, hd = 24, pageElems = pageSize * hkv * hd;
+      const seqLens = pageSize === 1 ? [5, 0, 9, 1] : [37, 16, 0, 1];
+      const batch = seqLens.length, pagesPerRow = pageSize === 1 ? 11 : 4, ptStride = 13;
+      const numPages = 64;
+      const k = randFp8(numPages * pageElems, r), v = randFp8(numPages * pageElems, r);
+      // Rows in reverse order, pages shuffled; unused entries point anywhere.
+      const pageTable = Int32Array.from(
+        { length: (batch + 2) * ptStride },
+        () => Math.floor(r() * numPages),
+      );
+      const rows = Int32Array.from({ length: batch }, (_, b) => batch + 1 - b);
+      const sentinel = dtype === F32 ? 0.3125 : 0x3e80;
+      const dstElems = batch * pagesPerRow * pageElems;
+      const mk = () =>
+        dtype === F32
+          ? new Float32Array(dstElems).fill(sentinel)
+          : new Uint16Array(dstElems).fill(sentinel);
+      const dk = mk(), dv = mk();
+      ok(
+        S.msg_kv_widen_pages(
+          p(dk),
+          p(dv),
+          p(k),
+          p(v),
+          p(pageTable),
+          ptStride,
+          p(rows),
+          p(Int32Array.from(seqLens)),
+          batch,
+          pagesPerRow,
+          pageSize,
+          hkv,
+          hd,
+          FP8,
+          dtype,
+          null,
+        ),
+        "kv_widen_pages",
+      );
+      const wantK = mk(), wantV = mk();
+      for (let b = 0; b < batch; b++) {
+        for (let j = 0; j < Math.ceil(seqLens[b] / pageSize); j++) {
+          const src = pageTable[rows[b] * ptStride + j] * pageElems;
+          const dst = (b * pagesPerRow + j) * pageElems;
+          wantK.set(widenRef(k.subarray(src, src + pageElems), dtype), dst);
+          wantV.set(widenRef(v.subarray(src, src + pageElems), dtype), dst);
+        }
+      }
+      const what = `widen page ${pageSize} dtype ${dtype}`;
+      assert.deepEqual(Array.from(dk), Array.from(wantK), `${what}: k`);
+      assert.deepEqual(Array.from(dv), Array.from(wantV), `${what}: v`);
+    }
+  }
+  // A seq_len over pages_per_row * page_size and a non-fp8 source are errors.
+  const one = Int32Array.from([0]), buf = new Uint16Array(64);
+  const call = (seqLen: number, srcDtype: number) =>
+    S.msg_kv_widen_pages(
+      p(buf),
+      p(buf),
+      p(buf),
+      p(buf),
+      p(one),
+      1,
+      p(one),
+      p(Int32Array.from([seqLen])),
+      1,
+      1,
+      4,
+      1,
+      8,
+      srcDtype,
+      BF16,
+      null,
+    );
+  assert.throws(() => lib.check(call(5, FP8), "widen"), /seq_len 5/);
+  assert.throws(() => lib.check(call(4, BF16), "widen"), /unsupported source dtype/);
+  ok(call(4, FP8), "widen");
+});
+
 // ---------------------------------------------------------------- attention
 
 interface AttnCase {
@@ -475,6 +777,8 @@ interface AttnCase {
   hd: number;
   pageSize: number;
   dtype: FloatDtype;
+  /** fp8 e4m3 caches (decode) instead of caches in dtype. */
+  fp8?: boolean;
 }
 
 /** A paged cache filled with random k/v for every position of every request, the queries
@@ -492,8 +796,11 @@ function attnSetup(c: AttnCase, r: () => number) {
     for (let j = 0; j < ptStride; j++) pageTable[rows[b] * ptStride + j] = pages[b * ptStride + j];
   }
   const kvRow = hkv * hd;
-  const kv = [randArray(numPages * pageSize * kvRow, r), randArray(numPages * pageSize * kvRow, r)]
-    .map((v) => decode(encode(v, c.dtype), c.dtype));
+  const kv8 = c.fp8 ? [0, 1].map(() => randFp8(numPages * pageSize * kvRow, r)) : [];
+  const kv = c.fp8
+    ? kv8.map((b) => Array.from(b, e4m3Value))
+    : [randArray(numPages * pageSize * kvRow, r), randArray(numPages * pageSize * kvRow, r)]
+      .map((v) => decode(encode(v, c.dtype), c.dtype));
   const qStarts = [0];
   for (const q of qLens) qStarts.push(qStarts[qStarts.length - 1] + q);
   const totalQ = qStarts[batch], qStride = (hq + 2 * hkv) * hd;
@@ -531,8 +838,8 @@ function attnSetup(c: AttnCase, r: () => number) {
     totalQ,
     qStride,
     q: encode(q, c.dtype),
-    k: encode(kv[0], c.dtype),
-    v: encode(kv[1], c.dtype),
+    k: c.fp8 ? kv8[0] : encode(kv[0], c.dtype),
+    v: c.fp8 ? kv8[1] : encode(kv[1], c.dtype),
     scale,
     ref,
   };
@@ -627,12 +934,84 @@ Deno.test("attention decode: one query per request over the paged cache", () => 
         pageSize,
         s.scale,
         F32,
+        F32,
         null,
       ),
       "attention_decode",
     );
     assertClose(out, s.ref, `decode page ${pageSize}`, 1e-5, 1e-5);
   }
+});
+
+Deno.test("attention decode over fp8 caches matches fp64 on the widened values", () => {
+  const r = rng(63);
+  const cases: AttnCase[] = [
+    { seqLens: [0, 9, 17, 100], qLens: [], hq: 8, hkv: 2, hd: 32, pageSize: 1, dtype: BF16 },
+    { seqLens: [300, 9, 600, 1], qLens: [], hq: 4, hkv: 4, hd: 64, pageSize: 16, dtype: F16 },
+    { seqLens: [257, 40, 13], qLens: [], hq: 16, hkv: 1, hd: 16, pageSize: 7, dtype: F32 },
+  ];
+  for (const c0 of cases) {
+    const c = { ...c0, qLens: c0.seqLens.map(() => 1), fp8: true };
+    const s = attnSetup(c, r);
+    const batch = c.seqLens.length, n = batch * c.hq * c.hd;
+    const out = c.dtype === F32 ? new Float32Array(n) : new Uint16Array(n);
+    ok(
+      S.msg_attention_decode(
+        p(out),
+        p(s.q),
+        s.qStride,
+        p(s.k),
+        p(s.v),
+        p(s.pageTable),
+        s.ptStride,
+        p(s.rows),
+        p(Int32Array.from(c.seqLens)),
+        batch,
+        Math.max(...c.seqLens),
+        c.hq,
+        c.hkv,
+        c.hd,
+        c.pageSize,
+        s.scale,
+        c.dtype,
+        FP8,
+        null,
+      ),
+      "attention_decode fp8",
+    );
+    const tol = c.dtype === F32 ? 1e-5 : c.dtype === BF16 ? 2 ** -8 : 2 ** -10;
+    assertClose(decode(out, c.dtype), s.ref, `decode fp8 ${JSON.stringify(c0)}`, tol, tol);
+  }
+  // Caches in another 16-bit dtype than q are an error.
+  const x = new Uint16Array(64), i1 = Int32Array.from([0]), l1 = Int32Array.from([1]);
+  assert.throws(
+    () =>
+      lib.check(
+        S.msg_attention_decode(
+          p(x),
+          p(x),
+          8,
+          p(x),
+          p(x),
+          p(i1),
+          1,
+          p(i1),
+          p(l1),
+          1,
+          1,
+          1,
+          1,
+          8,
+          1,
+          1,
+          BF16,
+          F16,
+          null,
+        ),
+        "decode",
+      ),
+    /KV cache dtype/,
+  );
 });
 
 // ---------------------------------------------------------------- sampling, logprobs

@@ -35,8 +35,9 @@ interface Layer {
 /** A loaded reference model. */
 export interface ReferenceModel {
   cfg: ModelConfig;
-  /** Logits of every position, row-major [ids.length, vocab]. */
-  forward(ids: readonly number[]): Float64Array;
+  /** Logits of every position, row-major [ids.length, vocab]; `kvFp8`: keys (after the
+   *  rotary) and values rounded to e4m3 as an fp8 KV cache stores them. */
+  forward(ids: readonly number[], kvFp8?: boolean): Float64Array;
   /** Logits of the last position only (the lm head is most of the cost). */
   lastLogits(ids: readonly number[]): Float64Array;
 }
@@ -104,14 +105,38 @@ export async function loadReferenceModel(dir: string): Promise<ReferenceModel> {
   const invFreq = ropeInvFreq(cfg, cfg.headDim);
   return {
     cfg,
-    forward: (ids) => forward(cfg, layers, embed, norm, lmHead, invFreq, ids, 0),
+    forward: (ids, kvFp8 = false) =>
+      forward(cfg, layers, embed, norm, lmHead, invFreq, ids, 0, kvFp8),
     lastLogits: (ids) => forward(cfg, layers, embed, norm, lmHead, invFreq, ids, ids.length - 1),
   };
 }
 
 /** Convenience: load + forward. */
-export async function referenceLogits(dir: string, ids: readonly number[]): Promise<Float64Array> {
-  return (await loadReferenceModel(dir)).forward(ids);
+export async function referenceLogits(
+  dir: string,
+  ids: readonly number[],
+  kvFp8 = false,
+): Promise<Float64Array> {
+  return (await loadReferenceModel(dir)).forward(ids, kvFp8);
+}
+
+/** Rounded magnitude of |x| on the e4m3 grid in float64 (the grid step below 2^-5 is 2^-9,
+ *  subnormals included, else 2^(e - 3) in [2^e, 2^(e + 1)), so |x| / step is exact): round to
+ *  nearest, ties to the even multiple of the step. */
+export function e4m3RoundRef(x: number): number {
+  const a = Math.abs(x);
+  let e = -6;
+  while (e < 9 && a >= 2 ** (e + 1)) e++;
+  const step = 2 ** (e - 3), m = a / step;
+  let q = Math.floor(m);
+  const frac = m - q;
+  if (frac > 0.5 || (frac === 0.5 && q % 2 === 1)) q++;
+  return q * step;
+}
+
+/** |x| rounded to e4m3, saturated at 448 (the fp8 KV cache's rule, minisgl.h). */
+function e4m3Saturated(x: number): number {
+  return Math.min(e4m3RoundRef(x), 448);
 }
 
 /** y[out] = W[out, in] x[in] (+ b). */
@@ -164,6 +189,7 @@ function forward(
   invFreq: Vec,
   ids: readonly number[],
   firstRow: number,
+  kvFp8 = false,
 ): Float64Array {
   const H = cfg.hiddenSize, d = cfg.headDim, nq = cfg.numHeads, nkv = cfg.numKvHeads;
   const group = nq / nkv, n = ids.length, eps = cfg.rmsNormEps;
@@ -186,6 +212,11 @@ function forward(
       }
       rope(q, nq, d, t, invFreq);
       rope(k, nkv, d, t, invFreq);
+      if (kvFp8) {
+        for (const x of [k, v]) {
+          for (let i = 0; i < x.length; i++) x[i] = Math.sign(x[i]) * e4m3Saturated(x[i]);
+        }
+      }
       qs.push(q), ks.push(k), vs.push(v);
     }
     const scale = 1 / Math.sqrt(d);

@@ -1,4 +1,5 @@
-// attention.cpp — causal attention over the paged KV cache (extend and decode) on the host.
+// attention.cpp — causal attention over the paged KV cache (extend and decode) on the host,
+// and the widening of fp8 cache pages for the extend kernel.
 //
 // Work item = (request, block of up to kQBlock consecutive queries, range of keys), all
 // heads at once: a key's cache slot holds every kv head contiguously (hkv * head_dim), so
@@ -29,6 +30,7 @@ struct Ctx {
   const int32_t* page_table;
   int pt_stride, hq, hkv, d, page_size, dtype;
   float scale;
+  int kv_dtype;  // of the caches: dtype, or fp8 e4m3 (decode)
 };
 
 struct Item {
@@ -37,17 +39,17 @@ struct Item {
 };
 
 // Pointers to the fp32 slot rows [hkv * d] of keys [p0, p0 + n) of one cache (converted
-// into buf when the cache is 16-bit).
+// into buf when the cache is 16-bit or fp8).
 void fetch_rows(const Ctx& c, const void* cache, const int32_t* pt, int p0, int n, float* buf,
                 const float** rows) {
   const int64_t kvd = (int64_t)c.hkv * c.d;
   for (int j = 0; j < n; j++) {
     const int p = p0 + j;
     const int64_t off = ((int64_t)pt[p / c.page_size] * c.page_size + p % c.page_size) * kvd;
-    if (c.dtype == MSG_F32) {
+    if (c.kv_dtype == MSG_F32) {
       rows[j] = (const float*)cache + off;
     } else {
-      load_f32(buf + j * kvd, cache, c.dtype, off, kvd);
+      load_f32(buf + j * kvd, cache, c.kv_dtype, off, kvd);
       rows[j] = buf + j * kvd;
     }
   }
@@ -303,7 +305,8 @@ int msg_attention_extend(void* out, const void* q, int q_row_stride, const void*
       return rc;
   }
   MSG_TRY
-  const Ctx c{k_cache, v_cache, page_table, pt_stride, hq, hkv, head_dim, page_size, dtype, scale};
+  const Ctx c{k_cache, v_cache, page_table, pt_stride, hq, hkv, head_dim, page_size, dtype,
+              scale, dtype};
   std::vector<Item> items;
   int64_t part_floats = 0;
   for (int b = 0; b < batch; b++) {
@@ -342,10 +345,14 @@ int msg_attention_decode(void* out, const void* q, int q_row_stride, const void*
                          const void* v_cache, const int32_t* page_table, int pt_stride,
                          const int32_t* rows, const int32_t* seq_lens, int batch,
                          int max_seq_len, int hq, int hkv, int head_dim, int page_size,
-                         float scale, int dtype, void*) {
+                         float scale, int dtype, int kv_dtype, void*) {
   const char* fn = "msg_attention_decode";
   if (int rc = check_common(fn, hq, hkv, head_dim, page_size, pt_stride, q_row_stride, dtype))
     return rc;
+  // fp8 caches come with bf16/f16 activations on CUDA; the CPU also takes them with fp32.
+  MSG_REQUIRE(kv_dtype == dtype || kv_dtype == MSG_FP8_E4M3,
+              "%s: unsupported KV cache dtype %s with dtype %s", fn, dtype_name(kv_dtype),
+              dtype_name(dtype));
   MSG_REQUIRE(batch >= 0, "%s: batch %d is negative", fn, batch);
   (void)max_seq_len;
   if (batch == 0) return 0;
@@ -357,7 +364,8 @@ int msg_attention_decode(void* out, const void* q, int q_row_stride, const void*
     if (int rc = check_request(fn, b, 1, seq_lens[b], rows[b], page_size, pt_stride)) return rc;
   }
   MSG_TRY
-  const Ctx c{k_cache, v_cache, page_table, pt_stride, hq, hkv, head_dim, page_size, dtype, scale};
+  const Ctx c{k_cache, v_cache, page_table, pt_stride, hq, hkv, head_dim, page_size, dtype,
+              scale, kv_dtype};
   std::vector<Item> items;
   int64_t part_floats = 0;
   for (int b = 0; b < batch; b++) {
@@ -368,6 +376,53 @@ int msg_attention_decode(void* out, const void* q, int q_row_stride, const void*
     }
   }
   run(c, out, q, q_row_stride, items, part_floats);
+  return 0;
+  MSG_CATCH
+}
+
+int msg_kv_widen_pages(void* dst_k, void* dst_v, const void* k_cache, const void* v_cache,
+                       const int32_t* page_table, int pt_stride, const int32_t* rows,
+                       const int32_t* seq_lens, int batch, int pages_per_row, int page_size,
+                       int hkv, int head_dim, int src_dtype, int dtype, void*) {
+  const char* fn = "msg_kv_widen_pages";
+  MSG_REQUIRE(src_dtype == MSG_FP8_E4M3, "%s: unsupported source dtype %s", fn,
+              dtype_name(src_dtype));
+  // bf16/f16 on CUDA; the CPU also widens to fp32 (its activations).
+  MSG_REQUIRE(is_float_dtype(dtype), "%s: unsupported dtype %s", fn, dtype_name(dtype));
+  MSG_REQUIRE(batch >= 0 && pages_per_row > 0 && page_size > 0 && pt_stride > 0 && hkv > 0 &&
+                  head_dim > 0,
+              "%s: bad sizes batch=%d pages_per_row=%d page_size=%d pt_stride=%d hkv=%d "
+              "head_dim=%d",
+              fn, batch, pages_per_row, page_size, pt_stride, hkv, head_dim);
+  if (batch == 0) return 0;
+  MSG_REQUIRE(dst_k && dst_v && k_cache && v_cache && page_table && rows && seq_lens,
+              "%s: NULL pointer", fn);
+  for (int b = 0; b < batch; b++) {
+    MSG_REQUIRE(seq_lens[b] >= 0 && seq_lens[b] <= (int64_t)pages_per_row * page_size,
+                "%s: request %d has seq_len %d, more than %d pages of %d", fn, b, seq_lens[b],
+                pages_per_row, page_size);
+    if (seq_lens[b] == 0) continue;
+    if (int rc = check_request(fn, b, 1, seq_lens[b], rows[b], page_size, pt_stride)) return rc;
+  }
+  MSG_TRY
+  // (source page, destination page) of every page to widen.
+  std::vector<std::pair<int64_t, int64_t>> pages;
+  for (int b = 0; b < batch; b++) {
+    const int np = (seq_lens[b] + page_size - 1) / page_size;
+    const int32_t* pt = page_table + (int64_t)rows[b] * pt_stride;
+    for (int j = 0; j < np; j++) pages.push_back({pt[j], (int64_t)b * pages_per_row + j});
+  }
+  const int64_t page_elems = (int64_t)page_size * hkv * head_dim;
+  parallel_for((int64_t)pages.size(), 1, [&](int64_t i0, int64_t i1) {
+    float* buf = scratch(0, (size_t)page_elems);
+    for (int64_t i = i0; i < i1; i++) {
+      const int64_t src = pages[i].first * page_elems, dst = pages[i].second * page_elems;
+      load_f32(buf, k_cache, src_dtype, src, page_elems);
+      store_f32(dst_k, dtype, dst, buf, page_elems);
+      load_f32(buf, v_cache, src_dtype, src, page_elems);
+      store_f32(dst_v, dtype, dst, buf, page_elems);
+    }
+  });
   return 0;
   MSG_CATCH
 }

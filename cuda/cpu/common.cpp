@@ -30,6 +30,7 @@ const char* dtype_name(int d) {
     case MSG_I32: return "i32";
     case MSG_I64: return "i64";
     case MSG_U8: return "u8";
+    case MSG_FP8_E4M3: return "fp8_e4m3";
     default: return "unknown";
   }
 }
@@ -63,9 +64,32 @@ uint16_t f32_to_f16(float f) {
   return (uint16_t)(sign | (u >> 13));
 }
 
+uint8_t f32_to_e4m3(float f) {
+  uint32_t u = f32_to_bits(f);
+  const uint8_t sign = (uint8_t)((u >> 24) & 0x80u);
+  u &= 0x7fffffffu;
+  if (u > 0x7f800000u) return (uint8_t)(sign | 0x7fu);   // NaN
+  if (u >= 0x43e00000u) return (uint8_t)(sign | 0x7eu);  // >= 448 (inf too): 448
+  if (u <= 0x3a800000u) return sign;  // <= 2^-10, half the smallest subnormal: zero (even)
+  // |f| = mant * 2^(exp - 150); the e4m3 step is 2^-9 below 2^-6 (subnormals, exponent
+  // field 0), else 2^(exp - 130): keep mant >> shift and round the dropped bits half-even.
+  const uint32_t exp = u >> 23, mant = (u & 0x7fffffu) | 0x800000u;
+  const uint32_t shift = exp < 121 ? 141 - exp : 20;
+  const uint32_t rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+  uint32_t q = mant >> shift;  // subnormal: 0..7; normal: 8..15 (the implicit bit)
+  if (rem > half || (rem == half && (q & 1u))) q++;
+  // Normal: exponent field exp - 120 above the 3 mantissa bits; a carry out of the mantissa
+  // (q == 16) moves to the next binade by itself. Subnormal: q == 8 is the smallest normal.
+  const uint32_t e = exp < 121 ? 0 : exp - 121;
+  return (uint8_t)(sign | ((e << 3) + q));
+}
+
 void load_f32(float* dst, const void* src, int dtype, int64_t off, int64_t n) {
   if (dtype == MSG_F32) {
     std::memcpy(dst, (const float*)src + off, (size_t)n * 4);
+  } else if (dtype == MSG_FP8_E4M3) {
+    const uint8_t* s = (const uint8_t*)src + off;
+    for (int64_t i = 0; i < n; i++) dst[i] = e4m3_to_f32(s[i]);
   } else if (dtype == MSG_BF16) {
     const uint16_t* s = (const uint16_t*)src + off;
     int64_t i = 0;
@@ -80,6 +104,9 @@ void load_f32(float* dst, const void* src, int dtype, int64_t off, int64_t n) {
 void store_f32(void* dst, int dtype, int64_t off, const float* src, int64_t n) {
   if (dtype == MSG_F32) {
     std::memcpy((float*)dst + off, src, (size_t)n * 4);
+  } else if (dtype == MSG_FP8_E4M3) {
+    uint8_t* d = (uint8_t*)dst + off;
+    for (int64_t i = 0; i < n; i++) d[i] = f32_to_e4m3(src[i]);
   } else if (dtype == MSG_BF16) {
     uint16_t* d = (uint16_t*)dst + off;
     for (int64_t i = 0; i < n; i++) d[i] = f32_to_bf16(src[i]);

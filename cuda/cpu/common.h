@@ -1,10 +1,11 @@
 // common.h — shared helpers of the CPU backend: errors, dtype conversion, row load/store,
 // small vector kernels and the thread pool's interface.
 //
-// Storage dtypes are f32/f16/bf16; every computation converts rows to fp32 first (into
-// thread-local scratch), works in fp32 and converts back on store. Vector code uses GCC
-// vector extensions (portable across g++/clang, no intrinsics) so that reductions are
-// vectorized without -ffast-math: the summation order is explicit, the math exact fp32.
+// Storage dtypes are f32/f16/bf16 (and fp8 e4m3 for KV caches); every computation converts
+// rows to fp32 first (into thread-local scratch), works in fp32 and converts back on store.
+// Vector code uses GCC vector extensions (portable across g++/clang, no intrinsics) so that
+// reductions are vectorized without -ffast-math: the summation order is explicit, the math
+// exact fp32.
 #pragma once
 
 #include <cstdint>
@@ -53,7 +54,7 @@ inline int dtype_size(int d) {
     case MSG_F32: case MSG_I32: return 4;
     case MSG_F16: case MSG_BF16: return 2;
     case MSG_I64: return 8;
-    case MSG_U8: return 1;
+    case MSG_U8: case MSG_FP8_E4M3: return 1;
     default: return 0;
   }
 }
@@ -75,11 +76,28 @@ inline uint16_t f32_to_bf16(float f) {
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 
+/** fp8 e4m3 (OCP E4M3FN) byte -> float, exact; 0x7f/0xff give a quiet NaN of that sign. */
+inline float e4m3_to_f32(uint8_t b) {
+  const uint32_t sign = (uint32_t)(b & 0x80u) << 24;
+  const uint32_t exp = (b >> 3) & 0xfu, mant = b & 7u;
+  if (exp == 0) {
+    // Zero or subnormal: mant * 2^-9, exact in fp32.
+    const float f = (float)mant * 0.001953125f;
+    return sign ? -f : f;
+  }
+  if (exp == 15 && mant == 7) return bits_to_f32(sign | 0x7fc00000u);
+  return bits_to_f32(sign | ((exp + 120) << 23) | (mant << 20));
+}
+/** float -> fp8 e4m3 byte: round to nearest even at every step (subnormals m * 2^-9
+ *  included), finite values and infinities past 448 saturate to +-448 (0x7e), NaN gives
+ *  0x7f | sign. The bits of CUDA's __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3). */
+uint8_t f32_to_e4m3(float f);
+
 // ---------------------------------------------------------------- row load/store
 
-/** dst[i] = (float) src[off + i], i < n, for src of `dtype` (f32/f16/bf16). */
+/** dst[i] = (float) src[off + i], i < n, for src of `dtype` (f32/f16/bf16/fp8 e4m3). */
 void load_f32(float* dst, const void* src, int dtype, int64_t off, int64_t n);
-/** dst[off + i] = (dtype) src[i], i < n. */
+/** dst[off + i] = (dtype) src[i], i < n (f32/f16/bf16/fp8 e4m3). */
 void store_f32(void* dst, int dtype, int64_t off, const float* src, int64_t n);
 
 /** Thread-local fp32 scratch of at least n floats; `which` picks one of 8 buffers

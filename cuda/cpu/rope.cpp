@@ -1,7 +1,7 @@
 // rope.cpp — rotary embedding + KV-cache store, and the slot/position computation from the
 // page table. Tokens are split over the thread pool; every head of a token is converted to
 // fp32, optionally RMS-normalized (Qwen3's q_norm/k_norm), rotated (neox: halves) and
-// stored back; k and v then go to the token's cache slot.
+// stored back; k and v then go to the token's cache slot (as stored, or converted to fp8).
 #include <cmath>
 
 #include "common.h"
@@ -33,9 +33,12 @@ extern "C" {
 int msg_rope_store_kv(void* qkv, const int32_t* positions, const void* q_norm,
                       const void* k_norm, float eps, const float* cos_sin, int rot_dim,
                       const int32_t* slots, void* k_cache, void* v_cache, int n, int hq,
-                      int hkv, int head_dim, int act_dtype, int w_dtype, void*) {
+                      int hkv, int head_dim, int act_dtype, int w_dtype, int kv_dtype, void*) {
   MSG_REQUIRE(is_float_dtype(act_dtype), "msg_rope_store_kv: unsupported act dtype %s",
               dtype_name(act_dtype));
+  MSG_REQUIRE(kv_dtype == act_dtype || kv_dtype == MSG_FP8_E4M3,
+              "msg_rope_store_kv: unsupported KV cache dtype %s (act dtype %s)",
+              dtype_name(kv_dtype), dtype_name(act_dtype));
   MSG_REQUIRE(!(q_norm || k_norm) || is_float_dtype(w_dtype),
               "msg_rope_store_kv: unsupported weight dtype %s", dtype_name(w_dtype));
   MSG_REQUIRE(n >= 0 && hq > 0 && hkv > 0 && head_dim > 0,
@@ -57,6 +60,18 @@ int msg_rope_store_kv(void* qkv, const int32_t* positions, const void* q_norm,
   if (k_norm) load_f32(kn = scratch(5, (size_t)head_dim), k_norm, w_dtype, 0, head_dim);
   const int64_t row = (int64_t)(hq + 2 * hkv) * head_dim;
   const int64_t kv_row = (int64_t)hkv * head_dim;
+  // cache[dst + i] = qkv[src + i] for i < cnt: the stored (rounded) act values, so that cache
+  // and qkv agree bit for bit, or those values converted to fp8.
+  auto store_kv = [&](void* cache, int64_t dst, int64_t src, int64_t cnt) {
+    if (kv_dtype == act_dtype) {
+      const int sz = dtype_size(act_dtype);
+      std::memcpy((char*)cache + dst * sz, (const char*)qkv + src * sz, (size_t)(cnt * sz));
+    } else {
+      float* y = scratch(1, (size_t)cnt);
+      load_f32(y, qkv, act_dtype, src, cnt);
+      store_f32(cache, kv_dtype, dst, y, cnt);
+    }
+  };
   parallel_for(n, 8, [&](int64_t b, int64_t e) {
     float* x = scratch(0, (size_t)head_dim);
     for (int64_t t = b; t < e; t++) {
@@ -70,18 +85,13 @@ int msg_rope_store_kv(void* qkv, const int32_t* positions, const void* q_norm,
         if (rot_dim > 0) rotate(x, cs, rot_dim);
         store_f32(qkv, act_dtype, off, x, head_dim);
         if (h >= hq && slot >= 0) {
-          // Copy the stored (rounded) values so that cache and qkv agree bit for bit.
-          const int64_t dst = (int64_t)slot * kv_row + (int64_t)(h - hq) * head_dim;
-          const int sz = dtype_size(act_dtype);
-          std::memcpy((char*)k_cache + dst * sz, (const char*)qkv + off * sz,
-                      (size_t)head_dim * sz);
+          store_kv(k_cache, (int64_t)slot * kv_row + (int64_t)(h - hq) * head_dim, off,
+                   head_dim);
         }
       }
       if (slot >= 0) {
-        const int sz = dtype_size(act_dtype);
-        const int64_t voff = t * row + (int64_t)(hq + hkv) * head_dim;
-        std::memcpy((char*)v_cache + (int64_t)slot * kv_row * sz, (const char*)qkv + voff * sz,
-                    (size_t)kv_row * sz);
+        store_kv(v_cache, (int64_t)slot * kv_row, t * row + (int64_t)(hq + hkv) * head_dim,
+                 kv_row);
       }
     }
   });

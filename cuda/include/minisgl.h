@@ -43,6 +43,10 @@ enum msg_dtype {
   MSG_I32 = 3,
   MSG_I64 = 4,
   MSG_U8 = 5,
+  /** fp8 e4m3 (OCP "E4M3FN": bias 7, no infinities, max 448, 0x7F/0xFF NaN): KV caches only.
+   *  Stored from a float x by round-to-nearest-even, saturating finite values to +-448 (NaN
+   *  stays NaN); read back exactly (every e4m3 value is a float, a bf16 and an f16). */
+  MSG_FP8_E4M3 = 6,
 };
 
 /* ---------------------------------------------------------------- library, device */
@@ -162,12 +166,14 @@ MSG_API int msg_gemv_max_m(int m);
  *  cos_sin: fp32 [max_pos, rot_dim] with cos in [0, rot_dim/2) and sin in
  *  [rot_dim/2, rot_dim); rot_dim <= head_dim (the first rot_dim dims are rotated).
  *  positions: [n]; slots: [n] KV slot of each token (-1 = do not store).
- *  k_cache, v_cache: [num_slots, hkv, head_dim] in act dtype. */
+ *  k_cache, v_cache: [num_slots, hkv, head_dim] in kv_dtype: act_dtype (the rotated k and v
+ *  as written to qkv), or MSG_FP8_E4M3 (those same act-dtype values converted as the dtype's
+ *  comment says). */
 MSG_API int msg_rope_store_kv(void* qkv, const int32_t* positions, const void* q_norm,
                               const void* k_norm, float eps, const float* cos_sin,
                               int rot_dim, const int32_t* slots, void* k_cache,
                               void* v_cache, int n, int hq, int hkv, int head_dim,
-                              int act_dtype, int w_dtype, void* stream);
+                              int act_dtype, int w_dtype, int kv_dtype, void* stream);
 
 /** Slot of each new token from the page table: for request b (row rows[b]) and its
  *  tokens at positions [seq_lens[b] - q_lens[b], seq_lens[b]), written at
@@ -225,13 +231,28 @@ MSG_API int msg_attention_extend_hopper_v6(void* out, const void* q, int q_row_s
                                            int dtype, void* stream);
 /** Decode: one query per request (q row b), keys 0..seq_lens[b]-1. Reads seq_lens on the
  *  device (graph-safe: max_seq_len is only an upper bound used to size splits; pass the
- *  captured maximum when capturing). */
+ *  captured maximum when capturing). q and out in dtype; the caches in kv_dtype (dtype, or
+ *  MSG_FP8_E4M3 with any dtype the backend's decode takes: bf16 or f16 on CUDA, also f32 on
+ *  the CPU). */
 MSG_API int msg_attention_decode(void* out, const void* q, int q_row_stride,
                                  const void* k_cache, const void* v_cache,
                                  const int32_t* page_table, int pt_stride,
                                  const int32_t* rows, const int32_t* seq_lens, int batch,
                                  int max_seq_len, int hq, int hkv, int head_dim,
-                                 int page_size, float scale, int dtype, void* stream);
+                                 int page_size, float scale, int dtype, int kv_dtype,
+                                 void* stream);
+/** The pages of `batch` requests out of fp8 caches, widened to dtype (bf16 or f16; also f32
+ *  on the CPU), for the extend kernels (which read caches in the activation dtype): request b (page table row rows[b]) has its
+ *  pages j < ceil(seq_lens[b] / page_size) copied to page b * pages_per_row + j of
+ *  dst_k/dst_v ([batch * pages_per_row * page_size, hkv, head_dim]); the caller then runs
+ *  the extend kernel on dst with a page table whose row b is b * pages_per_row + j (an iota
+ *  of stride pages_per_row) and rows 0..batch-1. seq_lens are read on the device; each must
+ *  be <= pages_per_row * page_size. src_dtype: MSG_FP8_E4M3. */
+MSG_API int msg_kv_widen_pages(void* dst_k, void* dst_v, const void* k_cache,
+                               const void* v_cache, const int32_t* page_table, int pt_stride,
+                               const int32_t* rows, const int32_t* seq_lens, int batch,
+                               int pages_per_row, int page_size, int hkv, int head_dim,
+                               int src_dtype, int dtype, void* stream);
 
 /* ---------------------------------------------------------------- logits, sampling */
 

@@ -34,6 +34,12 @@
 // tile i's math so their latency hides behind it. (A variant that copied K/V through a
 // cp.async ring in shared memory lost in every shape on an H200 and was removed, 2026-12-05.)
 //
+// fp8 cache (kv_dtype MSG_FP8_E4M3, template parameter KT = uint8_t): each of those loads
+// reads the same 8 dims as 8 e4m3 bytes (8-byte loads, same element offsets), kept as loaded
+// until the tile's math, where they are widened exactly (fp8.cuh) to the 16-byte vector of T
+// a 16-bit cache would have given; everything after is the same code. Splits and block counts
+// are planned in keys, as for 16-bit caches.
+//
 // Measured, 32 q / 8 kv heads, hd 128, bf16, page 1, of copy bandwidth (bench/attention.ts):
 // the grid kernel on an H200 (16 splits at batch 1), 2026-12-05: bs1-ctx32k 0.54, bs64-ctx1k
 // 0.73, bs64-ctx8k 1.0. On an H100, 2026-12-05, grid / balanced / balanced-pf: bs1-ctx32k 0.741 /
@@ -48,6 +54,7 @@
 #include <mutex>
 #include <type_traits>
 
+#include "fp8.cuh"
 #include "pack.cuh"
 #include "pdl.cuh"
 
@@ -126,6 +133,34 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
                : "l"(p));
   return r;
 }
+__device__ __forceinline__ uint2 ld_stream8(const void* p) {
+  uint2 r;
+  asm("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
+  return r;
+}
+// 8 consecutive cache elements of KT as loaded: 16 bytes of T (KT = T) or 8 e4m3 bytes
+// (KT = uint8_t), and as the 16-byte vector of T that feeds the mma fragments.
+template <typename KT>
+using Raw8 = typename std::conditional<sizeof(KT) == 1, uint2, uint4>::type;
+template <typename KT>
+__device__ __forceinline__ Raw8<KT> ld_kv8(const KT* p) {
+  if constexpr (sizeof(KT) == 1) {
+    return ld_stream8(p);
+  } else {
+    return ld_stream(p);
+  }
+}
+template <typename T>
+__device__ __forceinline__ uint4 vec8(const uint4& v) { return v; }
+template <typename T>
+__device__ __forceinline__ uint4 vec8(const uint2& v) { return msg::e4m3x8_to<T>(v); }
+template <typename R>
+__device__ __forceinline__ R zero8() {
+  R z;
+  z.x = z.y = 0;
+  if constexpr (sizeof(R) == 16) z.z = z.w = 0;
+  return z;
+}
 __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
@@ -203,7 +238,8 @@ struct Smem {
 // with the first tile's slots in sk/sv. Writes out (whole) or the partial `pidx`, then
 // returns after a __syncthreads (shared memory free again). Called after the PDL wait. PF
 // compiles the loop with two tiles per warp in flight, taken where `pf` (uniform per block).
-template <typename T, int D, int NT, bool PF>
+// KT: the cache element, T or uint8_t (e4m3 bytes, widened to T at the tile's math).
+template <typename T, typename KT, int D, int NT, bool PF>
 __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int b, int kvh,
                                        int h0, int nh, int start, int end, int* sk, int* sv,
                                        bool whole, size_t pidx, bool pf = PF) {
@@ -221,8 +257,8 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
       for (int e = 0; e < 4; e++) acc[i][rb][e] = 0.f;
   }
   const int32_t* pt = a.page_table + (size_t)a.rows[b] * a.pt_stride;
-  const T* kbase = (const T*)a.k + (size_t)kvh * D;
-  const T* vbase = (const T*)a.v + (size_t)kvh * D;
+  const KT* kbase = (const KT*)a.k + (size_t)kvh * D;
+  const KT* vbase = (const KT*)a.v + (size_t)kvh * D;
   const size_t sstride = (size_t)a.hkv * D;
 
   // Q fragments: qa[rb][ks][0] = dims (2t, 2t+1) of k-step ks for head r + 8 rb, [1] = +8.
@@ -241,24 +277,22 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
     }
   }
 
-  using KRegs = uint4[2][KC];
-  using VRegs = uint4[4][VC];
+  // A tile as loaded (8 elements of KT per entry; vec8 gives the 16 bytes of T).
+  using R = Raw8<KT>;
+  using KRegs = R[2][KC];
+  using VRegs = R[4][VC];
   auto load_tile = [&](KRegs& kr, VRegs& vr, const int* sk, const int* sv) {
 #pragma unroll
     for (int j = 0; j < 2; j++) {
-      const T* p = kbase + (size_t)sk[j] * sstride + 8 * t;
+      const KT* p = kbase + (size_t)sk[j] * sstride + 8 * t;
 #pragma unroll
-      for (int c = 0; c < KC; c++) {
-        kr[j][c] = sk[j] >= 0 ? ld_stream(p + 32 * c) : make_uint4(0, 0, 0, 0);
-      }
+      for (int c = 0; c < KC; c++) kr[j][c] = sk[j] >= 0 ? ld_kv8(p + 32 * c) : zero8<R>();
     }
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-      const T* p = vbase + (size_t)sv[i] * sstride + 8 * r;
+      const KT* p = vbase + (size_t)sv[i] * sstride + 8 * r;
 #pragma unroll
-      for (int c = 0; c < VC; c++) {
-        vr[i][c] = sv[i] >= 0 ? ld_stream(p + 64 * c) : make_uint4(0, 0, 0, 0);
-      }
+      for (int c = 0; c < VC; c++) vr[i][c] = sv[i] >= 0 ? ld_kv8(p + 64 * c) : zero8<R>();
     }
   };
   auto compute = [&](const KRegs& kr, const VRegs& vr, int kb) {
@@ -270,7 +304,8 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
       for (int e = 0; e < 4; e++) s[j][e] = 0.f;
 #pragma unroll
       for (int ks = 0; ks < MT; ks++) {
-        uint32_t b0 = word(kr[j][ks / 2], 2 * (ks & 1)), b1 = word(kr[j][ks / 2], 2 * (ks & 1) + 1);
+        const uint4 kv = vec8<T>(kr[j][ks / 2]);
+        uint32_t b0 = word(kv, 2 * (ks & 1)), b1 = word(kv, 2 * (ks & 1) + 1);
         mma<T>(s[j], qa[0][ks][0], NT > 1 ? qa[NT - 1][ks][0] : 0u, qa[0][ks][1],
                NT > 1 ? qa[NT - 1][ks][1] : 0u, b0, b1);
       }
@@ -317,14 +352,18 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
     }
     // O^T += V^T P^T.
 #pragma unroll
-    for (int i = 0; i < MT; i++) {
-      const int c = i / 4, w = i % 4;
-      uint32_t x0 = word(vr[0][c], w), x1 = word(vr[1][c], w);
-      uint32_t x2 = word(vr[2][c], w), x3 = word(vr[3][c], w);
-      uint32_t a0 = __byte_perm(x0, x1, 0x5410), a1 = __byte_perm(x0, x1, 0x7632);
-      uint32_t a2 = __byte_perm(x2, x3, 0x5410), a3 = __byte_perm(x2, x3, 0x7632);
+    for (int c = 0; c < VC; c++) {
+      const uint4 v0 = vec8<T>(vr[0][c]), v1 = vec8<T>(vr[1][c]);
+      const uint4 v2 = vec8<T>(vr[2][c]), v3 = vec8<T>(vr[3][c]);
 #pragma unroll
-      for (int rb = 0; rb < NT; rb++) mma<T>(acc[i][rb], a0, a1, a2, a3, pb[rb][0], pb[rb][1]);
+      for (int w = 0; w < 4; w++) {
+        const int i = 4 * c + w;
+        uint32_t x0 = word(v0, w), x1 = word(v1, w), x2 = word(v2, w), x3 = word(v3, w);
+        uint32_t a0 = __byte_perm(x0, x1, 0x5410), a1 = __byte_perm(x0, x1, 0x7632);
+        uint32_t a2 = __byte_perm(x2, x3, 0x5410), a3 = __byte_perm(x2, x3, 0x7632);
+#pragma unroll
+        for (int rb = 0; rb < NT; rb++) mma<T>(acc[i][rb], a0, a1, a2, a3, pb[rb][0], pb[rb][1]);
+      }
     }
   };
   const int kb0 = start + warp * kTile;
@@ -499,7 +538,7 @@ __device__ __forceinline__ void group_heads(const Params& a, int y, int* kvh, in
 
 // The grid kernel: block (split, y, b). PF: two tiles per warp in flight (attend), at two
 // blocks per SM.
-template <typename T, int D, int NT, bool PF>
+template <typename T, typename KT, int D, int NT, bool PF>
 __global__ void __launch_bounds__(kThreads, PF ? 2 : D >= 256 ? 1 : (NT == 1 ? 3 : 2))
     decode_grid_kernel(Params a) {
   // Launched with programmatic dependent launch (pdl.cuh): resident while the kernel before it
@@ -521,7 +560,7 @@ __global__ void __launch_bounds__(kThreads, PF ? 2 : D >= 256 ? 1 : (NT == 1 ? 3
              a.page_size, a.page_shift, lane >> 2, lane & 3, sk, sv);
   msg::pdl_wait();
   msg::pdl_trigger();
-  // ld_stream is a plain asm (no memory clobber), free to move above the wait while its
+  // ld_stream(8) is a plain asm (no memory clobber), free to move above the wait while its
   // address depends only on pre-wait values: the first tile's slots pass through an empty
   // volatile asm here so that its K/V loads stay after the wait.
 #pragma unroll
@@ -529,8 +568,8 @@ __global__ void __launch_bounds__(kThreads, PF ? 2 : D >= 256 ? 1 : (NT == 1 ? 3
 #pragma unroll
   for (int i = 0; i < 4; i++) asm volatile("" : "+r"(sv[i])::"memory");
   const size_t seg = (size_t)b * a.groups + y;
-  attend<T, D, NT, PF>(a, sh, b, kvh, h0, nh, start, end, sk, sv, nact == 1,
-                       seg * a.splits + split, seq >= kPfMinSeq);
+  attend<T, KT, D, NT, PF>(a, sh, b, kvh, h0, nh, start, end, sk, sv, nact == 1,
+                           seg * a.splits + split, seq >= kPfMinSeq);
   if (nact == 1) return;
   arrive_and_merge<T, D, NT>(a, sh, seg, nact, b, h0, nh,
                              [&](int p) { return seg * a.splits + p; });
@@ -573,7 +612,7 @@ __device__ __forceinline__ long long block_scan(long long v, long long* scan, lo
 
 // The balanced kernel: blocks 0 .. gridDim.x - 1 share the chunks evenly (top of the file).
 // PF: two tiles per warp in flight (attend), at two blocks per SM.
-template <typename T, int D, int NT, bool PF>
+template <typename T, typename KT, int D, int NT, bool PF>
 __global__ void __launch_bounds__(kThreads, PF ? 2 : D >= 256 ? 1 : (NT == 1 ? 3 : 2))
     decode_balanced_kernel(Params a) {
   // PDL as in the grid kernel: seq_lens, rows and the page table before the wait.
@@ -651,7 +690,7 @@ __global__ void __launch_bounds__(kThreads, PF ? 2 : D >= 256 ? 1 : (NT == 1 ? 3
     const long long i0 = block_of(s0), i1 = block_of(s0 + nc - 1);
     const int np = (int)(i1 - i0 + 1);
     const size_t slot = 2 * (size_t)blk + (s0 < c0 ? 0 : 1);
-    attend<T, D, NT, PF>(a, sh, b, kvh, h0, nh, cs * kRound, kend, sk, sv, np == 1, slot);
+    attend<T, KT, D, NT, PF>(a, sh, b, kvh, h0, nh, cs * kRound, kend, sk, sv, np == 1, slot);
     if (np > 1) {
       arrive_and_merge<T, D, NT>(a, sh, (size_t)b * Y + y, np, b, h0, nh, [&](int p) {
         return 2 * (size_t)(i0 + p) + (p == 0 ? 1 : 0);
@@ -724,7 +763,7 @@ int scratch(Params* p, size_t bytes, cudaStream_t st) {
   return 0;
 }
 
-template <typename T, int D, int NT>
+template <typename T, typename KT, int D, int NT>
 int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
   constexpr int HPB = 8 * NT;
   // Two tiles in flight per warp (balanced-pf) only where the registers allow.
@@ -734,9 +773,10 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
   p.batch = batch;
   const long long segments = (long long)batch * p.groups;
   const size_t piece_bytes = (size_t)HPB * (D + 1) * sizeof(float);
-  static const int per_sm_grid = blocks_per_sm(decode_grid_kernel<T, D, NT, false>);
-  static const int per_sm_bal = blocks_per_sm(decode_balanced_kernel<T, D, NT, false>);
-  static const int per_sm_pf = blocks_per_sm(decode_balanced_kernel<T, D, NT, kPrefetchable>);
+  static const int per_sm_grid = blocks_per_sm(decode_grid_kernel<T, KT, D, NT, false>);
+  static const int per_sm_bal = blocks_per_sm(decode_balanced_kernel<T, KT, D, NT, false>);
+  static const int per_sm_pf =
+      blocks_per_sm(decode_balanced_kernel<T, KT, D, NT, kPrefetchable>);
   const int sms = msg::sm_count();
   int keys = env_int("MSG_DECODE_SPLIT_KEYS");
   if (keys < 16) keys = kDefaultMinKeys;
@@ -773,10 +813,10 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
     p.part_o = (float*)((char*)p.counters + kCounterBytes);
     p.part_lse = p.part_o + 2 * (size_t)g * HPB * D;
     if (pf) {
-      MSG_CUDA(msg::launch_pdl(decode_balanced_kernel<T, D, NT, kPrefetchable>, dim3((unsigned)g),
-                               dim3(kThreads), 0, st, p));
+      MSG_CUDA(msg::launch_pdl(decode_balanced_kernel<T, KT, D, NT, kPrefetchable>,
+                               dim3((unsigned)g), dim3(kThreads), 0, st, p));
     } else {
-      MSG_CUDA(msg::launch_pdl(decode_balanced_kernel<T, D, NT, false>, dim3((unsigned)g),
+      MSG_CUDA(msg::launch_pdl(decode_balanced_kernel<T, KT, D, NT, false>, dim3((unsigned)g),
                                dim3(kThreads), 0, st, p));
     }
     return 0;
@@ -829,23 +869,34 @@ int launch(Params p, int batch, int max_seq_len, cudaStream_t st) {
   }
   dim3 grid_dim(splits, p.groups, batch);
   if (gpf) {
-    MSG_CUDA(msg::launch_pdl(decode_grid_kernel<T, D, NT, kPrefetchable>, grid_dim,
+    MSG_CUDA(msg::launch_pdl(decode_grid_kernel<T, KT, D, NT, kPrefetchable>, grid_dim,
                              dim3(kThreads), 0, st, p));
   } else {
-    MSG_CUDA(msg::launch_pdl(decode_grid_kernel<T, D, NT, false>, grid_dim, dim3(kThreads), 0,
-                             st, p));
+    MSG_CUDA(msg::launch_pdl(decode_grid_kernel<T, KT, D, NT, false>, grid_dim, dim3(kThreads),
+                             0, st, p));
   }
   return 0;
 }
 
-template <typename T, int D>
+template <typename T, typename KT, int D>
 int by_group(Params p, int batch, int max_seq_len, cudaStream_t st) {
   // 16 heads per block when the group is larger than 8 (the 32 KB of merge buffers of
   // head_dim 256 would not fit twice).
   if constexpr (D <= 128) {
-    if (p.hq / p.hkv > 8) return launch<T, D, 2>(p, batch, max_seq_len, st);
+    if (p.hq / p.hkv > 8) return launch<T, KT, D, 2>(p, batch, max_seq_len, st);
   }
-  return launch<T, D, 1>(p, batch, max_seq_len, st);
+  return launch<T, KT, D, 1>(p, batch, max_seq_len, st);
+}
+
+template <typename T, typename KT>
+int by_head_dim(Params p, int head_dim, int batch, int max_seq_len, cudaStream_t st) {
+  switch (head_dim) {
+    case 64: return by_group<T, KT, 64>(p, batch, max_seq_len, st);
+    case 128: return by_group<T, KT, 128>(p, batch, max_seq_len, st);
+    case 256: return by_group<T, KT, 256>(p, batch, max_seq_len, st);
+    default: return msg::fail(msg::ERR_UNSUPPORTED,
+                              "msg_attention_decode: head_dim %d (64, 128, 256)", head_dim);
+  }
 }
 
 }  // namespace
@@ -855,14 +906,25 @@ extern "C" int msg_attention_decode(void* out, const void* q, int q_row_stride,
                                     const int32_t* page_table, int pt_stride,
                                     const int32_t* rows, const int32_t* seq_lens, int batch,
                                     int max_seq_len, int hq, int hkv, int head_dim,
-                                    int page_size, float scale, int dtype, void* stream) {
+                                    int page_size, float scale, int dtype, int kv_dtype,
+                                    void* stream) {
   MSG_REQUIRE(batch >= 0 && batch <= 65535 && hq > 0 && hkv > 0 && hq % hkv == 0 &&
                   page_size > 0 && max_seq_len >= 0,
               "msg_attention_decode: bad sizes batch=%d hq=%d hkv=%d page_size=%d", batch, hq,
               hkv, page_size);
-  MSG_REQUIRE(q_row_stride % 8 == 0 && msg::aligned16_ptr(q) && msg::aligned16_ptr(k_cache) &&
-                  msg::aligned16_ptr(v_cache),
-              "msg_attention_decode: q rows and caches must be 16-byte aligned");
+  if (kv_dtype != dtype && kv_dtype != MSG_FP8_E4M3) {
+    return msg::fail(msg::ERR_UNSUPPORTED,
+                     "msg_attention_decode: kv_dtype %d (the dtype %s, or fp8 e4m3)", kv_dtype,
+                     msg::dtype_name(dtype));
+  }
+  const bool fp8 = kv_dtype == MSG_FP8_E4M3;
+  // Cache rows (hkv * head_dim elements, head_dim >= 64) keep the base's alignment; the loads
+  // are 16 bytes (16-bit caches) or 8 bytes (fp8).
+  const uintptr_t kv_align = fp8 ? 8 : 16;
+  MSG_REQUIRE(q_row_stride % 8 == 0 && msg::aligned16_ptr(q) &&
+                  ((uintptr_t)k_cache % kv_align) == 0 && ((uintptr_t)v_cache % kv_align) == 0,
+              "msg_attention_decode: q rows must be 16-byte aligned, the caches %d-byte aligned",
+              (int)kv_align);
   if (batch == 0) return 0;
   int shift = -1;
   if ((page_size & (page_size - 1)) == 0) {
@@ -874,11 +936,6 @@ extern "C" int msg_attention_decode(void* out, const void* q, int q_row_stride,
            kDefaultOneSplitBelow, scale * kLog2e};
   cudaStream_t st = msg::as_stream(stream);
   return MSG_DISPATCH_HALF(dtype, T,
-    switch (head_dim) {
-      case 64: return by_group<T, 64>(p, batch, max_seq_len, st);
-      case 128: return by_group<T, 128>(p, batch, max_seq_len, st);
-      case 256: return by_group<T, 256>(p, batch, max_seq_len, st);
-      default: return msg::fail(msg::ERR_UNSUPPORTED,
-                                "msg_attention_decode: head_dim %d (64, 128, 256)", head_dim);
-    });
+    if (fp8) return by_head_dim<T, uint8_t>(p, head_dim, batch, max_seq_len, st);
+    return by_head_dim<T, T>(p, head_dim, batch, max_seq_len, st););
 }

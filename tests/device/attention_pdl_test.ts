@@ -110,6 +110,7 @@ Deno.test({
             ps,
             1 / Math.sqrt(hd),
             BF16,
+            BF16,
             st,
           ),
           "decode",

@@ -17,7 +17,18 @@
  */
 import assert from "node:assert/strict";
 import type { NativeLib } from "../../ffi/lib.ts";
-import { BF16, DevBuf as Dev, F16, from16, loadPair, makeRng, ptr, to16 } from "./harness.ts";
+import {
+  BF16,
+  DevBuf as Dev,
+  F16,
+  FP8_E4M3,
+  from16,
+  loadPair,
+  makeRng,
+  ptr,
+  to16,
+  toE4m3,
+} from "./harness.ts";
 
 const libs = loadPair();
 const cpu = libs?.cpu as NativeLib, gpu = libs?.gpu as NativeLib;
@@ -56,6 +67,8 @@ interface Case {
   seqs: number[];
   maxSeq: number;
   dtype: number;
+  /** The caches' dtype: dtype (the default) or FP8_E4M3. */
+  kvDtype?: number;
   /** Library knobs set while the CUDA side runs (attention_decode.cu reads them per call). */
   env?: Record<string, string>;
 }
@@ -91,6 +104,7 @@ function runCase(lib: NativeLib, c: Case, inp: ReturnType<typeof makeInputs>): U
       c.ps,
       1 / Math.sqrt(c.hd),
       c.dtype,
+      c.kvDtype ?? c.dtype,
       null,
     ),
     "decode",
@@ -103,13 +117,12 @@ function makeInputs(c: Case) {
   const t = pageTable(c.seqs, c.ps);
   const qStride = (c.hq + 2 * c.hkv) * c.hd; // q rows inside a qkv buffer
   const kv = t.slots * c.hkv * c.hd;
-  return {
-    t,
-    qStride,
-    q: to16(randn(c.seqs.length * qStride), c.dtype),
-    kc: to16(randn(kv), c.dtype),
-    vc: to16(randn(kv), c.dtype),
+  // fp8 caches: the random act-dtype values converted by the CPU library, for both sides.
+  const cache = () => {
+    const x = to16(randn(kv), c.dtype);
+    return c.kvDtype === FP8_E4M3 ? toE4m3(cpu, x, c.dtype) : x;
   };
+  return { t, qStride, q: to16(randn(c.seqs.length * qStride), c.dtype), kc: cache(), vc: cache() };
 }
 /** Relative L2 error of got against ref; fails on NaN (an unwritten output). */
 function relErr(ref: Float32Array, got: Float32Array, what: string): number {
@@ -210,6 +223,44 @@ Deno.test({
     bal([9000], 1000);
     bal(ragged(6, 2000), 33, 16, 64, 4); // 16 heads per block (GQA 16)
     bal(Array(40).fill(0).map((_, i) => 1 + i * 53), 131, 64);
+    // fp8 e4m3 caches (random act-dtype values converted by the CPU library, the same bytes on
+    // both sides): head_dim 64/128/256, GQA 1/2/4/7/8/16, page sizes 1/7/16/64, bf16 and f16,
+    // ragged lengths with 0 and 1, short sequences under a large max, the forced split merge
+    // and the balanced kernel's forced grid.
+    const fp8 = (
+      hd: number,
+      ps: number,
+      hq: number,
+      hkv: number,
+      seqs: number[],
+      dtype = BF16,
+      env?: Record<string, string>,
+      maxSeq = Math.max(...seqs),
+    ) => cases.push({ hd, ps, hq, hkv, seqs, maxSeq, dtype, kvDtype: FP8_E4M3, env });
+    fp8(128, 1, 32, 8, ragged(6, 3000)); // page 1, GQA 4
+    fp8(128, 16, 16, 8, ragged(5, 2000)); // GQA 2
+    fp8(64, 16, 16, 2, ragged(4, 1500)); // head_dim 64, GQA 8
+    fp8(128, 7, 14, 2, [1, 33, 250, 999, 0, 77, 1234]); // page 7, GQA 7
+    fp8(64, 16, 8, 8, ragged(3, 700)); // MHA
+    fp8(128, 16, 64, 4, ragged(3, 1800)); // GQA 16
+    fp8(256, 16, 8, 1, ragged(2, 900)); // head_dim 256, GQA 8
+    fp8(128, 1, 64, 8, ragged(3, 1500)); // GQA 8 at head_dim 128
+    fp8(128, 64, 32, 8, ragged(5, 2500), F16); // f16, page 64
+    fp8(64, 16, 16, 4, ragged(4, 2200), F16);
+    fp8(256, 16, 16, 4, ragged(4, 2200), F16);
+    fp8(128, 16, 32, 8, [1, 17, 600, 4096, 129], BF16, undefined, 8192);
+    fp8(128, 16, 32, 8, [3000, 1200, 3], BF16, {
+      MSG_DECODE_SPLITS: "61",
+      MSG_DECODE_SPLIT_KEYS: "16",
+    });
+    fp8(128, 16, 16, 8, [319, 320, 321, 700, 17], BF16, {
+      MSG_DECODE_ONE_SPLIT_BELOW: "0",
+      MSG_DECODE_SPLIT_KEYS: "16",
+    });
+    fp8(128, 16, 32, 8, [700, 0, 65, 1, 0, 300], BF16, {
+      MSG_DECODE_BLOCKS: "7",
+      MSG_DECODE_SPLIT_KEYS: "16",
+    });
     // Every case on both kernels (MSG_DECODE_KERNEL, read per call).
     for (const c of cases) {
       const inp = makeInputs(c);
@@ -231,7 +282,7 @@ Deno.test({
           }
         }
         const what = `hd=${c.hd} ps=${c.ps} hq=${c.hq} hkv=${c.hkv} seqs=${c.seqs.length} ` +
-          `max=${c.maxSeq} dtype=${c.dtype} ${JSON.stringify(env)}`;
+          `max=${c.maxSeq} dtype=${c.dtype} kv=${c.kvDtype ?? c.dtype} ${JSON.stringify(env)}`;
         const err = relErr(ref, got, what);
         assert.ok(err <= 1e-2, `${what}: relative L2 error ${err.toExponential(3)} > 1e-2`);
         // A request of length 0 writes zeros.
@@ -240,6 +291,88 @@ Deno.test({
           const row = got.subarray(b * c.hq * c.hd, (b + 1) * c.hq * c.hd);
           assert.ok(row.every((x) => x === 0), `${what}: seq_len 0 must give zeros`);
         });
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "kv_widen_pages: CUDA = CPU bit for bit (fp8 pages widened to bf16/f16)",
+  ignore: libs === null,
+  fn() {
+    const cases: [number, number, number, number[]][] = [
+      [16, 8, 128, [1, 0, 17, 250, 33]],
+      [1, 2, 64, [5, 0, 1, 40]],
+      [7, 1, 256, [15, 7, 1, 100]],
+      [64, 4, 128, [65, 200, 64]],
+    ];
+    for (const [ps, hkv, hd, seqs] of cases) {
+      for (const dtype of [BF16, F16]) {
+        const t = pageTable(seqs, ps), bs = seqs.length;
+        const pagesPerRow = t.stride + 1, pageElems = ps * hkv * hd;
+        // k: every byte pattern but NaN (subnormals, +-448, signed zeros) over and over; v:
+        // random values of the act dtype converted by the CPU. (A NaN byte, which no store
+        // writes from a finite value, widens to NaN on the CPU and to +-480 by CUDA's
+        // arithmetic widening.)
+        const kc = Uint8Array.from({ length: t.slots * hkv * hd }, (_, i) => {
+          const b = (i * 37) & 255;
+          return (b & 0x7f) === 0x7f ? b - 1 : b;
+        });
+        const vc = toE4m3(cpu, to16(randn(kc.length, 3), dtype), dtype);
+        const n = bs * pagesPerRow * pageElems;
+        const outs = [cpu, gpu].map((lib) => {
+          const d = {
+            kc: Dev.of(lib, kc),
+            vc: Dev.of(lib, vc),
+            pt: Dev.of(lib, t.pt),
+            rows: Dev.of(lib, t.rows),
+            lens: Dev.of(lib, Int32Array.from(seqs)),
+            ok: new Dev(lib, n * 2),
+            ov: new Dev(lib, n * 2),
+          };
+          // Poisoned on both sides (0xff bytes, NaN): pages not copied must stay so.
+          d.ok.poison();
+          d.ov.poison();
+          lib.check(
+            lib.sym.msg_kv_widen_pages(
+              d.ok.p,
+              d.ov.p,
+              d.kc.p,
+              d.vc.p,
+              d.pt.p,
+              t.stride,
+              d.rows.p,
+              d.lens.p,
+              bs,
+              pagesPerRow,
+              ps,
+              hkv,
+              hd,
+              FP8_E4M3,
+              dtype,
+              null,
+            ),
+            "kv_widen_pages",
+          );
+          const res = [d.ok.read(new Uint16Array(n)), d.ov.read(new Uint16Array(n))];
+          Object.values(d).forEach((x) => x.free());
+          return res;
+        });
+        const what = `widen ps=${ps} hkv=${hkv} hd=${hd} dtype=${dtype}`;
+        for (const [i, name] of [[0, "k"], [1, "v"]] as const) {
+          const ref = outs[0][i], got = outs[1][i];
+          // Bit for bit: widened values, and the poison (0xffff) of every page not copied.
+          let written = 0;
+          for (let j = 0; j < n; j++) {
+            if (ref[j] !== 0xffff) written++;
+            if (got[j] === ref[j]) continue;
+            assert.fail(
+              `${what} ${name}: element ${j}: cpu 0x${ref[j].toString(16)} gpu ` +
+                `0x${got[j].toString(16)}`,
+            );
+          }
+          assert.ok(written > 0, `${what}: nothing written`);
+        }
       }
     }
   },
@@ -343,6 +476,7 @@ Deno.test({
           ps,
           1 / Math.sqrt(hd),
           BF16,
+          BF16,
           st,
         ),
         "decode",
@@ -435,6 +569,7 @@ Deno.test({
           hd,
           ps,
           1 / Math.sqrt(hd),
+          BF16,
           BF16,
           null,
         ),

@@ -6,7 +6,7 @@
  */
 import { loadNative, type NativeLib } from "../../ffi/lib.ts";
 
-export const F32 = 0, F16 = 1, BF16 = 2;
+export const F32 = 0, F16 = 1, BF16 = 2, FP8_E4M3 = 6;
 export type Arr = Float32Array | Int32Array | Uint16Array | Uint8Array;
 export const ptr = (a: Arr | BigUint64Array) =>
   Deno.UnsafePointer.of(a as unknown as Uint8Array<ArrayBuffer>);
@@ -121,6 +121,51 @@ export function to16(a: Float32Array, dtype: number): Uint16Array {
 export function from16(a: Uint16Array, dtype: number): Float32Array {
   if (dtype === F16) return Float32Array.from(new Float16Array(a.buffer, a.byteOffset, a.length));
   return fromBf16(a);
+}
+
+/** The fp8 e4m3 bytes of `vals` (raw data of act dtype `dtype`) as the CPU library stores
+ *  them: msg_rope_store_kv with kv_dtype e4m3, no norm and no rotation, the values in the k
+ *  and v heads of 128 of one token after another. */
+export function toE4m3(cpu: NativeLib, vals: Uint16Array | Float32Array, dtype: number) {
+  const hd = 128, n = Math.ceil(vals.length / (2 * hd)), row = 3 * hd;
+  const qkv = dtype === F32 ? new Float32Array(n * row) : new Uint16Array(n * row);
+  for (let t = 0; t < n; t++) {
+    qkv.set(vals.subarray(2 * t * hd, Math.min(vals.length, 2 * (t + 1) * hd)), t * row + hd);
+  }
+  const kc = new Uint8Array(n * hd), vc = new Uint8Array(n * hd);
+  const slots = Int32Array.from({ length: n }, (_, t) => t);
+  cpu.check(
+    cpu.sym.msg_rope_store_kv(
+      ptr(qkv),
+      ptr(new Int32Array(n)),
+      null,
+      null,
+      1e-6,
+      ptr(new Float32Array(1)),
+      0,
+      ptr(slots),
+      ptr(kc),
+      ptr(vc),
+      n,
+      1,
+      1,
+      hd,
+      dtype,
+      dtype,
+      FP8_E4M3,
+      null,
+    ),
+    "rope_store_kv (e4m3 conversion)",
+  );
+  const out = new Uint8Array(vals.length);
+  for (let t = 0; t < n; t++) {
+    const o = 2 * t * hd;
+    out.set(kc.subarray(t * hd, t * hd + Math.min(hd, vals.length - o)), o);
+    if (o + hd < vals.length) {
+      out.set(vc.subarray(t * hd, t * hd + Math.min(hd, vals.length - o - hd)), o + hd);
+    }
+  }
+  return out;
 }
 
 /** Device memory of a library (host memory for the CPU one); `off` bytes of padding in

@@ -18,12 +18,16 @@ import {
   DevBuf as Dev,
   F16,
   F32,
+  FP8_E4M3,
+  from16,
   fromBf16,
   loadPair,
   makeRng,
   ptr,
   samplingParams,
+  to16,
   toBf16,
+  toE4m3,
 } from "./harness.ts";
 
 const libs = loadPair();
@@ -315,6 +319,7 @@ Deno.test({
             hd,
             BF16,
             BF16,
+            BF16,
             null,
           ),
         "rope",
@@ -348,6 +353,128 @@ Deno.test({
     );
     exact(r.sl, "slots");
     exact(r.po, "positions");
+  },
+});
+
+/** Asserts two fp8 e4m3 caches are the same bytes (a NaN may differ in sign). */
+function sameFp8(pair: [Arr, Arr], what: string) {
+  const [a, b] = pair;
+  for (let i = 0; i < a.length; i++) {
+    if (a[i] === b[i] || ((a[i] & 0x7f) === 0x7f && (b[i] & 0x7f) === 0x7f)) continue;
+    assert.fail(`${what}: byte ${i}: cpu 0x${a[i].toString(16)} gpu 0x${b[i].toString(16)}`);
+  }
+}
+
+Deno.test({
+  name: "cuda: rope_store_kv into fp8 e4m3 caches (every bf16 and f16 pattern, rotated heads)",
+  ...ig,
+  fn() {
+    // No norm, no rotation: k of the 512 tokens holds every 16-bit pattern, v the same
+    // reversed; every slot is written, so GPU caches start poisoned (0xff).
+    const all = Uint16Array.from({ length: 65536 }, (_, i) => i), rev = all.slice().reverse();
+    for (const dtype of [BF16, F16]) {
+      const n = 512, hq = 2, hkv = 1, hd = 128, width = (hq + 2 * hkv) * hd;
+      const qkv = to16(randn(n * width), dtype);
+      for (let t = 0; t < n; t++) {
+        qkv.set(all.subarray(t * hd, (t + 1) * hd), t * width + hq * hd);
+        qkv.set(rev.subarray(t * hd, (t + 1) * hd), t * width + (hq + 1) * hd);
+      }
+      const slots = Int32Array.from({ length: n }, (_, i) => (i * 5) % n);
+      const r = both(
+        { qkv, pos: new Int32Array(n), cs: new Float32Array(1), slots },
+        { qkv, kc: new Uint8Array(n * hd), vc: new Uint8Array(n * hd) },
+        (l, b) =>
+          l.sym.msg_rope_store_kv(
+            b.qkv,
+            b.pos,
+            null,
+            null,
+            1e-6,
+            b.cs,
+            0,
+            b.slots,
+            b.kc,
+            b.vc,
+            n,
+            hq,
+            hkv,
+            hd,
+            dtype,
+            dtype,
+            FP8_E4M3,
+            null,
+          ),
+        "rope fp8",
+      );
+      sameFp8(r.kc, `rope fp8 k, every pattern of dtype ${dtype}`);
+      sameFp8(r.vc, `rope fp8 v, every pattern of dtype ${dtype}`);
+    }
+    // Norm and (partial) rotation, a skipped token, unused slots: each cache holds the e4m3
+    // bytes of the k/v that library wrote to its qkv (the CPU's conversion of them), and the
+    // two libraries agree up to rounding.
+    for (const [hd, rot, norm, dtype] of [[128, 128, true, BF16], [64, 32, false, F16]] as const) {
+      const n = 13, hq = 8, hkv = 2, slotsN = 40, width = (hq + 2 * hkv) * hd;
+      const qkv = to16(randn(n * width, 2), dtype), pos = randint(n, 500), cs = cosSin(512, rot);
+      const slots = Int32Array.from({ length: n }, (_, i) => (i === 3 ? -1 : (i * 7) % slotsN));
+      const qn = to16(randn(hd, 0.3), dtype), kn = to16(randn(hd, 0.3), dtype);
+      const kc = new Uint8Array(slotsN * hkv * hd).fill(0xff), vc = kc.slice();
+      const r = both(
+        { qkv, pos, cs, slots, qn, kn, kc, vc },
+        { qkv, kc, vc },
+        (l, b) =>
+          l.sym.msg_rope_store_kv(
+            b.qkv,
+            b.pos,
+            norm ? b.qn : null,
+            norm ? b.kn : null,
+            1e-6,
+            b.cs,
+            rot,
+            b.slots,
+            b.kc,
+            b.vc,
+            n,
+            hq,
+            hkv,
+            hd,
+            dtype,
+            dtype,
+            FP8_E4M3,
+            null,
+          ),
+        "rope fp8 rotated",
+      );
+      const what = `rope fp8 hd=${hd} rot=${rot} norm=${norm} dtype=${dtype}`;
+      for (const side of [0, 1]) {
+        const out = r.qkv[side] as Uint16Array;
+        const want = [kc.slice(), vc.slice()];
+        for (let t = 0; t < n; t++) {
+          if (slots[t] < 0) continue;
+          for (const [c, h0] of [[0, hq], [1, hq + hkv]]) {
+            const x = out.subarray(t * width + h0 * hd, t * width + (h0 + hkv) * hd);
+            want[c].set(toE4m3(cpu, x, dtype), slots[t] * hkv * hd);
+          }
+        }
+        const lib = side ? "gpu" : "cpu";
+        sameFp8([want[0], r.kc[side]], `${what}: ${lib} k cache = e4m3 of its qkv`);
+        sameFp8([want[1], r.vc[side]], `${what}: ${lib} v cache = e4m3 of its qkv`);
+      }
+      const f = (a: Arr) => from16(a as Uint16Array, dtype);
+      close([f(r.qkv[0]), f(r.qkv[1])], F32, 1e-2, `${what}: qkv`);
+      // Where the two qkv differ by a rounding, the bytes are neighbours on the e4m3 grid
+      // (signed magnitude, the order of the values): at most one step apart, and rarely.
+      const ord = (x: number) => (x & 0x80 ? -(x & 0x7f) : x);
+      for (const k of ["kc", "vc"]) {
+        const [a, b] = r[k];
+        let diff = 0;
+        for (let i = 0; i < a.length; i++) {
+          if (a[i] === b[i]) continue;
+          diff++;
+          assert.ok(Math.abs(ord(a[i]) - ord(b[i])) <= 1, `${what}: ${k}[${i}] ${a[i]} vs ${b[i]}`);
+        }
+        assert.ok(diff <= a.length / 50, `${what}: ${k}: ${diff} bytes differ`);
+      }
+    }
   },
 });
 
@@ -457,6 +584,7 @@ Deno.test({
             hd,
             ps,
             1 / Math.sqrt(hd),
+            BF16,
             BF16,
             null,
           ),
@@ -799,6 +927,7 @@ Deno.test({
             hd,
             ps,
             0.088,
+            BF16,
             BF16,
             st,
           ),
