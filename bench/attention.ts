@@ -30,11 +30,13 @@
  *   deno run -A bench/attention.ts [--page 1] [--repeats 9] [--only prefill|decode]
  *     [--no-peer] [--fa3 auto,5,6|none] [--decode-kernels auto,grid,grid-pf,balanced,balanced-pf]
  *     [--decode-splits 0,16,32,64] [--decode-blocks 0,264,528] [--decode-keys 0,256]
+ *     [--kv-cache-dtype auto|fp8_e4m3]
  *     [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768]
  *     [--out FILE]
  */
 import { parseArgs } from "node:util";
-import { Device, DType, type Handle, type Tensor } from "../ffi/device.ts";
+import { Device, DType, dtypeSize, type Handle, type Tensor } from "../ffi/device.ts";
+import { parseKvCacheDtype } from "../src/core/defaults.ts";
 import { type AttentionArgs, attentionDecode, attentionExtend, Ops } from "../ffi/ops.ts";
 import { appendResult } from "./results.ts";
 import { copyBandwidth } from "./roofline.ts";
@@ -64,6 +66,7 @@ const { values: a } = parseArgs({
     "decode-blocks": { type: "string", default: "0" },
     "decode-keys": { type: "string", default: "0" },
     "decode-kernels": { type: "string", default: "auto,grid,balanced-pf" },
+    "kv-cache-dtype": { type: "string", default: "auto" },
   },
   strict: true,
 });
@@ -91,14 +94,16 @@ function timeMs(body: () => void, stream: Handle = ops.stream): number {
 }
 
 /** Random bf16 values (uniform in [-1, 1)), never zeros: zeros can run faster. */
+/** Values in (-1, 1): bf16, or e4m3 (sign, exponent 2^-7 .. 2^-1, mantissa) for fp8. */
 function fillRandom(t: Tensor, seed: number) {
-  const chunk = 1 << 22, buf = new Uint16Array(chunk), f = new Float32Array(1);
-  const u = new Uint32Array(f.buffer);
+  const fp8 = t.dtype === DType.FP8_E4M3;
+  const chunk = 1 << 22, buf = fp8 ? new Uint8Array(chunk) : new Uint16Array(chunk);
+  const f = new Float32Array(1), u = new Uint32Array(f.buffer);
   let s = seed >>> 0;
   for (let i = 0; i < chunk; i++) {
     s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
     f[0] = s / 2147483648 - 1;
-    buf[i] = u[0] >>> 16;
+    buf[i] = fp8 ? (s >>> 24 & 0x80) | ((s >>> 8) % 7) << 3 | (s >>> 16 & 7) : u[0] >>> 16;
   }
   for (let off = 0; off < t.numel; off += chunk) {
     const n = Math.min(chunk, t.numel - off);
@@ -109,14 +114,21 @@ function fillRandom(t: Tensor, seed: number) {
 
 /** Buffers and arguments of `batch` requests with `qLen` new tokens over `seqLen` keys each,
  *  or over lens[i] keys (at most seqLen) where `lens` is given. */
-function setup(batch: number, qLen: number, seqLen: number, decode: boolean, lens?: Int32Array) {
+function setup(
+  batch: number,
+  qLen: number,
+  seqLen: number,
+  decode: boolean,
+  lens?: Int32Array,
+  kvDtype = DType.BF16,
+) {
   const pagesPer = Math.ceil(seqLen / PAGE), slots = batch * pagesPer * PAGE;
   const totalQ = batch * qLen;
   const t = {
     q: dev.alloc(DType.BF16, [totalQ, HQ, HD]),
     out: dev.alloc(DType.BF16, [totalQ, HQ, HD]),
-    k: dev.alloc(DType.BF16, [slots, HKV, HD]),
-    v: dev.alloc(DType.BF16, [slots, HKV, HD]),
+    k: dev.alloc(kvDtype, [slots, HKV, HD]),
+    v: dev.alloc(kvDtype, [slots, HKV, HD]),
     pt: dev.alloc(DType.I32, [batch, pagesPer]),
     rows: dev.alloc(DType.I32, [batch]),
     lens: dev.alloc(DType.I32, [batch]),
@@ -255,10 +267,14 @@ const list = (v: string) => v.split(",").map(Number);
 const splitCounts = list(a["decode-splits"]), blockCounts = list(a["decode-blocks"]);
 const keyCounts = list(a["decode-keys"]);
 const decodeKernels = a["decode-kernels"].split(",");
+// --kv-cache-dtype fp8_e4m3: the decode shapes over fp8 caches (bytes = what is read).
+const decodeKv = parseKvCacheDtype(a["kv-cache-dtype"]) === "fp8_e4m3"
+  ? DType.FP8_E4M3
+  : DType.BF16;
 for (const s of doDecode ? decodeShapes : []) {
-  const { args, free } = setup(s.batch, 1, s.ctx, true, s.lens);
+  const { args, free } = setup(s.batch, 1, s.ctx, true, s.lens, decodeKv);
   const keys = s.lens ? s.lens.reduce((x, y) => x + y, 0) : s.batch * s.ctx;
-  const bytes = 2 * keys * HKV * HD * 2;
+  const bytes = 2 * keys * HKV * HD * dtypeSize(decodeKv);
   for (const variant of decodeKernels) {
     Deno.env.set("MSG_DECODE_KERNEL", variant);
     // auto (what the engine runs) at the launcher's own choices only; the others at each knob.
@@ -279,6 +295,7 @@ for (const s of doDecode ? decodeShapes : []) {
           model: s.model,
           kernel: "flashdecode",
           decode_kernel: variant,
+          kv_cache_dtype: decodeKv === DType.FP8_E4M3 ? "fp8_e4m3" : "bf16",
           ...(variant === "auto"
             ? {}
             : { [knob === "MSG_DECODE_SPLITS" ? "splits" : "blocks"]: count > 0 ? count : "auto" }),

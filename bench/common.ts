@@ -3,6 +3,7 @@
  * tables, a small SVG line plot, and flag parsing of the engine settings they vary.
  */
 import type { EngineConfig } from "../src/engine/config.ts";
+import { parseKvCacheDtype } from "../src/core/defaults.ts";
 
 /** mulberry32: a small seeded generator of floats in [0, 1) (same stream for a seed). */
 export function seededRandom(seed: number): () => number {
@@ -151,6 +152,7 @@ export const ENGINE_FLAGS = {
   "disable-overlap-schedule": { type: "boolean", default: false },
   "cpu-threads": { type: "string" },
   attn: { type: "string" },
+  "kv-cache-dtype": { type: "string" },
 } as const;
 
 /** The EngineConfig fields that ENGINE_FLAGS' values set (only those given). */
@@ -171,6 +173,9 @@ export function engineOverrides(
     disableOverlapSchedule: v["disable-overlap-schedule"] === true,
     cpuThreads: num("cpu-threads"),
     attn: typeof v.attn === "string" ? v.attn : undefined,
+    kvCacheDtype: typeof v["kv-cache-dtype"] === "string"
+      ? parseKvCacheDtype(v["kv-cache-dtype"])
+      : undefined,
   };
   for (const k of Object.keys(o) as (keyof EngineConfig)[]) if (o[k] === undefined) delete o[k];
   return o;

@@ -6,13 +6,14 @@
  * path (CUDA graphs when enabled) and must pick the same tokens.
  *
  *   deno run -A bench/fidelity.ts --model DIR --name qwen3-0.6b [--device cuda]
- *     [--prompt 512] [--decode 64] [--out results.json]
+ *     [--prompt 512] [--decode 64] [--kv-cache-dtype auto|fp8_e4m3] [--out results.json]
  */
 import { parseArgs } from "node:util";
 import { loadModelConfig } from "../src/model/config.ts";
 import { ModelRunner, runnerOptions } from "../src/runtime/model_runner.ts";
 import { type BatchEntry, GREEDY } from "../src/ipc/batch.ts";
 import { appendResult } from "./results.ts";
+import { DEFAULTS, parseKvCacheDtype } from "../src/core/defaults.ts";
 
 const { values: a } = parseArgs({
   options: {
@@ -22,6 +23,7 @@ const { values: a } = parseArgs({
     prompt: { type: "string", default: "512" },
     decode: { type: "string", default: "64" },
     "hf-dtype": { type: "string", default: "float32" },
+    "kv-cache-dtype": { type: "string", default: DEFAULTS.kvCacheDtype },
     out: { type: "string" },
   },
   strict: true,
@@ -37,6 +39,7 @@ const runner = await ModelRunner.create(
     maxRows: 4,
     maxPrefillLength: P,
     cudaGraphMaxBs: a.device === "cuda" ? 4 : 0,
+    kvCacheDtype: parseKvCacheDtype(a["kv-cache-dtype"]!),
   }),
   () => {},
 );
@@ -106,6 +109,7 @@ const record = {
   device_name: runner.info.deviceName,
   prompt_tokens: P,
   decode_steps: D,
+  kv_cache_dtype: parseKvCacheDtype(a["kv-cache-dtype"]!),
   max_rel_l2: hf.max_rel_l2,
   mean_rel_l2: hf.mean_rel_l2,
   argmax_agreement: hf.argmax_agreement,

@@ -20,13 +20,14 @@
  *
  *   deno task bench latency --model DIR --name llama-3-8b [--batches 1,8,32,128]
  *     [--steps 256] [--ttft [--ttft-lengths 32,8192]] [--ops [--ops-steps 8]]
+ *     [--kv-cache-dtype auto|fp8_e4m3]
  *     [--out results.json] [--plot]
  */
 import { parseArgs } from "node:util";
 import { ModelRunner, type Pending, runnerOptions } from "../src/runtime/model_runner.ts";
 import { type BatchEntry, GREEDY } from "../src/ipc/batch.ts";
 import { DType, type Handle } from "../ffi/device.ts";
-import { DEFAULTS } from "../src/core/defaults.ts";
+import { DEFAULTS, parseKvCacheDtype } from "../src/core/defaults.ts";
 import { appendResult } from "./results.ts";
 import { copyBandwidth, decodeStepBytes, modelBytes } from "./roofline.ts";
 import { markdownTable, plotPath, svgLinePlot } from "./common.ts";
@@ -43,6 +44,7 @@ const { values: a } = parseArgs({
     "num-pages": { type: "string" },
     "copy-mib": { type: "string", default: "1024" },
     attn: { type: "string", default: DEFAULTS.attn },
+    "kv-cache-dtype": { type: "string", default: DEFAULTS.kvCacheDtype },
     ttft: { type: "boolean", default: false },
     ops: { type: "boolean", default: false },
     "ops-steps": { type: "string", default: "8" },
@@ -72,7 +74,8 @@ const steps = Number(a.steps), P = Number(a.prompt), PAGE = Number(a["page-size"
 const maxB = Math.max(...batches);
 // Rows prefilled together: at most ~16k tokens a batch (as a server's chunked prefill would).
 const prefillRows = Math.min(maxB, Math.max(1, Math.floor(16384 / P)));
-const mb = await modelBytes(a.model);
+const kvCacheDtype = parseKvCacheDtype(a["kv-cache-dtype"]!);
+const mb = await modelBytes(a.model, kvCacheDtype === "fp8_e4m3" ? 1 : 2);
 const cfg = mb.cfg;
 const runner = await ModelRunner.create(
   cfg,
@@ -83,6 +86,7 @@ const runner = await ModelRunner.create(
     maxPrefillLength: Math.max(prefillRows * P, 64),
     cudaGraphMaxBs: a.device === "cuda" && !a.ops ? maxB : 0,
     attn: a.attn!,
+    kvCacheDtype,
   }),
   () => {},
 );
@@ -227,6 +231,7 @@ function profileOps(bs: number, n: number): Record<string, unknown> {
     steps: n,
     page_size: PAGE,
     attn: a.attn,
+    kv_cache_dtype: kvCacheDtype,
     ops: list,
   };
 }
@@ -268,6 +273,7 @@ for (const bs of batches) {
     steps,
     page_size: PAGE,
     attn: a.attn,
+    kv_cache_dtype: kvCacheDtype,
   };
   rows.push(rec);
   if (a.out) await appendResult(a.out, card, rec);

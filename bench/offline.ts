@@ -120,7 +120,7 @@ await engine.shutdown();
 // workload, over the copy bandwidth measured above (with tensor parallelism each of the tpSize
 // GPUs reads its share).
 const floor = workloadReadBytes(
-  await modelBytes(a.model),
+  await modelBytes(a.model, config.kvCacheDtype === "fp8_e4m3" ? 1 : 2),
   items.map((w) => ({ input: w.promptIds.length, output: w.maxTokens })),
 );
 const floorS = (floor.kvBytes + floor.weightBytes) / (bw * config.tpSize);
@@ -144,6 +144,7 @@ const record = {
   overlap: !config.disableOverlapSchedule,
   cuda_graph_max_bs: config.cudaGraphMaxBs,
   attn: config.attn,
+  kv_cache_dtype: config.kvCacheDtype,
   cached_tokens: full.cachedTokens,
   all_completed: full.outputTokens === items.reduce((s, w) => s + w.maxTokens, 0),
   out_tok_per_s: full.outTokPerS,

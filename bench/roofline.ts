@@ -6,7 +6,7 @@ import { loadModelConfig, type ModelConfig } from "../src/model/config.ts";
 import { SafetensorsFolder } from "../src/model/safetensors.ts";
 import { Device, DType, type Handle } from "../ffi/device.ts";
 
-const ELT = 2; // bf16 / fp16 weights and KV cache
+const ELT = 2; // bf16 / fp16 weights (and KV cache unless fp8)
 
 export interface ModelBytes {
   cfg: ModelConfig;
@@ -18,7 +18,8 @@ export interface ModelBytes {
   kvPerToken: number;
 }
 
-export async function modelBytes(dir: string): Promise<ModelBytes> {
+/** `kvElement`: bytes of a KV cache element (1 for an fp8 cache). */
+export async function modelBytes(dir: string, kvElement = ELT): Promise<ModelBytes> {
   const cfg = await loadModelConfig(dir);
   const folder = await SafetensorsFolder.open(dir);
   let weightBytes = 0, embedBytes = 0;
@@ -26,7 +27,7 @@ export async function modelBytes(dir: string): Promise<ModelBytes> {
     weightBytes += t.byteLength;
     if (name.endsWith("embed_tokens.weight")) embedBytes = t.byteLength;
   }
-  const kvPerToken = cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * ELT;
+  const kvPerToken = cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * kvElement;
   return { cfg, weightBytes, embedBytes, kvPerToken };
 }
 

@@ -21,6 +21,8 @@
 #   ttft        32 and 8k-token prompts: qwen3-0.6b (8192), llama-3-8b (8000)     [~1 min]
 #   serving     qwen3-0.6b server: 128 prompts at once, then Poisson 8/16/32 req/s [~1 min]
 #   ablations   overlap, CUDA graphs, page size, radix vs naive: qwen3-0.6b        [~1.5 min]
+#   fp8         the fp8 KV cache: decode kernel, fidelity, latency, offline, both models
+#               (not in the default; never run yet)                               [~4 min]
 #   structured  JSON-schema vs free decoding at batch 1 and 64 (bench/structured.ts), then the
 #               Python openai client's checks where python3 has it                 [~2 min]
 #   cpu-fidelity  tiny models on the CPU backend vs transformers (not in the default)
@@ -131,6 +133,21 @@ if has offline; then
     --hf --hf-requests 64 --out "$RES" $(small "$tiny_offline")
   make llama-3-8b && bench 240 offline --model "$(m llama-3-8b)" --name llama-3-8b --out "$RES" \
     $(small "$tiny_offline")
+fi
+# fp8 KV cache (--kv-cache-dtype fp8_e4m3): fidelity, decode kernel bandwidth, latency, offline;
+# records carry kv_cache_dtype. Compare with the same steps run without it.
+if has fp8; then
+  say fp8
+  fp8="--kv-cache-dtype fp8_e4m3"
+  [ "$SMOKE" = 1 ] || bench 200 attention --only decode --decode-kernels auto $fp8 --out "$RES"
+  for p in qwen3-0.6b llama-3-8b; do
+    make $p || continue
+    bench 150 fidelity --model "$(m $p)" --name $p $fp8 --out "$RES" \
+      $(small --device cpu --prompt 96 --decode 8)
+    bench 180 latency --model "$(m $p)" --name $p $fp8 --out "$RES" \
+      $(small --device cpu --steps 4 --batches 1,8 --num-pages 256)
+    bench 240 offline --model "$(m $p)" --name $p $fp8 --out "$RES" $(small "$tiny_offline")
+  done
 fi
 if has ttft; then
   say ttft

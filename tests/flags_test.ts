@@ -77,3 +77,14 @@ Deno.test("engine: contextLength caps the context; float32 weights decode like b
   // bf16 weights widen to float32 exactly, and CPU activations are float32 either way.
   assert.deepEqual(outs[1], outs[0]);
 });
+
+Deno.test("flags: --kv-cache-dtype takes auto, fp8 and fp8_e4m3 (vLLM's and SGLang's names)", () => {
+  assert.equal(parseFlags([]).kvCacheDtype, "auto");
+  assert.equal(parseFlags(["--kv-cache-dtype", "fp8"]).kvCacheDtype, "fp8_e4m3");
+  assert.equal(parseFlags(["--kv-cache-dtype=fp8_e4m3"]).kvCacheDtype, "fp8_e4m3");
+  assert.throws(
+    () => parseFlags(["--kv-cache-dtype", "fp8_e5m2"]),
+    (e) => e instanceof FlagError && /fp8_e5m2 is not supported/.test(e.message),
+  );
+  assert.match(helpText(), /--kv-cache-dtype/);
+});

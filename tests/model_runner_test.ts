@@ -100,6 +100,51 @@ Deno.test("incremental decode equals full recompute; batch equals each alone", a
   r.dev.close();
 });
 
+Deno.test("fp8 KV cache: near the float64 reference; decode, batches and split extend calls agree", async () => {
+  const dir = await ensureTestModel("tiny-qwen3");
+  const cfg = await loadModelConfig(dir);
+  const make = (widenTokens: number | null) =>
+    ModelRunner.create(
+      cfg,
+      runnerOptions(dir, "cpu", {
+        pageSize: PAGE,
+        numPages: 1024,
+        maxRows: 8,
+        maxPrefillLength: 1024,
+        kvCacheDtype: "fp8_e4m3",
+        widenTokens,
+      }),
+      () => {},
+    );
+  const r = await make(null);
+  const V = cfg.vocabSize;
+  const ids = randomIds(40, V, 7);
+  const [full] = r.logitsOf({ id: 0, entries: [entry(0, ids)] });
+  // Keys and values are e4m3: the reference that rounds them alike, and not the plain one
+  // (this small random model amplifies the cache's rounding to tens of percent).
+  const err = maxRelErr(full, await referenceLogits(dir, ids, true), V);
+  assert(err < 1e-4, `fp8 cache: relative error ${err} to the fp8 reference`);
+  const plain = maxRelErr(full, await referenceLogits(dir, ids), V);
+  assert(plain > 1e-2, `fp8 cache: relative error ${plain} to the plain reference`);
+  // The decode kernel reads the fp8 cache as the extend calls read its widened pages.
+  r.logitsOf({ id: 1, entries: [entry(1, ids.slice(0, 25))] });
+  for (let p = 25; p < 40; p++) {
+    const [step] = r.logitsOf({ id: 2, entries: [entry(1, [ids[p]], p)] });
+    // A key computed in a batch of one may land on the other side of an e4m3 rounding
+    // midpoint than in the batch of 40 (their f32 sums differ in the last bits): 1e-3.
+    const e = maxRelErr(step, full.subarray(p * V, (p + 1) * V), V);
+    assert(e < 1e-3, `position ${p}: ${e}`);
+  }
+  // Eight prompts together, through widened pages that hold one request at a time.
+  const prompts = Array.from({ length: 8 }, (_, i) => randomIds(3 + 9 * i, V, 100 + i));
+  const alone = prompts.map((p, i) => r.logitsOf({ id: 3, entries: [entry(i, p)] })[0]);
+  const small = await make(20 * PAGE); // 20 pages; the longest prompt needs 17
+  const together = small.logitsOf({ id: 4, entries: prompts.map((p, i) => entry(i, p)) });
+  prompts.forEach((_, i) => assert(maxRelErr(together[i], alone[i], V) < 1e-5, `prompt ${i}`));
+  r.dev.close();
+  small.dev.close();
+});
+
 Deno.test("a cached prefix in shared pages gives the same logits", async () => {
   const dir = await ensureTestModel("tiny-llama");
   const { cfg, r } = await runner(dir);

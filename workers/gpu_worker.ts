@@ -210,6 +210,7 @@ self.onmessage = async (ev: MessageEvent<InitMessage>) => {
         maxPrefillLength: c.maxPrefillLength,
         cudaGraphMaxBs: c.cudaGraphMaxBs,
         dtype: c.dtype,
+        kvCacheDtype: c.kvCacheDtype,
         cpuThreads: c.cpuThreads,
         attn: c.attn,
         tpRank: c.tpRank,

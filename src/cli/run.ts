@@ -82,6 +82,7 @@ export function engineConfig(
     cudaGraphMaxBs: device === "cpu" ? 0 : (o.cudaGraphMaxBs ?? c.cudaGraphMaxBs),
     attn: o.attn ?? c.attn,
     dtype: o.dtype,
+    kvCacheDtype: o.kvCacheDtype,
     contextLength: o.contextLength,
     cpuThreads: o.cpuThreads,
   };
@@ -252,6 +253,7 @@ function sglangServerArgs(
     disable_overlap_schedule: c.disableOverlapSchedule,
     cuda_graph_max_bs: c.cudaGraphMaxBs,
     dtype: c.dtype,
+    kv_cache_dtype: c.kvCacheDtype,
     context_length: c.contextLength,
     device: c.device,
   };

@@ -5,6 +5,18 @@
  * follow Mini-SGLang's where it has one. This module sits below every layer.
  */
 
+/** KV cache storage: "auto" = the activation dtype; "fp8_e4m3" halves the cache's bytes
+ *  (vLLM's and SGLang's --kv-cache-dtype; "fp8" is taken as "fp8_e4m3"). */
+export const KV_CACHE_DTYPES = ["auto", "fp8_e4m3"] as const;
+export type KvCacheDtype = (typeof KV_CACHE_DTYPES)[number];
+
+/** A --kv-cache-dtype value; throws naming the accepted ones. */
+export function parseKvCacheDtype(v: string): KvCacheDtype {
+  if (v === "fp8") return "fp8_e4m3";
+  if ((KV_CACHE_DTYPES as readonly string[]).includes(v)) return v as KvCacheDtype;
+  throw new Error(`--kv-cache-dtype ${v}: one of auto, fp8, fp8_e4m3 (fp8_e5m2 is not supported)`);
+}
+
 /** Default values of the server, engine and runner settings. */
 export const DEFAULTS = {
   host: "127.0.0.1",
@@ -22,6 +34,7 @@ export const DEFAULTS = {
   /** Largest CUDA-graph decode batch; -1 = chosen from maxRunningRequests (0 on the CPU). */
   cudaGraphMaxBs: -1,
   dtype: "auto",
+  kvCacheDtype: "auto" as KvCacheDtype,
   attn: "auto",
   /** 0 = all cores. */
   cpuThreads: 0,

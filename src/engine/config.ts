@@ -3,7 +3,7 @@
  * EngineConfig from flags; the engine derives one GpuWorkerConfig per tensor-parallel rank.
  */
 
-import { DEFAULTS } from "../core/defaults.ts";
+import { DEFAULTS, type KvCacheDtype } from "../core/defaults.ts";
 
 /** What one GPU worker (workers/gpu_worker.ts) is started with. */
 export interface GpuWorkerConfig {
@@ -27,6 +27,8 @@ export interface GpuWorkerConfig {
   /** Largest decode batch captured into a CUDA graph (0 = no graphs). */
   cudaGraphMaxBs: number;
   dtype: "auto" | "bfloat16" | "float16" | "float32";
+  /** KV cache storage: "auto" (the activation dtype) or "fp8_e4m3" (half the bytes). */
+  kvCacheDtype: KvCacheDtype;
   /** Attention backend name(s): PREFILL[,DECODE] (today "native"). */
   attn: string;
   /** Threads of the CPU backend (0 = all cores). */
@@ -78,6 +80,7 @@ export function defaultEngineConfig(modelDir: string): EngineConfig {
     maxPrefillLength: DEFAULTS.maxPrefillLength,
     cudaGraphMaxBs: DEFAULTS.cudaGraphMaxBs,
     dtype: DEFAULTS.dtype,
+    kvCacheDtype: DEFAULTS.kvCacheDtype,
     attn: DEFAULTS.attn,
     cpuThreads: DEFAULTS.cpuThreads,
     dummyWeightSeed: null,
@@ -111,6 +114,7 @@ export function workerConfig(
     maxPrefillLength: c.maxPrefillLength,
     cudaGraphMaxBs: c.cudaGraphMaxBs,
     dtype: c.dtype,
+    kvCacheDtype: c.kvCacheDtype,
     attn: c.attn,
     cpuThreads: c.cpuThreads,
     dummyWeightSeed: c.dummyWeightSeed,

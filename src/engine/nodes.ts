@@ -48,6 +48,7 @@ export async function nodeSettings(c: EngineConfig): Promise<Settings> {
     maxPrefillLength: c.maxPrefillLength,
     cudaGraphMaxBs: c.cudaGraphMaxBs,
     dtype: c.dtype,
+    kvCacheDtype: c.kvCacheDtype,
     attn: c.attn,
     dummyWeightSeed: c.dummyWeightSeed,
   };

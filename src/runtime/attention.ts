@@ -5,13 +5,14 @@
  * `trtllm`, and `auto`) resolve to this library's kernels by device (resolveAttention).
  */
 import {
+  type AttentionArgs,
   attentionDecode,
   attentionExtend,
   type ExtendKernel,
   type Ops,
   type Tensor,
 } from "../../ffi/ops.ts";
-import type { DType } from "../../ffi/device.ts";
+import { type Device, DType, type Handle } from "../../ffi/device.ts";
 
 /** Device-side description of one forward batch, passed down explicitly. */
 export interface ForwardMeta {
@@ -33,6 +34,8 @@ export interface ForwardMeta {
   rows: Tensor;
   seqLens: Tensor;
   qStarts: Tensor;
+  /** qStarts on the host, where known (not for decode batches). */
+  hostQStarts?: Int32Array;
   pageTable: Tensor;
   pageSize: number;
 }
@@ -277,9 +280,36 @@ export function attentionSegments(
   return out;
 }
 
+/** Where the extend kernels read an fp8 cache from: they take caches in the activation
+ *  dtype, so before each extend call the pages of its requests are widened into these
+ *  (msg_kv_widen_pages), page j of the call's request b at page b * P + j (P pages a
+ *  request); `iota` (0, 1, 2, ...) serves as the rows and, viewed as [requests, P], as the
+ *  page table. */
+export class WidenedPages {
+  readonly k: Tensor;
+  readonly v: Tensor;
+  readonly iota: Tensor;
+
+  constructor(
+    dev: Device,
+    dtype: DType,
+    readonly pages: number,
+    readonly pageSize: number,
+    hkv: number,
+    headDim: number,
+    stream: Handle,
+  ) {
+    this.k = dev.alloc(dtype, [pages * pageSize, hkv, headDim]);
+    this.v = dev.alloc(dtype, [pages * pageSize, hkv, headDim]);
+    this.iota = dev.alloc(DType.I32, [pages]);
+    dev.upload(this.iota, Int32Array.from({ length: pages }, (_, i) => i), stream);
+  }
+}
+
 /** The library's own kernels: an extend kernel (`extend`: fa3 "hopper"/"hopper5"/"hopper6" or
  *  "native") for prefill/mixed batches, split-K decode. They read seq_lens and the page table
- *  on the device, so there is no metadata to prepare. */
+ *  on the device, so there is no metadata to prepare. With an fp8 cache, `widened` holds the
+ *  extend calls' pages in the activation dtype. */
 export class NativeAttention implements AttentionBackend {
   constructor(
     private ops: Ops,
@@ -287,6 +317,7 @@ export class NativeAttention implements AttentionBackend {
     private cosSin: Tensor,
     private wDtype: DType,
     private extend: ExtendKernel = "native",
+    private widened: WidenedPages | null = null,
   ) {}
 
   prepare(): void {}
@@ -347,7 +378,7 @@ export class NativeAttention implements AttentionBackend {
           totalQ: s.tokens,
           maxQLen: 1,
         });
-      } else {
+      } else if (this.widened === null) {
         // The extend kernel indexes q and out by the (absolute) q_starts values.
         attentionExtend(this.ops, {
           ...base,
@@ -360,7 +391,53 @@ export class NativeAttention implements AttentionBackend {
           totalQ: s.tokens,
           maxQLen: m.maxQLen,
         }, this.extend);
+      } else {
+        this.extendWidened(base, out, qkv, m, s, k, v);
       }
+    }
+  }
+
+  /** An extend call over an fp8 cache: its requests' pages widened, as many requests at a
+   *  time as the widened pages hold (maxSeqLen's pages each), then the extend kernel on them. */
+  private extendWidened(
+    base: Omit<
+      AttentionArgs,
+      "out" | "q" | "rows" | "seqLens" | "qStarts" | "batch" | "totalQ" | "maxQLen"
+    >,
+    out: Tensor,
+    qkv: Tensor,
+    m: ForwardMeta,
+    s: AttentionSegment,
+    k: Tensor,
+    v: Tensor,
+  ): void {
+    const w = this.widened!, P = Math.ceil(m.maxSeqLen / m.pageSize);
+    const qs = m.hostQStarts;
+    if (P > w.pages || qs === undefined) {
+      throw new Error(
+        `attention: an extend call over the fp8 cache needs ${P} widened pages a request ` +
+          `(has ${w.pages}) and the batch's q offsets on the host`,
+      );
+    }
+    const per = Math.floor(w.pages / P);
+    for (let e0 = s.entry0; e0 < s.entry0 + s.entries; e0 += per) {
+      const n = Math.min(per, s.entry0 + s.entries - e0);
+      const rows = m.rows.at(e0, [n]), seqLens = m.seqLens.at(e0, [n]);
+      this.ops.kvWidenPages(w.k, w.v, k, v, m.pageTable, rows, seqLens, n, P, m.pageSize);
+      attentionExtend(this.ops, {
+        ...base,
+        kCache: w.k,
+        vCache: w.v,
+        pageTable: w.iota.at(0, [n, P]),
+        out,
+        q: qkv,
+        rows: w.iota.at(0, [n]),
+        seqLens,
+        qStarts: m.qStarts.at(e0, [n + 1]),
+        batch: n,
+        totalQ: qs[e0 + n] - qs[e0],
+        maxQLen: m.maxQLen,
+      }, this.extend);
     }
   }
 }

@@ -28,19 +28,19 @@ export interface KvPool {
   maxSeqLen: number;
 }
 
-/** Allocates the pool in `actDtype` for `kvHeads` heads (this rank's, under tensor
- *  parallelism); the CPU backend caps the automatic size at 2 GiB. */
+/** Allocates the pool in `kvDtype` (the activation dtype, or fp8 e4m3) for `kvHeads` heads
+ *  (this rank's, under tensor parallelism); the CPU backend caps the automatic size at 2 GiB. */
 export function allocKvPool(
   dev: Device,
   cfg: ModelConfig,
   o: KvPoolOptions,
-  actDtype: DType,
+  kvDtype: DType,
   stream: Handle,
   kvHeads = cfg.numKvHeads,
 ): KvPool {
   const ps = o.pageSize;
   const bytesPerPage = cfg.numLayers * 2 * ps * kvHeads * cfg.headDim *
-    dtypeSize(actDtype);
+    dtypeSize(kvDtype);
   let numPages = o.numPages;
   if (numPages === null) {
     let budget = dev.memInfo().free * o.memFraction;
@@ -55,8 +55,8 @@ export function allocKvPool(
   const k: Tensor[] = [], v: Tensor[] = [];
   const per = [(numPages + 1) * ps, kvHeads, cfg.headDim];
   for (let l = 0; l < cfg.numLayers; l++) {
-    k.push(dev.alloc(actDtype, per));
-    v.push(dev.alloc(actDtype, per));
+    k.push(dev.alloc(kvDtype, per));
+    v.push(dev.alloc(kvDtype, per));
   }
   const pageTable = dev.alloc(DType.I32, [o.maxRows + 1, Math.ceil(maxSeqLen / ps)]);
   // Every entry starts at the dummy page so that stale rows never point outside the pool.

@@ -5,7 +5,7 @@
  * CUDA graphs captured per padded batch size.
  */
 import { Device, DType, dtypeSize, type Handle, Tensor } from "../../ffi/device.ts";
-import { DEFAULTS } from "../core/defaults.ts";
+import { DEFAULTS, type KvCacheDtype } from "../core/defaults.ts";
 import { Communicator, PeerAllReduce, type PeerBufferInfo } from "../../ffi/comm.ts";
 import { attentionDevice, FA3_AUTO_V6_MAX_KEYS, Ops } from "../../ffi/ops.ts";
 import type { ForwardBatch, ForwardResult, WorkerInfo } from "../ipc/batch.ts";
@@ -28,6 +28,7 @@ import {
   type HybridAttention,
   NativeAttention,
   parseAttentionNames,
+  WidenedPages,
 } from "./attention.ts";
 import { type FilledBatch, fillStaging, padDecode, StagingLayout } from "./staging.ts";
 import { MAX_TOP, promptTopK, type ResultBlock, ResultBuffers } from "./results.ts";
@@ -47,6 +48,11 @@ export interface RunnerOptions {
   maxPrefillLength: number;
   cudaGraphMaxBs: number;
   dtype: "auto" | "bfloat16" | "float16" | "float32";
+  /** KV cache storage (src/core/defaults.ts). */
+  kvCacheDtype: KvCacheDtype;
+  /** fp8 cache: tokens of widened pages for the extend calls (null: the model's context, at
+   *  least 16k; tests set it small to make the calls split). */
+  widenTokens?: number | null;
   cpuThreads: number;
   /** `--attn PREFILL[,DECODE]` ("" = native). */
   attn: string;
@@ -76,6 +82,7 @@ export function runnerOptions(
     maxPrefillLength: DEFAULTS.maxPrefillLength,
     cudaGraphMaxBs: backend === "cuda" ? DEFAULTS.cudaGraphMaxBs : 0,
     dtype: DEFAULTS.dtype,
+    kvCacheDtype: DEFAULTS.kvCacheDtype,
     cpuThreads: DEFAULTS.cpuThreads,
     attn: DEFAULTS.attn,
     tpRank: 0,
@@ -358,14 +365,30 @@ export class ModelRunner {
     }
   }
 
-  /** KV pool from --num-pages, or a fraction of the free memory left. */
+  /** KV pool from --num-pages, or a fraction of the free memory left. An fp8 pool first
+   *  takes the widened pages its extend calls read (one request of the longest context, or
+   *  16k tokens of shorter ones). */
   private allocKv(progress: Progress) {
     progress("KV pool", 0, 1);
+    let widened: WidenedPages | null = null;
+    if (this.opts.kvCacheDtype === "fp8_e4m3") {
+      const ps = this.opts.pageSize;
+      const tokens = this.opts.widenTokens ?? Math.max(this.cfg.maxPositionEmbeddings, 16384);
+      widened = new WidenedPages(
+        this.dev,
+        this.actDtype,
+        Math.ceil(tokens / ps),
+        ps,
+        this.shard.numKvHeads,
+        this.cfg.headDim,
+        this.stream,
+      );
+    }
     const pool = allocKvPool(
       this.dev,
       this.cfg,
       this.opts,
-      this.actDtype,
+      widened ? DType.FP8_E4M3 : this.actDtype,
       this.stream,
       this.shard.numKvHeads,
     );
@@ -381,6 +404,7 @@ export class ModelRunner {
           pool.cosSin,
           this.wDtype,
           k === "fa3" ? FA3_VARIANTS[fa3Variant()] : "native",
+          widened,
         ),
     );
     this.attn = attn;
@@ -403,6 +427,7 @@ export class ModelRunner {
       FilledBatch,
       "numTokens" | "batch" | "isDecode" | "maxQLen" | "maxSeqLen" | "decodeHead" | "decodeTail"
     >,
+    hostQStarts?: Int32Array,
   ): ForwardMeta {
     return {
       numTokens: f.numTokens,
@@ -418,6 +443,7 @@ export class ModelRunner {
       rows: this.meta.rows,
       seqLens: this.meta.seqLens,
       qStarts: this.meta.qStarts,
+      hostQStarts,
       pageTable: this.pageTable,
       pageSize: this.opts.pageSize,
     };
@@ -650,7 +676,7 @@ export class ModelRunner {
       this.opts.pageSize,
       f.maxQLen,
     );
-    const m = this.forwardMeta(f);
+    const m = this.forwardMeta(f, f.qStarts);
     this.attn.prepare(m);
     return forward(ops, this.shape, this.weights, this.ws, this.attn, m, this.tp);
   }

@@ -111,6 +111,8 @@ export interface FilledBatch {
   decodeTail: number;
   /** Entry index of each sampled row. */
   sampleEntries: number[];
+  /** The entries' token offsets, [batch + 1] (a view of the host block). */
+  qStarts: Int32Array;
   /** Some sampled row has penalties: the penalty sections are filled (and uploaded). */
   hasPenalties: boolean;
   /** Every sampled row is greedy (temperature <= 0): sampling takes its one-pass path. */
@@ -211,6 +213,7 @@ export function fillStaging(
     decodeHead: head,
     decodeTail: tail,
     sampleEntries,
+    qStarts: i32.subarray(L.qStarts, L.qStarts + entries.length + 1),
     hasPenalties,
     allGreedy,
     penaltyOverflow: pen > L.maxPenaltyTokens ? penaltyTokensOf(entries, sampleEntries, pen) : null,
