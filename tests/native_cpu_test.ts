@@ -783,6 +783,39 @@ interface AttnCase {
 
 /** A paged cache filled with random k/v for every position of every request, the queries
  *  (rows of a wider qkv-like buffer) and the fp64 reference output. */
+/** msg_attention_decode of attnSetup's buffers (one query row per request), caches in
+ *  `kvDtype`. */
+function decodeOn(
+  s: ReturnType<typeof attnSetup>,
+  c: AttnCase,
+  out: Float32Array | Uint16Array,
+  seqLens: Int32Array,
+  maxSeqLen: number,
+  kvDtype: number,
+): number {
+  return S.msg_attention_decode(
+    p(out),
+    p(s.q),
+    s.qStride,
+    p(s.k),
+    p(s.v),
+    p(s.pageTable),
+    s.ptStride,
+    p(s.rows),
+    p(seqLens),
+    seqLens.length,
+    maxSeqLen,
+    c.hq,
+    c.hkv,
+    c.hd,
+    c.pageSize,
+    s.scale,
+    c.dtype,
+    kvDtype,
+    null,
+  );
+}
+
 function attnSetup(c: AttnCase, r: () => number) {
   const { seqLens, qLens, hq, hkv, hd, pageSize } = c;
   const batch = seqLens.length;
@@ -915,30 +948,7 @@ Deno.test("attention decode: one query per request over the paged cache", () => 
     const seqLens = Int32Array.from(c.seqLens);
     const out = new Float32Array(4 * c.hq * c.hd);
     // Decode reads query row b with the qkv stride.
-    ok(
-      S.msg_attention_decode(
-        p(out),
-        p(s.q),
-        s.qStride,
-        p(s.k),
-        p(s.v),
-        p(s.pageTable),
-        s.ptStride,
-        p(s.rows),
-        p(seqLens),
-        4,
-        128,
-        c.hq,
-        c.hkv,
-        c.hd,
-        pageSize,
-        s.scale,
-        F32,
-        F32,
-        null,
-      ),
-      "attention_decode",
-    );
+    ok(decodeOn(s, c, out, seqLens, 128, F32), "attention_decode");
     assertClose(out, s.ref, `decode page ${pageSize}`, 1e-5, 1e-5);
   }
 });
@@ -955,30 +965,8 @@ Deno.test("attention decode over fp8 caches matches fp64 on the widened values",
     const s = attnSetup(c, r);
     const batch = c.seqLens.length, n = batch * c.hq * c.hd;
     const out = c.dtype === F32 ? new Float32Array(n) : new Uint16Array(n);
-    ok(
-      S.msg_attention_decode(
-        p(out),
-        p(s.q),
-        s.qStride,
-        p(s.k),
-        p(s.v),
-        p(s.pageTable),
-        s.ptStride,
-        p(s.rows),
-        p(Int32Array.from(c.seqLens)),
-        batch,
-        Math.max(...c.seqLens),
-        c.hq,
-        c.hkv,
-        c.hd,
-        c.pageSize,
-        s.scale,
-        c.dtype,
-        FP8,
-        null,
-      ),
-      "attention_decode fp8",
-    );
+    const seqLens = Int32Array.from(c.seqLens);
+    ok(decodeOn(s, c, out, seqLens, Math.max(...c.seqLens), FP8), "attention_decode fp8");
     const tol = c.dtype === F32 ? 1e-5 : c.dtype === BF16 ? 2 ** -8 : 2 ** -10;
     assertClose(decode(out, c.dtype), s.ref, `decode fp8 ${JSON.stringify(c0)}`, tol, tol);
   }

@@ -288,6 +288,44 @@ function cosSin(maxPos: number, rot: number): Float32Array {
   return cs;
 }
 
+/** msg_rope_store_kv on `both`'s buffers (qkv, pos, cs, slots, kc, vc, and qn, kn with
+ *  `norm`), the weights in the act dtype. */
+function ropeStore(
+  l: NativeLib,
+  b: Record<string, Deno.PointerValue>,
+  o: {
+    norm: boolean;
+    rot: number;
+    n: number;
+    hq: number;
+    hkv: number;
+    hd: number;
+    act: number;
+    kv: number;
+  },
+): number {
+  return l.sym.msg_rope_store_kv(
+    b.qkv,
+    b.pos,
+    o.norm ? b.qn : null,
+    o.norm ? b.kn : null,
+    1e-6,
+    b.cs,
+    o.rot,
+    b.slots,
+    b.kc,
+    b.vc,
+    o.n,
+    o.hq,
+    o.hkv,
+    o.hd,
+    o.act,
+    o.act,
+    o.kv,
+    null,
+  );
+}
+
 Deno.test({
   name: "cuda: rope_store_kv, compute_slots",
   ...ig,
@@ -301,27 +339,7 @@ Deno.test({
       const r = both(
         { qkv, pos, cs, slots, qn, kn, kc, vc },
         { qkv, kc, vc },
-        (l, b) =>
-          l.sym.msg_rope_store_kv(
-            b.qkv,
-            b.pos,
-            norm ? b.qn : null,
-            norm ? b.kn : null,
-            1e-6,
-            b.cs,
-            rot,
-            b.slots,
-            b.kc,
-            b.vc,
-            n,
-            hq,
-            hkv,
-            hd,
-            BF16,
-            BF16,
-            BF16,
-            null,
-          ),
+        (l, b) => ropeStore(l, b, { norm: norm, rot: rot, n, hq, hkv, hd, act: BF16, kv: BF16 }),
         "rope",
       );
       for (const k of ["qkv", "kc", "vc"]) {
@@ -384,26 +402,7 @@ Deno.test({
         { qkv, pos: new Int32Array(n), cs: new Float32Array(1), slots },
         { qkv, kc: new Uint8Array(n * hd), vc: new Uint8Array(n * hd) },
         (l, b) =>
-          l.sym.msg_rope_store_kv(
-            b.qkv,
-            b.pos,
-            null,
-            null,
-            1e-6,
-            b.cs,
-            0,
-            b.slots,
-            b.kc,
-            b.vc,
-            n,
-            hq,
-            hkv,
-            hd,
-            dtype,
-            dtype,
-            FP8_E4M3,
-            null,
-          ),
+          ropeStore(l, b, { norm: false, rot: 0, n, hq, hkv, hd, act: dtype, kv: FP8_E4M3 }),
         "rope fp8",
       );
       sameFp8(r.kc, `rope fp8 k, every pattern of dtype ${dtype}`);
@@ -422,26 +421,7 @@ Deno.test({
         { qkv, pos, cs, slots, qn, kn, kc, vc },
         { qkv, kc, vc },
         (l, b) =>
-          l.sym.msg_rope_store_kv(
-            b.qkv,
-            b.pos,
-            norm ? b.qn : null,
-            norm ? b.kn : null,
-            1e-6,
-            b.cs,
-            rot,
-            b.slots,
-            b.kc,
-            b.vc,
-            n,
-            hq,
-            hkv,
-            hd,
-            dtype,
-            dtype,
-            FP8_E4M3,
-            null,
-          ),
+          ropeStore(l, b, { norm: norm, rot: rot, n, hq, hkv, hd, act: dtype, kv: FP8_E4M3 }),
         "rope fp8 rotated",
       );
       const what = `rope fp8 hd=${hd} rot=${rot} norm=${norm} dtype=${dtype}`;
