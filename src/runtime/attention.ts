@@ -294,7 +294,7 @@ export class WidenedPages {
     dev: Device,
     dtype: DType,
     readonly pages: number,
-    readonly pageSize: number,
+    pageSize: number,
     hkv: number,
     headDim: number,
     stream: Handle,
