@@ -135,6 +135,14 @@ Deno.test("fp8 KV cache: near the float64 reference; decode, batches and split e
     const e = maxRelErr(step, full.subarray(p * V, (p + 1) * V), V);
     assert(e < 1e-3, `position ${p}: ${e}`);
   }
+  // A prompt whose first 16 tokens sit in row 1's pages (the prefill above): its suffix
+  // reads them widened.
+  const b = [...ids.slice(0, 16), ...randomIds(9, V, 12)];
+  const pages = [128, 129, 130, 131, 128 * 5 + 4, 128 * 5 + 5, 128 * 5 + 6];
+  const e = { ...entry(5, b.slice(16), 16), pageStart: 0, newPages: Int32Array.from(pages) };
+  const [suffix] = r.logitsOf({ id: 5, entries: [e] });
+  const [whole] = r.logitsOf({ id: 6, entries: [entry(6, b)] });
+  assert(maxRelErr(suffix, whole.subarray(16 * V), V) < 1e-3, "cached prefix");
   // Eight prompts together, through widened pages that hold one request at a time.
   const prompts = Array.from({ length: 8 }, (_, i) => randomIds(3 + 9 * i, V, 100 + i));
   const alone = prompts.map((p, i) => r.logitsOf({ id: 3, entries: [entry(i, p)] })[0]);
