@@ -93,8 +93,8 @@ function timeMs(body: () => void, stream: Handle = ops.stream): number {
   return t[t.length >> 1];
 }
 
-/** Random bf16 values (uniform in [-1, 1)), never zeros: zeros can run faster. */
-/** Values in (-1, 1): bf16, or e4m3 (sign, exponent 2^-7 .. 2^-1, mantissa) for fp8. */
+/** Random values, never zeros (zeros can run faster): bf16 uniform in [-1, 1), or for fp8
+ *  e4m3 bytes of a random sign, exponent field 1..7 (2^-6 .. 2^0) and mantissa. */
 function fillRandom(t: Tensor, seed: number) {
   const fp8 = t.dtype === DType.FP8_E4M3;
   const chunk = 1 << 22, buf = fp8 ? new Uint8Array(chunk) : new Uint16Array(chunk);
@@ -103,7 +103,7 @@ function fillRandom(t: Tensor, seed: number) {
   for (let i = 0; i < chunk; i++) {
     s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
     f[0] = s / 2147483648 - 1;
-    buf[i] = fp8 ? (s >>> 24 & 0x80) | ((s >>> 8) % 7) << 3 | (s >>> 16 & 7) : u[0] >>> 16;
+    buf[i] = fp8 ? (s >>> 24 & 0x80) | ((s >>> 8) % 7 + 1) << 3 | (s >>> 16 & 7) : u[0] >>> 16;
   }
   for (let off = 0; off < t.numel; off += chunk) {
     const n = Math.min(chunk, t.numel - off);

@@ -30,6 +30,7 @@ const { values: a } = parseArgs({
 });
 if (!a.model) throw new Error("--model is required");
 const P = Number(a.prompt), D = Number(a.decode), PAGE = 16;
+const kvCacheDtype = parseKvCacheDtype(a["kv-cache-dtype"]!);
 const cfg = await loadModelConfig(a.model);
 const runner = await ModelRunner.create(
   cfg,
@@ -39,7 +40,7 @@ const runner = await ModelRunner.create(
     maxRows: 4,
     maxPrefillLength: P,
     cudaGraphMaxBs: a.device === "cuda" ? 4 : 0,
-    kvCacheDtype: parseKvCacheDtype(a["kv-cache-dtype"]!),
+    kvCacheDtype,
   }),
   () => {},
 );
@@ -109,7 +110,7 @@ const record = {
   device_name: runner.info.deviceName,
   prompt_tokens: P,
   decode_steps: D,
-  kv_cache_dtype: parseKvCacheDtype(a["kv-cache-dtype"]!),
+  kv_cache_dtype: kvCacheDtype,
   max_rel_l2: hf.max_rel_l2,
   mean_rel_l2: hf.mean_rel_l2,
   argmax_agreement: hf.argmax_agreement,

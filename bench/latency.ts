@@ -75,7 +75,7 @@ const maxB = Math.max(...batches);
 // Rows prefilled together: at most ~16k tokens a batch (as a server's chunked prefill would).
 const prefillRows = Math.min(maxB, Math.max(1, Math.floor(16384 / P)));
 const kvCacheDtype = parseKvCacheDtype(a["kv-cache-dtype"]!);
-const mb = await modelBytes(a.model, kvCacheDtype === "fp8_e4m3" ? 1 : 2);
+const mb = await modelBytes(a.model, kvCacheDtype);
 const cfg = mb.cfg;
 const runner = await ModelRunner.create(
   cfg,

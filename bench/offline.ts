@@ -120,7 +120,7 @@ await engine.shutdown();
 // workload, over the copy bandwidth measured above (with tensor parallelism each of the tpSize
 // GPUs reads its share).
 const floor = workloadReadBytes(
-  await modelBytes(a.model, config.kvCacheDtype === "fp8_e4m3" ? 1 : 2),
+  await modelBytes(a.model, config.kvCacheDtype),
   items.map((w) => ({ input: w.promptIds.length, output: w.maxTokens })),
 );
 const floorS = (floor.kvBytes + floor.weightBytes) / (bw * config.tpSize);

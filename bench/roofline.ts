@@ -5,6 +5,7 @@
 import { loadModelConfig, type ModelConfig } from "../src/model/config.ts";
 import { SafetensorsFolder } from "../src/model/safetensors.ts";
 import { Device, DType, type Handle } from "../ffi/device.ts";
+import type { KvCacheDtype } from "../src/core/defaults.ts";
 
 const ELT = 2; // bf16 / fp16 weights (and KV cache unless fp8)
 
@@ -18,8 +19,8 @@ export interface ModelBytes {
   kvPerToken: number;
 }
 
-/** `kvElement`: bytes of a KV cache element (1 for an fp8 cache). */
-export async function modelBytes(dir: string, kvElement = ELT): Promise<ModelBytes> {
+/** The bytes of the model in `dir`, with its KV cache in `kv` (fp8: one byte an element). */
+export async function modelBytes(dir: string, kv: KvCacheDtype = "auto"): Promise<ModelBytes> {
   const cfg = await loadModelConfig(dir);
   const folder = await SafetensorsFolder.open(dir);
   let weightBytes = 0, embedBytes = 0;
@@ -27,6 +28,7 @@ export async function modelBytes(dir: string, kvElement = ELT): Promise<ModelByt
     weightBytes += t.byteLength;
     if (name.endsWith("embed_tokens.weight")) embedBytes = t.byteLength;
   }
+  const kvElement = kv === "fp8_e4m3" ? 1 : ELT;
   const kvPerToken = cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * kvElement;
   return { cfg, weightBytes, embedBytes, kvPerToken };
 }
