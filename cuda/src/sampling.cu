@@ -20,8 +20,9 @@
 //   draw    (rows)      top-p cut inside the bucket, then the chunk that holds u * Q, then an
 //                       ordered scan of that chunk.
 // Greedy = 1 pass (params NULL: only scan is launched; otherwise the other kernels exit at
-// once for greedy rows); temperature only = 2 passes over the logits; top-p = 3; small top-k = 2. A buffer that
-// overflows (huge ties) falls back to scanning the whole row in one block: slow, exact.
+// once for greedy rows); temperature only = 2 passes over the logits; top-p = 3; small
+// top-k = 2. A buffer that overflows (huge ties) falls back to scanning the whole row in one
+// block: slow, exact.
 // Weights use sample_exp (explicit fmaf), identical to cuda/cpu/sampling.cpp.
 #include <mutex>
 
