@@ -36,9 +36,18 @@
 //
 // fp8 cache (kv_dtype MSG_FP8_E4M3, template parameter KT = uint8_t): each of those loads
 // reads the same 8 dims as 8 e4m3 bytes (8-byte loads, same element offsets), kept as loaded
-// until the tile's math, where they are widened exactly (fp8.cuh) to the 16-byte vector of T
-// a 16-bit cache would have given; everything after is the same code. Splits and block counts
-// are planned in keys, as for 16-bit caches.
+// until the tile's math, where they are widened exactly (fp8.cuh) to f16, whatever T: the
+// mma inputs are then f16 (MmaT), q rounded to f16 once per block, P packed as f16. Widening
+// to f16 is one instruction a pair on sm_89+ (cvt.rn.f16x2.e4m3x2), to bf16 five: with bf16
+// the fp8 kernel issued 1.5x the instructions of the 16-bit one and, at 3 warps per
+// scheduler, stalled on them (ncu, H100, 2026-12-05, 256 ragged contexts: 48% of issue slots
+// busy, 0.69 of copy bandwidth). Its tiles as loaded take half the registers, so the grid
+// kernel runs 4 blocks per SM for fp8 (3 for 16-bit). Splits and block counts are planned in
+// keys, as for 16-bit caches. Of copy bandwidth (bench/attention.ts --kv-cache-dtype fp8_e4m3,
+// H100, page 1; bf16 widening, 3 blocks -> f16, 3 blocks -> f16, 4 blocks): bs1-ctx32k 0.55 ->
+// 0.59 -> 0.59, bs64-ctx1k 0.60 -> 0.66 -> 0.77, bs64-ctx8k 0.87 -> 0.90 -> 0.81 (balanced:
+// 0.91), bs256-ctx100-2k 0.69 -> 0.76 -> 0.82; qwen3-0.6b offline 23.0-23.5k -> 24.5k -> 25.5k
+// tok/s. (Loading two tiles per warp at once, the bf16 widening, lost: 0.67 at bs256.)
 //
 // Measured, 32 q / 8 kv heads, hd 128, bf16, page 1, of copy bandwidth (bench/attention.ts):
 // the grid kernel on an H200 (16 splits at batch 1), 2026-12-05: bs1-ctx32k 0.54, bs64-ctx1k
@@ -150,10 +159,29 @@ __device__ __forceinline__ Raw8<KT> ld_kv8(const KT* p) {
     return ld_stream(p);
   }
 }
-template <typename T>
+template <typename E>
 __device__ __forceinline__ uint4 vec8(const uint4& v) { return v; }
-template <typename T>
-__device__ __forceinline__ uint4 vec8(const uint2& v) { return msg::e4m3x8_to<T>(v); }
+template <typename E>
+__device__ __forceinline__ uint4 vec8(const uint2& v) { return msg::e4m3x8_to<E>(v); }
+
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+
+// The element type of the mma inputs: T, or f16 for an fp8 cache (top of the file). q is
+// rounded to f16 saturating (|q| > 65504 is clamped; below 2^-14 it keeps fewer bits); P in
+// [0, 1] as f16 is finer than as bf16.
+template <typename T, typename KT>
+using MmaT = typename std::conditional<sizeof(KT) == 1, __half, T>::type;
+/** Two values of T (a packed pair) as two values of E. */
+template <typename E, typename T>
+__device__ __forceinline__ uint32_t pair_as(uint32_t x) {
+  if constexpr (std::is_same<E, T>::value) {
+    return x;
+  } else {
+    auto sat = [](float v) { return isnan(v) ? v : fminf(fmaxf(v, -65504.f), 65504.f); };
+    return pack2<E>(sat(msg::to_f(reinterpret_cast<const T*>(&x)[0])),
+                    sat(msg::to_f(reinterpret_cast<const T*>(&x)[1])));
+  }
+}
 template <typename R>
 __device__ __forceinline__ R zero8() {
   R z;
@@ -165,7 +193,6 @@ __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
 template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
@@ -244,6 +271,7 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
                                        int h0, int nh, int start, int end, int* sk, int* sv,
                                        bool whole, size_t pidx, bool pf = PF) {
   constexpr int KC = D / 32, VC = D / 64, MT = D / 16, HPB = 8 * NT;
+  using E = MmaT<T, KT>;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, r = lane >> 2, t = lane & 3;
   float acc[MT][NT][4];
   float m[NT], l[NT];
@@ -270,10 +298,10 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
     for (int c = 0; c < KC; c++) {
       uint4 v = r + 8 * rb < nh ? *reinterpret_cast<const uint4*>(qrow + 32 * c + 8 * t)
                                 : make_uint4(0, 0, 0, 0);
-      qa[rb][2 * c][0] = v.x;
-      qa[rb][2 * c][1] = v.y;
-      qa[rb][2 * c + 1][0] = v.z;
-      qa[rb][2 * c + 1][1] = v.w;
+      qa[rb][2 * c][0] = pair_as<E, T>(v.x);
+      qa[rb][2 * c][1] = pair_as<E, T>(v.y);
+      qa[rb][2 * c + 1][0] = pair_as<E, T>(v.z);
+      qa[rb][2 * c + 1][1] = pair_as<E, T>(v.w);
     }
   }
 
@@ -304,9 +332,9 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
       for (int e = 0; e < 4; e++) s[j][e] = 0.f;
 #pragma unroll
       for (int ks = 0; ks < MT; ks++) {
-        const uint4 kv = vec8<T>(kr[j][ks / 2]);
+        const uint4 kv = vec8<E>(kr[j][ks / 2]);
         uint32_t b0 = word(kv, 2 * (ks & 1)), b1 = word(kv, 2 * (ks & 1) + 1);
-        mma<T>(s[j], qa[0][ks][0], NT > 1 ? qa[NT - 1][ks][0] : 0u, qa[0][ks][1],
+        mma<E>(s[j], qa[0][ks][0], NT > 1 ? qa[NT - 1][ks][0] : 0u, qa[0][ks][1],
                NT > 1 ? qa[NT - 1][ks][1] : 0u, b0, b1);
       }
     }
@@ -337,8 +365,8 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
         }
       l[rb] = l[rb] * corr + sum;
       m[rb] = mnew;
-      pb[rb][0] = pack2<T>(p[0][0], p[0][1]);
-      pb[rb][1] = pack2<T>(p[1][0], p[1][1]);
+      pb[rb][0] = pack2<E>(p[0][0], p[0][1]);
+      pb[rb][1] = pack2<E>(p[1][0], p[1][1]);
       // acc columns are heads 2t, 2t+1 of this row block: their factors live in lanes 8t, 8t+4.
       float c0 = __shfl_sync(0xffffffffu, corr, 8 * t);
       float c1 = __shfl_sync(0xffffffffu, corr, 8 * t + 4);
@@ -353,8 +381,8 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
     // O^T += V^T P^T.
 #pragma unroll
     for (int c = 0; c < VC; c++) {
-      const uint4 v0 = vec8<T>(vr[0][c]), v1 = vec8<T>(vr[1][c]);
-      const uint4 v2 = vec8<T>(vr[2][c]), v3 = vec8<T>(vr[3][c]);
+      const uint4 v0 = vec8<E>(vr[0][c]), v1 = vec8<E>(vr[1][c]);
+      const uint4 v2 = vec8<E>(vr[2][c]), v3 = vec8<E>(vr[3][c]);
 #pragma unroll
       for (int w = 0; w < 4; w++) {
         const int i = 4 * c + w;
@@ -362,7 +390,7 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
         uint32_t a0 = __byte_perm(x0, x1, 0x5410), a1 = __byte_perm(x0, x1, 0x7632);
         uint32_t a2 = __byte_perm(x2, x3, 0x5410), a3 = __byte_perm(x2, x3, 0x7632);
 #pragma unroll
-        for (int rb = 0; rb < NT; rb++) mma<T>(acc[i][rb], a0, a1, a2, a3, pb[rb][0], pb[rb][1]);
+        for (int rb = 0; rb < NT; rb++) mma<E>(acc[i][rb], a0, a1, a2, a3, pb[rb][0], pb[rb][1]);
       }
     }
   };
@@ -537,9 +565,10 @@ __device__ __forceinline__ void group_heads(const Params& a, int y, int* kvh, in
 }
 
 // The grid kernel: block (split, y, b). PF: two tiles per warp in flight (attend), at two
-// blocks per SM.
+// blocks per SM; otherwise 3 (4 for fp8 caches) at head_dim <= 128 and one row block.
 template <typename T, typename KT, int D, int NT, bool PF>
-__global__ void __launch_bounds__(kThreads, PF ? 2 : D >= 256 ? 1 : (NT == 1 ? 3 : 2))
+__global__ void __launch_bounds__(kThreads,
+                                  PF ? 2 : D >= 256 ? 1 : (NT == 1 ? (sizeof(KT) == 1 ? 4 : 3) : 2))
     decode_grid_kernel(Params a) {
   // Launched with programmatic dependent launch (pdl.cuh): resident while the kernel before it
   // (rope + KV store) finishes. Before the wait it reads only what kernels at least two back
