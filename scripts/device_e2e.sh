@@ -22,7 +22,7 @@
 #   serving     qwen3-0.6b server: 128 prompts at once, then Poisson 8/16/32 req/s [~1 min]
 #   ablations   overlap, CUDA graphs, page size, radix vs naive: qwen3-0.6b        [~1.5 min]
 #   fp8         the fp8 KV cache: decode kernel, fidelity, latency, offline, both models
-#               (not in the default; never run yet)                               [~4 min]
+#               (not in the default)                                              [~4 min]
 #   structured  JSON-schema vs free decoding at batch 1 and 64 (bench/structured.ts), then the
 #               Python openai client's checks where python3 has it                 [~2 min]
 #   cpu-fidelity  tiny models on the CPU backend vs transformers (not in the default)
