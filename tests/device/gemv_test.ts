@@ -190,6 +190,115 @@ Deno.test({
     }),
 });
 
+/** One residual add + RMSNorm + projection on `lib`: fused (msg_gemv_rmsnorm) or as the calls
+ *  it stands for (msg_add_rmsnorm, then msg_gemm or msg_gemm_silu). Returns the output and
+ *  the new residual (outputs start as NaN). */
+function normProjectOn(
+  lib: NativeLib,
+  fused: boolean,
+  c: { M: number; N: number; K: number; dt: number; gated: boolean; bias: boolean },
+  x: { x: Uint16Array; res: Float32Array; gamma: Uint16Array; w: Uint16Array; b: Uint16Array },
+) {
+  const { M, N, K, dt } = c, s = lib.sym, eps = 1e-6;
+  const xb = Buf.of(lib, x.x), rin = Buf.of(lib, x.res), g = Buf.of(lib, x.gamma);
+  const w = Buf.of(lib, x.w), b = Buf.of(lib, x.b);
+  const rout = new Buf(lib, M * K * 4), o = new Buf(lib, M * N * 2);
+  const h = new Buf(lib, M * K * 2), gu = new Buf(lib, M * 2 * N * 2);
+  lib.check(s.msg_memset(o.p, 0xff, BigInt(M * N * 2), null), "poison");
+  lib.check(s.msg_memset(rout.p, 0xff, BigInt(M * K * 4), null), "poison");
+  const bias = c.bias ? b.p : null;
+  if (fused) {
+    lib.check(
+      s.msg_gemv_rmsnorm(
+        o.p,
+        rout.p,
+        rin.p,
+        xb.p,
+        g.p,
+        eps,
+        w.p,
+        bias,
+        M,
+        N,
+        K,
+        c.gated ? 1 : 0,
+        dt,
+        dt,
+        F32,
+        null,
+      ),
+      "gemv_rmsnorm",
+    );
+  } else {
+    lib.check(s.msg_memcpy_d2d(rout.p, rin.p, BigInt(M * K * 4), null), "copy");
+    lib.check(
+      s.msg_add_rmsnorm(h.p, rout.p, xb.p, g.p, M, K, eps, dt, F32, dt, null),
+      "add_rmsnorm",
+    );
+    if (c.gated) {
+      lib.check(s.msg_gemm_silu(o.p, gu.p, h.p, dt, w.p, dt, M, N, K, null), "gemm_silu");
+    } else lib.check(s.msg_gemm(o.p, dt, h.p, dt, w.p, dt, bias, M, N, K, null), "gemm");
+  }
+  const out = toF32(o.read(new Uint16Array(M * N)), dt), res = rout.read(new Float32Array(M * K));
+  [xb, rin, g, w, b, rout, o, h, gu].forEach((d) => d.free());
+  return { out, res };
+}
+
+Deno.test({
+  name: "cuda gemv: gemv_rmsnorm has the bits of add_rmsnorm + gemm/gemm_silu, and the CPU twin's",
+  ...ig,
+  fn: () =>
+    withMaxM(8, () => {
+      const cases = [];
+      for (const M of [1, 2, 3, 4]) {
+        for (const gated of [false, true]) {
+          cases.push({ M, N: 1000, K: 1024, dt: BF16, gated, bias: !gated && M % 2 === 1 });
+          cases.push({ M, N: 259, K: 4096, dt: F16, gated, bias: !gated });
+        }
+      }
+      cases.push({ M: 1, N: 64, K: 3072, dt: BF16, gated: false, bias: false }); // split-K
+      cases.push({ M: 4, N: 3, K: 2048, dt: BF16, gated: true, bias: false }); // one block
+      for (const c of cases) {
+        const what = `gemv_rmsnorm M=${c.M} N=${c.N} K=${c.K} dt=${c.dt} gated=${c.gated} ` +
+          `bias=${c.bias}`;
+        const x = {
+          x: rand16(c.M * c.K, c.dt),
+          res: randn(c.M * c.K, 2),
+          gamma: rand16(c.K, c.dt, 0.5),
+          w: rand16((c.gated ? 2 : 1) * c.N * c.K, c.dt, 0.05),
+          b: rand16(c.N, c.dt),
+        };
+        const got = normProjectOn(gpu, true, c, x);
+        const two = normProjectOn(gpu, false, c, x);
+        assert.deepEqual(got.res, two.res, `${what}: residual differs from add_rmsnorm's`);
+        assert.deepEqual(got.out, two.out, `${what}: output differs from the two calls'`);
+        const ref = normProjectOn(cpu, true, c, x);
+        assert.deepEqual(got.res, ref.res, `${what}: residual differs from the CPU twin's`);
+        const tol = c.dt === F16 ? 3e-3 : 1.5e-2;
+        const err = relErr(ref.out, got.out, what);
+        assert.ok(err <= tol, `${what}: relative L2 error ${err.toExponential(3)} > ${tol}`);
+      }
+      // What it takes: M up to 4 where M K values fit 48 KB, K a multiple of 8, fp32 residual.
+      if (!self) {
+        const mm = gpu.sym.msg_gemv_rmsnorm_max_m;
+        assert.equal(mm(1024, BF16, BF16, F32), 4);
+        assert.equal(mm(8192, BF16, BF16, F32), 3);
+        assert.equal(mm(1003, BF16, BF16, F32), 0);
+        assert.equal(mm(1024, BF16, BF16, BF16), 0);
+        assert.equal(withMaxM(2, () => mm(1024, F16, F16, F32)), 2);
+        const c = { M: 5, N: 8, K: 64, dt: BF16, gated: false, bias: false };
+        const x = {
+          x: rand16(5 * 64, BF16),
+          res: randn(5 * 64),
+          gamma: rand16(64, BF16),
+          w: rand16(8 * 64, BF16),
+          b: rand16(8, BF16),
+        };
+        assert.throws(() => normProjectOn(gpu, true, c, x), /not taken/);
+      }
+    }),
+});
+
 /** Stream, events and graph helpers of the CUDA library. */
 function gpuTools() {
   const s = gpu.sym, chk = gpu.check.bind(gpu), h = new BigUint64Array(4);
