@@ -61,8 +61,6 @@ export const symbols = {
   msg_gemm: { parameters: [P, I, P, I, P, I, P, I, I, I, P], result: I },
   msg_gemm_silu: { parameters: [P, P, P, I, P, I, I, I, I, P], result: I },
   msg_gemv_max_m: { parameters: [I], result: I },
-  msg_gemv_rmsnorm: { parameters: [P, P, P, P, P, F, P, P, I, I, I, I, I, I, I, P], result: I },
-  msg_gemv_rmsnorm_max_m: { parameters: [I, I, I, I], result: I },
   msg_rope_store_kv: {
     parameters: [P, P, P, P, F, P, I, P, P, P, I, I, I, I, I, I, I, P],
     result: I,

@@ -132,51 +132,6 @@ export class Ops {
     );
   }
 
-  /** The residual add, RMSNorm and projection of a decode batch in one call
-   *  (msg_gemv_rmsnorm): resOut = x + resIn, h = rmsnorm(resOut) * gamma, out = h @ w^T
-   *  (+ bias), or, gated, silu(h @ w[:N]^T) * (h @ w[N:]^T) for w [2N, K]. Only for M up to
-   *  gemvRmsnormMaxM. */
-  gemvRmsnorm(
-    out: Tensor,
-    resOut: Tensor,
-    resIn: Tensor,
-    x: Tensor,
-    gamma: Tensor,
-    eps: number,
-    w: Tensor,
-    bias: Tensor | null,
-    M: number,
-    gated: boolean,
-  ): void {
-    const [rows, K] = w.shape, N = gated ? rows / 2 : rows;
-    this.dev.check(
-      this.s.msg_gemv_rmsnorm(
-        out.ptr,
-        resOut.ptr,
-        resIn.ptr,
-        x.ptr,
-        gamma.ptr,
-        eps,
-        w.ptr,
-        ptr(bias),
-        M,
-        N,
-        K,
-        gated ? 1 : 0,
-        x.dtype,
-        w.dtype,
-        resIn.dtype,
-        this.stream,
-      ),
-      `gemv_rmsnorm ${M}x${rows}x${K}`,
-    );
-  }
-
-  /** The largest M gemvRmsnorm takes for this K and these dtypes (0: none). */
-  gemvRmsnormMaxM(K: number, dtype: DType, wDtype: DType, resDtype: DType): number {
-    return this.s.msg_gemv_rmsnorm_max_m(K, dtype, wDtype, resDtype);
-  }
-
   ropeStoreKv(
     qkv: Tensor,
     positions: Tensor,

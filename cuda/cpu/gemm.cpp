@@ -272,37 +272,3 @@ extern "C" int msg_gemm_silu(void* out, void*, const void* a, int a_dtype, const
   return 0;
   MSG_CATCH
 }
-
-// The residual add + RMSNorm + projection of msg_gemv_rmsnorm: on the CPU it is the three
-// calls it stands for (res_out takes res_in, msg_add_rmsnorm adds x into it and writes h), so
-// it gives their bits. It takes M up to 4, the CUDA default, and fp32 activations too, so that
-// the model's decode path runs it here as well.
-extern "C" int msg_gemv_rmsnorm_max_m(int K, int dtype, int w_dtype, int res_dtype) {
-  const bool ok = K > 0 && is_float_dtype(dtype) && is_float_dtype(w_dtype) &&
-                  (res_dtype == dtype || res_dtype == MSG_F32);
-  return ok ? 4 : 0;
-}
-
-extern "C" int msg_gemv_rmsnorm(void* out, void* res_out, const void* res_in, const void* x,
-                                const void* gamma, float eps, const void* w, const void* bias,
-                                int M, int N, int K, int gated, int dtype, int w_dtype,
-                                int res_dtype, void* stream) {
-  MSG_REQUIRE(M >= 1 && M <= msg_gemv_rmsnorm_max_m(K, dtype, w_dtype, res_dtype) && N > 0,
-              "msg_gemv_rmsnorm: M=%d N=%d K=%d (%s, residual %s) not taken", M, N, K,
-              dtype_name(dtype), dtype_name(res_dtype));
-  MSG_REQUIRE(out && res_out && res_in && x && gamma && w && !(gated && bias),
-              "msg_gemv_rmsnorm: NULL pointer or a gated call with a bias");
-  const size_t rb = (size_t)M * K * dtype_size(res_dtype);
-  MSG_REQUIRE((const char*)res_out + rb <= (const char*)res_in ||
-                  (const char*)res_in + rb <= (const char*)res_out,
-              "msg_gemv_rmsnorm: res_in and res_out overlap");
-  MSG_TRY
-  std::memcpy(res_out, res_in, rb);
-  std::vector<char> h((size_t)M * K * dtype_size(dtype));
-  int rc = msg_add_rmsnorm(h.data(), res_out, x, gamma, M, K, eps, dtype, res_dtype, w_dtype,
-                           stream);
-  if (rc) return rc;
-  return gated ? msg_gemm_silu(out, nullptr, h.data(), dtype, w, w_dtype, M, N, K, stream)
-               : msg_gemm(out, dtype, h.data(), dtype, w, w_dtype, bias, M, N, K, stream);
-  MSG_CATCH
-}

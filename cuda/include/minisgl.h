@@ -156,28 +156,6 @@ MSG_API int msg_gemm_silu(void* out, void* gate_up, const void* a, int a_dtype, 
  *  CPU backend has one GEMM path and returns 0. */
 MSG_API int msg_gemv_max_m(int m);
 
-/** A decode-sized projection with the residual add and RMSNorm before it fused in:
- *    s = x + res_in (rounded to res_dtype, as msg_add_rmsnorm does), res_out = s,
- *    h = s / sqrt(mean(s^2) + eps) * gamma (rounded to dtype),
- *    gated = 0: out[M, N] = h @ w[N, K]^T (+ bias[N]),
- *    gated = 1: out[M, N] = silu(h @ w[:N]^T) * (h @ w[N:]^T) for w [2N, K] (bias NULL).
- *  x and out: dtype (bf16 or f16; the CPU backend also takes f32); gamma [K], w, bias: w_dtype
- *  (CUDA: = dtype); res_in, res_out [M, K]: res_dtype (dtype or f32), two buffers that do not
- *  overlap. The same bits as msg_add_rmsnorm then
- *  msg_gemm / msg_gemm_silu on the same backend (without their h and gate_up). CUDA runs it
- *  as the GEMV kernels with every block recomputing the norm of the M rows (K <= 4 K of
- *  them are re-read from L2) in place of a norm kernel of its own; only for M <= what
- *  msg_gemv_rmsnorm_max_m returns. */
-MSG_API int msg_gemv_rmsnorm(void* out, void* res_out, const void* res_in, const void* x,
-                             const void* gamma, float eps, const void* w, const void* bias,
-                             int M, int N, int K, int gated, int dtype, int w_dtype,
-                             int res_dtype, void* stream);
-
-/** The largest M that msg_gemv_rmsnorm takes for this K and these dtypes (0: none). CUDA:
- *  min(msg_gemv_max_m, 4) where M K 16-bit values fit 48 KB of shared memory, K a multiple
- *  of 8, an f32 residual; MINISGL_GEMV_NORM=0 turns it off. The CPU backend: 4. */
-MSG_API int msg_gemv_rmsnorm_max_m(int K, int dtype, int w_dtype, int res_dtype);
-
 /* ---------------------------------------------------------------- rotary + KV store */
 
 /** Rotary embedding (neox style: rotate halves) and KV-cache store for n tokens.

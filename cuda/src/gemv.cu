@@ -33,12 +33,10 @@
 // msg_gemv_max_m() (a tuning knob of the ABI, also used by the tests) moves the threshold within
 // 0..8; 0 sends everything to cuBLASLt.
 #include <stdlib.h>
-#include <string.h>
 
 #include <atomic>
 
 #include "common.cuh"
-#include "pack.cuh"
 #include "pdl.cuh"
 
 namespace {
@@ -100,9 +98,8 @@ __device__ __forceinline__ void widen8<__half>(const uint4& v, float* f) {
   }
 }
 
-// One 8-value step: acc[m][r][p] += x[m, 8v..8v+8) . w[r][8v..8v+8); x in global memory
-// (read-only cache) or, SH, in shared memory.
-template <typename T, int M, int R, int P, bool SH = false>
+// One 8-value step: acc[m][r][p] += x[m, 8v..8v+8) . w[r][8v..8v+8).
+template <typename T, int M, int R, int P>
 __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq)[R],
                                          const uint4* __restrict__ xv, size_t v, int K8) {
   float wf[R][8];
@@ -111,7 +108,7 @@ __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq
 #pragma unroll
   for (int m = 0; m < M; m++) {
     float xf[8];
-    widen8<T>(SH ? xv[(size_t)m * K8 + v] : __ldg(xv + (size_t)m * K8 + v), xf);
+    widen8<T>(__ldg(xv + (size_t)m * K8 + v), xf);
 #pragma unroll
     for (int r = 0; r < R; r++) {
 #pragma unroll
@@ -120,55 +117,13 @@ __device__ __forceinline__ void fma_step(float (&acc)[M][R][P], const uint4 (&wq
   }
 }
 
-// NORM (msg_gemv_rmsnorm): the M rows of h = rmsnorm(x + res_in) * gamma into xs (shared
-// memory, T), res_out = x + res_in written by block 0 only. The arithmetic of norm.cu's packed
-// kernel, thread for thread (256 threads, the same strides and block_sum), so h has the bits
-// msg_add_rmsnorm would have written.
-template <typename T, typename TR, int M>
-__device__ __forceinline__ void norm_rows(T* xs, const T* x, const TR* res_in, TR* res_out,
-                                          const T* gamma, float eps, int K, float* sh) {
-  constexpr int V = msg::Pack<T>::N;
-  auto sum_at = [&](float* a, int m, int i) {
-    float b[V];
-    msg::load_v<V>(a, x + (size_t)m * K + i);
-    msg::load_v<V>(b, res_in + (size_t)m * K + i);
-#pragma unroll
-    for (int k = 0; k < V; k++) a[k] = msg::to_f(msg::from_f<TR>(a[k] + b[k]));
-  };
-#pragma unroll 1
-  for (int m = 0; m < M; m++) {
-    float ss = 0.f;
-    for (int i = threadIdx.x * V; i < K; i += blockDim.x * V) {
-      float a[V];
-      sum_at(a, m, i);
-      if (blockIdx.x == 0) msg::store_v<V>(res_out + (size_t)m * K + i, a);
-#pragma unroll
-      for (int k = 0; k < V; k++) ss += a[k] * a[k];
-    }
-    ss = msg::block_sum(ss, sh);
-    const float inv = rsqrtf(ss / (float)K + eps);
-    for (int i = threadIdx.x * V; i < K; i += blockDim.x * V) {
-      float a[V];
-      sum_at(a, m, i);
-#pragma unroll
-      for (int k = 0; k < V; k++) a[k] = a[k] * inv * msg::to_f(gamma[i + k]);
-      msg::store_pack(xs + (size_t)m * K + i, a);
-    }
-  }
-  __syncthreads();
-}
-
 // GATED: w is [2N, K] (N gate rows, then N up rows) and out[m, j] = silu(g) * u of output
 // column j's gate row j and up row N + j: a group's R rows are R/2 gate rows and the R/2 up
 // rows of the same columns, so the product is formed in fp32 in the epilogue (no bias).
-// NORM: x is the layer output added into the residual and normed first (norm_rows; dynamic
-// shared memory of M K values of T holds h).
-template <typename T, typename TO, int M, int R, int U, bool GATED, bool NORM = false>
+template <typename T, typename TO, int M, int R, int U, bool GATED>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_vec_kernel(TO* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
-                    const T* __restrict__ bias, int N, int K, int wk, int pf_blocks,
-                    const float* __restrict__ res_in, float* __restrict__ res_out,
-                    const T* __restrict__ gamma, float eps) {
+                    const T* __restrict__ bias, int N, int K, int wk, int pf_blocks) {
   constexpr int P = M * R >= 4 ? 1 : 4 / (M * R);  // independent accumulators per output
   constexpr int C = GATED ? R / 2 : R;              // output columns per group
   static_assert(!GATED || R % 2 == 0, "a gated group pairs gate and up rows");
@@ -210,55 +165,26 @@ __global__ void __launch_bounds__(kWarps * 32)
       for (int p = 0; p < P; p++) acc[m][r][p] = 0.f;
 
   int v = kw * 32 + lane;
-  if constexpr (NORM) {
-    // The first step's weight loads are issued before the norm, whose L2 reads and block
-    // reductions then run under their latency; same steps, same order as below.
-    extern __shared__ uint4 xs[];
-    __shared__ float sh[33];
+  for (; v + (U - 1) * stride < K8; v += U * stride) {
     uint4 wq[U][R];
-    auto load = [&]() {
 #pragma unroll
-      for (int u = 0; u < U; u++)
+    for (int u = 0; u < U; u++)
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-          wq[u][r] = v + u * stride < K8 ? ld_weight(wr[r] + v + u * stride)
-                                         : make_uint4(0, 0, 0, 0);
-        }
-    };
-    load();
-    norm_rows<T, float, M>(reinterpret_cast<T*>(xs), x, res_in, res_out, gamma, eps, K, sh);
-    for (;;) {
+      for (int r = 0; r < R; r++) wq[u][r] = ld_weight(wr[r] + v + u * stride);
 #pragma unroll
-      for (int u = 0; u < U; u++) {
-        if (v + u * stride < K8) fma_step<T, M, R, P, true>(acc, wq[u], xs, v + u * stride, K8);
+    for (int u = 0; u < U; u++) fma_step<T, M, R, P>(acc, wq[u], xv, v + u * stride, K8);
+  }
+  if (v < K8) {  // fewer than U vectors left per lane: one predicated step, loads still batched
+    uint4 wq[U][R];
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        wq[u][r] = v + u * stride < K8 ? ld_weight(wr[r] + v + u * stride) : make_uint4(0, 0, 0, 0);
       }
-      v += U * stride;
-      if (v >= K8) break;
-      load();
-    }
-  } else {
-    for (; v + (U - 1) * stride < K8; v += U * stride) {
-      uint4 wq[U][R];
 #pragma unroll
-      for (int u = 0; u < U; u++)
-#pragma unroll
-        for (int r = 0; r < R; r++) wq[u][r] = ld_weight(wr[r] + v + u * stride);
-#pragma unroll
-      for (int u = 0; u < U; u++) fma_step<T, M, R, P>(acc, wq[u], xv, v + u * stride, K8);
-    }
-    if (v < K8) {  // fewer than U vectors left per lane: one predicated step, loads still batched
-      uint4 wq[U][R];
-#pragma unroll
-      for (int u = 0; u < U; u++)
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-          wq[u][r] = v + u * stride < K8 ? ld_weight(wr[r] + v + u * stride)
-                                         : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-      for (int u = 0; u < U; u++) {
-        if (v + u * stride < K8) fma_step<T, M, R, P>(acc, wq[u], xv, v + u * stride, K8);
-      }
+    for (int u = 0; u < U; u++) {
+      if (v + u * stride < K8) fma_step<T, M, R, P>(acc, wq[u], xv, v + u * stride, K8);
     }
   }
 
@@ -321,18 +247,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// The residual add + norm of msg_gemv_rmsnorm (NORM kernels): res_in/res_out (fp32), gamma.
-struct NormArgs {
-  const float* res_in = nullptr;
-  float* res_out = nullptr;
-  const void* gamma = nullptr;
-  float eps = 0.f;
-};
-
 // N: output columns (for GATED, w has 2N rows).
-template <typename T, typename TO, int M, bool GATED, bool NORM = false>
-int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cudaStream_t st,
-               const NormArgs& na = NormArgs()) {
+template <typename T, typename TO, int M, bool GATED>
+int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cudaStream_t st) {
   constexpr int R = M == 1 ? (GATED ? 2 : 1) : M == 2 ? 2 : 4;
   constexpr int U = 8 / R;
   constexpr int C = GATED ? R / 2 : R;
@@ -351,10 +268,8 @@ int launch_vec(TO* out, const T* x, const T* w, const T* bias, int N, int K, cud
   if (msg::pdl_enabled()) {
     pf_blocks = bytes <= kPrefetchBytes ? (int)blocks : (int)(blocks * kPrefetchBytes / bytes);
   }
-  const size_t smem = NORM ? (size_t)M * K * sizeof(T) : 0;
-  MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U, GATED, NORM>, dim3(blocks),
-                           dim3(kWarps * 32), smem, st, out, x, w, bias, N, K, wk, pf_blocks,
-                           na.res_in, na.res_out, (const T*)na.gamma, na.eps));
+  MSG_CUDA(msg::launch_pdl(gemv_vec_kernel<T, TO, M, R, U, GATED>, dim3(blocks),
+                           dim3(kWarps * 32), 0, st, out, x, w, bias, N, K, wk, pf_blocks));
   return 0;
 }
 
@@ -384,34 +299,6 @@ int launch(void* out, const void* a, const void* w, const void* bias, int M, int
     return 0;
   }
   return launch_m<T, TO, false>(o, x, wt, b, M, N, K, st);
-}
-
-// msg_gemv_rmsnorm's M K values of h in shared memory stay within the default 48 KB.
-constexpr size_t kNormSmem = 48u << 10;
-constexpr int kNormMaxM = 4;
-
-int gemv_rmsnorm_max_m(int K, int dtype, int w_dtype, int res_dtype) {
-  static const bool off = [] {
-    const char* e = getenv("MINISGL_GEMV_NORM");
-    return e && strcmp(e, "0") == 0;
-  }();
-  if (off || K <= 0 || K % 8 != 0 || res_dtype != MSG_F32) return 0;
-  if ((dtype != MSG_BF16 && dtype != MSG_F16) || w_dtype != dtype) return 0;
-  int m = gemv_max_m() < kNormMaxM ? gemv_max_m() : kNormMaxM;
-  while (m > 0 && (size_t)m * K * 2 > kNormSmem) m--;
-  return m;
-}
-
-template <typename T, bool GATED>
-int launch_norm(T* out, const T* x, const T* w, const T* bias, int M, int N, int K,
-                const NormArgs& na, cudaStream_t st) {
-  switch (M) {
-    case 1: return launch_vec<T, T, 1, GATED, true>(out, x, w, bias, N, K, st, na);
-    case 2: return launch_vec<T, T, 2, GATED, true>(out, x, w, bias, N, K, st, na);
-    case 3: return launch_vec<T, T, 3, GATED, true>(out, x, w, bias, N, K, st, na);
-    case 4: return launch_vec<T, T, 4, GATED, true>(out, x, w, bias, N, K, st, na);
-    default: return msg::fail(msg::ERR_INTERNAL, "gemv_rmsnorm: M=%d out of range", M);
-  }
 }
 
 }  // namespace
@@ -458,38 +345,4 @@ extern "C" MSG_API int msg_gemv_max_m(int m) {
   int prev = gemv_max_m();
   if (m >= 0) g_max_m.store(m > kMaxM ? kMaxM : m, std::memory_order_relaxed);
   return prev;
-}
-
-extern "C" MSG_API int msg_gemv_rmsnorm_max_m(int K, int dtype, int w_dtype, int res_dtype) {
-  return gemv_rmsnorm_max_m(K, dtype, w_dtype, res_dtype);
-}
-
-extern "C" MSG_API int msg_gemv_rmsnorm(void* out, void* res_out, const void* res_in,
-                                        const void* x, const void* gamma, float eps,
-                                        const void* w, const void* bias, int M, int N, int K,
-                                        int gated, int dtype, int w_dtype, int res_dtype,
-                                        void* stream) {
-  MSG_REQUIRE(M >= 1 && M <= gemv_rmsnorm_max_m(K, dtype, w_dtype, res_dtype) && N > 0,
-              "msg_gemv_rmsnorm: M=%d N=%d K=%d (%s, residual %s) not taken", M, N, K,
-              msg::dtype_name(dtype), msg::dtype_name(res_dtype));
-  MSG_REQUIRE(out && res_out && res_in && x && gamma && w && !(gated && bias),
-              "msg_gemv_rmsnorm: NULL pointer or a gated call with a bias");
-  MSG_REQUIRE(msg::aligned16_ptr(x) && msg::aligned16_ptr(w) && msg::aligned16_ptr(res_in) &&
-                  msg::aligned16_ptr(res_out) && msg::aligned16_ptr(gamma),
-              "msg_gemv_rmsnorm: pointers must be 16-byte aligned");
-  const size_t rb = (size_t)M * K * sizeof(float);
-  MSG_REQUIRE((const char*)res_out + rb <= (const char*)res_in ||
-                  (const char*)res_in + rb <= (const char*)res_out,
-              "msg_gemv_rmsnorm: res_in and res_out overlap");
-  NormArgs na;
-  na.res_in = (const float*)res_in;
-  na.res_out = (float*)res_out;
-  na.gamma = gamma;
-  na.eps = eps;
-  cudaStream_t st = msg::as_stream(stream);
-  return MSG_DISPATCH_HALF(dtype, T,
-    return gated ? launch_norm<T, true>((T*)out, (const T*)x, (const T*)w, nullptr, M, N, K,
-                                        na, st)
-                 : launch_norm<T, false>((T*)out, (const T*)x, (const T*)w, (const T*)bias, M,
-                                         N, K, na, st););
 }

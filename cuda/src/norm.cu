@@ -13,8 +13,30 @@
 namespace {
 
 using msg::Pack;
-using msg::load_v;
-using msg::store_v;
+
+/** V consecutive values of T as floats: 16-byte packs when V fills whole packs. */
+template <int V, typename T>
+__device__ __forceinline__ void load_v(float* dst, const T* src) {
+  constexpr int P = Pack<T>::N;
+  if constexpr (V % P == 0) {
+#pragma unroll
+    for (int j = 0; j < V; j += P) msg::load_pack(dst + j, src + j);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; j++) dst[j] = msg::to_f(src[j]);
+  }
+}
+template <int V, typename T>
+__device__ __forceinline__ void store_v(T* dst, const float* src) {
+  constexpr int P = Pack<T>::N;
+  if constexpr (V % P == 0) {
+#pragma unroll
+    for (int j = 0; j < V; j += P) msg::store_pack(dst + j, src + j);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; j++) dst[j] = msg::from_f<T>(src[j]);
+  }
+}
 
 template <typename T, typename TR, typename TW, bool ADD, bool PACKED>
 __global__ void rmsnorm_kernel(T* out, TR* res, const T* x, const TW* w, int hidden, float eps) {

@@ -29,28 +29,4 @@ __device__ __forceinline__ void store_pack(T* dst, const float* src) {
   *reinterpret_cast<Pack<T>*>(dst) = p;
 }
 
-/** V consecutive values of T as floats: 16-byte packs when V fills whole packs. */
-template <int V, typename T>
-__device__ __forceinline__ void load_v(float* dst, const T* src) {
-  constexpr int P = Pack<T>::N;
-  if constexpr (V % P == 0) {
-#pragma unroll
-    for (int j = 0; j < V; j += P) load_pack(dst + j, src + j);
-  } else {
-#pragma unroll
-    for (int j = 0; j < V; j++) dst[j] = to_f(src[j]);
-  }
-}
-template <int V, typename T>
-__device__ __forceinline__ void store_v(T* dst, const float* src) {
-  constexpr int P = Pack<T>::N;
-  if constexpr (V % P == 0) {
-#pragma unroll
-    for (int j = 0; j < V; j += P) store_pack(dst + j, src + j);
-  } else {
-#pragma unroll
-    for (int j = 0; j < V; j++) dst[j] = from_f<T>(src[j]);
-  }
-}
-
 }  // namespace msg

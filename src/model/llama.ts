@@ -55,9 +55,6 @@ export interface Workspace {
   /** fp32 even when activations are 16-bit: summing 30-odd layer outputs in bf16 costs
    *  more accuracy than anything else in the forward pass. */
   residual: Tensor;
-  /** The other residual buffer of fused decode calls (gemvRmsnorm reads one and writes the
-   *  other), `residual`'s dtype, a few rows. */
-  residualAlt: Tensor;
   normed: Tensor;
   qkv: Tensor;
   attnOut: Tensor;
@@ -86,42 +83,21 @@ export function forward(
   if (tp) ops.embeddingRange(ws.delta, w.embed, meta.inputIds, n, tp.vocabStart);
   else ops.embedding(ws.delta, w.embed, meta.inputIds, n);
   reduce(ws.delta);
-  let res = ws.residual, alt = ws.residualAlt;
-  ops.zero(res.rows(0, n));
-  // Small batches: the residual add + norm runs inside the projection after it (every block
-  // of the GEMV recomputes it; no norm kernel), reading one residual buffer and writing the
-  // other.
-  const fused = n <= Math.min(
-    alt.shape[0],
-    ops.gemvRmsnormMaxM(shape.hidden, ws.delta.dtype, w.layers[0].qkv.dtype, res.dtype),
-  );
-  const normProject = (
-    out: Tensor,
-    gamma: Tensor,
-    wt: Tensor,
-    bias: Tensor | null,
-    gated: boolean,
-  ) => {
-    if (fused) {
-      ops.gemvRmsnorm(out, alt, res, ws.delta, gamma, eps, wt, bias, n, gated);
-      [res, alt] = [alt, res];
-      return;
-    }
-    ops.addRmsnorm(ws.normed, res, ws.delta, gamma, n, eps);
-    if (gated) ops.gemmSilu(out, ws.gateUp, ws.normed, wt, n);
-    else ops.gemm(out, ws.normed, wt, bias, n);
-  };
+  ops.zero(ws.residual.rows(0, n));
   for (let l = 0; l < w.layers.length; l++) {
     const L = w.layers[l];
-    normProject(ws.qkv, L.inputNorm, L.qkv, L.qkvBias, false);
+    ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.inputNorm, n, eps);
+
+    ops.gemm(ws.qkv, ws.normed, L.qkv, L.qkvBias, n);
     attn.storeAndAttend(l, ws.qkv, ws.attnOut, L.qNorm, L.kNorm, meta, { hq, hkv, headDim, eps });
     ops.gemm(ws.delta, ws.attnOut, L.o, L.oBias, n);
     reduce(ws.delta);
 
-    normProject(ws.act, L.postNorm, L.gateUp, null, true);
+    ops.addRmsnorm(ws.normed, ws.residual, ws.delta, L.postNorm, n, eps);
+    ops.gemmSilu(ws.act, ws.gateUp, ws.normed, L.gateUp, n);
     ops.gemm(ws.delta, ws.act, L.down, null, n);
     reduce(ws.delta);
   }
-  ops.addRmsnorm(ws.normed, res, ws.delta, w.norm, n, eps);
+  ops.addRmsnorm(ws.normed, ws.residual, ws.delta, w.norm, n, eps);
   return ws.normed;
 }

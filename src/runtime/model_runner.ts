@@ -331,7 +331,6 @@ export class ModelRunner {
     const a = (shape: number[]) => dev.alloc(this.actDtype, shape);
     this.ws = {
       residual: dev.alloc(DType.F32, [maxT, H]),
-      residualAlt: dev.alloc(DType.F32, [Math.min(maxT, 8), H]),
       normed: a([maxT, H]),
       qkv: a([maxT, qkvW]),
       attnOut: a([maxT, this.shard.numHeads * cfg.headDim]),
