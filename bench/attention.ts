@@ -29,6 +29,7 @@
  *
  *   deno run -A bench/attention.ts [--page 1] [--repeats 9] [--only prefill|decode]
  *     [--no-peer] [--fa3 auto,5,6|none] [--decode-kernels auto,grid,grid-pf,balanced,balanced-pf]
+ *     [--decode-max-seq N (launches planned as a graph captured at N keys replays them)]
  *     [--decode-splits 0,16,32,64] [--decode-blocks 0,264,528] [--decode-keys 0,256]
  *     [--kv-cache-dtype auto|fp8_e4m3]
  *     [--ttft-model DIR --ttft-name NAME --ttft-lens 8192,32768]
@@ -67,6 +68,7 @@ const { values: a } = parseArgs({
     "decode-keys": { type: "string", default: "0" },
     "decode-kernels": { type: "string", default: "auto,grid,balanced-pf" },
     "kv-cache-dtype": { type: "string", default: "auto" },
+    "decode-max-seq": { type: "string", default: "0" },
   },
   strict: true,
 });
@@ -271,8 +273,14 @@ const decodeKernels = a["decode-kernels"].split(",");
 const decodeKv = parseKvCacheDtype(a["kv-cache-dtype"]) === "fp8_e4m3"
   ? DType.FP8_E4M3
   : DType.BF16;
+// --decode-max-seq N: the launches planned for a longest sequence of N keys instead of the
+// shape's own, as in the engine's decode graphs, which are captured at the pool's longest
+// sequence (the model's context) and replayed whatever the batch's lengths: the grid kernel
+// then picks its split count for N and trims the splits on the device to each real length.
+const plannedMax = Number(a["decode-max-seq"]);
 for (const s of doDecode ? decodeShapes : []) {
-  const { args, free } = setup(s.batch, 1, s.ctx, true, s.lens, decodeKv);
+  const { args: shapeArgs, free } = setup(s.batch, 1, s.ctx, true, s.lens, decodeKv);
+  const args = plannedMax > 0 ? { ...shapeArgs, maxSeqLen: plannedMax } : shapeArgs;
   const keys = s.lens ? s.lens.reduce((x, y) => x + y, 0) : s.batch * s.ctx;
   const bytes = 2 * keys * HKV * HD * dtypeSize(decodeKv);
   for (const variant of decodeKernels) {
@@ -300,6 +308,7 @@ for (const s of doDecode ? decodeShapes : []) {
             ? {}
             : { [knob === "MSG_DECODE_SPLITS" ? "splits" : "blocks"]: count > 0 ? count : "auto" }),
           min_keys: keys > 0 ? keys : "auto",
+          ...(plannedMax > 0 ? { planned_max_seq: plannedMax } : {}),
           page_size: PAGE,
           ms,
           kv_gbs: gbs,
