@@ -21,7 +21,7 @@
 #   ttft        32 and 8k-token prompts: qwen3-0.6b (8192), llama-3-8b (8000)     [~1 min]
 #   serving     qwen3-0.6b server: 128 prompts at once, then Poisson 8/16/32 req/s [~1 min]
 #   ablations   overlap, CUDA graphs, page size, radix vs naive: qwen3-0.6b        [~1.5 min]
-#   fp8         the fp8 KV cache: decode kernel, fidelity, latency, offline, both models
+#   fp8         the fp8 KV cache: decode kernel, fidelity (and without), latency, offline, both models
 #               (not in the default)                                              [~4 min]
 #   structured  JSON-schema vs free decoding at batch 1 and 64 (bench/structured.ts), then the
 #               Python openai client's checks where python3 has it                 [~2 min]
@@ -142,8 +142,11 @@ if has fp8; then
   [ "$SMOKE" = 1 ] || bench 200 attention --only decode --decode-kernels auto $fp8 --out "$RES"
   for p in qwen3-0.6b llama-3-8b; do
     make $p || continue
-    bench 150 fidelity --model "$(m $p)" --name $p $fp8 --out "$RES" \
-      $(small --device cpu --prompt 96 --decode 8)
+    # With and without: the 16-bit cache's figure of the same model is the baseline.
+    for kv in "$fp8" ""; do
+      bench 150 fidelity --model "$(m $p)" --name $p $kv --out "$RES" \
+        $(small --device cpu --prompt 96 --decode 8)
+    done
     bench 180 latency --model "$(m $p)" --name $p $fp8 --out "$RES" \
       $(small --device cpu --steps 4 --batches 1,8 --num-pages 256)
     bench 240 offline --model "$(m $p)" --name $p $fp8 --out "$RES" $(small "$tiny_offline")
