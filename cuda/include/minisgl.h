@@ -242,9 +242,10 @@ MSG_API int msg_attention_decode(void* out, const void* q, int q_row_stride,
                                  int page_size, float scale, int dtype, int kv_dtype,
                                  void* stream);
 /** The pages of `batch` requests out of fp8 caches, widened to dtype (bf16 or f16; also f32
- *  on the CPU), for the extend kernels (which read caches in the activation dtype): request b (page table row rows[b]) has its
- *  pages j < ceil(seq_lens[b] / page_size) copied to page b * pages_per_row + j of
- *  dst_k/dst_v ([batch * pages_per_row * page_size, hkv, head_dim]); the caller then runs
+ *  on the CPU), for the extend kernels (which read caches in the activation dtype): request
+ *  b (page table row rows[b]) has its pages j < ceil(seq_lens[b] / page_size) copied to page
+ *  b * pages_per_row + j of dst_k/dst_v ([batch * pages_per_row * page_size, hkv,
+ *  head_dim]); the caller then runs
  *  the extend kernel on dst with a page table whose row b is b * pages_per_row + j (an iota
  *  of stride pages_per_row) and rows 0..batch-1. seq_lens are read on the device; each must
  *  be <= pages_per_row * page_size. src_dtype: MSG_FP8_E4M3. */

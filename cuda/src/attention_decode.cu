@@ -148,7 +148,7 @@ __device__ __forceinline__ uint2 ld_stream8(const void* p) {
   return r;
 }
 // 8 consecutive cache elements of KT as loaded: 16 bytes of T (KT = T) or 8 e4m3 bytes
-// (KT = uint8_t), and as the 16-byte vector of T that feeds the mma fragments.
+// (KT = uint8_t), and (vec8) as the 16-byte vector of the mma element type E (MmaT below).
 template <typename KT>
 using Raw8 = typename std::conditional<sizeof(KT) == 1, uint2, uint4>::type;
 template <typename KT>
@@ -305,7 +305,7 @@ __device__ __forceinline__ void attend(const Params& a, Smem<D, 8 * NT>& sh, int
     }
   }
 
-  // A tile as loaded (8 elements of KT per entry; vec8 gives the 16 bytes of T).
+  // A tile as loaded (8 elements of KT per entry; vec8 gives 16 bytes of E).
   using R = Raw8<KT>;
   using KRegs = R[2][KC];
   using VRegs = R[4][VC];
