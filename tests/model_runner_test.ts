@@ -9,6 +9,7 @@ import { referenceLogits } from "./reference.ts";
 import { loadModelConfig } from "../src/model/config.ts";
 import { ModelRunner, runnerOptions } from "../src/runtime/model_runner.ts";
 import { type BatchEntry, GREEDY } from "../src/ipc/batch.ts";
+import { graphBatchSizes, graphSeqBuckets, seqBucketFor } from "../src/runtime/cuda_graph.ts";
 
 const PAGE = 4;
 
@@ -191,4 +192,17 @@ Deno.test("sampling through run(): greedy picks the argmax, decode reads the dev
   for (let i = 1; i < V; i++) if (l2[i] > l2[arg2]) arg2 = i;
   assertEquals(res2.tokens[0], arg2);
   r.dev.close();
+});
+
+Deno.test("decode graphs: sequence buckets of the forward part and the bucket a replay takes", () => {
+  assertEquals(graphSeqBuckets(40960).join(), "1024,4096,16384,40960");
+  assertEquals(graphSeqBuckets(8192).join(), "1024,4096,8192");
+  assertEquals(graphSeqBuckets(4096).join(), "1024,4096");
+  assertEquals(graphSeqBuckets(1000).join(), "1000");
+  assertEquals(graphSeqBuckets(40960, false).join(), "40960");
+  const b = graphSeqBuckets(40960);
+  for (const [seq, i] of [[1, 0], [1024, 0], [1025, 1], [4096, 1], [20000, 3], [40960, 3]]) {
+    assertEquals(seqBucketFor(b, seq), i, `seq ${seq}`);
+  }
+  assertEquals(graphBatchSizes(20).join(), "1,2,4,8,16,20");
 });

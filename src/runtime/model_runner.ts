@@ -33,7 +33,7 @@ import {
 import { type FilledBatch, fillStaging, padDecode, StagingLayout } from "./staging.ts";
 import { MAX_TOP, promptTopK, type ResultBlock, ResultBuffers } from "./results.ts";
 import { loadWeights } from "./weights.ts";
-import { CudaGraphs } from "./cuda_graph.ts";
+import { CudaGraphs, graphSeqBuckets } from "./cuda_graph.ts";
 import { Constraints } from "./constraints.ts";
 
 /** How to build a runner (a subset of the engine's flags). */
@@ -278,13 +278,18 @@ export class ModelRunner {
     r.allocKv(progress);
     if (opts.backend === "cuda") r.warmGemms(progress);
     if (opts.backend === "cuda" && graphMax > 0) {
-      r.graphs = new CudaGraphs(dev, r.stream, Math.min(graphMax, opts.maxRows));
+      // MINISGL_GRAPH_SEQ_BUCKETS=0: one forward graph per size, planned at the pool's
+      // longest sequence (A/B measurements).
+      const spread = Deno.env.get("MINISGL_GRAPH_SEQ_BUCKETS") !== "0";
+      r.graphs = new CudaGraphs(
+        dev,
+        r.stream,
+        Math.min(graphMax, opts.maxRows),
+        graphSeqBuckets(r.info.maxSeqLen, spread),
+      );
       r.graphs.capture(
-        [
-          (bs) => r.decodeForward(bs, r.info.maxSeqLen),
-          (bs) => r.decodeSample(bs, false),
-          (bs) => r.decodeSample(bs, true),
-        ],
+        (bs, maxSeqLen) => r.decodeForward(bs, maxSeqLen),
+        [(bs) => r.decodeSample(bs, false), (bs) => r.decodeSample(bs, true)],
         (bs) => r.prepareDummyDecode(bs),
         progress,
       );
@@ -540,7 +545,7 @@ export class ModelRunner {
 
     if (graphBs) {
       this.attn.prepareReplay(graphBs);
-      this.graphs!.launch(graphBs, 0, 1);
+      this.graphs!.launchForward(graphBs, f.maxSeqLen);
       if (!deferred) this.sampleGraph(graphBs, this.onePass(f));
     } else if (deviceDecode) {
       this.attn.prepare(this.decodeMeta(f.batch, f.maxSeqLen));
@@ -563,8 +568,7 @@ export class ModelRunner {
 
   /** Replays the sampling part of a decode graph: the one-pass part when every row is greedy. */
   private sampleGraph(bs: number, greedy: boolean) {
-    const part = greedy ? 2 : 1;
-    this.graphs!.launch(bs, part, part + 1);
+    this.graphs!.launchSampling(bs, greedy ? 1 : 0);
   }
 
   /** Enqueues the copies of a batch's results and its completion event. */
