@@ -16,7 +16,8 @@
 #   tune        decode at batch 1-128 and offline (qwen3-0.6b), GEMM tuning off then on
 #               (MSG_GEMM_TUNE=0 / default; records named MODEL-tune-off/-on)     [~3 min]
 #   ops         where a decode step's time goes: device time per op, eager, at batch 1 and 64
-#               (bench latency --ops; records decode_ops): qwen3-0.6b, llama-3-8b  [~1 min]
+#               (bench latency --ops; records decode_ops): qwen3-0.6b, llama-3-8b, and
+#               llama-3-8b at 256 rows of ~600 keys with the fp8 cache          [~1.5 min]
 #   offline     256 requests: qwen3-0.6b (+ transformers on 64), llama-3-8b        [~3 min]
 #   ttft        32 and 8k-token prompts: qwen3-0.6b (8192), llama-3-8b (8000)     [~1 min]
 #   serving     qwen3-0.6b server: 128 prompts at once, then Poisson 8/16/32 req/s [~1 min]
@@ -126,6 +127,11 @@ if has ops; then
     make $p && bench 150 latency --model "$(m $p)" --name $p --ops --batches 1,64 --steps 32 \
       --out "$RES" $(small --device cpu --batches 1,8 --steps 4 --ops-steps 2 --num-pages 256)
   done
+  # An offline step at its widest: 256 rows of ~600 keys with the fp8 cache (eager past the
+  # graphs' 160 rows on an 80 GB card), where llama-3-8b's count leaves ~3 ms of 14 unexplained.
+  make llama-3-8b && bench 150 latency --model "$(m llama-3-8b)" --name llama-3-8b --ops \
+    --batches 256 --prompt 600 --steps 16 --kv-cache-dtype fp8_e4m3 --out "$RES" \
+    $(small --device cpu --batches 4 --prompt 16 --steps 4 --ops-steps 2 --num-pages 256)
 fi
 if has offline; then
   say offline
