@@ -45,7 +45,7 @@ export function seqBucketFor(buckets: number[], seq: number): number {
 
 export class CudaGraphs {
   readonly sizes: number[];
-  /** Per size: the forward part per sequence bucket, then the sampling parts. */
+  /** Per size: the forward part of each sequence bucket; the sampling parts. */
   private forward = new Map<number, Handle[]>();
   private sampling = new Map<number, Handle[]>();
   /** Seconds spent capturing. */
