@@ -274,9 +274,10 @@ const decodeKv = parseKvCacheDtype(a["kv-cache-dtype"]) === "fp8_e4m3"
   ? DType.FP8_E4M3
   : DType.BF16;
 // --decode-max-seq N: the launches planned for a longest sequence of N keys instead of the
-// shape's own, as in the engine's decode graphs, which are captured at the pool's longest
-// sequence (the model's context) and replayed whatever the batch's lengths: the grid kernel
-// then picks its split count for N and trims the splits on the device to each real length.
+// shape's own, as a decode graph captured for N replays them (src/runtime/cuda_graph.ts: the
+// smallest sequence bucket holding the batch; until 2026-12-06 always the pool's longest): the
+// grid kernel then picks its split count for N and trims the splits on the device to each
+// real length.
 const plannedMax = Number(a["decode-max-seq"]);
 for (const s of doDecode ? decodeShapes : []) {
   const { args: shapeArgs, free } = setup(s.batch, 1, s.ctx, true, s.lens, decodeKv);

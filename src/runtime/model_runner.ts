@@ -2,7 +2,7 @@
  * The model runner of one GPU worker: owns the device, weights, KV pool, page table,
  * per-row token table and activation buffers, and turns a ForwardBatch into launched
  * device work (`launch`) and later into a ForwardResult (`finish`). Decode batches replay
- * CUDA graphs captured per padded batch size.
+ * CUDA graphs captured per padded batch size (the forward part also per sequence bucket).
  */
 import { Device, DType, dtypeSize, type Handle, Tensor } from "../../ffi/device.ts";
 import { DEFAULTS, type KvCacheDtype } from "../core/defaults.ts";
