@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 src=$1 alt=$2
 shift 2
 [ -f "$src" ] && [ -f "$alt" ] || { echo "device_ab.sh: $src or $alt is missing" >&2; exit 2; }
-OUT=${OUT:-/tmp/out}
+export OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 LOG="$OUT/ab.log"
 export MINISGL_CUDA_ARCHS=${MINISGL_CUDA_ARCHS:-90a} NO_COLOR=1
