@@ -29,14 +29,15 @@ export MINISGL_CUDA_ARCHS=${MINISGL_CUDA_ARCHS:-90a} NO_COLOR=1
 libs=$(mktemp -d)
 keep=$(mktemp)
 cp "$src" "$keep"
-restore() { cp "$keep" "$src"; touch "$src"; }
-trap restore EXIT
+# Copies SRC back only when it differs: a copy makes it newer than build/'s objects again.
+restore() { cmp -s "$keep" "$src" || cp "$keep" "$src"; }
+trap 'restore; rm -rf "$libs" "$keep"' EXIT
 build() {
   deno task build >>"$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
   mkdir -p "$libs/$1" && cp -r build/. "$libs/$1/"
 }
 # b first, so that build/ ends as the tree has it.
-cp "$alt" "$src" && touch "$src"
+cp "$alt" "$src"
 build b
 restore
 build a
